@@ -1,0 +1,66 @@
+"""Options and helpers shared by several ``csc`` commands (LM flags, error reporting)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from csc.lm import LMConfigError, LMSettings, load_lm_settings
+
+LM_HELP = (
+    "LM spec: 'local' (embedded SmolLM2), 'local:PATH', 'finetuned:DIR', or a LiteLLM model "
+    "string such as openai/gpt-4o-mini (overrides csc.toml and $CSC_LM)."
+)
+LMOption = typer.Option(None, "--lm", help=LM_HELP)
+ApiBaseOption = typer.Option(
+    None, "--api-base", help="Base URL of an OpenAI-compatible server (vLLM, SGLang, Ollama)."
+)
+ConfigOption = typer.Option(
+    None,
+    "--config",
+    help="csc.toml / csc.yaml with an [lm] section (default: ./csc.toml, $CSC_CONFIG).",
+)
+
+
+def resolve_lm_settings(
+    config: Path | None = None,
+    lm: str | None = None,
+    api_base: str | None = None,
+    temperature: float | None = None,
+    roles: dict[str, str | None] | None = None,
+) -> LMSettings:
+    """LM settings from the config file, the environment and CLI flags; exits with a clear error."""
+    try:
+        return load_lm_settings(
+            config,
+            overrides={"model": lm, "api_base": api_base, "temperature": temperature},
+            role_overrides=roles,
+        )
+    except LMConfigError as exc:
+        fail(str(exc))
+        raise AssertionError from None  # unreachable
+
+
+def fail(message: str, code: int = 1) -> None:
+    """Print an error in red on stderr and exit."""
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def user_errors(*types: type[BaseException]) -> Iterator[None]:
+    """Turn expected user-facing exceptions into a clean error message and exit code 1."""
+    try:
+        yield
+    except types as exc:
+        fail(str(exc))
+
+
+def echo_json(data: Any) -> None:
+    import json
+
+    typer.echo(json.dumps(data, ensure_ascii=False, indent=2))

@@ -1,0 +1,1 @@
+"""The embedded local LM engine (in-process transformers, batched, constrained)."""

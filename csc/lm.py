@@ -1,0 +1,366 @@
+"""Language-model configuration: one default LM plus per-role overrides.
+
+An LM spec is a string:
+
+* ``local`` — the embedded SmolLM2-135M-Instruct model (offline, in-process);
+* ``local:<path>`` — any Hugging Face causal-LM folder, run by the same embedded engine;
+* ``finetuned:<dir>`` — a LoRA adapter trained by ``csc finetune`` (registered by
+  :mod:`csc.finetune`);
+* anything else — a LiteLLM model string, e.g. ``openai/gpt-4o-mini``,
+  ``deepseek/deepseek-reasoner``, ``ollama_chat/qwen2.5`` or ``openai/<served name>`` together
+  with ``api_base`` for a vLLM / SGLang / other OpenAI-compatible server.
+
+Settings come from a config file (``csc.toml`` or ``csc.yaml``), then environment variables
+(``CSC_LM``, ``CSC_LM_<ROLE>``, ``CSC_API_BASE``, ``CSC_API_BASE_<ROLE>``, ``CSC_TEMPERATURE``,
+``CSC_MAX_TOKENS``), then explicit overrides (CLI flags), in increasing precedence.
+API keys are read from the environment only (the provider's usual variable, or the variable named
+by ``api_key_env``); they are never written to config, programs, logs or outputs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROLES: tuple[str, ...] = (
+    "planner",
+    "supporter_assistant",
+    "supporter",
+    "customer_assistant",
+    "customer",
+    "judge",
+    "rewriter",
+)
+DEFAULT_LM = "local"
+CONFIG_FILES = ("csc.toml", "csc.yaml", "csc.yml")
+_SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password"}
+
+
+class LMConfigError(ValueError):
+    """An LM spec or configuration file is invalid."""
+
+
+class LMSpec(BaseModel):
+    """Where one LM comes from and how it is called."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = DEFAULT_LM
+    api_base: str | None = None
+    api_key_env: str | None = None  # name of the env var holding the key (never the key)
+    temperature: float | None = None
+    max_tokens: int | None = None
+    options: dict[str, Any] = Field(default_factory=dict)  # extra LiteLLM / engine kwargs
+
+    @field_validator("options")
+    @classmethod
+    def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(k for k in value if k.lower() in _SECRET_KEYS)
+        if bad:
+            raise ValueError(
+                f"{bad} must not be stored in configuration; put the key in an environment "
+                "variable and name it with api_key_env"
+            )
+        return value
+
+    def merged(self, other: Mapping[str, Any]) -> LMSpec:
+        """A copy with the non-None values of ``other`` applied on top."""
+        data = self.model_dump()
+        for k, v in other.items():
+            if v is None:
+                continue
+            if k == "options":
+                data["options"] = {**data["options"], **v}
+            else:
+                data[k] = v
+        return LMSpec.model_validate(data)
+
+
+class LMSettings(BaseModel):
+    """The default LM and the per-role overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default: LMSpec = Field(default_factory=LMSpec)
+    roles: dict[str, LMSpec] = Field(default_factory=dict)
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, value: dict[str, LMSpec]) -> dict[str, LMSpec]:
+        unknown = sorted(set(value) - set(ROLES))
+        if unknown:
+            raise ValueError(f"unknown role(s) {unknown}; roles are {list(ROLES)}")
+        return value
+
+    def spec_for(self, role: str | None = None) -> LMSpec:
+        """The effective spec of a role: the default with the role's own settings on top.
+
+        A role that names a different model does not inherit the default's ``api_base``.
+        """
+        if role is None:
+            return self.default
+        if role not in ROLES:
+            raise LMConfigError(f"unknown role {role!r}; roles are {list(ROLES)}")
+        override = self.roles.get(role)
+        if override is None:
+            return self.default
+        base = self.default
+        fields = override.model_fields_set
+        if "model" in fields and override.model != base.model:
+            base = LMSpec(temperature=base.temperature, max_tokens=base.max_tokens)
+        return base.merged({k: getattr(override, k) for k in fields})
+
+    def describe(self) -> dict[str, str]:
+        """Role -> model string (no secrets), for run summaries and reports."""
+        out = {"default": self.default.model}
+        for role in ROLES:
+            spec = self.spec_for(role)
+            out[role] = spec.model + (f" @ {spec.api_base}" if spec.api_base else "")
+        return out
+
+
+def _spec_from_raw(raw: Any, where: str) -> dict[str, Any]:
+    if isinstance(raw, str):
+        return {"model": raw}
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    raise LMConfigError(f"{where}: expected a model string or a table, got {type(raw).__name__}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Parse the ``[lm]`` section of a csc.toml / csc.yaml file into LMSettings fields."""
+    path = Path(path)
+    if not path.exists():
+        raise LMConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise LMConfigError(f"{path}: cannot parse: {exc}") from None
+    lm = data.get("lm", {})
+    if not isinstance(lm, Mapping):
+        raise LMConfigError(f"{path}: [lm] must be a table")
+    result: dict[str, Any] = {"default": {}, "roles": {}}
+    for key, value in lm.items():
+        if key == "roles":
+            if not isinstance(value, Mapping):
+                raise LMConfigError(f"{path}: [lm.roles] must be a table of role = model")
+            for role, raw in value.items():
+                result["roles"][role] = _spec_from_raw(raw, f"{path}: lm.roles.{role}")
+        elif key in ("default", "model"):
+            result["default"].update(_spec_from_raw(value, f"{path}: lm.{key}"))
+        elif key.lower() in _SECRET_KEYS:
+            raise LMConfigError(
+                f"{path}: lm.{key}: API keys must not be stored in files; export the key as an "
+                "environment variable (e.g. OPENAI_API_KEY) or name one with lm.api_key_env"
+            )
+        else:
+            result["default"][key] = value
+    return result
+
+
+def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {"default": {}, "roles": {}}
+    if env.get("CSC_LM"):
+        layer["default"]["model"] = env["CSC_LM"]
+    if env.get("CSC_API_BASE"):
+        layer["default"]["api_base"] = env["CSC_API_BASE"]
+    if env.get("CSC_TEMPERATURE"):
+        layer["default"]["temperature"] = float(env["CSC_TEMPERATURE"])
+    if env.get("CSC_MAX_TOKENS"):
+        layer["default"]["max_tokens"] = int(env["CSC_MAX_TOKENS"])
+    for role in ROLES:
+        spec: dict[str, Any] = {}
+        if env.get(f"CSC_LM_{role.upper()}"):
+            spec["model"] = env[f"CSC_LM_{role.upper()}"]
+        if env.get(f"CSC_API_BASE_{role.upper()}"):
+            spec["api_base"] = env[f"CSC_API_BASE_{role.upper()}"]
+        if spec:
+            layer["roles"][role] = spec
+    return layer
+
+
+def find_config_file(
+    cwd: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> Path | None:
+    """``$CSC_CONFIG`` if set, else ``csc.toml`` / ``csc.yaml`` in the working directory."""
+    env = os.environ if env is None else env
+    if env.get("CSC_CONFIG"):
+        return Path(env["CSC_CONFIG"])
+    base = Path(cwd or Path.cwd())
+    for name in CONFIG_FILES:
+        if (base / name).exists():
+            return base / name
+    return None
+
+
+def load_lm_settings(
+    config_file: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    role_overrides: Mapping[str, str | Mapping[str, Any] | None] | None = None,
+) -> LMSettings:
+    """Resolve LM settings: config file < environment < explicit overrides.
+
+    ``overrides`` are default-LM fields (``model``, ``api_base``, ``temperature``...);
+    ``role_overrides`` map a role to a model string or a dict of fields (CLI ``--lm-ROLE``).
+    """
+    env = os.environ if env is None else env
+    layers: list[dict[str, Any]] = []
+    path = Path(config_file) if config_file else find_config_file(env=env)
+    if path is not None:
+        layers.append(read_config_file(path))
+    layers.append(_env_layer(env))
+    cli: dict[str, Any] = {"default": {k: v for k, v in (overrides or {}).items() if v is not None}}
+    cli["roles"] = {
+        role: _spec_from_raw(raw, f"--lm-{role}")
+        for role, raw in (role_overrides or {}).items()
+        if raw is not None
+    }
+    layers.append(cli)
+
+    default: dict[str, Any] = {}
+    roles: dict[str, dict[str, Any]] = {}
+    for layer in layers:
+        for k, v in layer.get("default", {}).items():
+            if k == "options":
+                default.setdefault("options", {}).update(v)
+            else:
+                default[k] = v
+        for role, spec in layer.get("roles", {}).items():
+            roles.setdefault(role, {}).update(spec)
+    try:
+        return LMSettings(
+            default=LMSpec(**default), roles={r: LMSpec(**s) for r, s in roles.items()}
+        )
+    except ValidationError as exc:
+        where = f" (from {path})" if path else ""
+        raise LMConfigError(f"invalid LM configuration{where}: {exc}") from None
+    except TypeError as exc:
+        raise LMConfigError(f"invalid LM configuration: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- building LMs
+LMFactory = Callable[[str, LMSpec], Any]
+_SCHEMES: dict[str, LMFactory] = {}
+
+
+def register_lm_scheme(scheme: str, factory: LMFactory) -> None:
+    """Register a ``scheme:<arg>`` LM spec (``local`` and ``finetuned`` are registered so)."""
+    _SCHEMES[scheme] = factory
+
+
+def _local_factory(arg: str, spec: LMSpec) -> Any:
+    from csc.engine import LocalLM
+
+    kwargs = dict(spec.options)
+    if spec.temperature is not None:
+        kwargs["temperature"] = spec.temperature
+    if spec.max_tokens is not None:
+        kwargs["max_tokens"] = spec.max_tokens
+    return LocalLM(model_path=arg or None, **kwargs)
+
+
+def _finetuned_factory(arg: str, spec: LMSpec) -> Any:
+    if not arg:
+        raise LMConfigError("finetuned:<dir> needs the folder written by `csc finetune`")
+    from csc.engine import LocalLM
+
+    kwargs = dict(spec.options)
+    if spec.temperature is not None:
+        kwargs["temperature"] = spec.temperature
+    if spec.max_tokens is not None:
+        kwargs["max_tokens"] = spec.max_tokens
+    return LocalLM.from_finetuned(arg, **kwargs)
+
+
+register_lm_scheme("local", _local_factory)
+register_lm_scheme("finetuned", _finetuned_factory)
+
+
+def split_scheme(model: str) -> tuple[str | None, str]:
+    """``"local:/x"`` -> ``("local", "/x")``; ``"local"`` -> ``("local", "")``; LiteLLM -> (None, model)."""
+    if model in _SCHEMES:
+        return model, ""
+    head, sep, rest = model.partition(":")
+    if sep and head in _SCHEMES:
+        return head, rest
+    return None, model
+
+
+def build_lm(spec: str | LMSpec = DEFAULT_LM, **fields: Any) -> Any:
+    """Build a DSPy LM from a spec string (or :class:`LMSpec`), e.g. ``build_lm("local")``.
+
+    Extra keyword arguments (``api_base``, ``temperature``, ``max_tokens``...) override the spec.
+    """
+    if isinstance(spec, str):
+        spec = LMSpec(model=spec)
+    if fields:
+        known = {k: v for k, v in fields.items() if k in LMSpec.model_fields}
+        extra = {k: v for k, v in fields.items() if k not in LMSpec.model_fields}
+        spec = spec.merged({**known, "options": extra})
+    model = spec.model.strip()
+    if not model:
+        raise LMConfigError(
+            "empty LM spec; use 'local' or a LiteLLM model such as openai/gpt-4o-mini"
+        )
+    scheme, arg = split_scheme(model)
+    if scheme is not None:
+        return _SCHEMES[scheme](arg, spec)
+    if "/" not in model:
+        raise LMConfigError(
+            f"LM spec {model!r} is not 'local', 'local:<path>', 'finetuned:<dir>' or a LiteLLM "
+            "model string with a provider prefix (e.g. openai/gpt-4o-mini, "
+            "ollama_chat/llama3.1, or openai/<served name> with --api-base for vLLM/SGLang)"
+        )
+    import dspy
+
+    kwargs: dict[str, Any] = dict(spec.options)
+    if spec.api_base:
+        kwargs["api_base"] = spec.api_base
+    if spec.api_key_env:
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise LMConfigError(f"api_key_env names {spec.api_key_env}, which is not set")
+        kwargs["api_key"] = key
+    elif spec.api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
+        # Local OpenAI-compatible servers (vLLM, SGLang) usually accept any key.
+        kwargs["api_key"] = "EMPTY"
+    if spec.temperature is not None:
+        kwargs["temperature"] = spec.temperature
+    if spec.max_tokens is not None:
+        kwargs["max_tokens"] = spec.max_tokens
+    kwargs.setdefault("num_retries", 5)  # LiteLLM retries rate limits/timeouts with backoff
+    return dspy.LM(model, **kwargs)
+
+
+def lm_for_role(settings: LMSettings, role: str | None = None, cache: dict | None = None) -> Any:
+    """Build (or reuse from ``cache``) the LM of a role; roles with equal specs share one LM."""
+    spec = settings.spec_for(role)
+    key = spec.model_dump_json()
+    if cache is not None and key in cache:
+        return cache[key]
+    lm = build_lm(spec)
+    if cache is not None:
+        cache[key] = lm
+    return lm
+
+
+def lm_name(lm: Any) -> str:
+    """A printable model name for reports (never includes keys)."""
+    return str(getattr(lm, "model", type(lm).__name__))

@@ -1,0 +1,1 @@
+"""Dialogue datasets: framework YAML files, topics, readers and writers for every format."""

@@ -1,0 +1,1 @@
+"""Metrics, reference/generated-context evaluation, statistics and reports."""

@@ -1,0 +1,1 @@
+"""TRL + PEFT LoRA fine-tuning of supporters."""

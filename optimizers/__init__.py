@@ -1,0 +1,1 @@
+"""Compiling csc programs with DSPy optimizers against project metrics."""

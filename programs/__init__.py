@@ -1,0 +1,1 @@
+"""DSPy modules composing the signatures: RoleCS, supporters, rewriter, judges."""

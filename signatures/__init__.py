@@ -1,0 +1,1 @@
+"""DSPy signatures: one per RoleCS agent and per CSC subtask."""
