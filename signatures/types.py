@@ -1,0 +1,49 @@
+"""Typed field values shared by csc signatures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dspy
+from pydantic import Field
+
+from csc.dialogue import Speaker, Turn
+
+_SPEAKER_NAMES = {
+    "en": {Speaker.SUPPORTER: "Supporter", Speaker.CUSTOMER: "Customer"},
+    "zh": {Speaker.SUPPORTER: "客服", Speaker.CUSTOMER: "客户"},
+}
+
+
+class DialogueHistory(dspy.Type):
+    """The conversation so far, as a typed list of turns.
+
+    Renders compactly for prompts, one turn per line: ``Supporter [GT]: Hello ...`` /
+    ``Customer: ...`` (``客服``/``客户`` when ``language="zh"``). Supporter turns show their
+    strategy code when ``show_strategies`` is on, so a model sees the strategy sequence so far.
+    """
+
+    turns: list[Turn] = Field(default_factory=list)
+    language: str = "en"
+    show_strategies: bool = True
+
+    @classmethod
+    def of(
+        cls, turns: Sequence[Turn], language: str = "en", show_strategies: bool = True
+    ) -> DialogueHistory:
+        """Build a history from turns (a copy of the list is kept)."""
+        return cls(turns=list(turns), language=language, show_strategies=show_strategies)
+
+    def format(self) -> str:
+        names = _SPEAKER_NAMES.get(self.language, _SPEAKER_NAMES["en"])
+        if not self.turns:
+            return "(对话尚未开始)" if self.language == "zh" else "(the conversation has not started yet)"
+        lines = []
+        for turn in self.turns:
+            name = names[turn.speaker]
+            tag = f" [{turn.strategy}]" if self.show_strategies and turn.strategy else ""
+            lines.append(f"{name}{tag}: {turn.text}")
+        return "\n".join(lines)
+
+    def __len__(self) -> int:
+        return len(self.turns)
