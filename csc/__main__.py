@@ -1,0 +1,5 @@
+"""``python -m csc`` runs the command line."""
+
+from csc.cli import main
+
+main()
