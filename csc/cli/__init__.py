@@ -23,8 +23,12 @@ app = typer.Typer(
 
 # Modules under csc.cli that add commands; each defines register(app).
 COMMAND_MODULES = [
+    "data",
     "framework",
     "lm",
+    "profiles",
+    "stats",
+    "synthesize",
 ]
 
 

@@ -1,0 +1,222 @@
+"""``csc data convert`` and ``csc data validate``: move dialogues between formats and check them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from csc.cli.common import echo_json, fail, user_errors
+
+FORMAT_HELP = "dianjin (.json/.parquet, released format), jsonl (ours), hf (saved dataset folder)"
+FrameworkOption = typer.Option(
+    "csc", "--framework", help="Strategy framework: csc, esc, or the path of a framework YAML."
+)
+MappingOption = typer.Option(
+    None,
+    "--mapping",
+    help="Mapping YAML for another corpus (or 'esconv'); implies the generic format.",
+)
+UnlabelledOption = typer.Option(
+    False,
+    "--allow-unlabelled",
+    help="Accept supporter turns without a strategy label (default: an error).",
+)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``data`` command group."""
+    group = typer.Typer(
+        help="Convert and validate dialogue datasets (DianJin, JSONL, Hugging Face, generic).",
+        no_args_is_help=True,
+    )
+    app.add_typer(group, name="data")
+
+    @group.command("convert")
+    def convert(
+        source: Path = typer.Argument(..., help="Input file or dataset folder."),
+        target: Path = typer.Argument(..., help="Output file or dataset folder."),
+        from_format: str | None = typer.Option(
+            None, "--from", help=f"Input format: {FORMAT_HELP}, generic. Default: from the path."
+        ),
+        to_format: str | None = typer.Option(
+            None, "--to", help=f"Output format: {FORMAT_HELP}. Default: from the path."
+        ),
+        framework: str = FrameworkOption,
+        mapping: Path | None = MappingOption,
+        labels: str = typer.Option(
+            "official",
+            "--labels",
+            help="Strategy labels in dianjin output: official (策略5 情感管理), name, or code.",
+        ),
+        with_ids: bool = typer.Option(
+            False, "--with-ids", help="Add an 'id' field to dianjin output records."
+        ),
+        allow_unlabelled: bool = UnlabelledOption,
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace OUT if it already exists."
+        ),
+    ) -> None:
+        """Convert dialogues from one format to another, streaming, with a progress bar."""
+        from tqdm import tqdm
+
+        from csc.data.io import DataFormatError, read_dialogues, write_dialogues
+        from csc.framework import FrameworkError
+
+        if labels not in ("official", "name", "code"):
+            fail(f"--labels must be official, name or code, got {labels!r}")
+        if source.resolve() == target.resolve():
+            fail(f"{target}: input and output are the same path; choose another output")
+        if target.exists() and not overwrite:
+            fail(f"{target}: already exists; pass --overwrite to replace it")
+        with user_errors(DataFormatError, FrameworkError, FileExistsError):
+            dialogues = read_dialogues(
+                source,
+                from_format,
+                framework=framework,
+                mapping=mapping,
+                allow_unlabelled=allow_unlabelled,
+            )
+            # Progress goes to stderr and hides itself when stderr is not a terminal.
+            bar = tqdm(dialogues, desc=f"converting {source.name}", unit=" dialogues", disable=None)
+            with bar:
+                count = write_dialogues(
+                    bar,
+                    target,
+                    to_format,
+                    framework=framework,
+                    labels=labels,  # type: ignore[arg-type]
+                    include_ids=with_ids,
+                )
+        typer.echo(f"wrote {count} dialogues to {target}")
+
+    @group.command("validate")
+    def validate(
+        file: Path = typer.Argument(..., help="Dialogue file or dataset folder to check."),
+        format: str | None = typer.Option(
+            None, "--format", help=f"Format: {FORMAT_HELP}, generic. Default: from the path."
+        ),
+        framework: str = FrameworkOption,
+        mapping: Path | None = MappingOption,
+        allow_unlabelled: bool = UnlabelledOption,
+        as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ) -> None:
+        """Read every dialogue, stop at the first malformed record, and print a summary."""
+        from tqdm import tqdm
+
+        from csc.data.io import DataFormatError, read_dialogues
+        from csc.framework import Framework, FrameworkError
+
+        with user_errors(DataFormatError, FrameworkError):
+            fw = Framework.load(framework)
+            dialogues = read_dialogues(
+                file, format, framework=fw, mapping=mapping, allow_unlabelled=allow_unlabelled
+            )
+            bar = tqdm(dialogues, desc=f"checking {file.name}", unit=" dialogues", disable=None)
+            with bar:
+                summary = DataSummary.of(bar)
+        if summary.dialogues == 0:
+            fail(f"{file}: no dialogues found; is it empty?")
+        report = summary.to_dict(fw)
+        report = {"file": str(file), "framework": fw.name, "valid": True, **report}
+        if as_json:
+            echo_json(report)
+        else:
+            _print_summary(report)
+
+
+@dataclass
+class DataSummary:
+    """Counts over a stream of dialogues, gathered in one pass."""
+
+    dialogues: int = 0
+    turns: int = 0
+    supporter_turns: int = 0
+    customer_turns: int = 0
+    unlabelled_supporter_turns: int = 0
+    non_alternating: int = 0
+    min_turns: int = 0
+    max_turns: int = 0
+    strategies: Counter[str] = field(default_factory=Counter)
+    topics: Counter[str] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, dialogues: Iterable[Any]) -> DataSummary:
+        """Summarize dialogues without keeping them."""
+        s = cls()
+        for d in dialogues:
+            n = len(d.turns)
+            s.min_turns = n if s.dialogues == 0 else min(s.min_turns, n)
+            s.max_turns = max(s.max_turns, n)
+            s.dialogues += 1
+            s.turns += n
+            for t in d.turns:
+                if t.is_supporter:
+                    s.supporter_turns += 1
+                    if t.strategy:
+                        s.strategies[t.strategy] += 1
+                    else:
+                        s.unlabelled_supporter_turns += 1
+                else:
+                    s.customer_turns += 1
+            s.non_alternating += not d.alternates()
+            s.topics[d.topic or "(none)"] += 1
+        return s
+
+    def to_dict(self, framework: Any) -> dict[str, Any]:
+        """Plain data for printing or JSON; strategies in framework order with names."""
+        labelled = max(1, self.supporter_turns - self.unlabelled_supporter_turns)
+        return {
+            "dialogues": self.dialogues,
+            "turns": self.turns,
+            "supporter_turns": self.supporter_turns,
+            "customer_turns": self.customer_turns,
+            "unlabelled_supporter_turns": self.unlabelled_supporter_turns,
+            "non_alternating_dialogues": self.non_alternating,
+            "turns_per_dialogue": {
+                "min": self.min_turns,
+                "mean": round(self.turns / max(1, self.dialogues), 2),
+                "max": self.max_turns,
+            },
+            "strategies": [
+                {
+                    "code": s.code,
+                    "name": s.name,
+                    "name_zh": s.name_zh,
+                    "count": self.strategies[s.code],
+                    "share": round(self.strategies[s.code] / labelled, 4),
+                }
+                for s in framework.strategies
+            ],
+            "topics": dict(self.topics.most_common()),
+        }
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    per = report["turns_per_dialogue"]
+    typer.secho(f"{report['file']}: valid ({report['framework']} framework)", fg="green", bold=True)
+    rows: Iterator[tuple[str, Any]] = iter(
+        [
+            ("dialogues", report["dialogues"]),
+            ("turns", report["turns"]),
+            ("supporter turns", report["supporter_turns"]),
+            ("customer turns", report["customer_turns"]),
+            ("unlabelled supporter turns", report["unlabelled_supporter_turns"]),
+            ("non-alternating dialogues", report["non_alternating_dialogues"]),
+            ("turns per dialogue", f"min {per['min']}, mean {per['mean']}, max {per['max']}"),
+        ]
+    )
+    for label, value in rows:
+        typer.echo(f"{label:<28}{value}")
+    typer.secho("\nstrategies", bold=True)
+    for s in report["strategies"]:
+        typer.echo(
+            f"  {s['code']:<4}{s['name']:<30}{s['name_zh']:<8}{s['count']:>8}  {s['share']:6.1%}"
+        )
+    typer.secho("\ntopics", bold=True)
+    for topic, count in report["topics"].items():
+        typer.echo(f"  {topic:<40}{count:>8}")

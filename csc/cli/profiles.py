@@ -1,0 +1,95 @@
+"""``csc profiles``: generate a de-duplicated customer-profile pool, or show one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``csc profiles`` group to the app."""
+    group = typer.Typer(help="Customer profiles for RoleCS synthesis.", no_args_is_help=True)
+    app.add_typer(group, name="profiles")
+
+    @group.command("generate")
+    def generate(
+        n: int = typer.Option(50, "--n", min=1, help="Profiles to sample before de-duplication."),
+        out: Path = typer.Option(Path("profiles.jsonl"), "--out", help="Output JSONL file."),
+        lm: str | None = LMOption,
+        api_base: str | None = ApiBaseOption,
+        config: Path | None = ConfigOption,
+        seed: int = typer.Option(0, "--seed", help="Seed of the attribute sampling."),
+        threshold: float = typer.Option(
+            0.85, "--threshold", min=0.0, max=1.0, help="Drop profiles above this MiniLM cosine."
+        ),
+        language: str = typer.Option("en", "--language", help="Description language: en or zh."),
+        template: bool = typer.Option(
+            False, "--template", help="Describe profiles with templates only (no LM calls)."
+        ),
+        temperature: float = typer.Option(0.7, "--temperature", help="LM sampling temperature."),
+    ) -> None:
+        """Sample diverse attribute combinations, have the LM describe each in the second person
+        (template fallback for unusable answers), and drop near-duplicates."""
+        import dspy
+        from tqdm import tqdm
+
+        from csc.data.profiles import (
+            ProfileError,
+            generate_profiles,
+            lm_describer,
+            max_pairwise_similarity,
+            write_profiles,
+        )
+        from csc.lm import LMConfigError, lm_for_role
+
+        if language not in ("en", "zh"):
+            fail(f"--language must be en or zh, got {language!r}")
+        describer = None
+        client = None
+        if not template:
+            settings = resolve_lm_settings(config, lm, api_base, temperature)
+            try:
+                client = lm_for_role(settings, "planner")
+            except (LMConfigError, FileNotFoundError, ImportError) as exc:
+                fail(f"cannot build the LM: {exc}")
+            describer = lm_describer(language, temperature=temperature)
+        with tqdm(total=n, desc="profiles", unit="profile") as bar:
+            try:
+                with dspy.context(lm=client) if client is not None else dspy.context():
+                    pool = generate_profiles(
+                        n,
+                        seed=seed,
+                        language=language,  # type: ignore[arg-type]
+                        describer=describer,
+                        threshold=threshold,
+                        progress=bar.update,
+                    )
+            except ProfileError as exc:
+                fail(str(exc))
+        write_profiles(pool.profiles, out)
+        worst = max_pairwise_similarity(pool.profiles)
+        typer.echo(
+            f"wrote {len(pool.profiles)} profiles to {out}; dropped {len(pool.dropped)} "
+            f"near-duplicates (cosine > {threshold}); descriptions: {pool.lm_descriptions} by the "
+            f"LM, {pool.template_descriptions} by template; max pairwise cosine {worst:.3f}"
+        )
+
+    @group.command("show")
+    def show(
+        file: Path | None = typer.Argument(None, help="Profile JSONL (default: built-in pool)."),
+        language: str = typer.Option("en", "--language", help="Built-in pool language."),
+        limit: int = typer.Option(5, "--limit", help="How many to print."),
+    ) -> None:
+        """Print profiles of a pool (the built-in one by default)."""
+        from csc.data.profiles import ProfileError, default_profiles, read_profiles
+
+        try:
+            pool = read_profiles(file) if file else default_profiles(language)  # type: ignore[arg-type]
+        except ProfileError as exc:
+            fail(str(exc))
+        typer.echo(f"{len(pool)} profiles" + (f" in {file}" if file else " (built-in)"))
+        for p in pool[:limit]:
+            typer.echo(f"- {p.id}: {p.description}")

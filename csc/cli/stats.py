@@ -1,0 +1,49 @@
+"""``csc stats``: statistics of a dialogue file (any readable format)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from csc.cli.common import echo_json, fail
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``csc stats`` to the app."""
+
+    @app.command("stats")
+    def stats(
+        file: Path = typer.Argument(
+            ..., help="Dialogue file: .jsonl (ours), DianJin .json/.parquet, ..."
+        ),
+        format: str | None = typer.Option(
+            None, "--format", help="Input format (default: from the file name): jsonl, dianjin, hf."
+        ),
+        framework: str = typer.Option("csc", "--framework", help="csc, esc or a YAML path."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the sampling in persona/self-BLEU."),
+    ) -> None:
+        """Print statistics of a dialogue file.
+
+        Utterances, strategy distribution and utilization, stage-order violations, policy
+        corrections, persona fidelity, diversity and the filter's pass rates.
+        """
+        from rich.console import Console
+
+        from csc.data.io import DataFormatError, read_dialogues
+        from csc.eval.stats import dialogue_stats, render_stats
+        from csc.framework import Framework, FrameworkError
+
+        if not file.exists():
+            fail(f"{file} does not exist")
+        try:
+            fw = Framework.load(framework)
+            dialogues = list(read_dialogues(file, format, framework=fw, allow_unlabelled=True))
+        except (FrameworkError, DataFormatError) as exc:
+            fail(str(exc))
+        result = dialogue_stats(dialogues, fw, seed=seed)
+        if as_json:
+            echo_json(result)
+        else:
+            Console().print(render_stats(result, title=f"Statistics of {file}"))

@@ -1,0 +1,178 @@
+"""``csc synthesize``: run RoleCS over a topic x profile grid into a resumable run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``csc synthesize`` to the app."""
+
+    @app.command("synthesize")
+    def synthesize(
+        out: Path = typer.Option(..., "--out", help="Run folder (created; re-run to resume)."),
+        dialogues: int | None = typer.Option(
+            None, "--dialogues", "-n", help="How many dialogues (default: the whole grid)."
+        ),
+        profiles: Path | None = typer.Option(
+            None, "--profiles", help="Profile pool JSONL (default: the built-in pool)."
+        ),
+        topics: list[str] | None = typer.Option(
+            None,
+            "--topics",
+            help="Topics: built-in codes/names, comma-separated or repeated, a topics .yaml/.txt "
+            "file, or free text (default: the 7 built-in topics).",
+        ),
+        language: str = typer.Option("en", "--language", help="Dialogue language: en or zh."),
+        framework: str = typer.Option(
+            "csc", "--framework", help="Strategy framework: csc, esc or a YAML path."
+        ),
+        lm: str | None = LMOption,
+        lm_planner: str | None = typer.Option(None, "--lm-planner", help="LM of the planner."),
+        lm_supporter_assistant: str | None = typer.Option(
+            None, "--lm-supporter-assistant", help="LM of the supporter assistant."
+        ),
+        lm_supporter: str | None = typer.Option(
+            None, "--lm-supporter", help="LM of the supporter."
+        ),
+        lm_customer_assistant: str | None = typer.Option(
+            None, "--lm-customer-assistant", help="LM of the customer assistant."
+        ),
+        lm_customer: str | None = typer.Option(None, "--lm-customer", help="LM of the customer."),
+        lm_judge: str | None = typer.Option(None, "--lm-judge", help="LM of the quality judge."),
+        api_base: str | None = ApiBaseOption,
+        config: Path | None = ConfigOption,
+        concurrency: int = typer.Option(
+            4, "--concurrency", "-c", min=1, help="Dialogues synthesized at the same time."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Run seed: grid order and sampling ids."),
+        max_utterances: int = typer.Option(
+            50, "--max-utterances", min=3, help="Utterance limit per dialogue (closing included)."
+        ),
+        temperature: float = typer.Option(
+            0.7, "--temperature", min=0.0, help="Sampling temperature of every agent."
+        ),
+        no_filter: bool = typer.Option(
+            False,
+            "--no-filter",
+            help="Skip the quality judge: every finished dialogue goes to dialogues.jsonl.",
+        ),
+        format: str = typer.Option(
+            "jsonl",
+            "--format",
+            help="Also write kept dialogues as DianJin JSON (dianjin); jsonl is always written.",
+        ),
+        show: int = typer.Option(1, "--show", min=0, help="Print this many finished dialogues."),
+    ) -> None:
+        """Synthesize strategy-labelled support dialogues with the five RoleCS agents.
+
+        Finished dialogues stream to OUT/dialogues.jsonl (judge-rejected ones to
+        OUT/rejected.jsonl, failures to OUT/failures.jsonl); re-running the same command resumes.
+        """
+        from rich.console import Console
+        from rich.markup import escape
+
+        from csc.data.profiles import ProfileError, default_profiles, read_profiles
+        from csc.data.topics import TopicError, resolve_topics
+        from csc.eval.stats import dialogue_stats, render_stats
+        from csc.framework import Framework, FrameworkError
+        from csc.lm import LMConfigError, lm_for_role, lm_name
+        from csc.programs.rolecs import AGENT_ROLES
+        from csc.programs.synthesis import (
+            DIANJIN_FILE,
+            STATS_FILE,
+            RunConfigError,
+            SynthesisConfig,
+            SynthesisRun,
+            read_run_dialogues,
+        )
+
+        if language not in ("en", "zh"):
+            fail(f"--language must be en or zh, got {language!r}")
+        if format not in ("jsonl", "dianjin"):
+            fail(f"--format must be jsonl or dianjin, got {format!r}")
+        if dialogues is not None and dialogues < 1:
+            fail("--dialogues must be at least 1")
+        try:
+            fw = Framework.load(framework)
+            pool = read_profiles(profiles) if profiles else default_profiles(language)  # type: ignore[arg-type]
+            chosen_topics = resolve_topics(topics)
+        except (FrameworkError, ProfileError, TopicError) as exc:
+            fail(str(exc))
+        roles = {
+            "planner": lm_planner,
+            "supporter_assistant": lm_supporter_assistant,
+            "supporter": lm_supporter,
+            "customer_assistant": lm_customer_assistant,
+            "customer": lm_customer,
+            "judge": lm_judge,
+        }
+        settings = resolve_lm_settings(config, lm, api_base, temperature, roles)
+        described = settings.describe()
+        run_config = SynthesisConfig.build(
+            framework=fw,
+            language=language,  # type: ignore[arg-type]
+            topics=chosen_topics,
+            profiles=pool,
+            seed=seed,
+            max_utterances=max_utterances,
+            temperature=temperature,
+            filter=not no_filter,
+            lms=described,
+        )
+        console = Console()
+        active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
+        try:
+            cache: dict = {}
+            lms = {role: lm_for_role(settings, role, cache) for role in active_roles}
+        except (LMConfigError, FileNotFoundError, ImportError) as exc:
+            fail(f"cannot build the LM: {exc}")
+        names = {role: lm_name(lms[role]) for role in active_roles}
+        run = SynthesisRun(out, run_config, fw, pool, lms=lms, lm_names=names)
+        console.print(
+            f"run {run.key} -> {out}  ({fw.name}, {language}, {len(chosen_topics)} topics x "
+            f"{len(pool)} profiles, seed {seed}, concurrency {concurrency})"
+        )
+        try:
+            summary = run.run(dialogues, concurrency=concurrency)
+        except RunConfigError as exc:
+            fail(str(exc))
+
+        kept = read_run_dialogues(out, "kept")
+        judged = read_run_dialogues(out, "all")
+        stats = dialogue_stats(kept, fw, judged=judged if not no_filter else None, seed=seed)
+        (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
+        if format == "dianjin":
+            from csc.data.io import write_dialogues
+
+            write_dialogues(kept, out / DIANJIN_FILE, "dianjin", framework=fw)
+
+        this = summary["this_run"]
+        console.print(
+            f"done: {this['kept']} kept, {this['rejected']} rejected, {this['failed']} failed, "
+            f"{this['already_done']} already done; {this['wall_seconds']:.0f} s "
+            f"({this['dialogues_per_minute'] or 0:.2f} dialogues/min). In {out}: "
+            f"{summary['totals']['kept']} kept, {summary['totals']['rejected']} rejected, "
+            f"{summary['totals']['missing']} still missing."
+        )
+        if this["failed"]:
+            console.print(
+                f"[yellow]{this['failed']} dialogue(s) failed; see {out / 'failures.jsonl'}. "
+                "Re-run the same command to retry them.[/yellow]"
+            )
+        console.print(render_stats(stats, title=f"Statistics of {out / 'dialogues.jsonl'}"))
+        shown = (kept or judged)[:show]
+        for d in shown:
+            status = "kept" if d in kept else "rejected"
+            console.rule(f"{d.id} ({status}) - {d.topic}")
+            if d.scenario:
+                console.print(f"[dim]scenario: {escape(d.scenario)}[/dim]")
+            for t in d.turns:
+                who = "Supporter" if t.is_supporter else "Customer"
+                tag = f" [{t.strategy}]" if t.strategy else ""
+                console.print(f"[bold]{who}{escape(tag)}:[/bold] {escape(t.text)}", highlight=False)

@@ -1,0 +1,354 @@
+"""Per-request decoding: walking an :class:`~csc.engine.structure.OutputPlan` token by token.
+
+A :class:`RowDecoder` owns one request inside a batch. Each step the engine gives it the
+next-token logits of its row; the decoder masks them for the current segment, samples (greedy at
+temperature 0, otherwise from the row's own ``torch.Generator``, so a row's sample does not depend
+on which other requests share the batch), and returns the token to feed back. Forced text
+(section headers) needs no logits at all.
+
+Budgeting: free-text fields share what is left of ``max_tokens`` after everything the structure
+still needs (headers, choices, JSON reserves) is set aside, so a structured answer always reaches
+its closing marker before the limit.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from csc.engine.structure import Choice, Fixed, Grammar, OutputPlan, Segment, Text
+
+_NEG_INF = float("-inf")
+
+
+class Vocabulary:
+    """Token-level facts about one tokenizer, computed once per engine."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, stop_ids: set[int]) -> None:
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.stop_ids = set(stop_ids)
+        n = min(vocab_size, len(tokenizer))
+        # Decoding every id once is fast with a Rust tokenizer and makes string checks O(1).
+        self.texts: list[str] = tokenizer.batch_decode([[i] for i in range(n)])
+        self.texts += [""] * (vocab_size - n)
+        self.brace_ids = torch.tensor(
+            [i for i, t in enumerate(self.texts) if t.lstrip().startswith("{")], dtype=torch.long
+        )
+        self._encode_cache: dict[str, list[int]] = {}
+        self._tries: dict[tuple[str, ...], _Trie] = {}
+        self._grammars: dict[tuple[str, str], Any] = {}
+        self._compiler: Any = None
+        self._lock = threading.Lock()
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens), memoised."""
+        ids = self._encode_cache.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._encode_cache[text] = ids
+        return ids
+
+    def trie(self, options: tuple[str, ...]) -> _Trie:
+        """A trie over the token sequences of ``options``."""
+        trie = self._tries.get(options)
+        if trie is None:
+            trie = _Trie()
+            for option in options:
+                trie.add(self.encode(option))
+            self._tries[options] = trie
+        return trie
+
+    def compiled(self, kind: str, spec: str) -> Any:
+        """An xgrammar CompiledGrammar for a Grammar segment (compiled once per engine)."""
+        key = (kind, spec)
+        with self._lock:
+            if key in self._grammars:
+                return self._grammars[key]
+            import xgrammar as xgr
+
+            if self._compiler is None:
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=sorted(self.stop_ids)
+                )
+                self._compiler = xgr.GrammarCompiler(info)
+            if kind == "json_schema":
+                grammar = self._compiler.compile_json_schema(spec, any_whitespace=False)
+            elif kind == "json_object":
+                grammar = self._compiler.compile_builtin_json_grammar()
+            elif kind == "regex":
+                grammar = self._compiler.compile_regex(spec)
+            else:
+                raise ValueError(f"unknown grammar kind {kind!r}")
+            self._grammars[key] = grammar
+            return grammar
+
+
+@dataclass
+class _Trie:
+    children: dict[int, _Trie] = field(default_factory=dict)
+    terminal: bool = False
+
+    def add(self, ids: list[int]) -> None:
+        node = self
+        for i in ids:
+            node = node.children.setdefault(i, _Trie())
+        node.terminal = True
+
+
+@dataclass
+class Sampling:
+    """Sampling options of one request."""
+
+    max_tokens: int = 512
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+class RowDecoder:
+    """Decoding state of one request: current segment, budget, generated ids, stop reason."""
+
+    def __init__(
+        self, vocab: Vocabulary, plan: OutputPlan | None, sampling: Sampling, device: str = "cpu"
+    ) -> None:
+        self.vocab = vocab
+        self.plan = plan
+        self.sampling = sampling
+        self.ids: list[int] = []
+        self.finish_reason: str | None = None
+        self.generator: torch.Generator | None = None
+        if sampling.temperature > 0:
+            self.generator = torch.Generator(device="cpu")
+            seed = sampling.seed
+            if seed is None:
+                seed = int(torch.randint(0, 2**62, (1,)).item())
+            self.generator.manual_seed(seed)
+        self._segments: list[Segment] = list(plan.segments) if plan else []
+        self._index = -1
+        self._forced: list[int] = []
+        self._trie: _Trie | None = None
+        self._matcher: Any = None
+        self._bitmask: torch.Tensor | None = None
+        self._text_budget = 0
+        self._text_used = 0
+        self._text = ""  # text of the current free-text segment
+        self._advance()
+
+    # ------------------------------------------------------------------ segments
+    @property
+    def done(self) -> bool:
+        """Whether the row needs no more tokens."""
+        return self.finish_reason is not None
+
+    def _remaining(self) -> int:
+        return self.sampling.max_tokens - len(self.ids)
+
+    def _reserve_after(self, index: int) -> tuple[int, int]:
+        """Tokens later segments need for certain, and how many later free-text segments exist."""
+        hard, texts = 0, 0
+        for seg in self._segments[index + 1 :]:
+            if isinstance(seg, Fixed):
+                hard += len(self.vocab.encode(seg.text))
+            elif isinstance(seg, Choice):
+                hard += max((len(self.vocab.encode(o)) for o in seg.options), default=1)
+            elif isinstance(seg, Grammar):
+                hard += seg.reserve
+            else:
+                texts += 1
+        return hard, texts
+
+    def _advance(self) -> None:
+        """Move to the next segment; mark the row finished after the last one."""
+        self._index += 1
+        if self.plan is None:
+            return
+        if self._index >= len(self._segments):
+            self.finish_reason = "stop"
+            return
+        seg = self._segments[self._index]
+        self._trie = None
+        self._matcher = None
+        if isinstance(seg, Fixed):
+            self._forced = list(self.vocab.encode(seg.text))
+            if not self._forced:
+                self._advance()
+        elif isinstance(seg, Choice):
+            self._trie = self.vocab.trie(seg.options)
+        elif isinstance(seg, Grammar):
+            import xgrammar as xgr
+
+            self._matcher = xgr.GrammarMatcher(self.vocab.compiled(seg.kind, seg.spec))
+            self._bitmask = xgr.allocate_token_bitmask(1, self.vocab.vocab_size)
+        else:
+            hard, later_texts = self._reserve_after(self._index)
+            free = self._remaining() - hard
+            # Later str fields keep a fair share so one long field cannot starve them.
+            floor = min(64, max(0, free) // (later_texts + 1)) if later_texts else 0
+            self._text_budget = max(0, free - later_texts * floor)
+            self._text_used = 0
+            self._text = ""
+            if self._text_budget == 0:
+                self._advance()
+
+    # ------------------------------------------------------------------ stepping
+    def forced_token(self) -> int | None:
+        """The next token if it is forced (no logits needed), else None."""
+        if self.plan is not None and self._forced:
+            return self._forced[0]
+        return None
+
+    def step(self, logits: torch.Tensor | None) -> int:
+        """Choose the next token (``logits`` is this row's 1-D next-token scores; None if forced)."""
+        token = self._choose(logits)
+        self._accept(token)
+        return token
+
+    def _choose(self, logits: torch.Tensor | None) -> int:
+        while True:
+            forced = self.forced_token()
+            if forced is not None:
+                return forced
+            if logits is None:
+                raise RuntimeError("logits are needed for an unforced step")
+            if self.plan is None:
+                return self._sample(logits)
+            seg = self._segments[self._index]
+            if isinstance(seg, Choice):
+                allowed = list(self._trie.children) if self._trie else []
+                end = self._end_token() if self._trie and self._trie.terminal else None
+                if not allowed:  # option complete: nothing more to choose
+                    self._advance()
+                    continue
+                if end is not None and end not in allowed:
+                    # One option is a prefix of another ("ID" / "IDX"): the model may stop here,
+                    # which it signals by starting the next segment's text.
+                    token = self._sample(logits, allowed=[*allowed, end])
+                    if token == end:
+                        self._advance()
+                        continue
+                    return token
+                return self._sample(logits, allowed=allowed)
+            if isinstance(seg, Grammar):
+                token = self._sample_grammar(logits)
+                if token in self.vocab.stop_ids:
+                    # The grammar is complete and the model wants to stop: next segment.
+                    self._advance()
+                    if self.done:
+                        return token
+                    continue
+                return token
+            # Free text.
+            if self._text_used >= self._text_budget:
+                self._advance()
+                continue
+            if self._text_used == 0:
+                # Small models like to echo the "{field}" placeholder of DSPy's format block.
+                token = self._sample(logits, banned=self.vocab.brace_ids)
+            else:
+                token = self._sample(logits)
+            piece = self.vocab.texts[token]
+            if (
+                token in self.vocab.stop_ids
+                or "[[" in piece
+                or (self._text.endswith("[") and piece.startswith("["))
+                or (self._text.endswith("\n\n") and piece.startswith("["))
+                or (self._text.endswith("\n") and piece.startswith("\n["))
+            ):
+                # The model ends the field (or tries to write the next header itself).
+                self._advance()
+                if self.done:
+                    return token
+                continue
+            return token
+
+    def _end_token(self) -> int | None:
+        nxt = self._segments[self._index + 1] if self._index + 1 < len(self._segments) else None
+        if isinstance(nxt, Fixed):
+            ids = self.vocab.encode(nxt.text)
+            return ids[0] if ids else None
+        return None
+
+    def _accept(self, token: int) -> None:
+        if self.done:
+            return
+        self.ids.append(token)
+        if self.plan is None:
+            if token in self.vocab.stop_ids:
+                self.ids.pop()
+                self.finish_reason = "stop"
+            elif self.sampling.stop and self._hit_stop():
+                self.finish_reason = "stop"
+        else:
+            seg = self._segments[self._index]
+            if isinstance(seg, Fixed):
+                self._forced.pop(0)
+                if not self._forced:
+                    self._advance()
+            elif isinstance(seg, Choice):
+                assert self._trie is not None
+                self._trie = self._trie.children[token]
+                if self._trie.terminal and not self._trie.children:
+                    self._advance()
+            elif isinstance(seg, Grammar):
+                self._matcher.accept_token(token)
+                if self._matcher.is_terminated():
+                    self._advance()
+            else:
+                self._text_used += 1
+                self._text += self.vocab.texts[token]
+        if not self.done and len(self.ids) >= self.sampling.max_tokens:
+            self.finish_reason = "length"
+
+    def _hit_stop(self) -> bool:
+        tail = self.vocab.tokenizer.decode(self.ids[-64:], skip_special_tokens=True)
+        return any(s and s in tail for s in self.sampling.stop)
+
+    # ------------------------------------------------------------------ sampling
+    def _sample_grammar(self, logits: torch.Tensor) -> int:
+        import xgrammar as xgr
+
+        assert self._bitmask is not None
+        self._matcher.fill_next_token_bitmask(self._bitmask, 0)
+        row = logits[: self.vocab.vocab_size].float().unsqueeze(0).clone()
+        xgr.apply_token_bitmask_inplace(row, self._bitmask.to(row.device))
+        return self._sample(row[0])
+
+    def _sample(
+        self,
+        logits: torch.Tensor,
+        allowed: list[int] | None = None,
+        banned: torch.Tensor | None = None,
+    ) -> int:
+        logits = logits.float()
+        if banned is not None and len(banned):
+            logits = logits.clone()
+            logits[banned] = _NEG_INF
+        if allowed is not None:
+            index = torch.tensor(allowed, device=logits.device)
+            sub = logits.index_select(0, index)
+            return int(allowed[self._pick(sub)])
+        return self._pick(logits)
+
+    def _pick(self, logits: torch.Tensor) -> int:
+        if self.generator is None:
+            return int(torch.argmax(logits).item())
+        probs = torch.softmax(logits / self.sampling.temperature, dim=-1).cpu()
+        if self.sampling.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            keep = torch.cumsum(sorted_probs, 0) - sorted_probs < self.sampling.top_p
+            probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs, 1, generator=self.generator).item())
+
+    def text(self) -> str:
+        """The generated text (special tokens removed; stop strings cut off)."""
+        out = self.vocab.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if self.plan is None:
+            for s in self.sampling.stop:
+                if s and s in out:
+                    out = out[: out.index(s)]
+        return out

@@ -1,0 +1,145 @@
+"""Streaming raw records out of files: a JSON list, JSON Lines, or a parquet table.
+
+Every format reader sits on these generators, so no reader ever holds a whole file in memory:
+JSON lists are parsed incrementally with ijson, JSONL line by line, parquet by record batches.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from csc.data.errors import RecordLocation, file_location
+
+Container = Literal["json", "jsonl", "parquet"]
+
+# Rows per parquet record batch: small enough to keep memory flat, big enough to be fast.
+PARQUET_BATCH_ROWS = 512
+
+
+def container_for(path: str | Path) -> Container | None:
+    """The container a file suffix implies (``.json``, ``.jsonl``/``.ndjson``, ``.parquet``)."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json":
+        return "json"
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    return None
+
+
+def iter_records(
+    path: str | Path, container: Container | None = None
+) -> Iterator[tuple[RecordLocation, Any]]:
+    """Yield ``(location, record)`` for every record of a file, one at a time.
+
+    ``container`` defaults to what the suffix implies. Records are returned as parsed (they may
+    not be objects); callers check their shape and raise with the location.
+    """
+    path = Path(path)
+    container = container or container_for(path)
+    if not path.is_file():
+        raise file_location(path).error(
+            "no such file", fix="check the path (a folder is only valid for the hf format)"
+        )
+    if container == "json":
+        yield from iter_json_list(path)
+    elif container == "jsonl":
+        yield from iter_jsonl(path)
+    elif container == "parquet":
+        yield from iter_parquet(path)
+    else:
+        raise file_location(path).error(
+            f"cannot tell the container from the suffix {path.suffix!r}",
+            fix="use .json (a JSON list), .jsonl (one JSON object per line) or .parquet",
+        )
+
+
+def iter_jsonl(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
+    """Records of a JSON Lines file; blank lines are skipped and not counted as records."""
+    path = Path(path)
+    record = 0
+    with path.open("r", encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            record += 1
+            loc = RecordLocation(str(path), record, line_no)
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise loc.error(
+                    f"not valid JSON ({exc.msg} at column {exc.colno})",
+                    fix="each line must be one complete JSON object; fix or remove this line",
+                ) from None
+            yield loc, obj
+
+
+def iter_json_list(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
+    """Elements of a top-level JSON list, parsed incrementally with ijson."""
+    import ijson
+
+    path = Path(path)
+    with path.open("rb") as f:
+        first = _first_significant_byte(f)
+        if first != b"[":
+            found = "an empty file" if first == b"" else f"{first.decode(errors='replace')!r}"
+            raise file_location(path).error(
+                f"expected a JSON list of records ('['), found {found}",
+                fix="a .json file must hold one list of records; for one JSON object per line "
+                "name the file .jsonl or pass the jsonl format",
+            )
+        f.seek(0)
+        if f.read(3) != b"\xef\xbb\xbf":  # skip a UTF-8 byte-order mark, which ijson rejects
+            f.seek(0)
+        record = 0
+        try:
+            for obj in ijson.items(f, "item", use_float=True):
+                record += 1
+                yield RecordLocation(str(path), record), obj
+        except ijson.JSONError as exc:
+            loc = RecordLocation(str(path), record + 1)
+            raise loc.error(
+                f"not valid JSON ({exc})",
+                fix="the file is truncated or corrupt at this record; re-download or repair it",
+            ) from None
+
+
+def _first_significant_byte(f: Any) -> bytes:
+    head = f.read(4096).lstrip(b"\xef\xbb\xbf").lstrip()
+    while not head:
+        chunk = f.read(4096)
+        if not chunk:
+            return b""
+        head = chunk.lstrip()
+    return head[:1]
+
+
+def iter_parquet(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
+    """Rows of a parquet file as dicts, read by record batches."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise file_location(path).error(
+            f"not a readable parquet file ({exc})", fix="re-download or re-export the file"
+        ) from None
+    record = 0
+    with table:
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                record += 1
+                yield RecordLocation(str(path), record), row
+
+
+def parquet_columns(path: str | Path) -> list[str]:
+    """Column names of a parquet file (reads only the footer)."""
+    import pyarrow.parquet as pq
+
+    return list(pq.read_schema(path).names)

@@ -1,0 +1,229 @@
+"""Compare supporters side by side: the same examples, every metric, cost, one table and chart.
+
+:func:`compare_supporters` evaluates each named supporter spec (``zero-shot``,
+``optimized:PATH``, ``finetuned:DIR``) with the evaluation harness on identical examples, in the
+reference and/or generated context, and :func:`write_comparison` writes::
+
+    compare.md    Markdown table (one row per supporter and context)
+    compare.csv   the same numbers, machine-readable
+    compare.json  the numbers plus what produced them (data, LM, limits, timings)
+    compare.png   grouped bar chart of the quality metrics
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Column order of the table: quality metrics as in the paper, then cost.
+METRIC_COLUMNS: tuple[str, ...] = ("B-2", "B-4", "R-L", "BS", "ACC", "F1")
+COST_COLUMNS: tuple[str, ...] = ("prompt_tok", "completion_tok", "latency_s")
+CONTEXT_NAMES = {"ref": "reference", "gen": "generated"}
+
+
+class CompareError(ValueError):
+    """A comparison request is malformed (bad ``NAME=SPEC``, duplicate names, no supporters)."""
+
+
+@dataclass
+class ComparisonRow:
+    """One supporter's scores in one context (``ref`` or ``gen``)."""
+
+    supporter: str
+    spec: str
+    context: str
+    turns: int
+    metrics: dict[str, float | None]
+    prompt_tokens: float | None = None  # mean per supporter turn
+    completion_tokens: float | None = None
+    latency_s: float | None = None
+    lm: str = ""
+
+    def cells(self) -> dict[str, Any]:
+        """The row as flat table cells, in column order."""
+        return {
+            "supporter": self.supporter,
+            "spec": self.spec,
+            "context": self.context,
+            "turns": self.turns,
+            **{name: self.metrics.get(name) for name in METRIC_COLUMNS},
+            "prompt_tok": self.prompt_tokens,
+            "completion_tok": self.completion_tokens,
+            "latency_s": self.latency_s,
+        }
+
+
+@dataclass
+class Comparison:
+    """All rows of a comparison plus what produced them."""
+
+    rows: list[ComparisonRow]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (rows and info)."""
+        return {"info": self.info, "rows": [asdict(r) for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        """Inverse of :meth:`to_dict` (e.g. to re-plot a saved ``compare.json``)."""
+        return cls(rows=[ComparisonRow(**r) for r in data["rows"]], info=data.get("info", {}))
+
+
+def parse_supporter_args(values: Sequence[str]) -> dict[str, str]:
+    """``["zs=zero-shot", "ft=finetuned:runs/ft"]`` -> ``{"zs": "zero-shot", "ft": ...}``.
+
+    A value without ``=`` is its own name (``zero-shot``). Names must be unique.
+    """
+    if not values:
+        raise CompareError("give at least one --supporter NAME=SPEC (e.g. zs=zero-shot)")
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, spec = value.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep:
+            name, spec = value.strip(), value.strip()
+        if not name or not spec:
+            raise CompareError(
+                f"--supporter {value!r}: expected NAME=SPEC, e.g. ft=finetuned:runs/ft"
+            )
+        if name in out:
+            raise CompareError(f"--supporter name {name!r} is used twice; names must be unique")
+        out[name] = spec
+    return out
+
+
+# ---------------------------------------------------------------------------- output
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(comparison: Comparison) -> str:
+    """The comparison as a Markdown table, best value per context and metric in bold."""
+    header = ["supporter", "context", "turns", *METRIC_COLUMNS, *COST_COLUMNS]
+    best: dict[tuple[str, str], float] = {}
+    for row in comparison.rows:
+        for name in METRIC_COLUMNS:
+            value = row.metrics.get(name)
+            if value is not None and not math.isnan(value):
+                key = (row.context, name)
+                best[key] = max(best.get(key, value), value)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in comparison.rows:
+        cells = row.cells()
+        out = [row.supporter, CONTEXT_NAMES.get(row.context, row.context), str(row.turns)]
+        for name in METRIC_COLUMNS:
+            text = _fmt(cells[name])
+            value = cells[name]
+            many = len({r.supporter for r in comparison.rows}) > 1
+            if many and value is not None and best.get((row.context, name)) == value:
+                text = f"**{text}**"
+            out.append(text)
+        out += [_fmt(cells["prompt_tok"], 0), _fmt(cells["completion_tok"], 1)]
+        out.append(_fmt(cells["latency_s"], 2))
+        lines.append("| " + " | ".join(out) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(comparison: Comparison, path: Path) -> None:
+    """One CSV row per supporter and context, columns as in the Markdown table plus the spec."""
+    columns = ["supporter", "spec", "context", "turns", *METRIC_COLUMNS, *COST_COLUMNS]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for row in comparison.rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.cells().items()})
+
+
+def plot_comparison(comparison: Comparison, path: Path) -> None:
+    """Grouped bar chart: one panel per context, metrics on the x axis, one bar per supporter."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; safe in CI and over SSH
+    import matplotlib.pyplot as plt
+
+    contexts = list(dict.fromkeys(r.context for r in comparison.rows))
+    supporters = list(dict.fromkeys(r.supporter for r in comparison.rows))
+    fig, axes = plt.subplots(
+        1, len(contexts), figsize=(1.6 + 1.3 * len(METRIC_COLUMNS) * len(contexts), 4.2),
+        squeeze=False,
+    )
+    width = 0.8 / max(len(supporters), 1)
+    for ax, context in zip(axes[0], contexts):
+        for i, name in enumerate(supporters):
+            row = next(
+                (r for r in comparison.rows if r.context == context and r.supporter == name), None
+            )
+            if row is None:
+                continue
+            values = [row.metrics.get(m) for m in METRIC_COLUMNS]
+            heights = [0.0 if v is None or math.isnan(v) else v for v in values]
+            xs = [j + (i - (len(supporters) - 1) / 2) * width for j in range(len(METRIC_COLUMNS))]
+            bars = ax.bar(xs, heights, width, label=name)
+            ax.bar_label(bars, labels=[_fmt(v, 1) for v in values], fontsize=7, padding=1)
+        ax.set_xticks(range(len(METRIC_COLUMNS)), METRIC_COLUMNS)
+        ax.set_title(f"{CONTEXT_NAMES.get(context, context)} context")
+        ax.set_ylabel("score (0–100)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    title = comparison.info.get("title")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, Path]:
+    """Write compare.md, compare.csv, compare.json and compare.png to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "md": out / "compare.md",
+        "csv": out / "compare.csv",
+        "json": out / "compare.json",
+        "png": out / "compare.png",
+    }
+    info = comparison.info
+    notes = []
+    if info:
+        described = ", ".join(
+            f"{k}: {info[k]}"
+            for k in ("data", "examples", "lm", "framework", "limit", "wall_time_s")
+            if info.get(k) is not None
+        )
+        notes.append(f"{described}\n")
+    notes.append(
+        "B-2/B-4: BLEU, R-L: ROUGE-L, BS: BERTScore F1, ACC: strategy accuracy, F1: strategy "
+        "macro-F1 (all ×100); prompt_tok/completion_tok: mean tokens per supporter turn; "
+        "latency_s: mean seconds per supporter turn.\n"
+    )
+    paths["md"].write_text(
+        "# Supporter comparison\n\n" + "\n".join(notes) + "\n" + markdown_table(comparison),
+        encoding="utf-8",
+    )
+    write_csv(comparison, paths["csv"])
+    paths["json"].write_text(
+        json.dumps(comparison.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+    plot_comparison(comparison, paths["png"])
+    return paths
+
+
+def rows_from_results(
+    results: Iterable[tuple[str, str, Any]],
+) -> list[ComparisonRow]:
+    """Comparison rows from ``(name, spec, EvaluationResult)`` triples of the harness."""
+    rows: list[ComparisonRow] = []
+    for name, spec, result in results:
+        rows.extend(_rows_of_result(name, spec, result))
+    return rows

@@ -1,0 +1,563 @@
+"""RoleCS: five role-playing agents synthesize one strategy-labelled support dialogue.
+
+Loop (arXiv 2508.04423, RoleCS): supporter assistant -> supporter -> (stop on the framework's
+closing strategy or at the utterance limit) -> customer assistant -> customer -> (stop when the
+customer ends it) -> repeat. The framework's conversation policy is enforced in code by
+:class:`StrategyPolicy`: a strategy choice that breaks it is re-asked once with feedback, then
+corrected; both are counted by kind in the dialogue's metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+
+from csc.data.profiles import CustomerProfile
+from csc.data.topics import Topic
+from csc.dialogue import Dialogue, Speaker, Turn
+from csc.framework import Framework, Language
+from csc.signatures.rolecs import JUDGE_CRITERIA, rolecs_signatures
+from csc.signatures.types import DialogueHistory
+
+DEFAULT_MAX_UTTERANCES = 50
+AGENT_ROLES: tuple[str, ...] = (
+    "planner",
+    "supporter_assistant",
+    "supporter",
+    "customer_assistant",
+    "customer",
+    "judge",
+)
+"""The LM roles RoleCS uses (a subset of :data:`csc.lm.ROLES`)."""
+
+
+class DialogueFailure(RuntimeError):
+    """An agent call failed or its output could not be parsed; carries what is needed to record
+    the failure: the role, the raw LM output when there was one, and the partial dialogue."""
+
+    def __init__(
+        self, role: str, cause: BaseException, raw_output: str | None, partial: Dialogue
+    ) -> None:
+        super().__init__(f"{role} failed: {type(cause).__name__}: {cause}")
+        self.role = role
+        self.cause = cause
+        self.raw_output = raw_output
+        self.partial = partial
+
+
+@dataclass(frozen=True)
+class PolicyViolation:
+    """A strategy choice that breaks the policy: its kind and the feedback for a re-ask."""
+
+    kind: str  # "opening", "verification", "repeat" or "closing"
+    feedback: str
+
+
+class StrategyPolicy:
+    """The framework's conversation policy (``framework.policy``), checked and enforced in code.
+
+    Rules, each skipped when the framework's policy leaves its part unset:
+
+    * ``opening``: the first supporter turn uses the opening strategy, and no later turn does;
+    * ``verification``: the verification strategy is used within ``verification_within``
+      supporter turns after the opening, and before the closing strategy;
+    * ``max_repeat``: no strategy more than ``max_repeat`` times in a row;
+    * ``closing``: the dialogue ends with the closing strategy (enforced by :class:`RoleCS`).
+    """
+
+    def __init__(self, framework: Framework, language: Language = "en") -> None:
+        self.framework = framework
+        self.policy = framework.policy
+        self.language = language
+
+    def _name(self, code: str) -> str:
+        s = self.framework.strategy(code)
+        return f"{code} ({s.display_name(self.language)})"
+
+    def check(self, chosen: str, previous: list[str]) -> PolicyViolation | None:
+        """The first rule ``chosen`` breaks after the supporter strategies ``previous``, if any."""
+        p, k = self.policy, len(previous)
+        zh = self.language == "zh"
+        if p.opening:
+            if k == 0 and chosen != p.opening:
+                return PolicyViolation(
+                    "opening",
+                    f"第一句回复必须使用 {self._name(p.opening)}。"
+                    if zh
+                    else f"The first reply must use {self._name(p.opening)}.",
+                )
+            if k > 0 and chosen == p.opening:
+                return PolicyViolation(
+                    "opening",
+                    f"{self._name(p.opening)} 只用于开场，请选择其他策略。"
+                    if zh
+                    else f"{self._name(p.opening)} is only for the opening; choose another strategy.",
+                )
+        if p.verification and p.verification not in previous:
+            offset = 1 if p.opening else 0
+            position = k - offset + 1  # 1 = first supporter turn after the opening
+            due = k >= offset and position >= p.verification_within
+            if chosen != p.verification and (due or chosen == p.closing):
+                return PolicyViolation(
+                    "verification",
+                    f"现在必须使用 {self._name(p.verification)} 确认客户身份。"
+                    if zh
+                    else f"Now use {self._name(p.verification)}: the customer's identity must be "
+                    f"verified within {p.verification_within} replies after the opening.",
+                )
+        if (
+            p.max_repeat
+            and k >= p.max_repeat
+            and all(c == chosen for c in previous[-p.max_repeat :])
+        ):
+            return PolicyViolation(
+                "repeat",
+                f"{self._name(chosen)} 已连续使用 {p.max_repeat} 次，请换一个策略。"
+                if zh
+                else f"{self._name(chosen)} was used {p.max_repeat} times in a row; choose a "
+                "different strategy.",
+            )
+        return None
+
+    def correct(self, violation: PolicyViolation, chosen: str, previous: list[str]) -> str:
+        """A strategy that satisfies the rule ``violation`` names."""
+        p = self.policy
+        if violation.kind == "opening" and not previous and p.opening:
+            return p.opening
+        if violation.kind == "verification" and p.verification:
+            return p.verification
+        return self.alternative(chosen, previous)
+
+    def alternative(self, avoid: str, previous: list[str]) -> str:
+        """The most plausible other strategy: one of the current or the next stage, never the
+        opening, closing or fallback strategy, nor one that would repeat too often."""
+        fw, p = self.framework, self.policy
+        current = 0
+        for code in reversed(previous):
+            idx = fw.stage_index(code)
+            if idx is not None:
+                current = idx
+                break
+        banned = {avoid, p.opening, p.closing}
+        if (
+            p.max_repeat
+            and len(previous) >= p.max_repeat
+            and len(set(previous[-p.max_repeat :])) == 1
+        ):
+            banned.add(previous[-1])
+        candidates = [
+            s.code
+            for s in fw.strategies
+            if s.code not in banned and not s.fallback and s.stage is not None
+        ]
+        if not candidates:
+            candidates = [c for c in fw.codes if c not in banned] or [avoid]
+
+        def rank(code: str) -> tuple[int, int, int]:
+            idx = fw.stage_index(code) or 0
+            return (
+                0 if idx in (current, current + 1) else 1,
+                abs(idx - current),
+                fw.codes.index(code),
+            )
+
+        return min(candidates, key=rank)
+
+
+def rollout_id(seed: int, dialogue_key: str, role: str, step: int, attempt: int = 0) -> int:
+    """A reproducible per-call rollout id: distinct for every dialogue, role, step and attempt,
+    identical for the same seed, so runs are diverse yet repeatable (and cache-friendly)."""
+    text = f"{seed}:{dialogue_key}:{role}:{step}:{attempt}"
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:12], 16)
+
+
+def _raw_output(exc: BaseException) -> str | None:
+    """The raw LM text behind a parse failure, found on the exception or its causes."""
+    seen = exc
+    for _ in range(5):
+        raw = getattr(seen, "lm_response", None)
+        if raw:
+            return str(raw)
+        nxt = seen.__cause__ or seen.__context__
+        if nxt is None:
+            break
+        seen = nxt
+    return None
+
+
+class RoleCSJudge(dspy.Module):
+    """The RoleCS quality filter: an LM judge scores a finished dialogue on five binary criteria
+    (strategy adherence, spotting unreasonable demands, natural replies, varied expression, role
+    consistency); a dialogue passes only with all five."""
+
+    def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
+        super().__init__()
+        self.framework = (
+            framework if isinstance(framework, Framework) else Framework.load(framework)
+        )
+        self.language = language
+        self.judge = dspy.Predict(rolecs_signatures(self.framework, language).judge)
+
+    def forward(self, dialogue: Dialogue, config: dict[str, Any] | None = None) -> dspy.Prediction:
+        """Score ``dialogue``; returns ``criteria`` ({name: {"pass", "reason"}}) and ``passed``."""
+        pred = self.judge(
+            scenario=dialogue.scenario or "",
+            dialogue=DialogueHistory.of(dialogue.turns, language=self.language),
+            strategy_definitions=self.framework.render(self.language, with_rules=False),
+            config=config or {},
+        )
+        criteria = {
+            c: {"pass": bool(getattr(pred, c)), "reason": str(getattr(pred, f"{c}_reason"))}
+            for c in JUDGE_CRITERIA
+        }
+        return dspy.Prediction(criteria=criteria, passed=all(v["pass"] for v in criteria.values()))
+
+
+class RoleCS(dspy.Module):
+    """Synthesize one strategy-labelled support dialogue with five role-playing agents.
+
+    Args:
+        framework: the strategy framework (object, name or YAML path).
+        language: ``en`` or ``zh``; prompts, definitions and the dialogue use it.
+        lms: optional LM per role (``planner``, ``supporter_assistant``, ``supporter``,
+            ``customer_assistant``, ``customer``, ``judge``); a missing role uses the LM of the
+            current DSPy context.
+        temperature: sampling temperature sent with every call (None: the LM's default).
+        max_utterances: utterance limit of a dialogue, closing turn included.
+        judge: score each dialogue with :class:`RoleCSJudge` at the end.
+    """
+
+    def __init__(
+        self,
+        framework: Framework | str = "csc",
+        language: Language = "en",
+        *,
+        lms: Mapping[str, Any] | None = None,
+        temperature: float | None = None,
+        max_utterances: int = DEFAULT_MAX_UTTERANCES,
+        judge: bool = True,
+    ) -> None:
+        super().__init__()
+        if language not in ("en", "zh"):
+            raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
+        self.framework = (
+            framework if isinstance(framework, Framework) else Framework.load(framework)
+        )
+        self.language: Language = language
+        sigs = rolecs_signatures(self.framework, language)
+        self.planner = dspy.Predict(sigs.planner)
+        self.supporter_assistant = dspy.Predict(sigs.supporter_assistant)
+        self.supporter = dspy.Predict(sigs.supporter)
+        self.customer_assistant = dspy.Predict(sigs.customer_assistant)
+        self.customer = dspy.Predict(sigs.customer)
+        self.judge = RoleCSJudge(self.framework, language) if judge else None
+        self.policy = StrategyPolicy(self.framework, language)
+        self.lms = dict(lms or {})
+        self.temperature = temperature
+        self.max_utterances = max_utterances
+        self._definitions = self._render_definitions()
+
+    def _render_definitions(self) -> str:
+        fw, p, zh = self.framework, self.framework.policy, self.language == "zh"
+        lines = [fw.render(self.language)]
+        rules = []
+        if p.opening:
+            rules.append(f"以 {p.opening} 开场" if zh else f"open with {p.opening}")
+        if p.verification:
+            rules.append(
+                f"开场后 {p.verification_within} 句内使用 {p.verification}"
+                if zh
+                else f"use {p.verification} within {p.verification_within} replies after the opening"
+            )
+        if p.closing:
+            rules.append(f"以 {p.closing} 结束" if zh else f"end with {p.closing}")
+        if p.max_repeat:
+            rules.append(
+                f"同一策略连续不超过 {p.max_repeat} 次"
+                if zh
+                else f"never the same strategy more than {p.max_repeat} times in a row"
+            )
+        if rules:
+            lines.append(("对话规范：" if zh else "Policy: ") + ("；" if zh else "; ").join(rules))
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ calls
+    def _call(
+        self,
+        role: str,
+        predictor: Any,
+        state: _State,
+        step: int,
+        attempt: int = 0,
+        **inputs: Any,
+    ) -> dspy.Prediction:
+        config: dict[str, Any] = {
+            "rollout_id": rollout_id(state.seed, state.key, role, step, attempt)
+        }
+        if self.temperature is not None:
+            config["temperature"] = self.temperature
+        with self._as_role(role, state):
+            return predictor(**inputs, config=config)
+
+    @contextmanager
+    def _as_role(self, role: str, state: _State) -> Iterator[None]:
+        """Run calls with the role's LM, count their tokens, and wrap any error with context."""
+        lm = self.lms.get(role)
+        try:
+            with (
+                dspy.context(lm=lm) if lm is not None else nullcontext(),
+                dspy.track_usage() as tracker,
+            ):
+                try:
+                    yield
+                finally:
+                    state.add_usage(role, tracker.get_total_tokens())
+        except Exception as exc:
+            raise DialogueFailure(role, exc, _raw_output(exc), state.dialogue()) from exc
+
+    def _history(self, state: _State) -> DialogueHistory:
+        return DialogueHistory.of(state.turns, language=self.language)
+
+    def _choose_strategy(self, state: _State, step: int) -> tuple[str, dict[str, Any]]:
+        previous = [t.strategy for t in state.turns if t.is_supporter and t.strategy]
+        inputs = dict(
+            scenario=state.scenario,
+            history=self._history(state),
+            strategy_definitions=self._definitions,
+        )
+        pred = self._call(
+            "supporter_assistant", self.supporter_assistant, state, step, feedback="none", **inputs
+        )
+        chosen = self.framework.normalize(str(pred.strategy))
+        meta: dict[str, Any] = {"predicted_stage": str(pred.stage)}
+        violation = self.policy.check(chosen, previous)
+        if violation is None:
+            return chosen, meta
+        # Re-ask once, telling the assistant which rule it broke.
+        again = self._call(
+            "supporter_assistant",
+            self.supporter_assistant,
+            state,
+            step,
+            attempt=1,
+            feedback=violation.feedback,
+            **inputs,
+        )
+        second = self.framework.normalize(str(again.strategy))
+        meta["predicted_stage"] = str(again.stage)
+        record = {"violation": violation.kind, "first_choice": chosen, "second_choice": second}
+        still = self.policy.check(second, previous)
+        if still is None:
+            state.reasks[violation.kind] += 1
+            meta["policy"] = {**record, "action": "reasked"}
+            return second, meta
+        final = second
+        for _ in range(3):  # a correction could in principle trip another rule; settle it
+            if still is None:
+                break
+            state.corrections[still.kind] += 1
+            final = self.policy.correct(still, final, previous)
+            still = self.policy.check(final, previous)
+        meta["policy"] = {**record, "action": "corrected", "corrected_to": final}
+        return final, meta
+
+    def _supporter_turn(
+        self, state: _State, step: int, strategy: str, meta: dict[str, Any]
+    ) -> Turn:
+        definition = self.framework.render_strategy(strategy, self.language)
+        pred = self._call(
+            "supporter",
+            self.supporter,
+            state,
+            step,
+            scenario=state.scenario,
+            strategy=definition,
+            history=self._history(state),
+        )
+        stage = self.framework.strategy(strategy).stage
+        return Turn(
+            speaker=Speaker.SUPPORTER,
+            text=str(pred.reply).strip(),
+            strategy=strategy,
+            metadata={"stage": stage, **meta},
+        )
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        profile: CustomerProfile | str,
+        topic: Topic | str,
+        *,
+        dialogue_id: str | None = None,
+        seed: int = 0,
+        max_utterances: int | None = None,
+    ) -> dspy.Prediction:
+        """Synthesize one dialogue for a customer ``profile`` and a service ``topic``.
+
+        Returns a prediction with ``dialogue`` (a :class:`~csc.dialogue.Dialogue`), ``scenario``,
+        ``goal``, ``end_reason`` (``closing``, ``customer_finished`` or ``max_utterances``),
+        ``judgement`` and ``passed`` (None without a judge). Raises :class:`DialogueFailure` when
+        an agent call fails or cannot be parsed.
+        """
+        limit = max_utterances or self.max_utterances
+        closing = self.framework.policy.closing
+        if limit < (3 if closing else 2):
+            raise ValueError(f"max_utterances must be at least {3 if closing else 2}, got {limit}")
+        description = profile.description if isinstance(profile, CustomerProfile) else str(profile)
+        topic_text = topic.display(self.language) if isinstance(topic, Topic) else str(topic)
+        key = dialogue_id or hashlib.sha256(f"{description}|{topic_text}".encode()).hexdigest()[:16]
+        state = _State(
+            key=key,
+            seed=seed,
+            topic=topic.name if isinstance(topic, Topic) else str(topic),
+            profile=profile.model_dump(exclude_none=True)
+            if isinstance(profile, CustomerProfile)
+            else description,
+            framework=self.framework.name,
+            language=self.language,
+        )
+        plan = self._call("planner", self.planner, state, 0, profile=description, topic=topic_text)
+        state.scenario, state.goal = str(plan.scenario).strip(), str(plan.goal).strip()
+
+        step = 0
+        while True:
+            step += 1
+            position = len(state.turns) + 1
+            if closing and position + 2 > limit:
+                # No room for another customer turn and a closing reply: close now.
+                strategy, meta = closing, {"forced": "closing"}
+                state.corrections["closing"] += 1
+                state.end_reason = "max_utterances"
+            else:
+                strategy, meta = self._choose_strategy(state, step)
+            state.turns.append(self._supporter_turn(state, step, strategy, meta))
+            if closing and strategy == closing:
+                state.end_reason = state.end_reason or "closing"
+                break
+            if len(state.turns) + 1 > limit:  # frameworks without a closing strategy
+                state.end_reason = "max_utterances"
+                break
+
+            history = self._history(state)
+            direction = self._call(
+                "customer_assistant",
+                self.customer_assistant,
+                state,
+                step,
+                scenario=state.scenario,
+                goal=state.goal,
+                profile=description,
+                history=history,
+            ).direction
+            said = self._call(
+                "customer",
+                self.customer,
+                state,
+                step,
+                profile=description,
+                scenario=state.scenario,
+                history=history,
+                direction=str(direction),
+            )
+            finished = bool(said.finished)
+            state.turns.append(
+                Turn(
+                    speaker=Speaker.CUSTOMER,
+                    text=str(said.utterance).strip(),
+                    metadata={
+                        "direction": str(direction).strip(),
+                        "finished": finished,
+                        "reason": str(said.reason).strip(),
+                    },
+                )
+            )
+            if finished or len(state.turns) >= limit:
+                state.end_reason = "customer_finished" if finished else "max_utterances"
+                if closing:
+                    # The policy ends every dialogue with the closing strategy.
+                    state.corrections["closing"] += 1
+                    state.turns.append(
+                        self._supporter_turn(state, step + 1, closing, {"forced": "closing"})
+                    )
+                break
+
+        judgement = None
+        if self.judge is not None:
+            config: dict[str, Any] = {"rollout_id": rollout_id(seed, key, "judge", 0)}
+            if self.temperature is not None:
+                config["temperature"] = self.temperature
+            with self._as_role("judge", state):
+                judgement = self.judge(state.dialogue(), config=config)
+            state.judge = judgement.criteria
+        dialogue = state.dialogue()
+        return dspy.Prediction(
+            dialogue=dialogue,
+            scenario=state.scenario,
+            goal=state.goal,
+            end_reason=state.end_reason,
+            judgement=judgement.criteria if judgement is not None else None,
+            passed=judgement.passed if judgement is not None else None,
+        )
+
+
+class _State:
+    """The dialogue under construction and its counters (one per forward call)."""
+
+    def __init__(
+        self,
+        key: str,
+        seed: int,
+        topic: str,
+        profile: Any,
+        framework: str,
+        language: str,
+    ) -> None:
+        self.key, self.seed, self.topic, self.profile = key, seed, topic, profile
+        self.framework, self.language = framework, language
+        self.scenario = ""
+        self.goal = ""
+        self.turns: list[Turn] = []
+        self.end_reason: str | None = None
+        self.corrections: Counter[str] = Counter()
+        self.reasks: Counter[str] = Counter()
+        self.usage: dict[str, dict[str, int]] = {}
+        self.judge: dict[str, Any] | None = None
+
+    def add_usage(self, role: str, totals: dict[str, dict[str, Any]]) -> None:
+        entry = self.usage.setdefault(
+            role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        )
+        entry["calls"] += 1
+        for usage in totals.values():
+            entry["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            entry["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+
+    def dialogue(self) -> Dialogue:
+        metadata: dict[str, Any] = {
+            "source": "rolecs",
+            "framework": self.framework,
+            "language": self.language,
+            "goal": self.goal,
+            "end_reason": self.end_reason,
+            "policy_corrections": dict(self.corrections),
+            "policy_reasks": dict(self.reasks),
+            "usage": self.usage,
+            "seed": self.seed,
+        }
+        if self.judge is not None:
+            metadata["judge"] = self.judge
+            metadata["passed"] = all(v["pass"] for v in self.judge.values())
+        return Dialogue(
+            id=self.key,
+            topic=self.topic,
+            turns=list(self.turns),
+            scenario=self.scenario or None,
+            profile=self.profile,
+            metadata=metadata,
+        )

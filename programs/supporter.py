@@ -1,0 +1,184 @@
+"""Supporter programs: predict the next strategy, then reply with it (and the no-strategy ablation).
+
+* :class:`StrategyPredictor` — history -> strategy code (the sub-program ``csc optimize --program
+  strategy`` compiles).
+* :class:`Supporter` — predicts the strategy with its ``strategist``, then writes the reply with its
+  ``responder`` given that strategy and its definition; returns ``Prediction(strategy, response)``.
+* :class:`DirectSupporter` — the ablation: replies directly, and the strategy its reply carries out
+  is labelled afterwards by a separate ``labeler``.
+
+All of them work with any framework and language. The prompt-export helpers
+(:func:`strategy_prediction_messages`, :func:`response_generation_messages`,
+:func:`completion_content`) return exactly the chat messages the sub-programs send, so a
+fine-tuning exporter trains on the prompts used at inference time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dspy
+
+from csc.dialogue import Turn
+from csc.framework import Framework, Language
+from csc.signatures.supporter import (
+    direct_response_signature,
+    response_generation_signature,
+    strategy_labeling_signature,
+    strategy_prediction_signature,
+)
+from csc.signatures.types import DialogueHistory
+
+__all__ = [
+    "DirectSupporter",
+    "StrategyPredictor",
+    "Supporter",
+    "completion_content",
+    "response_generation_messages",
+    "strategy_prediction_messages",
+]
+
+HistoryLike = DialogueHistory | Sequence[Turn]
+
+
+def _framework(framework: Framework | str) -> Framework:
+    return framework if isinstance(framework, Framework) else Framework.load(framework)
+
+
+def as_history(history: HistoryLike | Mapping[str, Any], language: Language) -> DialogueHistory:
+    """A :class:`DialogueHistory` from a history, a list of turns or its JSON form."""
+    if isinstance(history, DialogueHistory):
+        return history
+    if isinstance(history, Mapping):  # the serialized form saved in few-shot demos
+        return DialogueHistory.model_validate(history)
+    return DialogueHistory.of(list(history), language=language)
+
+
+class _SupporterModule(dspy.Module):
+    """Shared behaviour: framework/language bookkeeping and JSON-safe loading of demos."""
+
+    kind: str = ""
+
+    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
+        super().__init__()
+        self.framework = _framework(framework)
+        self.language: Language = language
+
+    def load_state(self, state: dict, **kwargs: Any) -> None:
+        """Load saved state, turning the JSON histories of saved demos back into typed histories."""
+        super().load_state(state, **kwargs)
+        for _, predictor in self.named_predictors():
+            for demo in predictor.demos:
+                value = demo.get("history") if isinstance(demo, Mapping) else None
+                if isinstance(value, Mapping):
+                    demo["history"] = DialogueHistory.model_validate(value)
+
+    def _code(self, raw: Any) -> str:
+        """The strategy code of a model output; the fallback strategy when it names none."""
+        try:
+            return self.framework.normalize(str(raw))
+        except ValueError:
+            fallback = self.framework.fallback
+            # Literal-typed outputs are already valid codes; this only guards hand-made LMs.
+            return fallback.code if fallback else self.framework.codes[0]
+
+
+class StrategyPredictor(_SupporterModule):
+    """Predicts the code of the strategy the supporter should use next."""
+
+    kind = "strategy"
+
+    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
+        super().__init__(framework, language)
+        self.strategist = dspy.Predict(strategy_prediction_signature(self.framework, language))
+
+    def forward(self, history: HistoryLike) -> dspy.Prediction:
+        """Return ``Prediction(strategy=code)`` for the conversation so far."""
+        out = self.strategist(history=as_history(history, self.language))
+        return dspy.Prediction(strategy=self._code(out.strategy))
+
+
+class Supporter(_SupporterModule):
+    """Strategy-aligned supporter: predict the next strategy, then reply carrying it out."""
+
+    kind = "supporter"
+
+    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
+        super().__init__(framework, language)
+        self.strategist = dspy.Predict(strategy_prediction_signature(self.framework, language))
+        self.responder = dspy.Predict(response_generation_signature(self.framework, language))
+
+    def forward(self, history: HistoryLike, strategy: str | None = None) -> dspy.Prediction:
+        """Return ``Prediction(strategy, response)``; a given ``strategy`` skips the prediction."""
+        hist = as_history(history, self.language)
+        if strategy is None:
+            strategy = self._code(self.strategist(history=hist).strategy)
+        else:
+            strategy = self.framework.normalize(strategy)
+        out = self.responder(
+            history=hist,
+            strategy=strategy,
+            strategy_definition=self.framework.render_strategy(strategy, self.language),
+        )
+        return dspy.Prediction(strategy=strategy, response=str(out.response).strip())
+
+
+class DirectSupporter(_SupporterModule):
+    """Ablation without explicit strategy prediction: reply first, label the strategy afterwards."""
+
+    kind = "direct"
+
+    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
+        super().__init__(framework, language)
+        self.responder = dspy.Predict(direct_response_signature(self.framework, language))
+        self.labeler = dspy.Predict(strategy_labeling_signature(self.framework, language))
+
+    def forward(self, history: HistoryLike) -> dspy.Prediction:
+        """Return ``Prediction(strategy, response)``, the strategy labelled from the reply."""
+        hist = as_history(history, self.language)
+        response = str(self.responder(history=hist).response).strip()
+        label = self.labeler(history=hist, response=response).strategy
+        return dspy.Prediction(strategy=self._code(label), response=response)
+
+
+# ---------------------------------------------------------------------------- prompt export
+def _adapter() -> dspy.Adapter:
+    return dspy.settings.adapter or dspy.ChatAdapter()
+
+
+def _messages(predictor: dspy.Predict, inputs: dict[str, Any]) -> list[dict[str, Any]]:
+    demos = [dict(d) if isinstance(d, Mapping) else d.toDict() for d in predictor.demos]
+    return _adapter().format(predictor.signature, demos, inputs)
+
+
+def strategy_prediction_messages(
+    program: StrategyPredictor | Supporter, history: HistoryLike
+) -> list[dict[str, Any]]:
+    """The chat messages ``program.strategist`` sends for this history (demos included)."""
+    return _messages(program.strategist, {"history": as_history(history, program.language)})
+
+
+def response_generation_messages(
+    program: Supporter | DirectSupporter, history: HistoryLike, strategy: str | None = None
+) -> list[dict[str, Any]]:
+    """The chat messages ``program.responder`` sends for this history (and strategy)."""
+    hist = as_history(history, program.language)
+    if isinstance(program, DirectSupporter):
+        return _messages(program.responder, {"history": hist})
+    if strategy is None:
+        raise ValueError("response_generation_messages needs the strategy the reply carries out")
+    code = program.framework.normalize(strategy)
+    return _messages(
+        program.responder,
+        {
+            "history": hist,
+            "strategy": code,
+            "strategy_definition": program.framework.render_strategy(code, program.language),
+        },
+    )
+
+
+def completion_content(predictor: dspy.Predict, outputs: Mapping[str, Any]) -> str:
+    """The assistant message content the adapter expects for these outputs (an SFT target)."""
+    return _adapter().format_assistant_message_content(predictor.signature, dict(outputs))

@@ -1,0 +1,499 @@
+"""The resumable RoleCS runner: a topic x profile grid, dialogues run concurrently, each finished
+dialogue streamed to disk, failures recorded, and a summary at the end.
+
+Run folder layout (``DIR``)::
+
+    run.json           the run's configuration and its hash (the run key)
+    dialogues.jsonl    kept dialogues (passed the judge, or all with the filter off)
+    rejected.jsonl     dialogues the judge failed, with its scores and reasons
+    failures.jsonl     dialogues whose LM calls failed or could not be parsed (error + raw output)
+    summary.json       counts, tokens per role, wall time, LMs, seed, configuration hash
+    stats.json         dataset statistics of the kept dialogues (csc.eval.stats)
+
+Every dialogue has a key: a hash of the run configuration and its grid item (topic, profile,
+replica). Re-running the same command skips keys already in ``dialogues.jsonl`` or
+``rejected.jsonl`` and redoes the rest, including earlier failures; nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from csc.data.jsonl import JsonlWriter
+from csc.data.profiles import CustomerProfile
+from csc.data.topics import Topic
+from csc.dialogue import Dialogue
+from csc.framework import Framework, Language
+from csc.programs.rolecs import AGENT_ROLES, DialogueFailure, RoleCS
+
+KEPT_FILE = "dialogues.jsonl"
+REJECTED_FILE = "rejected.jsonl"
+FAILURES_FILE = "failures.jsonl"
+RUN_FILE = "run.json"
+SUMMARY_FILE = "summary.json"
+STATS_FILE = "stats.json"
+DIANJIN_FILE = "dialogues.dianjin.json"
+
+
+class RunConfigError(ValueError):
+    """The output folder belongs to a run with a different configuration, or is unreadable."""
+
+
+class SynthesisConfig(BaseModel):
+    """Everything that decides which dialogues a run produces; its hash is the run key.
+
+    The number of dialogues and the concurrency are not part of it: a larger ``--dialogues``
+    extends the same run, and concurrency does not change results.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    framework: str
+    framework_digest: str
+    language: Language
+    topics: list[Topic]
+    profiles_digest: str
+    profiles_count: int
+    seed: int
+    max_utterances: int
+    temperature: float | None
+    filter: bool
+    lms: dict[str, str]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        framework: Framework,
+        language: Language,
+        topics: Sequence[Topic],
+        profiles: Sequence[CustomerProfile],
+        seed: int,
+        max_utterances: int,
+        temperature: float | None,
+        filter: bool,
+        lms: Mapping[str, str],
+    ) -> SynthesisConfig:
+        """A configuration from its parts; the framework and profiles enter by content digest."""
+        fw_digest = _digest(framework.to_dict())
+        prof_digest = _digest([p.model_dump(exclude_none=True) for p in profiles])
+        roles = {r: lms.get(r, lms.get("default", "")) for r in AGENT_ROLES}
+        if not filter:
+            roles.pop("judge")
+        return cls(
+            framework=framework.name,
+            framework_digest=fw_digest,
+            language=language,
+            topics=list(topics),
+            profiles_digest=prof_digest,
+            profiles_count=len(profiles),
+            seed=seed,
+            max_utterances=max_utterances,
+            temperature=temperature,
+            filter=filter,
+            lms=roles,
+        )
+
+    def digest(self) -> str:
+        """The run key: a short hash of this configuration."""
+        return _digest(self.model_dump(mode="json"))[:12]
+
+
+def _digest(data: Any) -> str:
+    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class GridItem:
+    """One dialogue to synthesize: a topic, a profile, a replica number and its key."""
+
+    topic: Topic
+    profile: CustomerProfile
+    replica: int
+    key: str
+
+
+def plan_grid(
+    topics: Sequence[Topic],
+    profiles: Sequence[CustomerProfile],
+    n: int | None,
+    seed: int,
+    run_key: str,
+) -> list[GridItem]:
+    """The first ``n`` items of the seeded shuffle of topic x profile (default: the whole grid).
+
+    The order depends only on the seed, so a larger ``n`` extends a smaller one. Beyond the grid
+    size, the grid is repeated with a new replica number (a different key, hence different
+    sampling).
+    """
+    grid = [(t, p) for t in topics for p in profiles]
+    if not grid:
+        raise ValueError("the topic x profile grid is empty: give at least one topic and profile")
+    random.Random(seed).shuffle(grid)
+    n = len(grid) if n is None else n
+    items = []
+    for i in range(n):
+        topic, profile = grid[i % len(grid)]
+        replica = i // len(grid)
+        key = _digest([run_key, topic.code, topic.name, profile.id, replica])[:16]
+        items.append(GridItem(topic, profile, replica, key))
+    return items
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _repair_torn_line(path: Path) -> bool:
+    """Cut an incomplete last line (left by a kill mid-write); True when something was cut."""
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    with path.open("rb+") as fh:
+        fh.truncate(data.rfind(b"\n") + 1)
+    return True
+
+
+def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """JSON objects of a JSONL file; a line that cannot be parsed is an error naming it."""
+    if not path.exists():
+        return
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RunConfigError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); the file was edited or "
+                    "corrupted: remove that line and re-run to redo its dialogue"
+                ) from None
+
+
+def read_run_dialogues(out_dir: str | Path, which: str = "kept") -> list[Dialogue]:
+    """The dialogues of a run folder: ``kept``, ``rejected`` or ``all``."""
+    out = Path(out_dir)
+    names = {"kept": [KEPT_FILE], "rejected": [REJECTED_FILE], "all": [KEPT_FILE, REJECTED_FILE]}
+    result = []
+    for name in names[which]:
+        result.extend(Dialogue.model_validate(obj) for obj in _read_lines(out / name))
+    return result
+
+
+class _FailureLog:
+    """Appends failure records as JSON lines, flushed and fsynced like the dialogue files."""
+
+    def __init__(self, path: Path) -> None:
+        _repair_torn_line(path)
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunCounts:
+    """What one invocation of a run did."""
+
+    requested: int = 0
+    already_done: int = 0
+    kept: int = 0
+    rejected: int = 0
+    failed: int = 0
+    tokens: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add_usage(self, usage: Mapping[str, Mapping[str, int]]) -> None:
+        for role, u in usage.items():
+            entry = self.tokens.setdefault(
+                role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
+            )
+            for k in entry:
+                entry[k] += int(u.get(k, 0))
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(u["prompt_tokens"] + u["completion_tokens"] for u in self.tokens.values())
+
+
+class SynthesisRun:
+    """A resumable RoleCS synthesis run writing into ``out_dir``.
+
+    Args:
+        out_dir: the run folder (created; must be empty or hold the same configuration).
+        config: the run configuration (:meth:`SynthesisConfig.build`).
+        framework: the strategy framework the configuration was built from.
+        profiles: the profile pool (its digest must match ``config``).
+        lms: LM per agent role (see :class:`~csc.programs.rolecs.RoleCS`).
+        lm_names: printable model name per role, for the summary (no keys).
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        config: SynthesisConfig,
+        framework: Framework,
+        profiles: Sequence[CustomerProfile],
+        lms: Mapping[str, Any] | None = None,
+        lm_names: Mapping[str, str] | None = None,
+    ) -> None:
+        self.out = Path(out_dir)
+        self.config = config
+        self.key = config.digest()
+        self.profiles = list(profiles)
+        self.framework = framework
+        self.lms = dict(lms or {})
+        self.lm_names = dict(lm_names or config.lms)
+        self.program = RoleCS(
+            framework,
+            config.language,
+            lms=self.lms,
+            temperature=config.temperature,
+            max_utterances=config.max_utterances,
+            judge=config.filter,
+        )
+
+    # ------------------------------------------------------------------ folder
+    def prepare(self) -> None:
+        """Create the folder and write ``run.json``, or check it belongs to this configuration."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        run_file = self.out / RUN_FILE
+        if run_file.exists():
+            try:
+                existing = json.loads(run_file.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                raise RunConfigError(
+                    f"{run_file} is not valid JSON; restore it or use a new --out folder"
+                ) from None
+            if existing.get("config_hash") != self.key:
+                old = existing.get("config", {})
+                new = self.config.model_dump(mode="json")
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise RunConfigError(
+                    f"{self.out} holds run {existing.get('config_hash')} made with a different "
+                    f"configuration (differs in: {', '.join(diff) or 'unknown'}); use another "
+                    "--out folder, or delete this one to start over"
+                )
+            return
+        if any(self.out.glob("*.jsonl")):
+            raise RunConfigError(
+                f"{self.out} already holds .jsonl files but no {RUN_FILE}; use an empty --out folder"
+            )
+        run_file.write_text(
+            json.dumps(
+                {
+                    "config_hash": self.key,
+                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "config": self.config.model_dump(mode="json"),
+                },
+                ensure_ascii=False,
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
+
+    def done_keys(self) -> set[str]:
+        """Keys of dialogues already written (kept or rejected), after repairing torn lines."""
+        keys: set[str] = set()
+        for name in (KEPT_FILE, REJECTED_FILE):
+            path = self.out / name
+            _repair_torn_line(path)
+            keys.update(obj["id"] for obj in _read_lines(path) if "id" in obj)
+        return keys
+
+    # ------------------------------------------------------------------ running
+    def run(
+        self,
+        n: int | None = None,
+        topics: Sequence[Topic] | None = None,
+        *,
+        concurrency: int = 1,
+        progress: bool = True,
+        on_update: Callable[[RunCounts], None] | None = None,
+    ) -> dict[str, Any]:
+        """Synthesize the first ``n`` grid items not yet done; returns the summary (also written
+        to ``summary.json``)."""
+        import dspy
+
+        start = time.perf_counter()
+        self.prepare()
+        items = plan_grid(
+            topics or self.config.topics, self.profiles, n, self.config.seed, self.key
+        )
+        done = self.done_keys()
+        todo = [item for item in items if item.key not in done]
+        counts = RunCounts(requested=len(items), already_done=len(items) - len(todo))
+        lock = threading.Lock()
+        written: set[str] = set()
+
+        bar = None
+        if progress and todo:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc="dialogues", unit="dlg", dynamic_ncols=True)
+
+        kept_writer = JsonlWriter(self.out / KEPT_FILE).open()
+        rejected_writer = JsonlWriter(self.out / REJECTED_FILE).open()
+        failures = _FailureLog(self.out / FAILURES_FILE)
+
+        def synthesize(item: GridItem) -> str:
+            try:
+                pred = self.program(
+                    item.profile, item.topic, dialogue_id=item.key, seed=self.config.seed
+                )
+                dialogue = pred.dialogue
+                dialogue.metadata.update(
+                    run=self.key,
+                    topic_code=item.topic.code,
+                    profile_id=item.profile.id,
+                    replica=item.replica,
+                )
+                outcome = "kept" if (pred.passed is None or pred.passed) else "rejected"
+                record = None
+            except DialogueFailure as exc:
+                outcome, dialogue = "failed", None
+                record = self._failure_record(
+                    item, exc.role, exc.cause, exc.raw_output, exc.partial
+                )
+            except Exception as exc:  # a bug or an unexpected library error: record, go on
+                outcome, dialogue = "failed", None
+                record = self._failure_record(item, "runner", exc, None, None)
+            with lock:
+                if item.key in written:  # never write a dialogue twice
+                    return "duplicate"
+                if dialogue is not None:
+                    written.add(item.key)
+                    (kept_writer if outcome == "kept" else rejected_writer).write(dialogue)
+                    counts.add_usage(dialogue.metadata.get("usage", {}))
+                else:
+                    failures.write(record)
+                    if record.get("usage"):
+                        counts.add_usage(record["usage"])
+                setattr(counts, outcome, getattr(counts, outcome) + 1)
+                if bar is not None:
+                    bar.set_postfix(
+                        kept=counts.kept,
+                        rejected=counts.rejected,
+                        failed=counts.failed,
+                        tokens=counts.total_tokens,
+                        refresh=False,
+                    )
+                    bar.update(1)
+                if on_update is not None:
+                    on_update(counts)
+            return outcome
+
+        try:
+            if todo:
+                from dspy.utils.parallelizer import ParallelExecutor
+
+                # timeout=0 turns off straggler re-submission: a slow local dialogue is not a
+                # straggler, and re-running it would waste the embedded engine's time.
+                executor = ParallelExecutor(
+                    num_threads=max(1, concurrency),
+                    max_errors=len(todo) + 1,
+                    disable_progress_bar=True,
+                    timeout=0,
+                )
+                with dspy.context():
+                    executor.execute(synthesize, todo)
+        finally:
+            if bar is not None:
+                bar.close()
+            kept_writer.close()
+            rejected_writer.close()
+            failures.close()
+
+        wall = time.perf_counter() - start
+        missing = sum(1 for item in items if item.key not in self.done_keys())
+        summary = self._summary(counts, wall, concurrency, missing)
+        (self.out / SUMMARY_FILE).write_text(
+            json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
+        )
+        return summary
+
+    def _failure_record(
+        self,
+        item: GridItem,
+        role: str,
+        cause: BaseException,
+        raw_output: str | None,
+        partial: Dialogue | None,
+    ) -> dict[str, Any]:
+        return {
+            "id": item.key,
+            "run": self.key,
+            "topic": item.topic.name,
+            "profile_id": item.profile.id,
+            "replica": item.replica,
+            "role": role,
+            "error_type": type(cause).__name__,
+            "error": str(cause)[:4000],
+            "raw_output": raw_output,
+            "partial_turns": len(partial.turns) if partial else 0,
+            "partial": partial.model_dump(mode="json") if partial else None,
+            "usage": partial.metadata.get("usage") if partial else None,
+            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def _summary(
+        self, counts: RunCounts, wall: float, concurrency: int, missing: int
+    ) -> dict[str, Any]:
+        kept_total = sum(1 for _ in _read_lines(self.out / KEPT_FILE))
+        rejected_total = sum(1 for _ in _read_lines(self.out / REJECTED_FILE))
+        finished = counts.kept + counts.rejected
+        return {
+            "config_hash": self.key,
+            "framework": self.config.framework,
+            "language": self.config.language,
+            "seed": self.config.seed,
+            "temperature": self.config.temperature,
+            "max_utterances": self.config.max_utterances,
+            "filter": self.config.filter,
+            "concurrency": concurrency,
+            "lms": {r: self.lm_names.get(r, "") for r in self.config.lms},
+            "this_run": {
+                "requested": counts.requested,
+                "already_done": counts.already_done,
+                "kept": counts.kept,
+                "rejected": counts.rejected,
+                "failed": counts.failed,
+                "tokens": counts.tokens,
+                "wall_seconds": round(wall, 2),
+                "dialogues_per_minute": round(finished / (wall / 60), 3) if wall > 0 else None,
+            },
+            "totals": {
+                "kept": kept_total,
+                "rejected": rejected_total,
+                "missing": missing,
+            },
+            "files": {
+                "kept": KEPT_FILE,
+                "rejected": REJECTED_FILE,
+                "failures": FAILURES_FILE,
+                "stats": STATS_FILE,
+            },
+        }

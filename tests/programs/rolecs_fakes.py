@@ -1,0 +1,141 @@
+"""A scripted fake LM for RoleCS tests: answers each agent's signature from a script, offline."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine
+from dspy.utils.dummies import DummyLM
+
+ROLE_MARKERS = {
+    "planner": "You plan a realistic",
+    "supporter_assistant": "You coach a customer-support agent",
+    "supporter": "You are a professional customer-support agent",
+    "customer_assistant": "You direct a simulated customer",
+    "customer": "You play the customer",
+    "judge": "You review a synthetic",
+    "profile_describer": "Turn a structured customer profile",
+}
+
+
+def role_of(messages: list[dict[str, Any]]) -> str:
+    """Which RoleCS agent a prompt is for, from its instructions."""
+    system = messages[0]["content"]
+    for role, marker in ROLE_MARKERS.items():
+        if marker in system:
+            return role
+    raise AssertionError(f"unknown prompt: {system[:200]}")
+
+
+def field(messages: list[dict[str, Any]], name: str) -> str:
+    """An input field's value in the last user message."""
+    text = messages[-1]["content"]
+    m = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with|\Z)", text, re.S)
+    return m.group(1).strip() if m else ""
+
+
+class _Engine(DummyEngine):
+    def _complete_messages(self, messages):
+        out = self.owner.respond(messages)
+        text = out if isinstance(out, str) else self.owner._format_answer_fields(out)
+        from dspy.lm15 import Message, Response, TextPart, Usage
+
+        return Response(
+            id=None,
+            model="scripted",
+            message=Message.assistant([TextPart(text)]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15),
+        )
+
+
+class ScriptedLM(DummyLM):
+    """A fake LM whose answer is ``respond(messages)``: a dict of output fields, a raw string
+    (to test unparseable output), or an exception it raises (to test LM errors)."""
+
+    def __init__(self, respond: Callable[[list[dict[str, Any]]], dict[str, Any] | str]):
+        super().__init__([])
+        self.respond = respond
+        self._engine_spec = _Engine(self)
+        self._async_engine_spec = AsyncDummyEngine(self._engine_spec)
+
+
+class Script:
+    """Per-role scripted answers for a RoleCS dialogue.
+
+    ``strategies``: the supporter assistant's answers in order (cycled per dialogue by the number
+    of supporter turns in the history plus the re-ask attempt). ``finish_at``: the customer turn
+    (1-based) at which the customer ends the dialogue (None: never). ``judge``: criterion -> pass.
+    """
+
+    def __init__(
+        self,
+        strategies: list[str] | Callable[[int, str], str] = ("GT", "IV", "PR", "PS", "AC"),
+        finish_at: int | None = None,
+        judge: dict[str, bool] | Callable[[str], dict[str, bool]] | None = None,
+        fail: Callable[[str, list[dict[str, Any]]], Any] | None = None,
+        stage: str = "connecting",
+    ) -> None:
+        self.strategies = strategies
+        self.finish_at = finish_at
+        self.judge = judge or {}
+        self.fail = fail
+        self.stage = stage
+        self.calls: list[str] = []
+        self.feedback: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, messages: list[dict[str, Any]]) -> dict[str, Any] | str:
+        role = role_of(messages)
+        with self.lock:
+            self.calls.append(role)
+        if self.fail is not None:
+            out = self.fail(role, messages)
+            if out is not None:
+                return out
+        history = field(messages, "history") or field(messages, "dialogue")
+        n_support = len(re.findall(r"^Supporter", history, re.M))
+        n_customer = len(re.findall(r"^Customer", history, re.M))
+        if role == "planner":
+            topic = field(messages, "topic")
+            return {"scenario": f"A customer needs help with {topic}.", "goal": "get help"}
+        if role == "supporter_assistant":
+            feedback = field(messages, "feedback")
+            if feedback != "none":
+                with self.lock:
+                    self.feedback.append(feedback)
+            if callable(self.strategies):
+                code = self.strategies(n_support, feedback)
+            else:
+                code = self.strategies[min(n_support, len(self.strategies) - 1)]
+            return {"stage": self.stage, "strategy": code}
+        if role == "supporter":
+            return {"reply": f"Supporter reply number {n_support + 1} about the issue."}
+        if role == "customer_assistant":
+            return {"direction": "Ask about the fee."}
+        if role == "customer":
+            done = self.finish_at is not None and n_customer + 1 >= self.finish_at
+            return {
+                "utterance": f"Customer message {n_customer + 1}, please help.",
+                "finished": done,
+                "reason": "said goodbye" if done else "still waiting",
+            }
+        if role == "judge":
+            verdict = self.judge(history) if callable(self.judge) else self.judge
+            out: dict[str, Any] = {}
+            for c in (
+                "strategy_adherence",
+                "unreasonable_demands",
+                "natural_replies",
+                "varied_expression",
+                "role_consistency",
+            ):
+                out[f"{c}_reason"] = f"{c} looks fine"
+                out[c] = verdict.get(c, True)
+            return out
+        if role == "profile_describer":
+            return {"description": "You are a patient customer who writes short messages."}
+        raise AssertionError(role)
