@@ -13,8 +13,7 @@ Prints:
 All measurements use cache=False. ``--quick`` runs fewer requests and skips the cold load.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: the signature below is built from runtime types.
 import argparse
 import json
 import os

@@ -40,6 +40,8 @@ __all__ = [
     "detect_language",
     "lcs_length",
     "rouge_l",
+    "rouge_l_scores",
+    "sentence_bleu",
     "rouge_l_metric",
     "rouge_tokens",
     "strategy_accuracy",

@@ -23,6 +23,7 @@ import os
 import random
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -163,8 +164,14 @@ def _repair_torn_line(path: Path) -> bool:
     data = path.read_bytes()
     if data.endswith(b"\n"):
         return False
+    keep = data.rfind(b"\n") + 1
     with path.open("rb+") as fh:
-        fh.truncate(data.rfind(b"\n") + 1)
+        fh.truncate(keep)
+    warnings.warn(
+        f"{path}: dropped an incomplete last line ({len(data) - keep} bytes) left by an "
+        "interrupted run; its dialogue will be redone",
+        stacklevel=2,
+    )
     return True
 
 

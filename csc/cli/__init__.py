@@ -24,8 +24,10 @@ app = typer.Typer(
 # Modules under csc.cli that add commands; each defines register(app).
 COMMAND_MODULES = [
     "data",
+    "evaluate",
     "framework",
     "lm",
+    "optimize",
     "profiles",
     "stats",
     "synthesize",

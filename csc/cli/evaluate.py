@@ -1,0 +1,207 @@
+"""``csc evaluate``: score a supporter under the reference and generated context."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, or of every file of a folder (HF datasets) in name order."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with file.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    def evaluate(
+        data: Path = typer.Option(
+            ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
+        ),
+        supporter: str = typer.Option(
+            "zero-shot",
+            "--supporter",
+            help="zero-shot | direct (no-strategy ablation) | optimized:PATH.json | finetuned:DIR.",
+        ),
+        lm: Optional[str] = LMOption,
+        api_base: Optional[str] = ApiBaseOption,
+        config: Optional[Path] = ConfigOption,
+        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
+        lang: Optional[str] = typer.Option(
+            None, "--lang", help="en or zh (default: detected from the data)."
+        ),
+        data_format: Optional[str] = typer.Option(
+            None, "--format", help="Input format (default: from the file name)."
+        ),
+        context: str = typer.Option("both", "--context", help="ref, gen or both."),
+        limit: Optional[int] = typer.Option(
+            None, "--limit", min=1, help="Only the first N supporter turns, in dialogue order."
+        ),
+        split: str = typer.Option(
+            "all", "--split", help="all, or test: the seeded held-out dialogues (see --seed)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the train/dev/test split."),
+        num_threads: int = typer.Option(
+            4, "--num-threads", min=1, help="Concurrent requests (turns in ref, dialogues in gen)."
+        ),
+        bertscore_model: Optional[str] = typer.Option(
+            None,
+            "--bertscore-model",
+            help="Local model folder for BERTScore (default: offline all-MiniLM-L6-v2).",
+        ),
+        no_bertscore: bool = typer.Option(False, "--no-bertscore", help="Skip BERTScore."),
+        bleu_tokenize: Optional[str] = typer.Option(
+            None, "--bleu-tokenize", help="sacrebleu tokenizer (default: zh or 13a by language)."
+        ),
+        out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder."),
+    ) -> None:
+        """Evaluate a supporter: BLEU-2/4, ROUGE-L, BERTScore, strategy ACC and macro-F1.
+
+        Writes metrics.json, predictions.jsonl, report.md and PNG plots to --out. Finished
+        predictions are cached under OUT/cache, so re-running the same command resumes.
+        """
+        import dspy
+
+        from csc.data.errors import DataFormatError
+        from csc.data.io import read_dialogues
+        from csc.eval.examples import dialogue_language, split_dialogues
+        from csc.eval.harness import evaluate_supporter, normalize_contexts, supporter_from_spec
+        from csc.eval.report import write_report
+        from csc.framework import Framework, FrameworkError
+        from csc.lm import LMConfigError, build_lm, lm_name
+        from csc.optimizers.store import ProgramStoreError
+
+        if split not in ("all", "test"):
+            fail("--split must be all or test")
+        if lang not in (None, "en", "zh"):
+            fail("--lang must be en or zh")
+        try:
+            contexts = normalize_contexts(context)
+        except ValueError as exc:
+            fail(str(exc))
+        if not data.exists():
+            fail(f"{data}: no such file or folder")
+        try:
+            fw = Framework.load(framework)
+            dialogues = list(read_dialogues(data, data_format, framework=fw))
+        except (DataFormatError, FrameworkError) as exc:
+            fail(str(exc))
+        if split == "test":
+            dialogues = split_dialogues(dialogues, seed=seed).test
+        if not dialogues:
+            fail(f"{data}: no dialogues to evaluate")
+        language = lang or dialogue_language(dialogues)
+
+        try:
+            chosen = supporter_from_spec(supporter, framework=fw, language=language)
+        except (ValueError, ProgramStoreError, FrameworkError) as exc:
+            fail(str(exc))
+        program = chosen.program
+        if getattr(program, "framework", fw) != fw and chosen.metadata:
+            typer.secho(
+                f"note: {supporter} was compiled for framework "
+                f"{chosen.metadata.get('framework')!r}; using it",
+                fg="yellow",
+                err=True,
+            )
+        settings = resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
+        spec = settings.spec_for("supporter")
+        try:
+            client = build_lm(spec)
+        except (LMConfigError, FileNotFoundError, OSError) as exc:
+            fail(f"cannot build the LM {spec.model!r}: {exc}")
+
+        sha = file_sha256(data)
+        # Caches are keyed by everything that changes predictions, so a different run in the
+        # same --out never reuses them.
+        key_parts = {
+            "supporter": supporter,
+            "program": file_sha256(Path(supporter.split(":", 1)[1]))
+            if supporter.startswith("optimized:")
+            else None,
+            "lm": spec.model_dump(exclude={"api_key_env"}),
+            "data": sha,
+            "framework": fw.to_dict(),
+            "language": language,
+            "split": split,
+            "seed": seed,
+        }
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+        cache_dir = out / "cache" / key
+        typer.echo(
+            f"evaluating {supporter} on {data} ({len(dialogues)} dialogues, {language}) with "
+            f"{lm_name(client)}; contexts: {', '.join(contexts)}"
+        )
+        start = time.perf_counter()
+        with dspy.context(lm=client):
+            try:
+                result = evaluate_supporter(
+                    program,
+                    dialogues,
+                    context=contexts,
+                    framework=fw,
+                    language=language,
+                    limit=limit,
+                    num_threads=num_threads,
+                    cache_dir=cache_dir,
+                    bleu_tokenize=bleu_tokenize,
+                    bertscore_model=bertscore_model,
+                    with_bertscore=not no_bertscore,
+                )
+            except RuntimeError as exc:  # e.g. the BERTScore model cannot be loaded
+                fail(str(exc))
+        seconds = time.perf_counter() - start
+        from csc.eval.metrics import default_bertscore_model
+
+        info = {
+            "supporter": supporter,
+            "supporter_metadata": chosen.metadata or None,
+            "lm": spec.model + (f" @ {spec.api_base}" if spec.api_base else ""),
+            "data": str(data),
+            "data_sha256": sha,
+            "framework": fw.name,
+            "split": split,
+            "seed": seed,
+            "limit": limit,
+            "selection": f"first {limit} supporter turns" if limit else "all supporter turns",
+            "num_threads": num_threads,
+            "bertscore_model": None
+            if no_bertscore
+            else f"{bertscore_model or default_bertscore_model()}",
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 2),
+        }
+        files = write_report(result, out, info)
+        _print_table(result)
+        typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")
+
+
+def _print_table(result) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Supporter evaluation (%)")
+    cols = ["bleu2", "bleu4", "rougeL", "bertscore", "acc", "macro_f1", "n_examples"]
+    table.add_column("context")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for name, metrics in result.metrics.items():
+        cells = []
+        for col in cols:
+            value = metrics.get(col)
+            cells.append("n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value))
+        table.add_row(name, *cells)
+    Console().print(table)

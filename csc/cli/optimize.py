@@ -1,0 +1,146 @@
+"""``csc optimize``: compile a supporter program with a DSPy optimizer and save its JSON state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("optimize")
+    def optimize(
+        program: str = typer.Option(
+            "strategy", "--program", help="strategy (strategy predictor) or supporter (both steps)."
+        ),
+        train: Path = typer.Option(..., "--train", help="Training dialogues (any csc format)."),
+        dev: Optional[Path] = typer.Option(
+            None,
+            "--dev",
+            help="Dev dialogues; without it the train file is split by dialogue (seeded 80/10/10, "
+            "the test part left out).",
+        ),
+        optimizer: str = typer.Option("bootstrap", "--optimizer", help="bootstrap, mipro or gepa."),
+        budget: str = typer.Option("light", "--budget", help="light, medium or heavy."),
+        lm: Optional[str] = LMOption,
+        prompt_lm: Optional[str] = typer.Option(
+            None,
+            "--prompt-lm",
+            help="LM that proposes instructions (mipro) or reflects (gepa); default: --lm.",
+        ),
+        api_base: Optional[str] = ApiBaseOption,
+        config: Optional[Path] = ConfigOption,
+        metric: str = typer.Option(
+            "acc", "--metric", help="acc (strategy accuracy) or acc+bertscore (half each)."
+        ),
+        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
+        lang: Optional[str] = typer.Option(
+            None, "--lang", help="en or zh (default: detected from the data)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
+        num_threads: int = typer.Option(4, "--num-threads", min=1, help="Concurrent requests."),
+        max_train: Optional[int] = typer.Option(
+            None, "--max-train", min=1, help="Use at most N training examples (turns)."
+        ),
+        max_dev: Optional[int] = typer.Option(
+            None, "--max-dev", min=1, help="Use at most N dev examples (turns)."
+        ),
+        out: Path = typer.Option(..., "--out", help="Where to save the program (.json)."),
+    ) -> None:
+        """Optimize a supporter program; saves PROGRAM.json (JSON state) and PROGRAM.meta.json.
+
+        Load it with `csc evaluate --supporter optimized:PROGRAM.json`.
+        """
+        from csc.data.errors import DataFormatError
+        from csc.data.io import read_dialogues
+        from csc.eval.examples import dialogue_language, split_dialogues, supporter_examples
+        from csc.framework import Framework, FrameworkError
+        from csc.lm import LMConfigError, build_lm, lm_name
+        from csc.optimizers.optimize import optimize_program
+        from csc.optimizers.store import ProgramStoreError, save_program, sidecar_path
+
+        choices = {
+            "--program": (program, ("strategy", "supporter")),
+            "--optimizer": (optimizer, ("bootstrap", "mipro", "gepa")),
+            "--budget": (budget, ("light", "medium", "heavy")),
+            "--metric": (metric, ("acc", "acc+bertscore")),
+        }
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                fail(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
+        if lang not in (None, "en", "zh"):
+            fail("--lang must be en or zh")
+        if out.suffix != ".json":
+            fail(f"--out {out}: the program is saved as JSON state; give a .json path")
+        for path in (train, dev):
+            if path is not None and not path.exists():
+                fail(f"{path}: no such file or folder")
+        try:
+            fw = Framework.load(framework)
+            train_dialogues = list(read_dialogues(train, framework=fw))
+            if dev is not None:
+                dev_dialogues = list(read_dialogues(dev, framework=fw))
+            else:
+                parts = split_dialogues(train_dialogues, seed=seed)
+                train_dialogues, dev_dialogues = parts.train, parts.dev
+        except (DataFormatError, FrameworkError) as exc:
+            fail(str(exc))
+        language = lang or dialogue_language(train_dialogues)
+        trainset = supporter_examples(train_dialogues, language=language)[:max_train]
+        devset = supporter_examples(dev_dialogues, language=language)[:max_dev]
+
+        settings = resolve_lm_settings(config, lm, api_base)
+        try:
+            task_lm = build_lm(settings.spec_for("supporter"))
+            reflect_lm = build_lm(prompt_lm, api_base=api_base) if prompt_lm else task_lm
+        except (LMConfigError, FileNotFoundError, OSError) as exc:
+            fail(f"cannot build the LM: {exc}")
+
+        def show_projection(projection) -> None:  # type: ignore[no-untyped-def]
+            typer.echo(
+                f"{optimizer} ({budget}) on {len(trainset)} train / {len(devset)} dev examples "
+                f"with {lm_name(task_lm)}: projected LM calls ~{projection.total} "
+                f"({projection.task_calls} task + {projection.prompt_calls} prompt-model); "
+                f"{projection.detail}"
+            )
+
+        try:
+            result = optimize_program(
+                program,  # type: ignore[arg-type]
+                trainset,
+                devset,
+                optimizer=optimizer,  # type: ignore[arg-type]
+                budget=budget,  # type: ignore[arg-type]
+                metric=metric,  # type: ignore[arg-type]
+                lm=task_lm,
+                prompt_lm=reflect_lm,
+                framework=fw,
+                language=language,  # type: ignore[arg-type]
+                seed=seed,
+                num_threads=num_threads,
+                on_projection=show_projection,
+            )
+        except ValueError as exc:
+            fail(str(exc))
+        metadata = {
+            **result.metadata,
+            "train": str(train),
+            "dev": str(dev) if dev else f"{train} (seeded split, seed {seed})",
+        }
+        try:
+            save_program(result.program, out, metadata)
+        except ProgramStoreError as exc:
+            fail(str(exc))
+        typer.echo(
+            f"real LM calls: {result.lm_calls}; tokens: {result.prompt_tokens} prompt + "
+            f"{result.completion_tokens} completion; {result.seconds:.1f} s"
+        )
+        typer.echo(
+            f"dev {metric}: before {result.dev_before:.2f} -> after {result.dev_after:.2f} "
+            f"({len(devset)} examples)"
+        )
+        typer.echo(f"saved {out} and {sidecar_path(out)}")
+        typer.echo(f"evaluate it with: csc evaluate --supporter optimized:{out} --data ...")

@@ -1,0 +1,467 @@
+"""Evaluate a supporter program under the reference and the generated context.
+
+* **Reference context**: the history of every example is the reference dialogue up to that turn.
+* **Generated context**: the supporter is rolled through each dialogue; every earlier supporter
+  turn in its history is its own generation (with its own predicted strategy), customer turns stay
+  as in the reference. Dialogues run concurrently, turns within a dialogue sequentially.
+
+Both settings score the same examples (every supporter turn, or the first ``limit`` in dialogue
+order) with BLEU-2/4, ROUGE-L, BERTScore, strategy accuracy and macro-F1. Predictions are appended
+to a cache file as they finish, so an interrupted run resumes where it stopped.
+
+Python use::
+
+    from csc.eval.harness import evaluate_supporter
+    from csc.programs.supporter import Supporter
+    with dspy.context(lm=build_lm("local")):
+        result = evaluate_supporter(Supporter(), dialogues, context="both", limit=40)
+    print(result.metrics["reference"]["acc"])
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dspy
+
+from csc.dialogue import Dialogue, Speaker, Turn
+from csc.eval.examples import dialogue_language, supporter_examples
+from csc.eval.metrics import bertscore, corpus_bleu, rouge_l, strategy_scores
+from csc.framework import Framework
+from csc.signatures.types import DialogueHistory
+
+__all__ = [
+    "CONTEXTS",
+    "ContextResult",
+    "EvaluationResult",
+    "PredictionRecord",
+    "evaluate_supporter",
+    "score_records",
+    "SupporterSpec",
+    "supporter_from_spec",
+]
+
+Context = Literal["reference", "generated"]
+CONTEXTS: tuple[Context, ...] = ("reference", "generated")
+_ALIASES = {"ref": "reference", "gen": "generated", "reference": "reference", "generated": "generated"}
+
+
+@dataclass
+class PredictionRecord:
+    """One scored supporter turn: what the reference says and what the program produced."""
+
+    dialogue_id: str
+    turn_index: int
+    context: str
+    gold_strategy: str | None
+    predicted_strategy: str | None
+    gold_response: str
+    generated_response: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (one line of predictions.jsonl)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PredictionRecord:
+        """Read a record back from its dict form."""
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass
+class ContextResult:
+    """The records and metrics of one context setting."""
+
+    context: str
+    records: list[PredictionRecord]
+    metrics: dict[str, Any]
+    strategy: dict[str, Any]
+    seconds: float
+
+
+@dataclass
+class EvaluationResult:
+    """Results per context (``reference`` / ``generated``) plus run information."""
+
+    contexts: dict[str, ContextResult] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Context -> headline metrics (bleu2, bleu4, rougeL, bertscore, acc, macro_f1, ...)."""
+        return {name: res.metrics for name, res in self.contexts.items()}
+
+    @property
+    def records(self) -> list[PredictionRecord]:
+        """All prediction records, context by context."""
+        return [r for res in self.contexts.values() for r in res.records]
+
+
+def normalize_contexts(context: str | Sequence[str]) -> list[Context]:
+    """``ref``/``gen``/``both`` (or full names, or a list) -> the list of contexts to run."""
+    items = [context] if isinstance(context, str) else list(context)
+    out: list[Context] = []
+    for item in items:
+        if item == "both":
+            out.extend(CONTEXTS)
+        elif item in _ALIASES:
+            out.append(_ALIASES[item])  # type: ignore[arg-type]
+        else:
+            raise ValueError(f"unknown context {item!r}; use ref, gen or both")
+    return list(dict.fromkeys(out))
+
+
+# ---------------------------------------------------------------------------- caching
+class _RecordCache:
+    """Append-only JSONL of finished records, keyed by (dialogue id, turn index)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self.lock = threading.Lock()
+        self.done: dict[tuple[str, int], PredictionRecord] = {}
+        if path is not None and path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if not line.strip():
+                    continue
+                try:
+                    rec = PredictionRecord.from_dict(json.loads(line))
+                except (json.JSONDecodeError, TypeError):
+                    # A line cut short by an interruption: recompute that example.
+                    continue
+                if rec.error is None:
+                    self.done[(rec.dialogue_id, rec.turn_index)] = rec
+
+    def get(self, dialogue_id: str, turn_index: int) -> PredictionRecord | None:
+        return self.done.get((dialogue_id, turn_index))
+
+    def add(self, record: PredictionRecord) -> None:
+        if self.path is None or record.error is not None:
+            return
+        with self.lock:
+            self.done[(record.dialogue_id, record.turn_index)] = record
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------------- running
+def _usage(pred: Any) -> tuple[int, int]:
+    usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
+    prompt = completion = 0
+    for stats in (usage or {}).values():
+        prompt += int(stats.get("prompt_tokens") or 0)
+        completion += int(stats.get("completion_tokens") or 0)
+    return prompt, completion
+
+
+def _run_turn(
+    program: dspy.Module,
+    history: DialogueHistory,
+    dialogue_id: str,
+    turn_index: int,
+    context: str,
+    gold: Turn,
+) -> PredictionRecord:
+    start = time.perf_counter()
+    try:
+        pred = program(history=history)
+    except Exception as exc:  # kept as a row with its error, not lost
+        return PredictionRecord(
+            dialogue_id,
+            turn_index,
+            context,
+            gold.strategy,
+            None,
+            gold.text,
+            "",
+            latency_s=time.perf_counter() - start,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+    prompt, completion = _usage(pred)
+    return PredictionRecord(
+        dialogue_id,
+        turn_index,
+        context,
+        gold.strategy,
+        getattr(pred, "strategy", None),
+        gold.text,
+        str(getattr(pred, "response", "") or ""),
+        prompt,
+        completion,
+        time.perf_counter() - start,
+    )
+
+
+def _executor(num_threads: int, progress: bool) -> Any:
+    from dspy.utils.parallelizer import ParallelExecutor
+
+    # timeout=0: no straggler resubmission, which would run (and cache) a turn twice.
+    return ParallelExecutor(
+        num_threads=num_threads,
+        max_errors=10**9,
+        disable_progress_bar=not progress,
+        timeout=0,
+    )
+
+
+def _reference_context(
+    program: dspy.Module,
+    examples: list[dspy.Example],
+    dialogues: dict[str, Dialogue],
+    cache: _RecordCache,
+    num_threads: int,
+    progress: bool,
+) -> list[PredictionRecord]:
+    todo = [ex for ex in examples if cache.get(ex.dialogue_id, ex.turn_index) is None]
+
+    def run(ex: dspy.Example) -> PredictionRecord:
+        gold = dialogues[ex.dialogue_id].turns[ex.turn_index]
+        rec = _run_turn(program, ex.history, ex.dialogue_id, ex.turn_index, "reference", gold)
+        cache.add(rec)
+        return rec
+
+    fresh = _executor(num_threads, progress).execute(run, todo) if todo else []
+    by_key = {(r.dialogue_id, r.turn_index): r for r in fresh if isinstance(r, PredictionRecord)}
+    return [
+        cache.get(ex.dialogue_id, ex.turn_index) or by_key[(ex.dialogue_id, ex.turn_index)]
+        for ex in examples
+    ]
+
+
+def _generated_context(
+    program: dspy.Module,
+    examples: list[dspy.Example],
+    dialogues: dict[str, Dialogue],
+    cache: _RecordCache,
+    language: str,
+    num_threads: int,
+    progress: bool,
+) -> list[PredictionRecord]:
+    wanted: dict[str, list[int]] = {}
+    for ex in examples:
+        wanted.setdefault(ex.dialogue_id, []).append(ex.turn_index)
+    show = examples[0].history.show_strategies if examples else True
+
+    def roll(dialogue_id: str) -> list[PredictionRecord]:
+        dialogue = dialogues[dialogue_id]
+        turns = list(dialogue.turns)
+        out: list[PredictionRecord] = []
+        for index in wanted[dialogue_id]:
+            gold = dialogue.turns[index]
+            rec = cache.get(dialogue_id, index)
+            if rec is None:
+                history = DialogueHistory.of(
+                    turns[:index], language=language, show_strategies=show
+                )
+                rec = _run_turn(program, history, dialogue_id, index, "generated", gold)
+                cache.add(rec)
+            out.append(rec)
+            if rec.error is None:
+                # The model's own reply (and strategy) is what later turns see.
+                turns[index] = Turn(
+                    speaker=Speaker.SUPPORTER,
+                    text=rec.generated_response,
+                    strategy=rec.predicted_strategy,
+                )
+        return out
+
+    results = _executor(num_threads, progress).execute(roll, list(wanted))
+    records: list[PredictionRecord] = []
+    for dialogue_id, res in zip(wanted, results):
+        if isinstance(res, list):
+            records.extend(res)
+        else:  # the rollout itself failed: keep every turn as an error row
+            for index in wanted[dialogue_id]:
+                gold = dialogues[dialogue_id].turns[index]
+                records.append(
+                    PredictionRecord(
+                        dialogue_id,
+                        index,
+                        "generated",
+                        gold.strategy,
+                        None,
+                        gold.text,
+                        "",
+                        error=f"rollout failed: {res}",
+                    )
+                )
+    return records
+
+
+# ---------------------------------------------------------------------------- scoring
+def score_records(
+    records: Sequence[PredictionRecord],
+    *,
+    framework: Framework | None = None,
+    language: str | None = None,
+    bleu_tokenize: str | None = None,
+    bertscore_model: str | None = None,
+    with_bertscore: bool = True,
+    progress: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Headline metrics (percentages) and the strategy detail of a list of records."""
+    hyps = [r.generated_response for r in records]
+    refs = [r.gold_response for r in records]
+    codes = framework.codes if framework else None
+    strat = strategy_scores(
+        [r.gold_strategy for r in records], [r.predicted_strategy for r in records], codes
+    )
+    metrics: dict[str, Any] = {
+        "bleu2": corpus_bleu(hyps, refs, 2, language=language, tokenize=bleu_tokenize),
+        "bleu4": corpus_bleu(hyps, refs, 4, language=language, tokenize=bleu_tokenize),
+        "rougeL": rouge_l(hyps, refs, language=language),
+        "bertscore": (
+            bertscore(hyps, refs, model=bertscore_model, progress=progress)
+            if with_bertscore
+            else None
+        ),
+        "acc": strat.accuracy,
+        "macro_f1": strat.macro_f1,
+        "n_examples": len(records),
+        "n_labelled": strat.n,
+        "n_errors": sum(r.error is not None for r in records),
+        "prompt_tokens": sum(r.prompt_tokens or 0 for r in records),
+        "completion_tokens": sum(r.completion_tokens or 0 for r in records),
+        "mean_latency_s": (sum(r.latency_s or 0 for r in records) / len(records))
+        if records
+        else 0.0,
+    }
+    return metrics, strat.to_dict()
+
+
+def evaluate_supporter(
+    program: dspy.Module,
+    dialogues: Iterable[Dialogue],
+    *,
+    context: str | Sequence[str] = "both",
+    framework: Framework | str | None = None,
+    language: str | None = None,
+    limit: int | None = None,
+    num_threads: int = 4,
+    cache_dir: str | Path | None = None,
+    bleu_tokenize: str | None = None,
+    bertscore_model: str | None = None,
+    with_bertscore: bool = True,
+    progress: bool = True,
+    on_context_done: Callable[[ContextResult], None] | None = None,
+) -> EvaluationResult:
+    """Run ``program`` on every supporter turn of ``dialogues`` and score it.
+
+    Args:
+        program: a module returning ``Prediction(strategy, response)`` for ``history=``.
+        dialogues: the evaluation dialogues (gold strategies as framework codes).
+        context: ``ref``, ``gen``, ``both`` (or ``reference`` / ``generated``).
+        framework: orders the per-strategy scores (default: the program's framework).
+        language: ``en`` / ``zh`` for histories and metric tokenization (detected if omitted).
+        limit: only the first ``limit`` supporter turns in dialogue order (the same turns in
+            both contexts).
+        num_threads: concurrent requests (turns in ``ref``, dialogues in ``gen``).
+        cache_dir: folder of the per-context resume caches (``<context>.jsonl``).
+        bleu_tokenize: override sacrebleu's tokenizer (default ``zh`` or ``13a`` by language).
+        bertscore_model: local model folder for BERTScore (default all-MiniLM-L6-v2).
+        with_bertscore: set False to skip BERTScore (reported as None).
+        progress: show progress bars.
+        on_context_done: called with each context's result as soon as it is scored.
+    """
+    dialogues = list(dialogues)
+    ids = [d.id for d in dialogues]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"dialogue id {dup!r} occurs more than once; ids must be unique")
+    fw = framework or getattr(program, "framework", None)
+    fw = Framework.load(fw) if isinstance(fw, str) else fw
+    language = language or dialogue_language(dialogues)
+    examples = supporter_examples(dialogues, language=language)
+    if limit is not None:
+        examples = examples[:limit]
+    by_id = {d.id: d for d in dialogues}
+    result = EvaluationResult(
+        info={"language": language, "n_dialogues": len({e.dialogue_id for e in examples})}
+    )
+    for ctx in normalize_contexts(context):
+        cache = _RecordCache(Path(cache_dir) / f"{ctx}.jsonl" if cache_dir else None)
+        start = time.perf_counter()
+        with dspy.context(track_usage=True):
+            if ctx == "reference":
+                records = _reference_context(
+                    program, examples, by_id, cache, num_threads, progress
+                )
+            else:
+                records = _generated_context(
+                    program, examples, by_id, cache, language, num_threads, progress
+                )
+        seconds = time.perf_counter() - start
+        metrics, strat = score_records(
+            records,
+            framework=fw,
+            language=language,
+            bleu_tokenize=bleu_tokenize,
+            bertscore_model=bertscore_model,
+            with_bertscore=with_bertscore,
+            progress=progress,
+        )
+        metrics["seconds"] = seconds
+        res = ContextResult(ctx, records, metrics, strat, seconds)
+        result.contexts[ctx] = res
+        if on_context_done:
+            on_context_done(res)
+    return result
+
+
+# ---------------------------------------------------------------------------- supporter specs
+@dataclass
+class SupporterSpec:
+    """A parsed ``--supporter`` value and the program it names.
+
+    ``lm_spec`` is set when the spec brings its own LM (``finetuned:DIR``); it then overrides
+    ``--lm``.
+    """
+
+    spec: str
+    program: dspy.Module
+    lm_spec: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def supporter_from_spec(
+    spec: str, *, framework: Framework | str = "csc", language: str = "en"
+) -> SupporterSpec:
+    """Build the supporter a spec names.
+
+    * ``zero-shot`` — :class:`~csc.programs.supporter.Supporter` with its default prompts;
+    * ``direct`` — the :class:`~csc.programs.supporter.DirectSupporter` ablation;
+    * ``optimized:PATH.json`` — a program saved by ``csc optimize`` (a compiled strategy
+      predictor gets a zero-shot responder); framework and language come from its sidecar;
+    * ``finetuned:DIR`` — the zero-shot supporter running on ``build_lm("finetuned:DIR")``.
+    """
+    from csc.optimizers.store import as_supporter, load_program
+    from csc.programs.supporter import DirectSupporter, Supporter
+
+    head, _, arg = spec.partition(":")
+    if spec == "zero-shot":
+        return SupporterSpec(spec, Supporter(framework, language))  # type: ignore[arg-type]
+    if spec == "direct":
+        return SupporterSpec(spec, DirectSupporter(framework, language))  # type: ignore[arg-type]
+    if head == "optimized" and arg:
+        program, meta = load_program(arg)
+        return SupporterSpec(spec, as_supporter(program), metadata=meta)
+    if head == "finetuned" and arg:
+        return SupporterSpec(
+            spec,
+            Supporter(framework, language),  # type: ignore[arg-type]
+            lm_spec=spec,
+        )
+    raise ValueError(
+        f"unknown supporter {spec!r}: use zero-shot, direct, optimized:PATH.json "
+        "(from `csc optimize`) or finetuned:DIR (from `csc finetune`)"
+    )

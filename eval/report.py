@@ -1,0 +1,195 @@
+"""Write an evaluation's outputs: metrics.json, predictions.jsonl, report.md and PNG plots.
+
+Plots (matplotlib, Agg backend, one set per context): ``confusion_<context>.png`` (gold rows,
+predicted columns), ``strategy_f1_<context>.png`` (per-strategy F1) and
+``strategy_distribution_<context>.png`` (gold vs predicted strategy counts).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from csc.eval.harness import ContextResult, EvaluationResult
+
+__all__ = ["plot_context", "write_metrics", "write_predictions", "write_report"]
+
+_HEADLINE = [
+    ("bleu2", "BLEU-2"),
+    ("bleu4", "BLEU-4"),
+    ("rougeL", "ROUGE-L"),
+    ("bertscore", "BERTScore"),
+    ("acc", "ACC"),
+    ("macro_f1", "Macro-F1"),
+]
+
+
+def write_predictions(result: EvaluationResult, path: str | Path) -> Path:
+    """One JSON line per scored example and context (ordered by context, then dialogue order)."""
+    path = Path(path)
+    with path.open("w", encoding="utf-8") as fh:
+        for rec in result.records:
+            fh.write(json.dumps(rec.to_dict(), ensure_ascii=False) + "\n")
+    return path
+
+
+def write_metrics(result: EvaluationResult, path: str | Path, info: dict[str, Any]) -> Path:
+    """metrics.json: per-context metrics and strategy detail, plus run information."""
+    data = {
+        **info,
+        **result.info,
+        "contexts": {
+            name: {**res.metrics, "strategy": res.strategy}
+            for name, res in result.contexts.items()
+        },
+    }
+    path = Path(path)
+    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
+    """The three PNG plots of one context; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    labels: list[str] = res.strategy["labels"]
+    paths: list[Path] = []
+    if not labels:
+        return paths
+    rows = [lab for lab in labels if lab != "-"]
+
+    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * len(labels), 1.0 + 0.5 * len(rows)))
+    matrix = res.strategy["confusion"]
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    peak = max((max(r) for r in matrix), default=0) or 1
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            if value:
+                color = "white" if value > peak / 2 else "black"
+                ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
+    ax.set_title(f"Strategy confusion ({res.context} context)")
+    fig.tight_layout()
+    paths.append(out_dir / f"confusion_{res.context}.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    per = res.strategy["per_strategy"]
+    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(per), 3.5))
+    ax.bar(list(per), [v["f1"] for v in per.values()], color="#4C72B0")
+    ax.set_ylabel("F1 (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"Per-strategy F1 ({res.context} context)")
+    fig.tight_layout()
+    paths.append(out_dir / f"strategy_f1_{res.context}.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    gold = Counter(r.gold_strategy for r in res.records if r.gold_strategy)
+    pred = Counter(r.predicted_strategy or "-" for r in res.records if r.gold_strategy)
+    xs = list(range(len(labels)))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(labels), 3.5))
+    ax.bar([x - 0.2 for x in xs], [gold[c] for c in labels], 0.4, label="gold")
+    ax.bar([x + 0.2 for x in xs], [pred[c] for c in labels], 0.4, label="predicted")
+    ax.set_xticks(xs, labels, rotation=90)
+    ax.set_ylabel("supporter turns")
+    ax.legend()
+    ax.set_title(f"Strategy distribution ({res.context} context)")
+    fig.tight_layout()
+    paths.append(out_dir / f"strategy_distribution_{res.context}.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+def write_report(
+    result: EvaluationResult, out_dir: str | Path, info: dict[str, Any]
+) -> dict[str, Path]:
+    """Write metrics.json, predictions.jsonl, report.md and the plots into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {
+        "metrics": write_metrics(result, out_dir / "metrics.json", info),
+        "predictions": write_predictions(result, out_dir / "predictions.jsonl"),
+    }
+    plots: dict[str, list[Path]] = {
+        name: plot_context(res, out_dir) for name, res in result.contexts.items()
+    }
+
+    lines = [
+        "# Supporter evaluation",
+        "",
+        f"- Supporter: `{info.get('supporter')}`",
+        f"- LM: `{info.get('lm')}`",
+        f"- Data: `{info.get('data')}` (sha256 `{str(info.get('data_sha256', ''))[:16]}…`), "
+        f"framework `{info.get('framework')}`, language `{result.info.get('language')}`",
+        f"- Examples: {info.get('selection', 'all supporter turns')}; "
+        f"{result.info.get('n_dialogues')} dialogues",
+        f"- BERTScore model: `{info.get('bertscore_model')}`",
+        f"- Date: {info.get('date')}; total time {_fmt(info.get('seconds'))} s",
+        "",
+        "## Metrics (%)",
+        "",
+        "| context | " + " | ".join(label for _, label in _HEADLINE) + " | n | errors | time (s) |",
+        "|---|" + "---:|" * (len(_HEADLINE) + 3),
+    ]
+    for name, res in result.contexts.items():
+        m = res.metrics
+        cells = [_fmt(m.get(key)) for key, _ in _HEADLINE]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {m['n_examples']} | {m['n_errors']} | {m['seconds']:.1f} |"
+        )
+    lines += [
+        "",
+        "BLEU is sacrebleu corpus BLEU (tokenizer `zh` for Chinese, `13a` for English); ROUGE-L "
+        "is mean F1 (Chinese by characters); BERTScore is mean F1 without rescaling; ACC and "
+        "macro-F1 are over turns with a gold strategy.",
+    ]
+    for name, res in result.contexts.items():
+        lines += [
+            "",
+            f"## Strategies — {name} context",
+            "",
+            "| strategy | precision | recall | F1 | gold | predicted |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for code, v in res.strategy["per_strategy"].items():
+            lines.append(
+                f"| {code} | {v['precision']:.1f} | {v['recall']:.1f} | {v['f1']:.1f} | "
+                f"{v['support']} | {v['predicted']} |"
+            )
+        lines.append("")
+        lines += [f"![{p.stem}]({p.name})" for p in plots.get(name, [])]
+        tokens = res.metrics["prompt_tokens"] + res.metrics["completion_tokens"]
+        lines += [
+            "",
+            f"Tokens: {res.metrics['prompt_tokens']} prompt + "
+            f"{res.metrics['completion_tokens']} completion = {tokens}; mean latency "
+            f"{res.metrics['mean_latency_s']:.2f} s per turn.",
+        ]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    files["report"] = report
+    for paths in plots.values():
+        for p in paths:
+            files[p.stem] = p
+    return files
