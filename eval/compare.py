@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,21 @@ from typing import Any
 # Column order of the table: quality metrics as in the paper, then cost.
 METRIC_COLUMNS: tuple[str, ...] = ("B-2", "B-4", "R-L", "BS", "ACC", "F1")
 COST_COLUMNS: tuple[str, ...] = ("prompt_tok", "completion_tok", "latency_s")
-CONTEXT_NAMES = {"ref": "reference", "gen": "generated"}
+CONTEXT_NAMES = {
+    "ref": "reference",
+    "gen": "generated",
+    "reference": "reference",
+    "generated": "generated",
+}
+# Harness metric keys -> table columns.
+_HARNESS_KEYS = {
+    "B-2": "bleu2",
+    "B-4": "bleu4",
+    "R-L": "rougeL",
+    "BS": "bertscore",
+    "ACC": "acc",
+    "F1": "macro_f1",
+}
 
 
 class CompareError(ValueError):
@@ -154,7 +168,9 @@ def plot_comparison(comparison: Comparison, path: Path) -> None:
     contexts = list(dict.fromkeys(r.context for r in comparison.rows))
     supporters = list(dict.fromkeys(r.supporter for r in comparison.rows))
     fig, axes = plt.subplots(
-        1, len(contexts), figsize=(1.6 + 1.3 * len(METRIC_COLUMNS) * len(contexts), 4.2),
+        1,
+        len(contexts),
+        figsize=(1.6 + 1.3 * len(METRIC_COLUMNS) * len(contexts), 4.2),
         squeeze=False,
     )
     width = 0.8 / max(len(supporters), 1)
@@ -219,11 +235,135 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
     return paths
 
 
-def rows_from_results(
-    results: Iterable[tuple[str, str, Any]],
-) -> list[ComparisonRow]:
-    """Comparison rows from ``(name, spec, EvaluationResult)`` triples of the harness."""
+def rows_from_result(name: str, spec: str, result: Any, lm: str = "") -> list[ComparisonRow]:
+    """Comparison rows (one per context) from a harness ``EvaluationResult``."""
     rows: list[ComparisonRow] = []
-    for name, spec, result in results:
-        rows.extend(_rows_of_result(name, spec, result))
+    for context, res in result.contexts.items():
+        metrics = res.metrics
+        n = int(metrics.get("n_examples") or len(res.records) or 0)
+        rows.append(
+            ComparisonRow(
+                supporter=name,
+                spec=spec,
+                context=context,
+                turns=n,
+                metrics={col: _num(metrics.get(key)) for col, key in _HARNESS_KEYS.items()},
+                prompt_tokens=_per_turn(metrics.get("prompt_tokens"), n),
+                completion_tokens=_per_turn(metrics.get("completion_tokens"), n),
+                latency_s=_num(metrics.get("mean_latency_s")),
+                lm=lm,
+            )
+        )
     return rows
+
+
+def _per_turn(total: Any, n: int) -> float | None:
+    return float(total) / n if n and total is not None else None
+
+
+def _num(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# ---------------------------------------------------------------------------- running
+def compare_supporters(
+    dialogues: Sequence[Any],
+    supporters: dict[str, str],
+    *,
+    lm: Any = None,
+    context: str = "both",
+    framework: Any = "csc",
+    language: str | None = None,
+    limit: int | None = None,
+    num_threads: int = 4,
+    cache_dir: str | Path | None = None,
+    with_bertscore: bool = True,
+    bertscore_model: str | None = None,
+    lm_factory: Any = None,
+    progress: bool = True,
+    on_result: Any = None,
+) -> Comparison:
+    """Evaluate every supporter on the same dialogues and turns and collect the rows.
+
+    Args:
+        dialogues: evaluation dialogues (gold strategies as framework codes).
+        supporters: name -> supporter spec (``zero-shot``, ``direct``, ``optimized:PATH``,
+            ``finetuned:DIR``), as accepted by :func:`csc.eval.harness.supporter_from_spec`.
+        lm: the LM spec (string or :class:`csc.lm.LMSpec`) of supporters that bring none;
+            ``finetuned:DIR`` supporters run on their own adapter. Supporters whose LM specs are
+            equal share one LM object, hence one engine and one cache.
+        context: ``ref``, ``gen`` or ``both``.
+        limit: only the first N supporter turns in dialogue order (the same for everyone).
+        cache_dir: per-supporter resume caches live in ``cache_dir/<name>``.
+        lm_factory: builds an LM from a spec (default :func:`csc.lm.build_lm`); tests pass fakes.
+        on_result: called with ``(name, spec, EvaluationResult)`` after each supporter.
+    """
+    import time
+
+    import dspy
+
+    from csc.eval.examples import dialogue_language
+    from csc.eval.harness import evaluate_supporter, supporter_from_spec
+    from csc.framework import Framework
+    from csc.lm import LMSpec, build_lm, lm_name
+
+    if not supporters:
+        raise CompareError("give at least one supporter to compare")
+    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    dialogues = list(dialogues)
+    language = language or dialogue_language(dialogues)
+    factory = lm_factory or build_lm
+    base = lm if isinstance(lm, LMSpec) else LMSpec(model=lm) if lm else LMSpec()
+    # Built first, so a bad spec fails before any (slow) evaluation starts.
+    chosen = {
+        name: supporter_from_spec(spec, framework=fw, language=language)
+        for name, spec in supporters.items()
+    }
+    clients: dict[str, Any] = {}
+    rows: list[ComparisonRow] = []
+    started = time.perf_counter()
+    for name, spec in supporters.items():
+        sup = chosen[name]
+        lm_spec = (
+            LMSpec(model=sup.lm_spec, temperature=base.temperature, max_tokens=base.max_tokens)
+            if sup.lm_spec
+            else base
+        )
+        key = lm_spec.model_dump_json()
+        if key not in clients:
+            clients[key] = factory(lm_spec)
+        client = clients[key]
+        with dspy.context(lm=client):
+            result = evaluate_supporter(
+                sup.program,
+                dialogues,
+                context=context,
+                framework=fw,
+                language=language,
+                limit=limit,
+                num_threads=num_threads,
+                cache_dir=Path(cache_dir) / _safe(name) if cache_dir else None,
+                with_bertscore=with_bertscore,
+                bertscore_model=bertscore_model,
+                progress=progress,
+            )
+        rows.extend(rows_from_result(name, spec, result, lm=lm_name(client)))
+        if on_result is not None:
+            on_result(name, spec, result)
+    info = {
+        "examples": rows[0].turns if rows else 0,
+        "lm": base.model,
+        "framework": fw.name,
+        "language": language,
+        "context": context,
+        "limit": limit,
+        "supporters": supporters,
+        "wall_time_s": round(time.perf_counter() - started, 1),
+    }
+    return Comparison(rows=rows, info=info)
+
+
+def _safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "supporter"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -345,9 +346,18 @@ def _encoder_layers(net: Any) -> Any:
     raise ValueError(f"cannot find the transformer layers of {type(net).__name__}")
 
 
-@lru_cache(maxsize=4)
+_SCORERS: dict[tuple[Any, ...], BertScorer] = {}
+_SCORER_LOCK = threading.Lock()
+
+
 def _scorer(model: str | None, num_layers: int | None, batch_size: int) -> BertScorer:
-    return BertScorer(model, num_layers, batch_size)
+    # One scorer per configuration; built under a lock because DSPy metrics run in threads
+    # and concurrent first imports of transformers can fail.
+    key = (model, num_layers, batch_size)
+    with _SCORER_LOCK:
+        if key not in _SCORERS:
+            _SCORERS[key] = BertScorer(model, num_layers, batch_size)
+        return _SCORERS[key]
 
 
 def bertscore(

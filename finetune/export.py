@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,14 +65,17 @@ def split_dialogues(
     dialogues: Sequence[Dialogue],
     *,
     val_fraction: float = 0.1,
-    test_fraction: float = 0.0,
+    test_fraction: float = 0.1,
     seed: int = 0,
 ) -> dict[str, list[Dialogue]]:
     """Split whole dialogues into train/validation/test with a seeded shuffle.
 
-    A non-zero fraction always gets at least one dialogue (when there are enough), so a tiny
-    dataset still has a held-out split; train keeps at least one.
+    Uses the evaluation's own :func:`csc.eval.examples.split_dialogues`, so with the default
+    fractions (0.8/0.1/0.1) the exported ``test`` split is exactly what
+    ``csc evaluate --split test --seed S`` scores: the fine-tuned model never saw it.
     """
+    from csc.eval.examples import split_dialogues as eval_split
+
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ExportError(f"{name}={value}: must be in [0, 1)")
@@ -84,53 +85,43 @@ def split_dialogues(
             "train on; lower them"
         )
     ids = [d.id for d in dialogues]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
-    if duplicates:
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if ids.count(i) > 1})
         raise ExportError(
-            f"dialogue ids must be unique to split without leakage; repeated: {duplicates[:5]}"
+            f"dialogue ids must be unique to split without leakage; repeated: {repeated[:5]}"
         )
-    order = list(range(len(dialogues)))
-    random.Random(seed).shuffle(order)
-    n = len(order)
-
-    def size(fraction: float) -> int:
-        return max(1, round(n * fraction)) if fraction > 0 and n >= 3 else round(n * fraction)
-
-    n_test, n_val = size(test_fraction), size(val_fraction)
-    if n - n_test - n_val < 1:
+    parts = eval_split(
+        dialogues, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction), seed=seed
+    )
+    if not parts.train:
         raise ExportError(
-            f"{n} dialogue(s) are too few for val_fraction={val_fraction} and "
+            f"{len(dialogues)} dialogue(s) are too few for val_fraction={val_fraction} and "
             f"test_fraction={test_fraction}; add data or lower the fractions"
         )
-    test = [dialogues[i] for i in order[:n_test]]
-    val = [dialogues[i] for i in order[n_test : n_test + n_val]]
-    train = [dialogues[i] for i in order[n_test + n_val :]]
-    return {"train": train, "validation": val, "test": test}
+    return {"train": parts.train, "validation": parts.dev, "test": parts.test}
 
 
 # ---------------------------------------------------------------------------- rows
-_CJK = re.compile(r"[\u4e00-\u9fff]")
-
-
-def detect_language(dialogues: Iterable[Dialogue]) -> Language:
-    """``zh`` when the supporter turns are mostly Chinese, else ``en``."""
-    text = "".join(t.text for d in dialogues for t in d.supporter_turns[:3])
-    return "zh" if text and len(_CJK.findall(text)) > 0.2 * len(text) else "en"
-
-
 class SFTRowBuilder:
     """Builds SFT rows with the supporter program's own prompts and the adapter's own targets."""
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
         from csc.programs.supporter import Supporter
 
-        self.framework = framework if isinstance(framework, Framework) else Framework.load(framework)
+        self.framework = (
+            framework if isinstance(framework, Framework) else Framework.load(framework)
+        )
         self.language: Language = language
         # A zero-shot program: finetuned:DIR is evaluated with the same, demo-free program.
         self.program = Supporter(self.framework, language)
 
     def rows(self, dialogue: Dialogue, task: Task) -> tuple[list[dict[str, Any]], int]:
-        """Rows for every labelled supporter turn of a dialogue, and how many turns were skipped."""
+        """Rows for every labelled supporter turn of a dialogue, and how many turns were skipped.
+
+        Histories come from :func:`csc.eval.examples.supporter_examples`, the examples the
+        evaluation harness runs, so the reference-context prompts match exactly.
+        """
+        from csc.eval.examples import supporter_examples
         from csc.programs.supporter import (
             completion_content,
             response_generation_messages,
@@ -139,27 +130,20 @@ class SFTRowBuilder:
 
         out: list[dict[str, Any]] = []
         skipped = 0
-        for index, turn in enumerate(dialogue.turns):
-            if not turn.is_supporter:
-                continue
-            if not turn.strategy or not turn.text.strip():
+        for example in supporter_examples([dialogue], language=self.language):
+            if not example.strategy or not example.response.strip():
                 skipped += 1  # an unlabelled or empty turn has no gold target
                 continue
-            history = dialogue.turns[:index]
-            code = self.framework.normalize(turn.strategy)
-            base = {"dialogue_id": dialogue.id, "turn": index, "strategy": code}
+            code = self.framework.normalize(example.strategy)
+            base = {"dialogue_id": dialogue.id, "turn": example.turn_index, "strategy": code}
             if task in ("strategy", "joint"):
-                messages = strategy_prediction_messages(self.program, history)
+                messages = strategy_prediction_messages(self.program, example.history)
                 target = completion_content(self.program.strategist, {"strategy": code})
-                out.append(
-                    {**base, "task": "strategy", "messages": _with_answer(messages, target)}
-                )
+                out.append({**base, "task": "strategy", "messages": _with_answer(messages, target)})
             if task in ("response", "joint"):
-                messages = response_generation_messages(self.program, history, code)
-                target = completion_content(self.program.responder, {"response": turn.text})
-                out.append(
-                    {**base, "task": "response", "messages": _with_answer(messages, target)}
-                )
+                messages = response_generation_messages(self.program, example.history, code)
+                target = completion_content(self.program.responder, {"response": example.response})
+                out.append({**base, "task": "response", "messages": _with_answer(messages, target)})
         return out, skipped
 
 
@@ -192,7 +176,7 @@ def export_sft(
     framework: Framework | str = "csc",
     task: Task = "joint",
     val_fraction: float = 0.1,
-    test_fraction: float = 0.0,
+    test_fraction: float = 0.1,
     seed: int = 0,
     language: Language | None = None,
     limit: int | None = None,
@@ -207,6 +191,7 @@ def export_sft(
     from datasets import Dataset, DatasetDict
 
     from csc.data.io import read_dialogues
+    from csc.eval.examples import dialogue_language
 
     if task not in TASKS:
         raise ExportError(f"task {task!r}: choose one of {list(TASKS)}")
@@ -216,7 +201,7 @@ def export_sft(
         dialogues = dialogues[:limit]
     if not dialogues:
         raise ExportError(f"{data}: no dialogues to export")
-    lang: Language = language or detect_language(dialogues)
+    lang: Language = language or dialogue_language(dialogues)  # type: ignore[assignment]
     splits = split_dialogues(
         dialogues, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
     )

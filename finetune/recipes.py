@@ -91,7 +91,9 @@ class Recipe(BaseModel):
         except yaml.YAMLError as exc:
             raise RecipeError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
-            raise RecipeError(f"{path}: expected a mapping with model, lora, data, trainer sections")
+            raise RecipeError(
+                f"{path}: expected a mapping with model, lora, data, trainer sections"
+            )
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -111,7 +113,9 @@ class Recipe(BaseModel):
                 where = ".".join(str(p) for p in err["loc"])
                 parts.append(f"{where}: {err['msg']}")
             raise RecipeError(f"{source}: invalid recipe: {'; '.join(parts)}") from None
-        _check_keys(recipe.lora, _dataclass_fields("peft", "LoraConfig"), source, "lora", "LoraConfig")
+        _check_keys(
+            recipe.lora, _dataclass_fields("peft", "LoraConfig"), source, "lora", "LoraConfig"
+        )
         sft_fields = _dataclass_fields("trl", "SFTConfig")
         for section, values in [("trainer", recipe.trainer)] + [
             (f"devices.{d}", v) for d, v in recipe.devices.items()
@@ -152,7 +156,9 @@ def _dataclass_fields(module: str, name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(cls) if f.init}
 
 
-def _check_keys(values: dict[str, Any], valid: set[str], source: str, section: str, what: str) -> None:
+def _check_keys(
+    values: dict[str, Any], valid: set[str], source: str, section: str, what: str
+) -> None:
     for key in values:
         if key not in valid:
             close = difflib.get_close_matches(key, sorted(valid), n=3)

@@ -175,7 +175,9 @@ def load_sft_data(data_dir: str | Path, recipe: Recipe) -> tuple[Any, Any, dict[
 
     def shape(ds: Any, limit: int | None) -> Any:
         if "messages" not in ds.column_names:
-            raise FinetuneError(f"{data_dir}: rows need a 'messages' column (got {ds.column_names})")
+            raise FinetuneError(
+                f"{data_dir}: rows need a 'messages' column (got {ds.column_names})"
+            )
         if recipe.data.task is not None and "task" in ds.column_names:
             ds = ds.filter(lambda row: row["task"] == recipe.data.task)
         if limit is not None and len(ds) > limit:
@@ -452,6 +454,38 @@ class TrainLogCallback(_trainer_callback_base()):  # type: ignore[misc]
         record = {"step": state.global_step, "epoch": state.epoch, **logs}
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------- merging
+def merge_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Merge a run's LoRA adapter into its base model and save a standalone model folder.
+
+    The folder loads as ``local:<out_dir>`` and can be served by vLLM / SGLang. (To merge in
+    memory only, pass ``merge_adapter=True`` to ``LocalLM.from_finetuned``.)
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = Path(run_dir)
+    meta_path = run / METADATA_FILE
+    if not meta_path.is_file():
+        raise FinetuneError(
+            f"{meta_path} is missing; --run must be an output folder of `csc finetune run`"
+        )
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    adapter = run / str(meta.get("adapter_dir") or ADAPTER_DIR)
+    if not (adapter / "adapter_config.json").is_file():
+        raise FinetuneError(f"{adapter}: no adapter_config.json; check adapter_dir in {meta_path}")
+    ref = resolve_base_model(str(meta.get("base_model") or "local"))
+    kwargs = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    out = Path(out_dir)
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
 
 
 # ---------------------------------------------------------------------------- entry point

@@ -23,8 +23,10 @@ app = typer.Typer(
 
 # Modules under csc.cli that add commands; each defines register(app).
 COMMAND_MODULES = [
+    "compare",
     "data",
     "evaluate",
+    "finetune",
     "framework",
     "lm",
     "optimize",

@@ -1,0 +1,126 @@
+"""``csc compare``: evaluate several supporters on the same examples; one table and one chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``compare`` command."""
+
+    @app.command("compare")
+    def compare(
+        data: Path = typer.Option(
+            ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
+        ),
+        supporter: list[str] = typer.Option(
+            ...,
+            "--supporter",
+            help="NAME=SPEC, repeatable; SPEC is zero-shot | direct | optimized:PATH.json | "
+            "finetuned:DIR (e.g. --supporter ft=finetuned:runs/ft).",
+        ),
+        lm: str | None = LMOption,
+        api_base: str | None = ApiBaseOption,
+        config: Path | None = ConfigOption,
+        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
+        lang: str | None = typer.Option(
+            None, "--lang", help="en or zh (default: detected from the data)."
+        ),
+        data_format: str | None = typer.Option(
+            None, "--format", help="Input format (default: from the file name)."
+        ),
+        context: str = typer.Option("both", "--context", help="ref, gen or both."),
+        limit: int | None = typer.Option(
+            None, "--limit", min=1, help="Only the first N supporter turns, in dialogue order."
+        ),
+        split: str = typer.Option(
+            "all", "--split", help="all, or test: the seeded held-out dialogues (see --seed)."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Seed of the train/dev/test split."),
+        num_threads: int = typer.Option(
+            4, "--num-threads", min=1, help="Concurrent requests per supporter."
+        ),
+        no_bertscore: bool = typer.Option(False, "--no-bertscore", help="Skip BERTScore."),
+        bertscore_model: str | None = typer.Option(
+            None, "--bertscore-model", help="Local model folder for BERTScore."
+        ),
+        out: Path = typer.Option(Path("compare_out"), "--out", help="Output folder."),
+    ) -> None:
+        """Compare supporters on the same examples: quality metrics and cost in one table.
+
+        Reports B-2, B-4, R-L, BS, ACC, macro-F1, mean tokens and latency per supporter turn for
+        each supporter and context; writes compare.md, compare.csv, compare.json, compare.png.
+        """
+        from csc.data.errors import DataFormatError
+        from csc.data.io import read_dialogues
+        from csc.eval.compare import (
+            CompareError,
+            compare_supporters,
+            markdown_table,
+            parse_supporter_args,
+            write_comparison,
+        )
+        from csc.eval.examples import dialogue_language, split_dialogues
+        from csc.eval.harness import normalize_contexts
+        from csc.eval.report import write_report
+        from csc.framework import Framework, FrameworkError
+        from csc.lm import LMConfigError
+        from csc.optimizers.store import ProgramStoreError
+
+        if split not in ("all", "test"):
+            fail("--split must be all or test")
+        if lang not in (None, "en", "zh"):
+            fail("--lang must be en or zh")
+        try:
+            normalize_contexts(context)
+            supporters = parse_supporter_args(supporter)
+        except (ValueError, CompareError) as exc:
+            fail(str(exc))
+        if not data.exists():
+            fail(f"{data}: no such file or folder")
+        try:
+            fw = Framework.load(framework)
+            dialogues = list(read_dialogues(data, data_format, framework=fw))
+        except (DataFormatError, FrameworkError) as exc:
+            fail(str(exc))
+        if split == "test":
+            dialogues = split_dialogues(dialogues, seed=seed).test
+        if not dialogues:
+            fail(f"{data}: no dialogues to evaluate")
+        language = lang or dialogue_language(dialogues)
+        settings = resolve_lm_settings(config, lm, api_base)
+        base = settings.spec_for("supporter")
+
+        def save_each(name: str, spec: str, result: object) -> None:
+            # Each supporter's full report (predictions, per-strategy scores) next to the table.
+            write_report(result, out / "supporters" / name, {"supporter": spec, "data": str(data)})
+
+        typer.echo(
+            f"comparing {', '.join(supporters)} on {data} ({len(dialogues)} dialogues, "
+            f"{language}, split {split}); default LM {base.model}"
+        )
+        try:
+            comparison = compare_supporters(
+                dialogues,
+                supporters,
+                lm=base,
+                context=context,
+                framework=fw,
+                language=language,
+                limit=limit,
+                num_threads=num_threads,
+                cache_dir=out / "cache",
+                with_bertscore=not no_bertscore,
+                bertscore_model=bertscore_model,
+                on_result=save_each,
+            )
+        except (ValueError, ProgramStoreError, LMConfigError, FileNotFoundError) as exc:
+            fail(str(exc))
+        comparison.info.update({"data": str(data), "split": split, "seed": seed})
+        files = write_comparison(comparison, out)
+        typer.echo(markdown_table(comparison))
+        typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")

@@ -1,0 +1,103 @@
+"""The `csc finetune` and `csc compare` entry points."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dspy
+import pytest
+import yaml
+from conftest import tiny_recipe_dict
+from typer.testing import CliRunner
+
+from csc.cli import app
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "samples" / "sample_en.json"
+runner = CliRunner()
+
+
+def test_export_cli_reports_counts_and_writes_test_split(tmp_path: Path) -> None:
+    out = tmp_path / "sft"
+    result = runner.invoke(
+        app,
+        [
+            "finetune", "export", "--data", str(SAMPLE), "--out", str(out),
+            "--task", "strategy", "--test-out", str(tmp_path / "test.jsonl"),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["counts"]["test"]["dialogues"] == 1
+    assert len((tmp_path / "test.jsonl").read_text().splitlines()) == 1
+    assert "train" in result.output and str(meta["counts"]["train"]["rows"]) in result.output
+
+
+def test_cli_errors_are_clean(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["finetune", "export", "--data", str(tmp_path / "no.jsonl"), "--out", "x"]
+    )
+    assert result.exit_code == 1 and "no such file" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {lerning_rate: 1}\n")
+    result = runner.invoke(
+        app, ["finetune", "run", "--data", str(tmp_path), "--recipe", str(bad), "--out", "o"]
+    )
+    assert result.exit_code == 1 and "lerning_rate" in result.output and str(bad) in result.output
+    result = runner.invoke(app, ["finetune", "recipes"])
+    assert "smollm2-135m-lora" in result.output
+
+
+@pytest.mark.slow
+def test_run_cli_trains_two_steps(tmp_path: Path, tiny_model_dir: Path) -> None:
+    sft = tmp_path / "sft"
+    assert (
+        runner.invoke(
+            app, ["finetune", "export", "--data", str(SAMPLE), "--out", str(sft)]
+        ).exit_code
+        == 0
+    )
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tiny_model_dir)))
+    out = tmp_path / "run"
+    result = runner.invoke(
+        app,
+        [
+            "finetune", "run", "--data", str(sft), "--recipe", str(recipe), "--out", str(out),
+            "--max-steps", "2", "--device", "cpu",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps" in result.output
+    meta = json.loads((out / "csc_finetune.json").read_text())
+    assert meta["recipe_source"] == str(recipe) and meta["framework"] == "csc"
+
+
+def test_compare_cli_writes_table_and_chart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def fake_build_lm(spec: object, **_: object) -> dspy.BaseLM:
+        return dspy.utils.DummyLM(
+            {
+                "`[[ ## strategy ## ]]`": {"strategy": "PS"},
+                "`[[ ## response ## ]]`": {"response": "Let me check that for you."},
+            }
+        )
+
+    monkeypatch.setattr("csc.lm.build_lm", fake_build_lm)
+    out = tmp_path / "cmp"
+    result = runner.invoke(
+        app,
+        [
+            "compare", "--data", str(SAMPLE), "--split", "test", "--lm", "local",
+            "--supporter", "zs=zero-shot", "--supporter", "direct=direct",
+            "--supporter", "ft=finetuned:/x", "--context", "ref", "--limit", "3",
+            "--no-bertscore", "--num-threads", "1", "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("compare.md", "compare.csv", "compare.json", "compare.png"):
+        assert (out / name).is_file()
+    table = (out / "compare.md").read_text()
+    assert all(f"| {n} | reference | 3 |" in table for n in ("zs", "direct", "ft"))
+    assert (out / "supporters" / "ft" / "metrics.json").is_file()

@@ -1,0 +1,127 @@
+"""SFT export: messages format, dialogue-level splits, prompts identical to inference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dspy
+import pytest
+from datasets import load_from_disk
+
+from csc.data.io import read_dialogues
+from csc.eval.examples import split_dialogues as eval_split
+from csc.eval.examples import supporter_examples
+from csc.finetune.export import ExportError, export_sft, split_dialogues
+from csc.programs.supporter import Supporter
+
+SAMPLE = Path(__file__).resolve().parents[2] / "data" / "samples" / "sample_en.json"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sft")
+    result = export_sft(SAMPLE, out, task="joint", seed=0, progress=False)
+    return out, result.metadata
+
+
+def test_export_writes_messages_datasetdict_with_counts(exported: tuple[Path, dict]) -> None:
+    out, _meta = exported
+    dsd = load_from_disk(str(out))
+    assert set(dsd) == {"train", "validation", "test"}
+    saved = json.loads((out / "export.json").read_text())
+    assert saved["framework"] == "csc" and saved["task"] == "joint"
+    assert len(saved["data_sha256"]) == 64
+    for split, ds in dsd.items():
+        assert saved["counts"][split]["rows"] == len(ds)
+        assert saved["counts"][split]["strategy_rows"] == saved["counts"][split]["response_rows"]
+        for row in ds:
+            roles = [m["role"] for m in row["messages"]]
+            assert roles[0] == "system" and roles[-1] == "assistant"
+            assert row["task"] in ("strategy", "response")
+    # Every labelled supporter turn of the sample gives one row per task.
+    dialogues = list(read_dialogues(SAMPLE))
+    n_turns = sum(len(d.supporter_turns) for d in dialogues)
+    assert sum(c["rows"] for c in saved["counts"].values()) == 2 * n_turns
+
+
+def test_no_dialogue_leaks_between_splits(exported: tuple[Path, dict]) -> None:
+    out, _meta = exported
+    dsd = load_from_disk(str(out))
+    ids = {split: set(ds["dialogue_id"]) for split, ds in dsd.items()}
+    assert ids["train"].isdisjoint(ids["validation"])
+    assert ids["train"].isdisjoint(ids["test"])
+    assert ids["validation"].isdisjoint(ids["test"])
+    # The held-out test split is the one `csc evaluate --split test --seed 0` scores.
+    dialogues = list(read_dialogues(SAMPLE))
+    assert ids["test"] == {d.id for d in eval_split(dialogues, seed=0).test}
+
+
+def test_split_is_seeded_and_changes_with_seed() -> None:
+    dialogues = list(read_dialogues(SAMPLE))
+    a = split_dialogues(dialogues, val_fraction=0.25, test_fraction=0.25, seed=1)
+    b = split_dialogues(dialogues, val_fraction=0.25, test_fraction=0.25, seed=1)
+    assert [d.id for d in a["test"]] == [d.id for d in b["test"]]
+    seeds = {tuple(d.id for d in split_dialogues(dialogues, seed=s)["test"]) for s in range(6)}
+    assert len(seeds) > 1
+    with pytest.raises(ExportError, match="leaves nothing"):
+        split_dialogues(dialogues, val_fraction=0.5, test_fraction=0.5)
+
+
+def test_prompts_are_what_the_supporter_sends_at_inference(exported: tuple[Path, dict]) -> None:
+    """Run the real Supporter on a recording LM and compare its messages with the export."""
+    out, _meta = exported
+    dsd = load_from_disk(str(out))
+    dialogues = {d.id: d for d in read_dialogues(SAMPLE)}
+    rows = [r for r in dsd["train"] if r["turn"] > 2][:2]  # one strategy and one response row
+    assert {r["task"] for r in rows} == {"strategy", "response"}
+    row = rows[0]
+    dialogue = dialogues[row["dialogue_id"]]
+    example = next(
+        e for e in supporter_examples([dialogue], language="en") if e.turn_index == row["turn"]
+    )
+    lm = dspy.utils.DummyLM(
+        [{"strategy": row["strategy"]}, {"response": "Sure, let me check that."}]
+    )
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        Supporter("csc", "en")(history=example.history)
+    sent = [entry["messages"] for entry in lm.history]
+    by_task = {r["task"]: r["messages"] for r in rows}
+    assert by_task["strategy"][:-1] == [
+        {"role": m["role"], "content": m["content"]} for m in sent[0]
+    ]
+    assert by_task["response"][:-1] == [
+        {"role": m["role"], "content": m["content"]} for m in sent[1]
+    ]
+
+
+def test_targets_parse_back_to_the_gold_outputs(exported: tuple[Path, dict]) -> None:
+    out, _ = exported
+    ds = load_from_disk(str(out))["train"]
+    program = Supporter("csc", "en")
+    adapter = dspy.ChatAdapter()
+    dialogues = {d.id: d for d in read_dialogues(SAMPLE)}
+    for row in ds.select(range(6)):
+        target = row["messages"][-1]["content"]
+        if row["task"] == "strategy":
+            parsed = adapter.parse(program.strategist.signature, target)
+            assert parsed == {"strategy": row["strategy"]}
+            assert target.startswith(f"[[ ## strategy ## ]]\n{row['strategy']}\n")
+        else:
+            parsed = adapter.parse(program.responder.signature, target)
+            gold = dialogues[row["dialogue_id"]].turns[row["turn"]].text
+            assert parsed == {"response": gold}
+
+
+def test_single_task_exports_only_that_task(tmp_path: Path) -> None:
+    result = export_sft(SAMPLE, tmp_path / "s", task="strategy", progress=False)
+    ds = load_from_disk(str(tmp_path / "s"))
+    assert set(ds["train"]["task"]) == {"strategy"}
+    assert result.counts["train"].response_rows == 0
+
+
+def test_export_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="task"):
+        export_sft(SAMPLE, tmp_path / "x", task="both", progress=False)  # type: ignore[arg-type]
+    with pytest.raises(ExportError, match=r"too few|nothing"):
+        export_sft(SAMPLE, tmp_path / "y", limit=2, val_fraction=0.5, test_fraction=0.45)

@@ -1,0 +1,130 @@
+"""Training: two LoRA steps on a tiny random model, resume, metadata, loading through the engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_recipe_dict
+from datasets import Dataset, DatasetDict
+
+from csc.finetune.recipes import Recipe
+from csc.finetune.train import (
+    ADAPTER_DIR,
+    METADATA_FILE,
+    TRAIN_LOG,
+    FinetuneError,
+    load_sft_data,
+    train,
+)
+
+
+def _row(i: int, task: str) -> dict:
+    answer = (
+        "[[ ## strategy ## ]]\nEM\n\n[[ ## completed ## ]]\n"
+        if task == "strategy"
+        else "[[ ## response ## ]]\nI understand how frustrating that is.\n\n[[ ## completed ## ]]\n"
+    )
+    return {
+        "dialogue_id": f"d{i}",
+        "turn": 3,
+        "strategy": "EM",
+        "task": task,
+        "messages": [
+            {"role": "system", "content": "You are a supporter. Respond with the output fields."},
+            {"role": "user", "content": f"[[ ## history ## ]]\nCustomer: charged twice {i}"},
+            {"role": "assistant", "content": answer},
+        ],
+    }
+
+
+@pytest.fixture(scope="module")
+def sft_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sft")
+    rows = [_row(i, t) for i in range(4) for t in ("strategy", "response")]
+    DatasetDict(train=Dataset.from_list(rows), validation=Dataset.from_list(rows[:2])).save_to_disk(
+        str(out)
+    )
+    (out / "export.json").write_text(
+        json.dumps({"framework": "csc", "task": "joint", "data_sha256": "ab" * 32})
+    )
+    return out
+
+
+def test_completion_rows_mask_the_prompt(sft_dir: Path, tiny_model_dir: Path) -> None:
+    recipe = Recipe.from_dict(tiny_recipe_dict(tiny_model_dir))
+    train_ds, _val_ds, meta = load_sft_data(sft_dir, recipe)
+    assert train_ds.column_names == ["prompt", "completion"]
+    assert [m["role"] for m in train_ds[0]["completion"]] == ["assistant"]
+    assert train_ds[0]["prompt"][-1]["role"] == "user"
+    assert meta["framework"] == "csc"
+    only = Recipe.from_dict({**tiny_recipe_dict(tiny_model_dir), "data": {"task": "strategy"}})
+    assert len(load_sft_data(sft_dir, only)[0]) == 4
+
+
+@pytest.mark.slow
+def test_two_steps_write_adapter_log_and_metadata(
+    sft_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    recipe = Recipe.from_dict(tiny_recipe_dict(tiny_model_dir), source="tiny.yaml")
+    out = tmp_path / "run"
+    result = train(sft_dir, recipe, out, max_steps=2, device="cpu")
+    assert result.steps == 2
+    assert (out / ADAPTER_DIR / "adapter_config.json").is_file()
+    assert (out / ADAPTER_DIR / "adapter_model.safetensors").is_file()
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["base_model"] == f"local:{tiny_model_dir.resolve()}"
+    assert meta["adapter_dir"] == "adapter"
+    assert meta["framework"] == "csc" and meta["task"] == "joint"
+    assert meta["data"]["source_sha256"] == "ab" * 32 and len(meta["data"]["export_sha256"]) == 64
+    assert meta["recipe"]["lora"]["r"] == 4 and meta["steps"] == 2
+    assert meta["precision"] == "fp32" and meta["device"].startswith("cpu")
+    assert meta["steps_per_second"] > 0 and meta["wall_time_s"] > 0
+    losses = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]
+    assert [r["step"] for r in losses if "loss" in r] == [1, 2]
+    assert all(r["loss"] > 0 for r in losses if "loss" in r)
+
+    # A second run into the same folder needs --resume; with it, training continues.
+    with pytest.raises(FinetuneError, match="--resume"):
+        train(sft_dir, recipe, out, max_steps=3, device="cpu")
+    resumed = train(sft_dir, recipe, out, max_steps=3, device="cpu", resume=True)
+    assert resumed.steps == 3
+    meta = json.loads((out / METADATA_FILE).read_text())
+    assert meta["steps"] == 3 and meta["steps_this_run"] == 1
+    assert meta["resumed_from"].endswith("checkpoint-2")
+    steps = [json.loads(line)["step"] for line in (out / TRAIN_LOG).read_text().splitlines()]
+    assert [s for s in steps if s] == sorted(s for s in steps if s)
+
+
+@pytest.mark.slow
+def test_trained_adapter_generates_through_the_engine(
+    sft_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from csc.engine import LocalLM
+    from csc.lm import build_lm
+
+    out = tmp_path / "run"
+    train(sft_dir, Recipe.from_dict(tiny_recipe_dict(tiny_model_dir)), out, device="cpu")
+    for lm in (
+        build_lm(f"finetuned:{out}", max_tokens=8, cache=False),
+        LocalLM.from_finetuned(out, merge_adapter=True, max_tokens=8, cache=False),
+    ):
+        outputs = lm(messages=[{"role": "user", "content": "Customer: charged twice"}])
+        assert isinstance(outputs, list) and len(outputs) == 1
+        text = outputs[0]["text"] if isinstance(outputs[0], dict) else outputs[0]
+        assert isinstance(text, str)
+        assert lm.history[-1]["usage"]["completion_tokens"] >= 1
+
+
+def test_resume_without_checkpoint_and_bad_folders_are_clear(
+    sft_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    recipe = Recipe.from_dict(tiny_recipe_dict(tiny_model_dir))
+    with pytest.raises(FinetuneError, match="no checkpoint"):
+        train(sft_dir, recipe, tmp_path / "fresh", resume=True, device="cpu")
+    with pytest.raises(FinetuneError, match="csc finetune export"):
+        train(tmp_path / "missing", recipe, tmp_path / "o", device="cpu")
+    bad = Recipe.from_dict({**tiny_recipe_dict(tiny_model_dir), "model": {"name": "/nope"}})
+    with pytest.raises(FinetuneError, match="model folder"):
+        train(sft_dir, bad, tmp_path / "o2", device="cpu")
