@@ -212,7 +212,12 @@ def lm_describer(language: Language = "en", temperature: float | None = None) ->
 
     def describe(attrs: dict[str, str]) -> str:
         lines = "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in attrs.items())
-        config = {"temperature": temperature} if temperature is not None else {}
+        # A rollout id from the attributes keeps sampling reproducible per profile.
+        config: dict[str, Any] = {
+            "rollout_id": int(hashlib.sha256(lines.encode()).hexdigest()[:12], 16)
+        }
+        if temperature is not None:
+            config["temperature"] = temperature
         return predict(attributes=lines, config=config).description
 
     return describe
@@ -237,24 +242,41 @@ def generate_profiles(
     threshold: float = DEFAULT_THRESHOLD,
     embed: Callable[[list[str]], Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    concurrency: int = 1,
 ) -> GeneratedPool:
     """Sample ``n`` attribute combinations, describe each (LM ``describer``, falling back to the
-    template when its output is unusable), then drop near-duplicates above ``threshold``."""
+    template when its output is unusable), then drop near-duplicates above ``threshold``.
+
+    ``concurrency`` > 1 asks the describer from that many threads at once."""
+    combos = [attribute_text(c, language) for c in sample_attributes(n, seed)]
+
+    def describe(attrs: dict[str, str]) -> str:
+        try:
+            text = describer(attrs).strip() if describer is not None else ""
+        except Exception:
+            # One bad LM answer should not sink a pool; the template covers this profile.
+            text = ""
+        if progress is not None:
+            progress(1)
+        return text
+
+    if describer is not None and concurrency > 1:
+        from dspy.utils.parallelizer import ParallelExecutor
+
+        # Concurrent requests let the embedded engine batch them.
+        texts = ParallelExecutor(
+            num_threads=concurrency, max_errors=n + 1, disable_progress_bar=True, timeout=0
+        ).execute(describe, combos)
+    else:
+        texts = [describe(attrs) for attrs in combos]
     profiles: list[CustomerProfile] = []
     used_lm = 0
-    for i, combo in enumerate(sample_attributes(n, seed)):
-        attrs = attribute_text(combo, language)
-        text, source = "", "template"
-        if describer is not None:
-            try:
-                text = describer(attrs).strip()
-            except Exception:
-                # One bad LM answer should not sink a pool; the template covers this profile.
-                text = ""
-            if usable_description(text, language):
-                source = "lm"
-                used_lm += 1
-        if source == "template":
+    for i, (attrs, text) in enumerate(zip(combos, texts)):
+        text, source = text or "", "template"
+        if usable_description(text, language):
+            source = "lm"
+            used_lm += 1
+        else:
             text = template_description(attrs, language, variant=i)
         profiles.append(
             CustomerProfile(
@@ -265,8 +287,6 @@ def generate_profiles(
                 **attrs,
             )
         )
-        if progress is not None:
-            progress(1)
     kept, dropped = deduplicate(profiles, threshold=threshold, embed=embed)
     return GeneratedPool(kept, dropped, used_lm, len(profiles) - used_lm)
 

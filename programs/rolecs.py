@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -397,13 +397,15 @@ class RoleCS(dspy.Module):
         dialogue_id: str | None = None,
         seed: int = 0,
         max_utterances: int | None = None,
+        on_turn: Callable[[Turn], None] | None = None,
     ) -> dspy.Prediction:
         """Synthesize one dialogue for a customer ``profile`` and a service ``topic``.
 
         Returns a prediction with ``dialogue`` (a :class:`~csc.dialogue.Dialogue`), ``scenario``,
         ``goal``, ``end_reason`` (``closing``, ``customer_finished`` or ``max_utterances``),
         ``judgement`` and ``passed`` (None without a judge). Raises :class:`DialogueFailure` when
-        an agent call fails or cannot be parsed.
+        an agent call fails or cannot be parsed. ``on_turn`` is called with every new turn (the
+        runner uses it to show progress inside long dialogues).
         """
         limit = max_utterances or self.max_utterances
         closing = self.framework.policy.closing
@@ -413,6 +415,7 @@ class RoleCS(dspy.Module):
         topic_text = topic.display(self.language) if isinstance(topic, Topic) else str(topic)
         key = dialogue_id or hashlib.sha256(f"{description}|{topic_text}".encode()).hexdigest()[:16]
         state = _State(
+            on_turn=on_turn,
             key=key,
             seed=seed,
             topic=topic.name if isinstance(topic, Topic) else str(topic),
@@ -506,6 +509,19 @@ class RoleCS(dspy.Module):
         )
 
 
+class _NotifyingList(list):
+    """A turn list that reports each appended turn (progress display)."""
+
+    def __init__(self, callback: Callable[[Turn], None] | None) -> None:
+        super().__init__()
+        self._callback = callback
+
+    def append(self, turn: Turn) -> None:
+        super().append(turn)
+        if self._callback is not None:
+            self._callback(turn)
+
+
 class _State:
     """The dialogue under construction and its counters (one per forward call)."""
 
@@ -513,6 +529,7 @@ class _State:
         self,
         key: str,
         seed: int,
+        on_turn: Callable[[Turn], None] | None,
         topic: str,
         profile: Any,
         framework: str,
@@ -522,7 +539,7 @@ class _State:
         self.framework, self.language = framework, language
         self.scenario = ""
         self.goal = ""
-        self.turns: list[Turn] = []
+        self.turns: list[Turn] = _NotifyingList(on_turn)
         self.end_reason: str | None = None
         self.corrections: Counter[str] = Counter()
         self.reasks: Counter[str] = Counter()

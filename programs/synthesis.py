@@ -366,10 +366,32 @@ class SynthesisRun:
         rejected_writer = JsonlWriter(self.out / REJECTED_FILE).open()
         failures = _FailureLog(self.out / FAILURES_FILE)
 
+        utterances = [0]
+
+        def on_turn(_turn: Any) -> None:
+            with lock:
+                utterances[0] += 1
+                if bar is not None:
+                    show_progress()
+
+        def show_progress() -> None:
+            bar.set_postfix(
+                utterances=utterances[0],
+                kept=counts.kept,
+                rejected=counts.rejected,
+                failed=counts.failed,
+                tokens=counts.total_tokens,
+                refresh=True,
+            )
+
         def synthesize(item: GridItem) -> str:
             try:
                 pred = self.program(
-                    item.profile, item.topic, dialogue_id=item.key, seed=self.config.seed
+                    item.profile,
+                    item.topic,
+                    dialogue_id=item.key,
+                    seed=self.config.seed,
+                    on_turn=on_turn,
                 )
                 dialogue = pred.dialogue
                 dialogue.metadata.update(
@@ -401,13 +423,7 @@ class SynthesisRun:
                         counts.add_usage(record["usage"])
                 setattr(counts, outcome, getattr(counts, outcome) + 1)
                 if bar is not None:
-                    bar.set_postfix(
-                        kept=counts.kept,
-                        rejected=counts.rejected,
-                        failed=counts.failed,
-                        tokens=counts.total_tokens,
-                        refresh=False,
-                    )
+                    show_progress()
                     bar.update(1)
                 if on_update is not None:
                     on_update(counts)

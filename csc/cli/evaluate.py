@@ -66,6 +66,9 @@ def register(app: typer.Typer) -> None:
         bleu_tokenize: Optional[str] = typer.Option(
             None, "--bleu-tokenize", help="sacrebleu tokenizer (default: zh or 13a by language)."
         ),
+        max_tokens: Optional[int] = typer.Option(
+            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
+        ),
         out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder."),
     ) -> None:
         """Evaluate a supporter: BLEU-2/4, ROUGE-L, BERTScore, strategy ACC and macro-F1.
@@ -118,7 +121,7 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
         settings = resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
-        spec = settings.spec_for("supporter")
+        spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
         try:
             client = build_lm(spec)
         except (LMConfigError, FileNotFoundError, OSError) as exc:

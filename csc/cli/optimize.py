@@ -48,6 +48,9 @@ def register(app: typer.Typer) -> None:
         max_dev: Optional[int] = typer.Option(
             None, "--max-dev", min=1, help="Use at most N dev examples (turns)."
         ),
+        max_tokens: Optional[int] = typer.Option(
+            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
+        ),
         out: Path = typer.Option(..., "--out", help="Where to save the program (.json)."),
     ) -> None:
         """Optimize a supporter program; saves PROGRAM.json (JSON state) and PROGRAM.meta.json.
@@ -94,7 +97,7 @@ def register(app: typer.Typer) -> None:
 
         settings = resolve_lm_settings(config, lm, api_base)
         try:
-            task_lm = build_lm(settings.spec_for("supporter"))
+            task_lm = build_lm(settings.spec_for("supporter").merged({"max_tokens": max_tokens}))
             reflect_lm = build_lm(prompt_lm, api_base=api_base) if prompt_lm else task_lm
         except (LMConfigError, FileNotFoundError, OSError) as exc:
             fail(f"cannot build the LM: {exc}")

@@ -30,6 +30,9 @@ def register(app: typer.Typer) -> None:
             False, "--template", help="Describe profiles with templates only (no LM calls)."
         ),
         temperature: float = typer.Option(0.7, "--temperature", help="LM sampling temperature."),
+        concurrency: int = typer.Option(
+            8, "--concurrency", "-c", min=1, help="LM requests in flight at once."
+        ),
     ) -> None:
         """Sample diverse attribute combinations, have the LM describe each in the second person
         (template fallback for unusable answers), and drop near-duplicates."""
@@ -66,6 +69,7 @@ def register(app: typer.Typer) -> None:
                         describer=describer,
                         threshold=threshold,
                         progress=bar.update,
+                        concurrency=concurrency,
                     )
             except ProfileError as exc:
                 fail(str(exc))

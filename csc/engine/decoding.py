@@ -14,12 +14,12 @@ its closing marker before the limit.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from csc.engine.structure import Choice, Fixed, Grammar, OutputPlan, Segment, Text
+from csc.engine.structure import Choice, Fixed, Grammar, OutputPlan, Segment
 
 _NEG_INF = float("-inf")
 
@@ -129,6 +129,12 @@ class RowDecoder:
                 seed = int(torch.randint(0, 2**62, (1,)).item())
             self.generator.manual_seed(seed)
         self._segments: list[Segment] = list(plan.segments) if plan else []
+        if plan is not None:
+            # A structure that cannot fit would be cut mid-header and fail to parse; a caller's
+            # max_tokens below what the structure itself needs is raised to that minimum.
+            hard, texts = self._reserve_after(-1)
+            if sampling.max_tokens < hard + texts:
+                self.sampling = replace(sampling, max_tokens=hard + texts)
         self._index = -1
         self._forced: list[int] = []
         self._trie: _Trie | None = None

@@ -103,6 +103,8 @@ class LocalLM(dspy.BaseLM):
         max_batch_size: most requests decoded together (engine option, first LM wins).
         batch_wait_ms: how long the worker waits to gather a batch (engine option).
         max_string_chars: length bound for strings inside JSON outputs.
+        num_threads: CPU threads for torch (engine option; default half the cores, 0 leaves
+            torch's own setting). PyTorch's setting is process-wide.
         **kwargs: further default request options (``top_p``, ``seed``, ``stop``...).
     """
 
@@ -118,6 +120,7 @@ class LocalLM(dspy.BaseLM):
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
         max_string_chars: int = 400,
+        num_threads: int | None = None,
         source: ModelSource | None = None,
         **kwargs: Any,
     ) -> None:
@@ -128,6 +131,7 @@ class LocalLM(dspy.BaseLM):
         self.max_batch_size = max_batch_size
         self.batch_wait_ms = batch_wait_ms
         self.max_string_chars = max_string_chars
+        self.num_threads = num_threads
         super().__init__(
             model=self.source.name,
             model_type="chat",
@@ -155,7 +159,12 @@ class LocalLM(dspy.BaseLM):
     def engine(self) -> Engine:
         """The shared engine of this LM's model (loaded on first access)."""
         return shared_engine(
-            self.source, self.device, self.dtype, self.max_batch_size, self.batch_wait_ms
+            self.source,
+            self.device,
+            self.dtype,
+            self.max_batch_size,
+            self.batch_wait_ms,
+            self.num_threads,
         ).load()
 
     @property
@@ -181,6 +190,7 @@ class LocalLM(dspy.BaseLM):
             max_batch_size=self.max_batch_size,
             batch_wait_ms=self.batch_wait_ms,
             max_string_chars=self.max_string_chars,
+            num_threads=self.num_threads,
         )
         if self.source.adapter_dir:
             state["finetuned"] = True
@@ -233,9 +243,7 @@ class LocalLM(dspy.BaseLM):
         use_cache = options.pop("cache", self.cache)
         if messages is None:
             messages = [{"role": "user", "content": prompt or ""}]
-        messages = [
-            {"role": m.get("role", "user"), "content": message_text(m)} for m in messages
-        ]
+        messages = [{"role": m.get("role", "user"), "content": message_text(m)} for m in messages]
         options = {k: v for k, v in options.items() if v is not None}
         request = {"messages": messages, **options}
         if not use_cache:

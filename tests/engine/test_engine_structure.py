@@ -69,7 +69,10 @@ def test_chat_adapter_fields_follow_dspy_rendering() -> None:
 def test_other_frameworks_give_their_own_codes() -> None:
     esc = Framework.load("esc")
     sig = dspy.Signature(
-        {"history": (str, dspy.InputField()), "strategy": (esc.strategy_literal, dspy.OutputField())}
+        {
+            "history": (str, dspy.InputField()),
+            "strategy": (esc.strategy_literal, dspy.OutputField()),
+        }
     )
     fields = chat_adapter_fields(_messages(sig, history="x"))
     assert fields is not None and fields[0].options == esc.codes
@@ -101,8 +104,14 @@ def test_response_format_variants() -> None:
     schema = json.loads(plan.segments[0].spec)
     assert schema["properties"]["label"]["maxLength"] == 400
     assert response_format_plan({"type": "json_object"}).segments[0].kind == "json_object"
-    wrapped = {"type": "json_schema", "json_schema": {"name": "A", "schema": Answer.model_json_schema()}}
-    assert json.loads(response_format_plan(wrapped).segments[0].spec)["required"] == ["label", "score"]
+    wrapped = {
+        "type": "json_schema",
+        "json_schema": {"name": "A", "schema": Answer.model_json_schema()},
+    }
+    assert json.loads(response_format_plan(wrapped).segments[0].spec)["required"] == [
+        "label",
+        "score",
+    ]
     assert response_format_plan({"type": "text"}) is None
     with pytest.raises(ValueError, match="pydantic model"):
         response_format_plan({"type": "xml"})

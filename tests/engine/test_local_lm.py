@@ -11,8 +11,7 @@ import dspy
 import pydantic
 import pytest
 
-from csc.engine import LocalLM, ModelNotFoundError
-from csc.engine import model_store
+from csc.engine import LocalLM, ModelNotFoundError, model_store
 from csc.engine.decoding import Sampling
 from csc.engine.engine import Engine
 from csc.engine.model_store import ModelSource
@@ -28,14 +27,14 @@ def test_missing_package_error_names_the_install_command(monkeypatch, tmp_path) 
 
 
 def test_local_folder_without_config_is_refused(tmp_path) -> None:
-    with pytest.raises(ModelNotFoundError, match="config.json"):
+    with pytest.raises(ModelNotFoundError, match=r"config\.json"):
         LocalLM(str(tmp_path))
 
 
 def test_finetuned_folder_errors(tmp_path) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         LocalLM.from_finetuned(tmp_path / "nope")
-    with pytest.raises(ModelNotFoundError, match="csc_finetune.json"):
+    with pytest.raises(ModelNotFoundError, match=r"csc_finetune\.json"):
         LocalLM.from_finetuned(tmp_path)
     (tmp_path / "csc_finetune.json").write_text(json.dumps({"base_model": "openai/gpt-4o"}))
     with pytest.raises(ModelNotFoundError, match="not a local model"):
@@ -110,7 +109,9 @@ def test_json_response_format_follows_schema(lm: LocalLM) -> None:
         reason: str
 
     out = lm(
-        messages=[{"role": "user", "content": "Is 'hello, how can I help?' polite? Answer in JSON."}],
+        messages=[
+            {"role": "user", "content": "Is 'hello, how can I help?' polite? Answer in JSON."}
+        ],
         response_format=Verdict,
         max_tokens=96,
     )
@@ -140,7 +141,9 @@ def test_concurrent_threads_get_their_own_answers(lm: LocalLM) -> None:
     engine = lm.engine
     before = engine.largest_batch
     with ThreadPoolExecutor(max_workers=4) as pool:
-        together = list(pool.map(lambda p: lm(messages=[{"role": "user", "content": p}])[0], prompts))
+        together = list(
+            pool.map(lambda p: lm(messages=[{"role": "user", "content": p}])[0], prompts)
+        )
     assert together == alone
     assert engine.largest_batch >= 2 or before >= 2
 
@@ -199,3 +202,41 @@ def test_from_finetuned_loads_a_lora_adapter(tmp_path: Path) -> None:
     q_merged = merged.engine.model.model.layers[0].self_attn.q_proj.weight
     assert not torch.allclose(q_base, q_merged)  # the adapter changed the weights
     assert merged(messages=[{"role": "user", "content": "hi"}])
+
+
+@local_lm
+def test_async_calls_share_batches(lm: LocalLM) -> None:
+    import asyncio
+
+    async def main() -> list:
+        calls = [lm.acall(messages=[{"role": "user", "content": f"Say {w}."}]) for w in "abc"]
+        return await asyncio.gather(*calls)
+
+    outputs = asyncio.run(main())
+    assert len(outputs) == 3 and all(isinstance(o[0], str) for o in outputs)
+
+
+@local_lm
+def test_json_adapter_predict_parses(lm: LocalLM) -> None:
+    sig = dspy.Signature(
+        {
+            "question": (str, dspy.InputField()),
+            "polite": (bool, dspy.OutputField()),
+            "score": (int, dspy.OutputField()),
+        }
+    )
+    with dspy.context(lm=lm.copy(max_tokens=64), adapter=dspy.JSONAdapter()):
+        pred = dspy.Predict(sig)(question="Is 'thank you for waiting' polite?")
+    assert isinstance(pred.polite, bool) and isinstance(pred.score, int)
+
+
+def test_dump_and_load_state_round_trip() -> None:
+    try:
+        lm = LocalLM(temperature=0.5, max_tokens=33, max_batch_size=4)
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    state = lm.dump_state()
+    json.dumps(state)
+    again = LocalLM.load_state(state)
+    assert again.model == lm.model and again.kwargs == lm.kwargs
+    assert again.max_batch_size == 4

@@ -19,14 +19,23 @@ ROLE_MARKERS = {
     "judge": "You review a synthetic",
     "profile_describer": "Turn a structured customer profile",
 }
+ZH_MARKERS = {
+    "planner": "你策划一段真实的客服对话",
+    "supporter_assistant": "你是客服人员的教练",
+    "supporter": "你是一名专业客服",
+    "customer_assistant": "你在指导一位模拟客户",
+    "customer": "你扮演画像中描述的客户",
+    "judge": "你负责审核一段合成的客服对话",
+}
 
 
 def role_of(messages: list[dict[str, Any]]) -> str:
     """Which RoleCS agent a prompt is for, from its instructions."""
     system = messages[0]["content"]
-    for role, marker in ROLE_MARKERS.items():
-        if marker in system:
-            return role
+    for markers in (ROLE_MARKERS, ZH_MARKERS):
+        for role, marker in markers.items():
+            if marker in system:
+                return role
     raise AssertionError(f"unknown prompt: {system[:200]}")
 
 
@@ -97,8 +106,8 @@ class Script:
             if out is not None:
                 return out
         history = field(messages, "history") or field(messages, "dialogue")
-        n_support = len(re.findall(r"^Supporter", history, re.M))
-        n_customer = len(re.findall(r"^Customer", history, re.M))
+        n_support = len(re.findall(r"^(?:Supporter|客服)", history, re.M))
+        n_customer = len(re.findall(r"^(?:Customer|客户)", history, re.M))
         if role == "planner":
             topic = field(messages, "topic")
             return {"scenario": f"A customer needs help with {topic}.", "goal": "get help"}

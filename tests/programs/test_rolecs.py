@@ -176,3 +176,12 @@ def test_signatures_follow_framework_and_language():
     assert set(esc.output_fields["strategy"].annotation.__args__) == set(
         Framework.load("esc").codes
     )
+
+
+def test_chinese_dialogue_loop():
+    program = RoleCS("csc", "zh")
+    with dspy.context(lm=ScriptedLM(Script(strategies=["GT", "IV", "PR", "AC"]))):
+        pred = program(PROFILE, "产品咨询", dialogue_id="zh1")
+    assert [t.strategy for t in pred.dialogue.supporter_turns] == ["GT", "IV", "PR", "AC"]
+    assert pred.dialogue.metadata["language"] == "zh"
+    assert "客户" in program._definitions or "对话规范" in program._definitions
