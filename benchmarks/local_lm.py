@@ -194,6 +194,11 @@ def main() -> None:
             f"({r['tokens']} tokens, {r['requests']} requests, {r['seconds']:.1f} s; "
             f"best of {trials})"
         )
+    engine = lm.engine
+    print(
+        f"batches           : {engine.batches_run} for {engine.requests_served} requests "
+        f"(largest {engine.largest_batch})"
+    )
     ratio = report["tps_16"]["tps"] / report["tps_1"]["tps"]
     print(f"ratio 16:1        : {ratio:.2f}x (target >= 6)")
 
@@ -210,9 +215,14 @@ def main() -> None:
     if "load_cold" in report:
         print(
             f"load cold         : {report['load_cold']['seconds']:.1f} s "
-            "(GGUF conversion into a fresh cache, imports included)"
+            f"(GGUF conversion into a fresh cache, imports included; engine "
+            f"{report['load_cold']['engine_seconds']:.1f} s)"
         )
-    print(f"load warm         : {report['load_warm']['seconds']:.1f} s (target <= 10 s)")
+    warm = report["load_warm"]
+    print(
+        f"load warm         : {warm['seconds']:.1f} s (target <= 10 s; of which weights "
+        f"{warm['engine_seconds']:.1f} s, the rest imports)"
+    )
 
 
 def _default_cache() -> Any:

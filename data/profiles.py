@@ -202,7 +202,9 @@ def usable_description(text: str, language: Language = "en") -> bool:
 Describer = Callable[[dict[str, str]], str]
 
 
-def lm_describer(language: Language = "en", temperature: float | None = None) -> Describer:
+def lm_describer(
+    language: Language = "en", temperature: float | None = None, max_tokens: int | None = None
+) -> Describer:
     """A describer that asks the current DSPy LM through ``ProfileDescriber``."""
     import dspy
 
@@ -218,6 +220,8 @@ def lm_describer(language: Language = "en", temperature: float | None = None) ->
         }
         if temperature is not None:
             config["temperature"] = temperature
+        if max_tokens is not None:
+            config["max_tokens"] = max_tokens
         return predict(attributes=lines, config=config).description
 
     return describe

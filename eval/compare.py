@@ -294,7 +294,8 @@ def compare_supporters(
             equal share one LM object, hence one engine and one cache.
         context: ``ref``, ``gen`` or ``both``.
         limit: only the first N supporter turns in dialogue order (the same for everyone).
-        cache_dir: per-supporter resume caches live in ``cache_dir/<name>``.
+        cache_dir: per-supporter resume caches live in ``cache_dir/<name>-<hash>``; the hash
+            covers the spec, program file, LM settings, framework and language.
         lm_factory: builds an LM from a spec (default :func:`csc.lm.build_lm`); tests pass fakes.
         on_result: called with ``(name, spec, EvaluationResult)`` after each supporter.
     """
@@ -342,7 +343,9 @@ def compare_supporters(
                 language=language,
                 limit=limit,
                 num_threads=num_threads,
-                cache_dir=Path(cache_dir) / _safe(name) if cache_dir else None,
+                cache_dir=Path(cache_dir) / _cache_key(name, spec, lm_spec, fw, language)
+                if cache_dir
+                else None,
                 with_bertscore=with_bertscore,
                 bertscore_model=bertscore_model,
                 progress=progress,
@@ -363,7 +366,24 @@ def compare_supporters(
     return Comparison(rows=rows, info=info)
 
 
-def _safe(name: str) -> str:
+def _cache_key(name: str, spec: str, lm_spec: Any, framework: Any, language: str) -> str:
+    """Cache folder of one supporter: its name plus a hash of everything that changes its
+    predictions, so re-running resumes but a changed LM, program or framework never reuses."""
+    import hashlib
     import re
 
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "supporter"
+    head, _, arg = spec.partition(":")
+    program = None
+    if head == "optimized" and Path(arg).is_file():
+        program = hashlib.sha256(Path(arg).read_bytes()).hexdigest()
+    elif head == "finetuned" and (Path(arg) / "csc_finetune.json").is_file():
+        program = hashlib.sha256((Path(arg) / "csc_finetune.json").read_bytes()).hexdigest()
+    parts = {
+        "spec": spec,
+        "program": program,
+        "lm": lm_spec.model_dump(exclude={"api_key_env"}),
+        "framework": framework.to_dict(),
+        "language": language,
+    }
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name) or 'supporter'}-{digest}"

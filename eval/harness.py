@@ -32,7 +32,7 @@ import dspy
 
 from csc.dialogue import Dialogue, Speaker, Turn
 from csc.eval.examples import dialogue_language, supporter_examples
-from csc.eval.metrics import bertscore, corpus_bleu, rouge_l, strategy_scores
+from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.signatures.types import DialogueHistory
 
@@ -41,15 +41,20 @@ __all__ = [
     "ContextResult",
     "EvaluationResult",
     "PredictionRecord",
+    "SupporterSpec",
     "evaluate_supporter",
     "score_records",
-    "SupporterSpec",
     "supporter_from_spec",
 ]
 
 Context = Literal["reference", "generated"]
 CONTEXTS: tuple[Context, ...] = ("reference", "generated")
-_ALIASES = {"ref": "reference", "gen": "generated", "reference": "reference", "generated": "generated"}
+_ALIASES = {
+    "ref": "reference",
+    "gen": "generated",
+    "reference": "reference",
+    "generated": "generated",
+}
 
 
 @dataclass
@@ -260,9 +265,7 @@ def _generated_context(
             gold = dialogue.turns[index]
             rec = cache.get(dialogue_id, index)
             if rec is None:
-                history = DialogueHistory.of(
-                    turns[:index], language=language, show_strategies=show
-                )
+                history = DialogueHistory.of(turns[:index], language=language, show_strategies=show)
                 rec = _run_turn(program, history, dialogue_id, index, "generated", gold)
                 cache.add(rec)
             out.append(rec)
@@ -316,9 +319,10 @@ def score_records(
     strat = strategy_scores(
         [r.gold_strategy for r in records], [r.predicted_strategy for r in records], codes
     )
+    bleu = corpus_bleu_orders(hyps, refs, (2, 4), language=language, tokenize=bleu_tokenize)
     metrics: dict[str, Any] = {
-        "bleu2": corpus_bleu(hyps, refs, 2, language=language, tokenize=bleu_tokenize),
-        "bleu4": corpus_bleu(hyps, refs, 4, language=language, tokenize=bleu_tokenize),
+        "bleu2": bleu[2],
+        "bleu4": bleu[4],
         "rougeL": rouge_l(hyps, refs, language=language),
         "bertscore": (
             bertscore(hyps, refs, model=bertscore_model, progress=progress)
@@ -393,9 +397,7 @@ def evaluate_supporter(
         start = time.perf_counter()
         with dspy.context(track_usage=True):
             if ctx == "reference":
-                records = _reference_context(
-                    program, examples, by_id, cache, num_threads, progress
-                )
+                records = _reference_context(program, examples, by_id, cache, num_threads, progress)
             else:
                 records = _generated_context(
                     program, examples, by_id, cache, language, num_threads, progress

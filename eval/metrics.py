@@ -26,7 +26,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,14 +36,15 @@ __all__ = [
     "bertscore_metric",
     "bleu_metric",
     "corpus_bleu",
+    "corpus_bleu_orders",
     "default_bertscore_model",
     "detect_language",
     "lcs_length",
     "rouge_l",
-    "rouge_l_scores",
-    "sentence_bleu",
     "rouge_l_metric",
+    "rouge_l_scores",
     "rouge_tokens",
+    "sentence_bleu",
     "strategy_accuracy",
     "strategy_accuracy_metric",
     "strategy_and_bertscore_metric",
@@ -96,10 +96,45 @@ def corpus_bleu(
     _check_pairs(hypotheses, references)
     if not hypotheses:
         return 0.0
-    bleu = BLEU(
-        max_ngram_order=max_order, tokenize=_bleu_tokenizer(language, tokenize, references)
-    )
+    bleu = BLEU(max_ngram_order=max_order, tokenize=_bleu_tokenizer(language, tokenize, references))
     return float(bleu.corpus_score(list(hypotheses), [list(references)]).score)
+
+
+def corpus_bleu_orders(
+    hypotheses: Sequence[str],
+    references: Sequence[str],
+    orders: Sequence[int] = (2, 4),
+    *,
+    language: str | None = None,
+    tokenize: str | None = None,
+) -> dict[int, float]:
+    """Corpus BLEU for several n-gram orders from one pass, e.g. ``{2: BLEU-2, 4: BLEU-4}``.
+
+    Tokenizing and counting n-grams dominate the cost; lower orders reuse the n-gram counts of
+    the highest one (same clipped counts and brevity penalty), so the scores equal separate
+    :func:`corpus_bleu` calls.
+    """
+    from sacrebleu.metrics import BLEU
+
+    _check_pairs(hypotheses, references)
+    if not hypotheses:
+        return dict.fromkeys(orders, 0.0)
+    top = max(orders)
+    bleu = BLEU(max_ngram_order=top, tokenize=_bleu_tokenizer(language, tokenize, references))
+    full = bleu.corpus_score(list(hypotheses), [list(references)])
+    out: dict[int, float] = {}
+    for n in orders:
+        score = BLEU.compute_bleu(
+            full.counts[:n],
+            full.totals[:n],
+            full.sys_len,
+            full.ref_len,
+            smooth_method=bleu.smooth_method,
+            smooth_value=bleu.smooth_value,
+            max_ngram_order=n,
+        )
+        out[n] = float(score.score)
+    return out
 
 
 def sentence_bleu(
@@ -122,18 +157,16 @@ def sentence_bleu(
 
 
 # ---------------------------------------------------------------------------- ROUGE-L
-@lru_cache(maxsize=1)
-def _rouge_tokenizer() -> Any:
-    from rouge_score import tokenizers
-
-    return tokenizers.DefaultTokenizer(use_stemmer=False)
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
 def rouge_tokens(text: str, language: MetricLanguage) -> list[str]:
-    """ROUGE tokens: characters for Chinese, rouge-score's default tokenizer for English."""
+    """ROUGE tokens: characters for Chinese; for English the rules of rouge-score's default
+    tokenizer (lower-case, every run of non-[a-z0-9] characters separates tokens, no stemming),
+    re-implemented here because importing rouge_score (and nltk) costs seconds."""
     if language == "zh":
         return [ch for ch in text if not ch.isspace()]
-    return _rouge_tokenizer().tokenize(text)
+    return _NON_ALNUM.sub(" ", text.lower()).split()
 
 
 def lcs_length(a: Sequence[Any], b: Sequence[Any]) -> int:

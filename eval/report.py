@@ -41,8 +41,7 @@ def write_metrics(result: EvaluationResult, path: str | Path, info: dict[str, An
         **info,
         **result.info,
         "contexts": {
-            name: {**res.metrics, "strategy": res.strategy}
-            for name, res in result.contexts.items()
+            name: {**res.metrics, "strategy": res.strategy} for name, res in result.contexts.items()
         },
     }
     path = Path(path)

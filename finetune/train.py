@@ -321,7 +321,13 @@ def train(
     )
     start_step = _checkpoint_step(checkpoint)
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if checkpoint and config.max_steps > 0 and start_step >= config.max_steps:
+        # The checkpoint already reached max_steps (a run killed before it wrote the adapter):
+        # Trainer.train would take one more step, so load the checkpoint's weights instead.
+        trainer._load_from_checkpoint(checkpoint)
+        trainer.state.global_step = start_step
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - started
     steps = trainer.state.global_step
     run_steps = max(steps - start_step, 0)

@@ -36,6 +36,18 @@ AGENT_ROLES: tuple[str, ...] = (
 )
 """The LM roles RoleCS uses (a subset of :data:`csc.lm.ROLES`)."""
 
+EMBEDDED_TOKEN_BUDGETS: dict[str, int] = {
+    "planner": 160,
+    "supporter_assistant": 40,
+    "supporter": 90,
+    "customer_assistant": 50,
+    "customer": 90,
+    "judge": 240,
+}
+"""Completion-token limits per role for small embedded models, which otherwise fill every text
+field up to the engine's length bound (a 135M model rambles); the embedded engine shares the budget
+between fields so answers stay parseable. Remote LMs get no limit by default."""
+
 
 class DialogueFailure(RuntimeError):
     """An agent call failed or its output could not be parsed; carries what is needed to record
@@ -231,6 +243,11 @@ class RoleCS(dspy.Module):
         temperature: sampling temperature sent with every call (None: the LM's default).
         max_utterances: utterance limit of a dialogue, closing turn included.
         judge: score each dialogue with :class:`RoleCSJudge` at the end.
+        token_budgets: optional ``max_tokens`` per role sent with each call (see
+            :data:`EMBEDDED_TOKEN_BUDGETS`).
+        min_utterances: a customer's "finished" before this many utterances is ignored (and
+            marked ``finish_ignored`` on the turn), so a weak customer model cannot end a dialogue
+            right after the greeting; 0 turns the rule off.
     """
 
     def __init__(
@@ -242,6 +259,8 @@ class RoleCS(dspy.Module):
         temperature: float | None = None,
         max_utterances: int = DEFAULT_MAX_UTTERANCES,
         judge: bool = True,
+        token_budgets: Mapping[str, int] | None = None,
+        min_utterances: int = 0,
     ) -> None:
         super().__init__()
         if language not in ("en", "zh"):
@@ -261,6 +280,8 @@ class RoleCS(dspy.Module):
         self.lms = dict(lms or {})
         self.temperature = temperature
         self.max_utterances = max_utterances
+        self.token_budgets = dict(token_budgets or {})
+        self.min_utterances = min_utterances
         self._definitions = self._render_definitions()
 
     def _render_definitions(self) -> str:
@@ -302,6 +323,8 @@ class RoleCS(dspy.Module):
         }
         if self.temperature is not None:
             config["temperature"] = self.temperature
+        if role in self.token_budgets:
+            config["max_tokens"] = self.token_budgets[role]
         with self._as_role(role, state):
             return predictor(**inputs, config=config)
 
@@ -469,6 +492,7 @@ class RoleCS(dspy.Module):
                 direction=str(direction),
             )
             finished = bool(said.finished)
+            too_early = finished and len(state.turns) + 1 < self.min_utterances
             state.turns.append(
                 Turn(
                     speaker=Speaker.CUSTOMER,
@@ -477,9 +501,11 @@ class RoleCS(dspy.Module):
                         "direction": str(direction).strip(),
                         "finished": finished,
                         "reason": str(said.reason).strip(),
+                        **({"finish_ignored": True} if too_early else {}),
                     },
                 )
             )
+            finished = finished and not too_early
             if finished or len(state.turns) >= limit:
                 state.end_reason = "customer_finished" if finished else "max_utterances"
                 if closing:
@@ -495,6 +521,8 @@ class RoleCS(dspy.Module):
             config: dict[str, Any] = {"rollout_id": rollout_id(seed, key, "judge", 0)}
             if self.temperature is not None:
                 config["temperature"] = self.temperature
+            if "judge" in self.token_budgets:
+                config["max_tokens"] = self.token_budgets["judge"]
             with self._as_role("judge", state):
                 judgement = self.judge(state.dialogue(), config=config)
             state.judge = judgement.criteria

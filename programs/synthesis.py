@@ -72,6 +72,8 @@ class SynthesisConfig(BaseModel):
     temperature: float | None
     filter: bool
     lms: dict[str, str]
+    token_budgets: dict[str, int] = {}
+    min_utterances: int = 0
 
     @classmethod
     def build(
@@ -86,6 +88,8 @@ class SynthesisConfig(BaseModel):
         temperature: float | None,
         filter: bool,
         lms: Mapping[str, str],
+        token_budgets: Mapping[str, int] | None = None,
+        min_utterances: int = 0,
     ) -> SynthesisConfig:
         """A configuration from its parts; the framework and profiles enter by content digest."""
         fw_digest = _digest(framework.to_dict())
@@ -105,6 +109,8 @@ class SynthesisConfig(BaseModel):
             temperature=temperature,
             filter=filter,
             lms=roles,
+            token_budgets=dict(token_budgets or {}),
+            min_utterances=min_utterances,
         )
 
     def digest(self) -> str:
@@ -281,6 +287,8 @@ class SynthesisRun:
             temperature=config.temperature,
             max_utterances=config.max_utterances,
             judge=config.filter,
+            token_budgets=config.token_budgets,
+            min_utterances=config.min_utterances,
         )
 
     # ------------------------------------------------------------------ folder

@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
             "all", "--split", help="all, or test: the seeded held-out dialogues (see --seed)."
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the train/dev/test split."),
+        max_tokens: int | None = typer.Option(
+            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
+        ),
         num_threads: int = typer.Option(
             4, "--num-threads", min=1, help="Concurrent requests per supporter."
         ),
@@ -93,7 +96,7 @@ def register(app: typer.Typer) -> None:
             fail(f"{data}: no dialogues to evaluate")
         language = lang or dialogue_language(dialogues)
         settings = resolve_lm_settings(config, lm, api_base)
-        base = settings.spec_for("supporter")
+        base = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
 
         def save_each(name: str, spec: str, result: object) -> None:
             # Each supporter's full report (predictions, per-strategy scores) next to the table.

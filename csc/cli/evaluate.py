@@ -7,7 +7,6 @@ import json
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -36,18 +35,18 @@ def register(app: typer.Typer) -> None:
             "--supporter",
             help="zero-shot | direct (no-strategy ablation) | optimized:PATH.json | finetuned:DIR.",
         ),
-        lm: Optional[str] = LMOption,
-        api_base: Optional[str] = ApiBaseOption,
-        config: Optional[Path] = ConfigOption,
+        lm: str | None = LMOption,
+        api_base: str | None = ApiBaseOption,
+        config: Path | None = ConfigOption,
         framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        lang: Optional[str] = typer.Option(
+        lang: str | None = typer.Option(
             None, "--lang", help="en or zh (default: detected from the data)."
         ),
-        data_format: Optional[str] = typer.Option(
+        data_format: str | None = typer.Option(
             None, "--format", help="Input format (default: from the file name)."
         ),
         context: str = typer.Option("both", "--context", help="ref, gen or both."),
-        limit: Optional[int] = typer.Option(
+        limit: int | None = typer.Option(
             None, "--limit", min=1, help="Only the first N supporter turns, in dialogue order."
         ),
         split: str = typer.Option(
@@ -57,16 +56,16 @@ def register(app: typer.Typer) -> None:
         num_threads: int = typer.Option(
             4, "--num-threads", min=1, help="Concurrent requests (turns in ref, dialogues in gen)."
         ),
-        bertscore_model: Optional[str] = typer.Option(
+        bertscore_model: str | None = typer.Option(
             None,
             "--bertscore-model",
             help="Local model folder for BERTScore (default: offline all-MiniLM-L6-v2).",
         ),
         no_bertscore: bool = typer.Option(False, "--no-bertscore", help="Skip BERTScore."),
-        bleu_tokenize: Optional[str] = typer.Option(
+        bleu_tokenize: str | None = typer.Option(
             None, "--bleu-tokenize", help="sacrebleu tokenizer (default: zh or 13a by language)."
         ),
-        max_tokens: Optional[int] = typer.Option(
+        max_tokens: int | None = typer.Option(
             None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
         ),
         out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder."),
@@ -205,6 +204,12 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
         cells = []
         for col in cols:
             value = metrics.get(col)
-            cells.append("n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value))
+            cells.append(
+                "n/a"
+                if value is None
+                else f"{value:.2f}"
+                if isinstance(value, float)
+                else str(value)
+            )
         table.add_row(name, *cells)
     Console().print(table)

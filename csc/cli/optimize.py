@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,7 +16,7 @@ def register(app: typer.Typer) -> None:
             "strategy", "--program", help="strategy (strategy predictor) or supporter (both steps)."
         ),
         train: Path = typer.Option(..., "--train", help="Training dialogues (any csc format)."),
-        dev: Optional[Path] = typer.Option(
+        dev: Path | None = typer.Option(
             None,
             "--dev",
             help="Dev dialogues; without it the train file is split by dialogue (seeded 80/10/10, "
@@ -25,30 +24,30 @@ def register(app: typer.Typer) -> None:
         ),
         optimizer: str = typer.Option("bootstrap", "--optimizer", help="bootstrap, mipro or gepa."),
         budget: str = typer.Option("light", "--budget", help="light, medium or heavy."),
-        lm: Optional[str] = LMOption,
-        prompt_lm: Optional[str] = typer.Option(
+        lm: str | None = LMOption,
+        prompt_lm: str | None = typer.Option(
             None,
             "--prompt-lm",
             help="LM that proposes instructions (mipro) or reflects (gepa); default: --lm.",
         ),
-        api_base: Optional[str] = ApiBaseOption,
-        config: Optional[Path] = ConfigOption,
+        api_base: str | None = ApiBaseOption,
+        config: Path | None = ConfigOption,
         metric: str = typer.Option(
             "acc", "--metric", help="acc (strategy accuracy) or acc+bertscore (half each)."
         ),
         framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        lang: Optional[str] = typer.Option(
+        lang: str | None = typer.Option(
             None, "--lang", help="en or zh (default: detected from the data)."
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
         num_threads: int = typer.Option(4, "--num-threads", min=1, help="Concurrent requests."),
-        max_train: Optional[int] = typer.Option(
+        max_train: int | None = typer.Option(
             None, "--max-train", min=1, help="Use at most N training examples (turns)."
         ),
-        max_dev: Optional[int] = typer.Option(
+        max_dev: int | None = typer.Option(
             None, "--max-dev", min=1, help="Use at most N dev examples (turns)."
         ),
-        max_tokens: Optional[int] = typer.Option(
+        max_tokens: int | None = typer.Option(
             None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
         ),
         out: Path = typer.Option(..., "--out", help="Where to save the program (.json)."),

@@ -58,7 +58,13 @@ def register(app: typer.Typer) -> None:
                 client = lm_for_role(settings, "planner")
             except (LMConfigError, FileNotFoundError, ImportError) as exc:
                 fail(f"cannot build the LM: {exc}")
-            describer = lm_describer(language, temperature=temperature)
+            from csc.lm import split_scheme
+
+            # Small embedded models fill text to the engine's bound; 3 sentences need ~120 tokens.
+            embedded = split_scheme(settings.spec_for("planner").model)[0] in ("local", "finetuned")
+            describer = lm_describer(
+                language, temperature=temperature, max_tokens=160 if embedded else None
+            )
         with tqdm(total=n, desc="profiles", unit="profile") as bar:
             try:
                 with dspy.context(lm=client) if client is not None else dspy.context():

@@ -54,6 +54,12 @@ def register(app: typer.Typer) -> None:
         max_utterances: int = typer.Option(
             50, "--max-utterances", min=3, help="Utterance limit per dialogue (closing included)."
         ),
+        min_utterances: int = typer.Option(
+            6,
+            "--min-utterances",
+            min=0,
+            help="Ignore a customer's goodbye before this many utterances (0: off).",
+        ),
         temperature: float = typer.Option(
             0.7, "--temperature", min=0.0, help="Sampling temperature of every agent."
         ),
@@ -68,6 +74,12 @@ def register(app: typer.Typer) -> None:
             help="Also write kept dialogues as DianJin JSON (dianjin); jsonl is always written.",
         ),
         show: int = typer.Option(1, "--show", min=0, help="Print this many finished dialogues."),
+        turn_tokens: str = typer.Option(
+            "auto",
+            "--turn-tokens",
+            help="Completion-token limits per role: auto (limits for embedded local/finetuned "
+            "LMs only), none, or a number that caps every role.",
+        ),
     ) -> None:
         """Synthesize strategy-labelled support dialogues with the five RoleCS agents.
 
@@ -114,6 +126,7 @@ def register(app: typer.Typer) -> None:
         }
         settings = resolve_lm_settings(config, lm, api_base, temperature, roles)
         described = settings.describe()
+        budgets = _token_budgets(turn_tokens, settings, no_filter)
         run_config = SynthesisConfig.build(
             framework=fw,
             language=language,  # type: ignore[arg-type]
@@ -124,6 +137,8 @@ def register(app: typer.Typer) -> None:
             temperature=temperature,
             filter=not no_filter,
             lms=described,
+            token_budgets=budgets,
+            min_utterances=min(min_utterances, max_utterances),
         )
         console = Console()
         active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
@@ -176,3 +191,28 @@ def register(app: typer.Typer) -> None:
                 who = "Supporter" if t.is_supporter else "Customer"
                 tag = f" [{t.strategy}]" if t.strategy else ""
                 console.print(f"[bold]{who}{escape(tag)}:[/bold] {escape(t.text)}", highlight=False)
+
+
+def _token_budgets(value: str, settings, no_filter: bool) -> dict[str, int]:
+    """Per-role ``max_tokens`` from ``--turn-tokens`` (see EMBEDDED_TOKEN_BUDGETS)."""
+    from csc.lm import split_scheme
+    from csc.programs.rolecs import AGENT_ROLES, EMBEDDED_TOKEN_BUDGETS
+
+    roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
+    if value == "none":
+        return {}
+    if value == "auto":
+        # Small embedded models fill every text field to the engine's bound; remote LMs
+        # (possibly reasoning models) must not be cut short, so they get no limit.
+        return {
+            r: EMBEDDED_TOKEN_BUDGETS[r]
+            for r in roles
+            if split_scheme(settings.spec_for(r).model)[0] in ("local", "finetuned")
+        }
+    try:
+        cap = int(value)
+    except ValueError:
+        fail(f"--turn-tokens must be auto, none or a number, got {value!r}")
+    if cap < 16:
+        fail("--turn-tokens must be at least 16")
+    return dict.fromkeys(roles, cap)

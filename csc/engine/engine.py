@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_MS = 15.0
+MAX_GATHER_FACTOR = 8
 MIN_SHARED_PREFIX = 16  # below this, a separate prefix pass costs more than it saves
 
 
@@ -98,6 +99,7 @@ class Engine:
         self.vocab: Vocabulary | None = None
         self.load_seconds: float | None = None
         self.batches_run = 0
+        self.requests_served = 0
         self.largest_batch = 0
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._load_lock = threading.Lock()
@@ -179,18 +181,24 @@ class Engine:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
-            deadline = time.monotonic() + self.batch_wait_s
+            # Gather while requests keep arriving: callers released by the previous batch come
+            # back a few ms apart (DSPy bookkeeping, chat templating), and a batch closed too
+            # early makes the late ones wait a whole batch. The window restarts at each arrival,
+            # capped at MAX_GATHER_FACTOR windows in all.
+            start = time.monotonic()
+            cap = start + self.batch_wait_s * MAX_GATHER_FACTOR
+            deadline = start + self.batch_wait_s
             while len(batch) < self.max_batch_size:
-                timeout = deadline - time.monotonic()
+                timeout = min(deadline, cap) - time.monotonic()
                 try:
-                    job = (
-                        self._queue.get(timeout=timeout)
-                        if timeout > 0
-                        else self._queue.get_nowait()
-                    )
+                    if timeout > 0:
+                        job = self._queue.get(timeout=timeout)
+                    else:
+                        job = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 batch.append(job)
+                deadline = time.monotonic() + self.batch_wait_s
             live = [job for job in batch if job.future.set_running_or_notify_cancel()]
             if not live:
                 continue
@@ -211,6 +219,7 @@ class Engine:
 
         assert self.vocab is not None
         self.batches_run += 1
+        self.requests_served += len(jobs)
         self.largest_batch = max(self.largest_batch, len(jobs))
         rows = [RowDecoder(self.vocab, job.plan, job.sampling) for job in jobs]
         cache = DynamicCache()

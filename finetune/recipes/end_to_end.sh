@@ -4,8 +4,9 @@
 # dialogues. Every stage uses the same seeded dialogue split (80/10/10, seed $SEED), so the test
 # dialogues are never trained or optimized on.
 #
-#   bash finetune/recipes/end_to_end.sh                      # sample data, CPU, ~30 min on 2 cores
-#   DATA=rolecs.jsonl STEPS=200 RECIPE=smollm2-135m-lora bash finetune/recipes/end_to_end.sh
+#   bash finetune/recipes/end_to_end.sh          # sample data, 2-core CPU, see docs/finetuning.md
+#   DATA=rolecs.jsonl STEPS=200 RECIPE=smollm2-135m-lora CONTEXT=both \
+#     bash finetune/recipes/end_to_end.sh        # a real run, on a GPU
 set -euo pipefail
 
 DATA=${DATA:-data/samples/sample_en.json}
@@ -14,7 +15,8 @@ SEED=${SEED:-0}
 RECIPE=${RECIPE:-smollm2-135m-lora-quick}
 STEPS=${STEPS:-10}
 DEVICE=${DEVICE:-auto}
-CONTEXT=${CONTEXT:-both}
+CONTEXT=${CONTEXT:-ref}
+MAX_TOKENS=${MAX_TOKENS:-96}
 LM=${LM:-local}
 mkdir -p "$OUT"
 : > "$OUT/timings.txt"
@@ -35,6 +37,7 @@ timed optimize csc optimize --program strategy --train "$DATA" --optimizer boots
 
 # 4. Compare the three supporters on the held-out test dialogues.
 timed compare csc compare --data "$DATA" --split test --seed "$SEED" --lm "$LM" --context "$CONTEXT" \
+  --max-tokens "$MAX_TOKENS" \
   --supporter zero-shot=zero-shot \
   --supporter optimized="optimized:$OUT/optimized.json" \
   --supporter finetuned="finetuned:$OUT/ft" \

@@ -149,10 +149,14 @@ def test_concurrent_threads_get_their_own_answers(lm: LocalLM) -> None:
 
 
 @local_lm
-def test_cache_hit_has_no_usage(tmp_path) -> None:
+def test_cache_hit_has_no_usage() -> None:
+    import uuid
+
     cached = LocalLM(cache=True, max_tokens=8)
-    msgs = [{"role": "user", "content": f"Cache probe {tmp_path.name}"}]
+    # DSPy's cache lives on disk across runs: a fresh prompt makes the first call a miss.
+    msgs = [{"role": "user", "content": f"Cache probe {uuid.uuid4().hex}"}]
     first = cached(messages=msgs)
+    assert cached.history[-1]["usage"]["completion_tokens"] > 0
     assert cached(messages=msgs) == first
     assert cached.history[-1]["usage"] == {}
     assert cached(messages=msgs, rollout_id=5, temperature=1.0) is not None

@@ -90,7 +90,9 @@ def _dp_lcs(a, b):
     table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
     for i, x in enumerate(a, 1):
         for j, y in enumerate(b, 1):
-            table[i][j] = table[i - 1][j - 1] + 1 if x == y else max(table[i - 1][j], table[i][j - 1])
+            table[i][j] = (
+                table[i - 1][j - 1] + 1 if x == y else max(table[i - 1][j], table[i][j - 1])
+            )
     return table[-1][-1]
 
 
@@ -102,6 +104,7 @@ def test_bit_parallel_lcs_equals_dynamic_programming():
         assert lcs_length(a, b) == _dp_lcs(a, b)
 
 
+@pytest.mark.slow  # imports rouge_score (and nltk): seconds
 def test_rouge_l_english_matches_rouge_score():
     from rouge_score import rouge_scorer
 
@@ -113,6 +116,7 @@ def test_rouge_l_english_matches_rouge_score():
     assert rouge_l(hyps, refs, language="en") == pytest.approx(100 * sum(expected) / 5)
 
 
+@pytest.mark.slow  # imports rouge_score (and nltk): seconds
 def test_rouge_l_chinese_by_characters():
     # LCS of 我的银行卡被冻结了 / 银行卡已冻结 is 银行卡冻结 (5): P = 5/9, R = 5/6.
     p, r = 5 / 9, 5 / 6
@@ -190,3 +194,23 @@ def test_combined_metric_bootstraps_on_strategy_only():
     assert metric(ex, dspy.Prediction(strategy="PS", response="sorry"), trace=[]) is False
     with pytest.raises(ValueError):
         strategy_and_bertscore_metric(1.5)
+
+
+@pytest.mark.slow  # imports rouge_score (and nltk): seconds
+def test_english_rouge_tokens_follow_rouge_score():
+    from rouge_score import tokenize
+
+    from csc.eval.metrics import rouge_tokens
+
+    for text in [*EN_HYPS, "Hello!! How can I help? It's 5pm—OK", "Café résumé 3.5%", ""]:
+        assert rouge_tokens(text, "en") == tokenize.tokenize(text, None)
+
+
+@pytest.mark.parametrize(("hyps", "refs"), [(EN_HYPS, EN_REFS), (ZH_HYPS, ZH_REFS)])
+def test_bleu_orders_in_one_pass_equal_separate_calls(hyps, refs):
+    from csc.eval.metrics import corpus_bleu_orders
+
+    both = corpus_bleu_orders(hyps, refs, (2, 4))
+    assert both[2] == pytest.approx(corpus_bleu(hyps, refs, 2), abs=1e-9)
+    assert both[4] == pytest.approx(corpus_bleu(hyps, refs, 4), abs=1e-9)
+    assert both[2] > 0

@@ -95,6 +95,10 @@ def test_two_steps_write_adapter_log_and_metadata(
     assert meta["resumed_from"].endswith("checkpoint-2")
     steps = [json.loads(line)["step"] for line in (out / TRAIN_LOG).read_text().splitlines()]
     assert [s for s in steps if s] == sorted(s for s in steps if s)
+    # Resuming a checkpoint that already reached max_steps only writes the adapter again.
+    again = train(sft_dir, recipe, out, max_steps=3, device="cpu", resume=True)
+    assert again.steps == 3
+    assert json.loads((out / METADATA_FILE).read_text())["steps_this_run"] == 0
 
 
 @pytest.mark.slow

@@ -185,3 +185,17 @@ def test_chinese_dialogue_loop():
     assert [t.strategy for t in pred.dialogue.supporter_turns] == ["GT", "IV", "PR", "AC"]
     assert pred.dialogue.metadata["language"] == "zh"
     assert "客户" in program._definitions or "对话规范" in program._definitions
+
+
+def test_customer_goodbye_before_min_utterances_is_ignored():
+    program = RoleCS("csc", min_utterances=6)
+    script = Script(strategies=["GT", "IV", "PR", "PS", "RI", "FR"], finish_at=1)
+    with dspy.context(lm=ScriptedLM(script)):
+        d = program(PROFILE, "Product consultation", dialogue_id="m1").dialogue
+    # Customer turns 1 and 2 (utterances 2 and 4) come too early; turn 3 (utterance 6) ends it.
+    assert [t.metadata.get("finish_ignored", False) for t in d.customer_turns] == [
+        True,
+        True,
+        False,
+    ]
+    assert d.metadata["end_reason"] == "customer_finished" and len(d.turns) == 7

@@ -195,3 +195,17 @@ def test_cli_synthesize_end_to_end(tmp_path, monkeypatch):
     # A different configuration into the same folder is refused with a clear message.
     again = CliRunner().invoke(app, [*args[:-4], "--seed", "9"])
     assert again.exit_code == 1 and "different configuration" in again.output
+
+
+def test_turn_token_budgets_apply_to_embedded_lms_only():
+    from csc.cli.synthesize import _token_budgets
+    from csc.lm import load_lm_settings
+    from csc.programs.rolecs import EMBEDDED_TOKEN_BUDGETS
+
+    mixed = load_lm_settings(
+        env={}, overrides={"model": "local"}, role_overrides={"judge": "openai/gpt-4o-mini"}
+    )
+    auto = _token_budgets("auto", mixed, no_filter=False)
+    assert "judge" not in auto and auto["supporter"] == EMBEDDED_TOKEN_BUDGETS["supporter"]
+    assert _token_budgets("none", mixed, no_filter=False) == {}
+    assert set(_token_budgets("64", mixed, no_filter=True).values()) == {64}
