@@ -132,3 +132,33 @@ def test_resume_without_checkpoint_and_bad_folders_are_clear(
     bad = Recipe.from_dict({**tiny_recipe_dict(tiny_model_dir), "model": {"name": "/nope"}})
     with pytest.raises(FinetuneError, match="model folder"):
         train(sft_dir, bad, tmp_path / "o2", device="cpu")
+
+
+def test_loss_covers_only_the_assistant_reply(
+    sft_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The tokenized rows TRL trains on mask everything but the assistant target."""
+    from trl import SFTTrainer
+
+    from csc.finetune.train import build_sft_config, load_model_and_tokenizer
+
+    recipe = Recipe.from_dict(tiny_recipe_dict(tiny_model_dir))
+    train_ds, _, _ = load_sft_data(sft_dir, recipe)
+    model, tokenizer, _ = load_model_and_tokenizer(recipe, "cpu")
+    trainer = SFTTrainer(
+        model=model,
+        args=build_sft_config(recipe, tmp_path, "cpu"),
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        peft_config=recipe.lora_config(),
+    )
+    row = trainer.train_dataset[0]
+    # TRL turns the completion mask into labels: -100 wherever no loss is taken.
+    trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+    text = tokenizer.decode(trained)
+    target = train_ds[0]["completion"][0]["content"]
+    assert text.startswith(target) and text.strip().endswith("<|im_end|>")
+    prompt = tokenizer.decode(
+        [t for t, m in zip(row["input_ids"], row["completion_mask"]) if not m]
+    )
+    assert "charged twice" in prompt and target not in prompt
