@@ -124,13 +124,14 @@ def _fmt(value: Any, digits: int = 2) -> str:
 def markdown_table(comparison: Comparison) -> str:
     """The comparison as a Markdown table, best value per context and metric in bold."""
     header = ["supporter", "context", "turns", *METRIC_COLUMNS, *COST_COLUMNS]
-    best: dict[tuple[str, str], float] = {}
+    values: dict[tuple[str, str], list[float]] = {}
     for row in comparison.rows:
         for name in METRIC_COLUMNS:
             value = row.metrics.get(name)
             if value is not None and not math.isnan(value):
-                key = (row.context, name)
-                best[key] = max(best.get(key, value), value)
+                values.setdefault((row.context, name), []).append(value)
+    # Bold only a real winner: a column where every supporter ties has none.
+    best = {key: max(v) for key, v in values.items() if len(set(v)) > 1}
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in comparison.rows:
         cells = row.cells()
@@ -138,8 +139,7 @@ def markdown_table(comparison: Comparison) -> str:
         for name in METRIC_COLUMNS:
             text = _fmt(cells[name])
             value = cells[name]
-            many = len({r.supporter for r in comparison.rows}) > 1
-            if many and value is not None and best.get((row.context, name)) == value:
+            if value is not None and best.get((row.context, name)) == value:
                 text = f"**{text}**"
             out.append(text)
         out += [_fmt(cells["prompt_tok"], 0), _fmt(cells["completion_tok"], 1)]

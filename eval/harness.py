@@ -357,7 +357,7 @@ def evaluate_supporter(
     bertscore_model: str | None = None,
     with_bertscore: bool = True,
     progress: bool = True,
-    on_context_done: Callable[[ContextResult], None] | None = None,
+    on_context_done: Callable[[EvaluationResult], None] | None = None,
 ) -> EvaluationResult:
     """Run ``program`` on every supporter turn of ``dialogues`` and score it.
 
@@ -375,7 +375,8 @@ def evaluate_supporter(
         bertscore_model: local model folder for BERTScore (default all-MiniLM-L6-v2).
         with_bertscore: set False to skip BERTScore (reported as None).
         progress: show progress bars.
-        on_context_done: called with each context's result as soon as it is scored.
+        on_context_done: called with the results so far each time a context is scored (to
+            write partial reports).
     """
     dialogues = list(dialogues)
     ids = [d.id for d in dialogues]
@@ -394,6 +395,7 @@ def evaluate_supporter(
     )
     for ctx in normalize_contexts(context):
         cache = _RecordCache(Path(cache_dir) / f"{ctx}.jsonl" if cache_dir else None)
+        n_cached = sum(cache.get(e.dialogue_id, e.turn_index) is not None for e in examples)
         start = time.perf_counter()
         with dspy.context(track_usage=True):
             if ctx == "reference":
@@ -413,10 +415,12 @@ def evaluate_supporter(
             progress=progress,
         )
         metrics["seconds"] = seconds
+        # Turns reused from an earlier, interrupted run: their time is not in ``seconds``.
+        metrics["n_from_cache"] = n_cached
         res = ContextResult(ctx, records, metrics, strat, seconds)
         result.contexts[ctx] = res
         if on_context_done:
-            on_context_done(res)
+            on_context_done(result)
     return result
 
 

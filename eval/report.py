@@ -63,7 +63,9 @@ def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
         return paths
     rows = [lab for lab in labels if lab != "-"]
 
-    fig, ax = plt.subplots(figsize=(1.0 + 0.5 * len(labels), 1.0 + 0.5 * len(rows)))
+    fig, ax = plt.subplots(
+        figsize=(max(4.5, 1.0 + 0.5 * len(labels)), max(4.0, 1.0 + 0.5 * len(rows)))
+    )
     matrix = res.strategy["confusion"]
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=90)
@@ -76,14 +78,14 @@ def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
             if value:
                 color = "white" if value > peak / 2 else "black"
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
-    ax.set_title(f"Strategy confusion ({res.context} context)")
+    ax.set_title(f"Strategy confusion ({res.context})", fontsize=10)
     fig.tight_layout()
     paths.append(out_dir / f"confusion_{res.context}.png")
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
     per = res.strategy["per_strategy"]
-    fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(per), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.45 * len(per)), 3.5))
     ax.bar(list(per), [v["f1"] for v in per.values()], color="#4C72B0")
     ax.set_ylabel("F1 (%)")
     ax.set_ylim(0, 100)
@@ -96,7 +98,7 @@ def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
     gold = Counter(r.gold_strategy for r in res.records if r.gold_strategy)
     pred = Counter(r.predicted_strategy or "-" for r in res.records if r.gold_strategy)
     xs = list(range(len(labels)))
-    fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(labels), 3.5))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.5 * len(labels)), 3.5))
     ax.bar([x - 0.2 for x in xs], [gold[c] for c in labels], 0.4, label="gold")
     ax.bar([x + 0.2 for x in xs], [pred[c] for c in labels], 0.4, label="predicted")
     ax.set_xticks(xs, labels, rotation=90)

@@ -147,25 +147,6 @@ def register(app: typer.Typer) -> None:
             f"evaluating {supporter} on {data} ({len(dialogues)} dialogues, {language}) with "
             f"{lm_name(client)}; contexts: {', '.join(contexts)}"
         )
-        start = time.perf_counter()
-        with dspy.context(lm=client):
-            try:
-                result = evaluate_supporter(
-                    program,
-                    dialogues,
-                    context=contexts,
-                    framework=fw,
-                    language=language,
-                    limit=limit,
-                    num_threads=num_threads,
-                    cache_dir=cache_dir,
-                    bleu_tokenize=bleu_tokenize,
-                    bertscore_model=bertscore_model,
-                    with_bertscore=not no_bertscore,
-                )
-            except RuntimeError as exc:  # e.g. the BERTScore model cannot be loaded
-                fail(str(exc))
-        seconds = time.perf_counter() - start
         from csc.eval.metrics import default_bertscore_model
 
         info = {
@@ -184,8 +165,35 @@ def register(app: typer.Typer) -> None:
             if no_bertscore
             else f"{bertscore_model or default_bertscore_model()}",
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 2),
         }
+        start = time.perf_counter()
+
+        def write_partial(partial) -> None:  # type: ignore[no-untyped-def]
+            # Each finished context is written at once, so a long generated-context run
+            # leaves the reference-context results on disk.
+            info["seconds"] = round(time.perf_counter() - start, 2)
+            info["contexts_done"] = list(partial.contexts)
+            write_report(partial, out, info)
+
+        with dspy.context(lm=client):
+            try:
+                result = evaluate_supporter(
+                    program,
+                    dialogues,
+                    context=contexts,
+                    framework=fw,
+                    language=language,
+                    limit=limit,
+                    num_threads=num_threads,
+                    cache_dir=cache_dir,
+                    bleu_tokenize=bleu_tokenize,
+                    bertscore_model=bertscore_model,
+                    with_bertscore=not no_bertscore,
+                    on_context_done=write_partial,
+                )
+            except RuntimeError as exc:  # e.g. the BERTScore model cannot be loaded
+                fail(str(exc))
+        info["seconds"] = round(time.perf_counter() - start, 2)
         files = write_report(result, out, info)
         _print_table(result)
         typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")

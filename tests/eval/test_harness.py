@@ -154,6 +154,7 @@ def test_interrupted_run_resumes_from_cache(tmp_path):
         )
     records = result.contexts["reference"].records
     assert records[0].generated_response == "cached reply"
+    assert result.metrics["reference"]["n_from_cache"] == 1
     assert len(records) == 3
     # Two turns left to do, two LM calls (strategy + reply) each.
     assert len(lm.prompts) == 4

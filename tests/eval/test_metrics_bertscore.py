@@ -67,4 +67,4 @@ def test_wrapper_in_evaluate():
     first = bertscore_metric(devset[0], dspy.Prediction(response="hello"))
     second = bertscore_metric(devset[1], dspy.Prediction(response="hello"))
     assert first == pytest.approx(1.0, abs=1e-5)
-    assert score.score == pytest.approx(100 * (first + second) / 2, abs=1e-3)
+    assert score.score == pytest.approx(100 * (first + second) / 2, abs=0.01)  # Evaluate rounds

@@ -16,6 +16,7 @@ from csc.finetune.train import (
     TRAIN_LOG,
     FinetuneError,
     load_sft_data,
+    merge_adapter,
     train,
 )
 
@@ -119,6 +120,11 @@ def test_trained_adapter_generates_through_the_engine(
         text = outputs[0]["text"] if isinstance(outputs[0], dict) else outputs[0]
         assert isinstance(text, str)
         assert lm.history[-1]["usage"]["completion_tokens"] >= 1
+    # `csc finetune merge`: a standalone folder that loads as local:<folder>.
+    merged = merge_adapter(out, tmp_path / "merged")
+    assert (merged / "config.json").is_file()
+    lm = build_lm(f"local:{merged}", max_tokens=4, cache=False)
+    assert len(lm(messages=[{"role": "user", "content": "hello"}])) == 1
 
 
 def test_resume_without_checkpoint_and_bad_folders_are_clear(
@@ -134,6 +140,7 @@ def test_resume_without_checkpoint_and_bad_folders_are_clear(
         train(sft_dir, bad, tmp_path / "o2", device="cpu")
 
 
+@pytest.mark.slow
 def test_loss_covers_only_the_assistant_reply(
     sft_dir: Path, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -159,6 +166,6 @@ def test_loss_covers_only_the_assistant_reply(
     target = train_ds[0]["completion"][0]["content"]
     assert text.startswith(target) and text.strip().endswith("<|im_end|>")
     prompt = tokenizer.decode(
-        [t for t, m in zip(row["input_ids"], row["completion_mask"]) if not m]
+        [t for t, label in zip(row["input_ids"], row["labels"]) if label == -100]
     )
     assert "charged twice" in prompt and target not in prompt
