@@ -37,7 +37,11 @@ class DialogueHistory(dspy.Type):
     def format(self) -> str:
         names = _SPEAKER_NAMES.get(self.language, _SPEAKER_NAMES["en"])
         if not self.turns:
-            return "(对话尚未开始)" if self.language == "zh" else "(the conversation has not started yet)"
+            return (
+                "(对话尚未开始)"
+                if self.language == "zh"
+                else "(the conversation has not started yet)"
+            )
         lines = []
         for turn in self.turns:
             name = names[turn.speaker]

@@ -35,8 +35,16 @@ class Vocabulary:
         # Decoding every id once is fast with a Rust tokenizer and makes string checks O(1).
         self.texts: list[str] = tokenizer.batch_decode([[i] for i in range(n)])
         self.texts += [""] * (vocab_size - n)
-        self.brace_ids = torch.tensor(
-            [i for i, t in enumerate(self.texts) if t.lstrip().startswith("{")], dtype=torch.long
+        # Tokens a free-text value may not start with: small models like to echo the "{field}"
+        # placeholder of DSPy's format block, or to start a "[[ ## header ## ]]" of their own
+        # (which, with "[[" blocked, degenerates into "[##" noise), or to open with blank lines.
+        self.opening_banned_ids = torch.tensor(
+            sorted(
+                {i for i, t in enumerate(self.texts) if t.lstrip()[:1] in ("{", "[", "#", "`")}
+                | {i for i, t in enumerate(self.texts) if t and not t.strip()}
+                | set(self.stop_ids)
+            ),
+            dtype=torch.long,
         )
         self._encode_cache: dict[str, list[int]] = {}
         self._tries: dict[tuple[str, ...], _Trie] = {}
@@ -108,6 +116,12 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # HF-style penalty on tokens this row already generated (1.0 = off). Small models loop on
+    # a phrase without it.
+    repetition_penalty: float = 1.0
+    # False: a free-text field is one paragraph (it ends at a blank line). Small models otherwise
+    # pad a reply with repeated paragraphs until the budget runs out.
+    multiline_text: bool = False
 
 
 class RowDecoder:
@@ -121,6 +135,7 @@ class RowDecoder:
         self.sampling = sampling
         self.ids: list[int] = []
         self.finish_reason: str | None = None
+        self.paragraphs = not sampling.multiline_text
         self.generator: torch.Generator | None = None
         if sampling.temperature > 0:
             self.generator = torch.Generator(device="cpu")
@@ -253,8 +268,7 @@ class RowDecoder:
                 self._advance()
                 continue
             if self._text_used == 0:
-                # Small models like to echo the "{field}" placeholder of DSPy's format block.
-                token = self._sample(logits, banned=self.vocab.brace_ids)
+                token = self._sample(logits, banned=self.vocab.opening_banned_ids)
             else:
                 token = self._sample(logits)
             piece = self.vocab.texts[token]
@@ -262,7 +276,9 @@ class RowDecoder:
                 token in self.vocab.stop_ids
                 or "[[" in piece
                 or (self._text.endswith("[") and piece.startswith("["))
-                or (self._text.endswith("\n\n") and piece.startswith("["))
+                or (self._text.endswith("\n") and piece.lstrip(" ")[:1] in ("[", "#"))
+                or (self.paragraphs and self._text.endswith("\n") and piece.startswith("\n"))
+                or (self.paragraphs and self._text.strip() and "\n\n" in piece)
                 or (self._text.endswith("\n") and piece.startswith("\n["))
             ):
                 # The model ends the field (or tries to write the next header itself).
@@ -337,8 +353,27 @@ class RowDecoder:
         if allowed is not None:
             index = torch.tensor(allowed, device=logits.device)
             sub = logits.index_select(0, index)
-            return int(allowed[self._pick(sub)])
-        return self._pick(logits)
+            return int(allowed[self._pick(self._penalize(sub, index))])
+        return self._pick(self._penalize(logits))
+
+    def _penalize(self, logits: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the repetition penalty to tokens already generated (on a copy)."""
+        penalty = self.sampling.repetition_penalty
+        if penalty == 1.0 or not self.ids:
+            return logits
+        seen = torch.tensor(sorted(set(self.ids)), dtype=torch.long, device=logits.device)
+        if index is not None:  # logits are a sub-vocabulary: map seen ids to positions
+            mask = torch.isin(index, seen)
+            if not bool(mask.any()):
+                return logits
+            logits = logits.clone()
+            vals = logits[mask]
+            logits[mask] = torch.where(vals > 0, vals / penalty, vals * penalty)
+            return logits
+        logits = logits.clone()
+        vals = logits[seen]
+        logits[seen] = torch.where(vals > 0, vals / penalty, vals * penalty)
+        return logits
 
     def _pick(self, logits: torch.Tensor) -> int:
         if self.generator is None:

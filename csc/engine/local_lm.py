@@ -105,7 +105,10 @@ class LocalLM(dspy.BaseLM):
         max_string_chars: length bound for strings inside JSON outputs.
         num_threads: CPU threads for torch (engine option; default half the cores, 0 leaves
             torch's own setting). PyTorch's setting is process-wide.
-        **kwargs: further default request options (``top_p``, ``seed``, ``stop``...).
+        repetition_penalty: penalty on tokens a request already generated (1.0 turns it off);
+            the default keeps the 135M model from looping on one phrase.
+        **kwargs: further default request options (``top_p``, ``seed``, ``stop``,
+            ``multiline_text=True`` to let free-text fields span several paragraphs...).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class LocalLM(dspy.BaseLM):
         max_string_chars: int = 400,
         num_threads: int | None = None,
         source: ModelSource | None = None,
+        repetition_penalty: float = 1.15,
         **kwargs: Any,
     ) -> None:
         self.source = source or local_source(model_path)
@@ -138,6 +142,7 @@ class LocalLM(dspy.BaseLM):
             temperature=temperature,
             max_tokens=max_tokens,
             cache=cache,
+            repetition_penalty=repetition_penalty,
             **kwargs,
         )
 
@@ -297,6 +302,8 @@ class LocalLM(dspy.BaseLM):
             top_p=float(request.get("top_p") or 1.0),
             seed=seed,
             stop=tuple(str(s) for s in stop),
+            repetition_penalty=float(request.get("repetition_penalty") or 1.0),
+            multiline_text=bool(request.get("multiline_text", False)),
         )
 
     def _response(self, results: Sequence[Generation]) -> ChatCompletion:
