@@ -9,6 +9,7 @@ Run folder layout (``DIR``)::
     failures.jsonl     dialogues whose LM calls failed or could not be parsed (error + raw output)
     summary.json       counts, tokens per role, wall time, LMs, seed, configuration hash
     stats.json         dataset statistics of the kept dialogues (csc.eval.stats)
+    stats_all.json     the same over every finished dialogue, kept or rejected
 
 Every dialogue has a key: a hash of the run configuration and its grid item (topic, profile,
 replica). Re-running the same command skips keys already in ``dialogues.jsonl`` or
@@ -45,6 +46,7 @@ FAILURES_FILE = "failures.jsonl"
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
 STATS_FILE = "stats.json"
+STATS_ALL_FILE = "stats_all.json"
 DIANJIN_FILE = "dialogues.dianjin.json"
 
 
@@ -526,5 +528,6 @@ class SynthesisRun:
                 "rejected": REJECTED_FILE,
                 "failures": FAILURES_FILE,
                 "stats": STATS_FILE,
+                "stats_all": STATS_ALL_FILE,
             },
         }

@@ -83,7 +83,7 @@ def test_synthesize_small_run_then_resume_changes_nothing(tmp_path: Path) -> Non
         assert all(a["speaker"] != b["speaker"] for a, b in itertools.pairwise(turns))
         assert all(t["strategy"] in fw.codes for t in turns if t["speaker"] == "supporter")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary and (out / "stats.json").exists()
+    assert summary and (out / "stats.json").exists() and (out / "stats_all.json").exists()
     before = digest(out)
     # Same command again: resumes, finds everything done, and changes no dialogue file.
     csc(*args, cache=tmp_path / "c2")

@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
         from csc.programs.rolecs import AGENT_ROLES
         from csc.programs.synthesis import (
             DIANJIN_FILE,
+            STATS_ALL_FILE,
             STATS_FILE,
             RunConfigError,
             SynthesisConfig,
@@ -162,6 +163,12 @@ def register(app: typer.Typer) -> None:
         judged = read_run_dialogues(out, "all")
         stats = dialogue_stats(kept, fw, judged=judged if not no_filter else None, seed=seed)
         (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
+        # The same statistics over every finished dialogue, kept or rejected: with a weak judge
+        # (or LM) few pass the filter, and the rejected ones still say what the agents produce.
+        stats_all = dialogue_stats(judged, fw, judged=judged if not no_filter else None, seed=seed)
+        (out / STATS_ALL_FILE).write_text(
+            json.dumps(stats_all, ensure_ascii=False, indent=2), "utf-8"
+        )
         if format == "dianjin":
             from csc.data.io import write_dialogues
 
@@ -180,7 +187,15 @@ def register(app: typer.Typer) -> None:
                 f"[yellow]{this['failed']} dialogue(s) failed; see {out / 'failures.jsonl'}. "
                 "Re-run the same command to retry them.[/yellow]"
             )
-        console.print(render_stats(stats, title=f"Statistics of {out / 'dialogues.jsonl'}"))
+        if kept or not judged:
+            console.print(render_stats(stats, title=f"Statistics of {out / 'dialogues.jsonl'}"))
+        else:
+            console.print(
+                render_stats(
+                    stats_all,
+                    title=f"Statistics of all {len(judged)} finished dialogues (none kept)",
+                )
+            )
         shown = (kept or judged)[:show]
         for d in shown:
             status = "kept" if d in kept else "rejected"
