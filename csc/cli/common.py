@@ -25,6 +25,21 @@ ConfigOption = typer.Option(
     help="csc.toml / csc.yaml with an [lm] section (default: ./csc.toml, $CSC_CONFIG).",
 )
 
+# Options shared by the commands that read an evaluation dataset (evaluate, compare).
+FrameworkOption = typer.Option("csc", "--framework", help="csc, esc or a framework YAML.")
+LangOption = typer.Option(None, "--lang", help="en or zh (default: detected from the data).")
+DataFormatOption = typer.Option(
+    None, "--format", help="Input format (default: from the file name)."
+)
+ContextOption = typer.Option("both", "--context", help="ref, gen or both.")
+LimitOption = typer.Option(
+    None, "--limit", min=1, help="Only the first N supporter turns, in dialogue order."
+)
+SplitOption = typer.Option(
+    "all", "--split", help="all, or test: the seeded held-out dialogues (see --seed)."
+)
+SplitSeedOption = typer.Option(0, "--seed", help="Seed of the train/dev/test split.")
+
 
 def resolve_lm_settings(
     config: Path | None = None,

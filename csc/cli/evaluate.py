@@ -10,7 +10,20 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli.common import (
+    ApiBaseOption,
+    ConfigOption,
+    ContextOption,
+    DataFormatOption,
+    FrameworkOption,
+    LangOption,
+    LimitOption,
+    LMOption,
+    SplitOption,
+    SplitSeedOption,
+    fail,
+    resolve_lm_settings,
+)
 
 
 def file_sha256(path: Path) -> str:
@@ -38,21 +51,13 @@ def register(app: typer.Typer) -> None:
         lm: str | None = LMOption,
         api_base: str | None = ApiBaseOption,
         config: Path | None = ConfigOption,
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        lang: str | None = typer.Option(
-            None, "--lang", help="en or zh (default: detected from the data)."
-        ),
-        data_format: str | None = typer.Option(
-            None, "--format", help="Input format (default: from the file name)."
-        ),
-        context: str = typer.Option("both", "--context", help="ref, gen or both."),
-        limit: int | None = typer.Option(
-            None, "--limit", min=1, help="Only the first N supporter turns, in dialogue order."
-        ),
-        split: str = typer.Option(
-            "all", "--split", help="all, or test: the seeded held-out dialogues (see --seed)."
-        ),
-        seed: int = typer.Option(0, "--seed", help="Seed of the train/dev/test split."),
+        framework: str = FrameworkOption,
+        lang: str | None = LangOption,
+        data_format: str | None = DataFormatOption,
+        context: str = ContextOption,
+        limit: int | None = LimitOption,
+        split: str = SplitOption,
+        seed: int = SplitSeedOption,
         num_threads: int = typer.Option(
             4, "--num-threads", min=1, help="Concurrent requests (turns in ref, dialogues in gen)."
         ),
