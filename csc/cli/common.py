@@ -79,3 +79,40 @@ def echo_json(data: Any) -> None:
     import json
 
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
+
+
+def load_evaluation_dialogues(
+    data: Path,
+    data_format: str | None,
+    framework: str,
+    split: str,
+    seed: int,
+    lang: str | None,
+) -> tuple[Any, list[Any], str]:
+    """Read the dialogues a command evaluates: ``(framework, dialogues, language)``.
+
+    Shared by ``csc evaluate`` and ``csc compare`` so both select the same examples: the whole
+    file, or with ``split="test"`` the seeded held-out dialogues that ``csc optimize`` and
+    ``csc finetune export`` leave out. Exits with a clear error on bad input.
+    """
+    from csc.data.errors import DataFormatError
+    from csc.data.io import read_dialogues
+    from csc.eval.examples import dialogue_language, split_dialogues
+    from csc.framework import Framework, FrameworkError
+
+    if split not in ("all", "test"):
+        fail("--split must be all or test")
+    if lang not in (None, "en", "zh"):
+        fail("--lang must be en or zh")
+    if not data.exists():
+        fail(f"{data}: no such file or folder")
+    try:
+        fw = Framework.load(framework)
+        dialogues = list(read_dialogues(data, data_format, framework=fw))
+    except (DataFormatError, FrameworkError) as exc:
+        fail(str(exc))
+    if split == "test":
+        dialogues = split_dialogues(dialogues, seed=seed).test
+    if not dialogues:
+        fail(f"{data}: no dialogues to evaluate")
+    return fw, dialogues, lang or dialogue_language(dialogues)

@@ -18,6 +18,7 @@ from csc.cli.common import (
     SplitOption,
     SplitSeedOption,
     fail,
+    load_evaluation_dialogues,
     resolve_lm_settings,
 )
 
@@ -63,8 +64,6 @@ def register(app: typer.Typer) -> None:
         Reports B-2, B-4, R-L, BS, ACC, macro-F1, mean tokens and latency per supporter turn for
         each supporter and context; writes compare.md, compare.csv, compare.json, compare.png.
         """
-        from csc.data.errors import DataFormatError
-        from csc.data.io import read_dialogues
         from csc.eval.compare import (
             CompareError,
             compare_supporters,
@@ -72,34 +71,19 @@ def register(app: typer.Typer) -> None:
             parse_supporter_args,
             write_comparison,
         )
-        from csc.eval.examples import dialogue_language, split_dialogues
         from csc.eval.harness import normalize_contexts
         from csc.eval.report import write_report
-        from csc.framework import Framework, FrameworkError
         from csc.lm import LMConfigError
         from csc.optimizers.store import ProgramStoreError
 
-        if split not in ("all", "test"):
-            fail("--split must be all or test")
-        if lang not in (None, "en", "zh"):
-            fail("--lang must be en or zh")
         try:
             normalize_contexts(context)
             supporters = parse_supporter_args(supporter)
         except (ValueError, CompareError) as exc:
             fail(str(exc))
-        if not data.exists():
-            fail(f"{data}: no such file or folder")
-        try:
-            fw = Framework.load(framework)
-            dialogues = list(read_dialogues(data, data_format, framework=fw))
-        except (DataFormatError, FrameworkError) as exc:
-            fail(str(exc))
-        if split == "test":
-            dialogues = split_dialogues(dialogues, seed=seed).test
-        if not dialogues:
-            fail(f"{data}: no dialogues to evaluate")
-        language = lang or dialogue_language(dialogues)
+        fw, dialogues, language = load_evaluation_dialogues(
+            data, data_format, framework, split, seed, lang
+        )
         settings = resolve_lm_settings(config, lm, api_base)
         base = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
 

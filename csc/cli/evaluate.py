@@ -22,6 +22,7 @@ from csc.cli.common import (
     SplitOption,
     SplitSeedOption,
     fail,
+    load_evaluation_dialogues,
     resolve_lm_settings,
 )
 
@@ -82,35 +83,19 @@ def register(app: typer.Typer) -> None:
         """
         import dspy
 
-        from csc.data.errors import DataFormatError
-        from csc.data.io import read_dialogues
-        from csc.eval.examples import dialogue_language, split_dialogues
         from csc.eval.harness import evaluate_supporter, normalize_contexts, supporter_from_spec
         from csc.eval.report import write_report
-        from csc.framework import Framework, FrameworkError
+        from csc.framework import FrameworkError
         from csc.lm import LMConfigError, build_lm, lm_name
         from csc.optimizers.store import ProgramStoreError
 
-        if split not in ("all", "test"):
-            fail("--split must be all or test")
-        if lang not in (None, "en", "zh"):
-            fail("--lang must be en or zh")
         try:
             contexts = normalize_contexts(context)
         except ValueError as exc:
             fail(str(exc))
-        if not data.exists():
-            fail(f"{data}: no such file or folder")
-        try:
-            fw = Framework.load(framework)
-            dialogues = list(read_dialogues(data, data_format, framework=fw))
-        except (DataFormatError, FrameworkError) as exc:
-            fail(str(exc))
-        if split == "test":
-            dialogues = split_dialogues(dialogues, seed=seed).test
-        if not dialogues:
-            fail(f"{data}: no dialogues to evaluate")
-        language = lang or dialogue_language(dialogues)
+        fw, dialogues, language = load_evaluation_dialogues(
+            data, data_format, framework, split, seed, lang
+        )
 
         try:
             chosen = supporter_from_spec(supporter, framework=fw, language=language)
