@@ -214,7 +214,10 @@ def _parse(
             raise loc.error(
                 f"a turn must be an object, got {type(raw).__name__}",
                 field=field,
-                fix="fix the turn",
+                fix=(
+                    f"write the turn as an object with the mapping's fields "
+                    f"({spec.speaker_field!r}, {spec.text_field!r})"
+                ),
             )
         for key in (spec.speaker_field, spec.text_field):
             if _get(raw, key) is _MISSING:
