@@ -81,28 +81,33 @@ def make_turn(
     hint: str = "",
     metadata: dict[str, Any] | None = None,
 ) -> Turn:
-    """A checked :class:`Turn` from raw values; ``field`` is the turn's path, e.g. ``dialogue[3]``."""
-    text = check_text(text, loc, f"{field}.{text_field}")
+    """A checked :class:`Turn` from raw values; ``field`` is the turn's path, e.g. ``dialogue[3]``.
+
+    An empty ``field`` (a flat log's row) names the text and strategy fields alone.
+    """
+    text_at = f"{field}.{text_field}" if field else text_field
+    strategy_at = f"{field}.{strategy_field}" if field else strategy_field
+    text = check_text(text, loc, text_at)
     strategy: str | None = None
     if speaker is Speaker.CUSTOMER:
         if not is_unlabelled(label):
             raise loc.error(
                 f"a customer turn carries no strategy, found {label!r}",
-                field=f"{field}.{strategy_field}",
+                field=strategy_at,
                 fix='leave the customer\'s strategy empty (""), or check that the speaker is right',
             )
     elif is_unlabelled(label):
         if not allow_unlabelled:
             raise loc.error(
                 "supporter turn without a strategy label",
-                field=f"{field}.{strategy_field}",
+                field=strategy_at,
                 fix="label it (the framework's fallback strategy is "
                 f"{_fallback_name(framework)}), or allow unlabelled supporter turns "
                 "(allow_unlabelled=True / --allow-unlabelled)",
             )
     else:
         strategy = strategy_code(
-            label, framework, loc, f"{field}.{strategy_field}", labels=labels, hint=hint
+            label, framework, loc, strategy_at, labels=labels, hint=hint
         )
     return Turn(speaker=speaker, text=text, strategy=strategy, metadata=metadata or {})
 

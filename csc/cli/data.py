@@ -92,7 +92,9 @@ def register(app: typer.Typer) -> None:
                     labels=labels,  # type: ignore[arg-type]
                     include_ids=with_ids,
                 )
-        typer.echo(f"wrote {count} dialogues to {target}")
+        counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
+        note = f" ({_counts_note(counts)})" if counts is not None and _counts_note(counts) else ""
+        typer.echo(f"wrote {count} dialogues to {target}{note}")
 
     @group.command("validate")
     def validate(
@@ -123,6 +125,9 @@ def register(app: typer.Typer) -> None:
             fail(f"{file}: no dialogues found; is it empty?")
         report = summary.to_dict(fw)
         report = {"file": str(file), "framework": fw.name, "valid": True, **report}
+        counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
+        if counts is not None:
+            report["mapping"] = counts.to_dict()
         if as_json:
             echo_json(report)
         else:
@@ -212,6 +217,22 @@ def _print_summary(report: dict[str, Any]) -> None:
     )
     for label, value in rows:
         typer.echo(f"{label:<28}{value}")
+    if "mapping" in report:
+        typer.secho("\nread through the mapping", bold=True)
+        m = report["mapping"]
+        speakers = ", ".join(f"{k} {v}" for k, v in m["dropped_speakers"].items())
+        for label, value in [
+            ("rows (flat log)", m["rows"]),
+            ("empty messages dropped", m["empty_messages_dropped"]),
+            ("empty turns dropped", m["empty_turns_dropped"]),
+            (
+                "speaker turns dropped",
+                m["speaker_turns_dropped"] and f"{m['speaker_turns_dropped']} ({speakers})",
+            ),
+            ("same-speaker turns merged", m["turns_merged"]),
+            ("empty dialogues dropped", m["empty_dialogues_dropped"]),
+        ]:
+            typer.echo(f"  {label:<26}{value}")
     typer.secho("\nstrategies", bold=True)
     for s in report["strategies"]:
         typer.echo(
@@ -220,3 +241,15 @@ def _print_summary(report: dict[str, Any]) -> None:
     typer.secho("\ntopics", bold=True)
     for topic, count in report["topics"].items():
         typer.echo(f"  {topic:<40}{count:>8}")
+
+
+def _counts_note(counts: Any) -> str:
+    """A generic mapping's drops and merges in a few words, for ``convert``'s last line."""
+    parts = [
+        (counts.empty_messages, "empty messages dropped"),
+        (counts.empty_turns, "empty turns dropped"),
+        (counts.dropped_speaker_turns, "speaker turns dropped"),
+        (counts.merged_turns, "turns merged"),
+        (counts.empty_dialogues, "empty dialogues dropped"),
+    ]
+    return ", ".join(f"{n} {what}" for n, what in parts if n)

@@ -87,7 +87,12 @@ def test_mapping_from_yaml_file(tmp_path):
             "dialog[0].strategy",
             "labels: table",
         ),
-        ({"speaker": "sys", "text": "x"}, "dialog[0].strategy", "without a strategy"),
+        ({"speaker": "sys", "text": "x", "strategy": ""}, "dialog[0].strategy", "without a strategy"),
+        (
+            {"speaker": "sys", "text": "x", "lable": "GT"},
+            "dialog[0].strategy",
+            "missing field (turn keys: ['lable', 'speaker', 'text'])",
+        ),
         ({"speaker": "usr", "text": "x", "strategy": "GT"}, "dialog[0].strategy", "customer"),
     ],
 )
