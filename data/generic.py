@@ -521,10 +521,14 @@ class _TurnReader:
                 text=prev.text + sep + turn.text,
                 strategy=prev.strategy or turn.strategy,
                 # The run's first turn describes it (e.g. when it started); later keys are added.
-                metadata={**turn.metadata, **prev.metadata},
+                metadata={**prev.metadata, **_new_keys(turn.metadata, prev.metadata)},
             )
             self.counts.merged_turns += 1
         return out
+
+
+def _new_keys(later: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in later.items() if k not in first}
 
 
 def _nested_dialogue(
@@ -737,7 +741,7 @@ def _iter_csv(path: Path, delimiter: str) -> Rows:
             line = reader.line_num + 1
             for cells in reader:
                 start, line = line, reader.line_num + 1
-                if not any(c.strip() for c in cells):
+                if not cells:  # a blank line
                     continue
                 record += 1
                 loc = RecordLocation(str(path), record, start)
@@ -752,10 +756,21 @@ def _iter_csv(path: Path, delimiter: str) -> Rows:
             f"not valid CSV ({exc})", fix="repair the file or re-export it"
         ) from None
     except UnicodeDecodeError as exc:
-        raise RecordLocation(str(path), record + 1, line).error(
-            f"not UTF-8 ({exc.reason} at byte {exc.start} of the line)",
+        # Text is decoded in chunks, so find the line that really holds the bad bytes.
+        with path.open("rb") as f:
+            bad_line = next((n for n, raw in enumerate(f, 1) if not _decodes(raw)), line)
+        raise file_location(path).error(
+            f"not UTF-8 (byte {exc.object[exc.start : exc.start + 1]!r} on line {bad_line})",
             fix="re-export the log as UTF-8",
         ) from None
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _missing(

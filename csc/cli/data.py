@@ -93,7 +93,8 @@ def register(app: typer.Typer) -> None:
                     include_ids=with_ids,
                 )
         counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
-        note = f" ({_counts_note(counts)})" if counts is not None and _counts_note(counts) else ""
+        note = _counts_note(counts) if counts is not None else ""
+        note = f" ({note})" if note else ""
         typer.echo(f"wrote {count} dialogues to {target}{note}")
 
     @group.command("validate")

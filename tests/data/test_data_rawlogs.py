@@ -337,7 +337,7 @@ def test_csv_errors_name_the_row(tmp_path):
         list(read_dialogues(path, mapping=FLAT_LOG))
     assert str(info.value).startswith(f"{path}: record 2 (line 3): 5 cells, but the header has 4")
     path.write_bytes(b"cid,t,speaker,text\n1,1,user,caf\xe9\n")
-    with pytest.raises(DataFormatError, match="not UTF-8"):
+    with pytest.raises(DataFormatError, match=r"not UTF-8 \(byte b.\\xe9. on line 2\)"):
         list(read_dialogues(path, mapping=FLAT_LOG))
     path.write_text("cid,t,t,text\n", "utf-8")
     with pytest.raises(DataFormatError, match="distinct, non-empty column names"):
