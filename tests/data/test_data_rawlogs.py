@@ -384,3 +384,18 @@ def test_convert_a_flat_log_says_what_it_dropped(tmp_path):
     )
     assert "5 speaker turns dropped, 4 turns merged, 1 empty dialogues dropped)" in result.output
     assert len(out.read_text("utf-8").splitlines()) == 3
+
+
+def test_the_mappings_in_the_docs_read_the_fixtures():
+    import re
+
+    import yaml
+
+    docs = (Path(__file__).parents[2] / "docs" / "data-formats.md").read_text("utf-8")
+    section = docs.split("### Raw support logs", 1)[1].split("\n## ", 1)[0]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", section, re.S)]
+    nested, flat = (next(b for b in blocks if key in b) for key in ("turns_field", "group_by"))
+    expected = list(read_dialogues(FLAT, mapping=FLAT_MAPPING))
+    assert len(expected) == 3
+    assert list(read_dialogues(NESTED, mapping=nested)) == expected
+    assert list(read_dialogues(FLAT, mapping=flat)) == expected
