@@ -11,6 +11,10 @@ and prints the child's wall time, rows per second and peak RSS, for N rows and f
 memory is flat when the two peaks are about the same.
 
     python benchmarks/flat_log.py [--rows 1000000] [--container csv|jsonl|parquet] [--keep DIR]
+                                  [--interleaved]
+
+``--interleaved`` mixes neighbouring conversations' rows (an export sorted by time across
+conversations) and reads them with ``grouped: false``, which spills rows to a temporary file.
 """
 
 from __future__ import annotations
@@ -93,16 +97,32 @@ def rows(n: int, seed: int) -> Iterator[dict[str, object]]:
         made += size
 
 
-def write_log(path: Path, n: int, seed: int) -> None:
+def interleaved(rows: Iterator[dict[str, object]], seed: int) -> Iterator[dict[str, object]]:
+    """The rows with neighbouring conversations mixed (a window of 1,000 rows), as in an export
+    sorted by time across conversations."""
+    rng = random.Random(seed)
+    window: list[dict[str, object]] = []
+    for row in rows:
+        window.append(row)
+        if len(window) == 1000:
+            i = rng.randrange(len(window))
+            window[i], window[-1] = window[-1], window[i]
+            yield window.pop()
+    rng.shuffle(window)
+    yield from window
+
+
+def write_log(path: Path, n: int, seed: int, mixed: bool = False) -> None:
     """Write ``n`` rows to ``path`` in the container its suffix names, streaming."""
+    source = interleaved(rows(n, seed), seed) if mixed else rows(n, seed)
     if path.suffix == ".csv":
         with path.open("w", encoding="utf-8", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows(rows(n, seed))
+            writer.writerows(source)
     elif path.suffix == ".jsonl":
         with path.open("w", encoding="utf-8") as f:
-            for row in rows(n, seed):
+            for row in source:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
         import pyarrow as pa
@@ -110,7 +130,7 @@ def write_log(path: Path, n: int, seed: int) -> None:
 
         batch: list[dict[str, object]] = []
         writer = None
-        for row in rows(n, seed):
+        for row in source:
             batch.append(row)
             if len(batch) == 50_000:
                 table = pa.Table.from_pylist(batch)
@@ -147,19 +167,25 @@ def main() -> None:
     parser.add_argument("--container", choices=["csv", "jsonl", "parquet"], default="csv")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="write the files here and keep them")
+    parser.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="mix neighbouring conversations' rows and read with grouped: false",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         mapping = folder / "flat_log.yaml"
-        mapping.write_text(MAPPING, encoding="utf-8")
+        text = MAPPING + ("grouped: false\n" if args.interleaved else "")
+        mapping.write_text(text, encoding="utf-8")
         print(f"load average: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} CPUs")
         results = []
         for n in (args.rows // 10, args.rows):
             log = folder / f"log_{n}.{args.container}"
             start = time.perf_counter()
-            write_log(log, n, args.seed)
+            write_log(log, n, args.seed, args.interleaved)
             made = time.perf_counter() - start
             size = log.stat().st_size / 2**20
             print(f"{n:>9,} rows: wrote {log.name} ({size:.0f} MiB) in {made:.1f} s")

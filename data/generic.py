@@ -34,6 +34,7 @@ import copy
 import csv
 import datetime as dt
 import difflib
+import json
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -634,11 +635,50 @@ def _contiguous_groups(rows: Rows, spec: CorpusMapping) -> Iterator[Group]:
 
 
 def _gathered_groups(rows: Rows, spec: CorpusMapping) -> Iterator[Group]:
-    """Groups of a log in any row order; holds the whole log (``grouped: false``)."""
-    groups: dict[str, list[tuple[RecordLocation, dict[str, Any]]]] = {}
-    for loc, row in rows:
-        groups.setdefault(_group_key(loc, row, spec), []).append((loc, row))
-    yield from groups.items()  # in order of each conversation's first row
+    """Groups of a log in any row order (``grouped: false``), in order of their first rows.
+
+    Rows are spilled to a temporary SQLite file and read back one conversation at a time, so
+    memory stays flat whatever the size of the log; the cost is disk space (in ``$TMPDIR``).
+    """
+    import sqlite3
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="csc-flat-log-") as tmp:
+        db = sqlite3.connect(Path(tmp) / "rows.sqlite")
+        try:
+            db.execute("CREATE TABLE conv (id INTEGER PRIMARY KEY, key TEXT UNIQUE)")
+            db.execute("CREATE TABLE row (key TEXT, path TEXT, record INT, line INT, data TEXT)")
+            batch: list[tuple[str, str, int | None, int | None, str]] = []
+            for loc, row in rows:
+                key = _group_key(loc, row, spec)
+                data = json.dumps(_plain_row(row, False, set()), ensure_ascii=False, default=str)
+                batch.append((key, loc.path, loc.record, loc.line, data))
+                if len(batch) >= 10_000:
+                    _spill(db, batch)
+            _spill(db, batch)
+            db.execute("CREATE INDEX row_key ON row (key, record)")
+            cursor = db.execute(
+                "SELECT row.key, path, record, line, data FROM conv JOIN row ON row.key = conv.key "
+                "ORDER BY conv.id, row.record"
+            )
+            current: str | None = None
+            members: list[tuple[RecordLocation, dict[str, Any]]] = []
+            for key, path, record, line, data in cursor:
+                if key != current:
+                    if current is not None:
+                        yield current, members
+                    current, members = key, []
+                members.append((RecordLocation(path, record, line), json.loads(data)))
+            if current is not None:
+                yield current, members
+        finally:
+            db.close()
+
+
+def _spill(db: Any, batch: list[tuple[str, str, int | None, int | None, str]]) -> None:
+    db.executemany("INSERT OR IGNORE INTO conv (key) VALUES (?)", [(b[0],) for b in batch])
+    db.executemany("INSERT INTO row VALUES (?, ?, ?, ?, ?)", batch)
+    batch.clear()
 
 
 def _flat_dialogue(

@@ -106,9 +106,7 @@ def make_turn(
                 "(allow_unlabelled=True / --allow-unlabelled)",
             )
     else:
-        strategy = strategy_code(
-            label, framework, loc, strategy_at, labels=labels, hint=hint
-        )
+        strategy = strategy_code(label, framework, loc, strategy_at, labels=labels, hint=hint)
     return Turn(speaker=speaker, text=text, strategy=strategy, metadata=metadata or {})
 
 

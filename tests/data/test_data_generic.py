@@ -87,7 +87,11 @@ def test_mapping_from_yaml_file(tmp_path):
             "dialog[0].strategy",
             "labels: table",
         ),
-        ({"speaker": "sys", "text": "x", "strategy": ""}, "dialog[0].strategy", "without a strategy"),
+        (
+            {"speaker": "sys", "text": "x", "strategy": ""},
+            "dialog[0].strategy",
+            "without a strategy",
+        ),
         (
             {"speaker": "sys", "text": "x", "lable": "GT"},
             "dialog[0].strategy",

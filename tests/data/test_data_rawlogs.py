@@ -399,3 +399,22 @@ def test_the_mappings_in_the_docs_read_the_fixtures():
     assert len(expected) == 3
     assert list(read_dialogues(NESTED, mapping=nested)) == expected
     assert list(read_dialogues(FLAT, mapping=flat)) == expected
+
+
+def test_ungrouped_rows_spill_to_a_temporary_file_removed_afterwards(tmp_path, monkeypatch):
+    import tempfile
+
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill))
+    rows = [
+        {"cid": cid, "t": t, "speaker": who, "text": f"{cid}{t}"}
+        for t, (cid, who) in enumerate([("b", "user"), ("a", "agent"), ("b", "agent")])
+    ]
+    mapping = {**FLAT_LOG, "grouped": False}
+    reader = read_generic(_write_jsonl(tmp_path / "log.jsonl", rows), mapping)
+    first = next(reader)
+    assert list(spill.glob("csc-flat-log-*/rows.sqlite"))  # rows wait on disk, not in memory
+    assert (first.id, [t.text for t in first.turns]) == ("b", ["b0", "b2"])
+    assert [d.id for d in reader] == ["a"]
+    assert list(spill.iterdir()) == []
