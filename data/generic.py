@@ -320,6 +320,10 @@ class GenericReader(Iterator[Dialogue]):
     def __iter__(self) -> GenericReader:
         return self
 
+    def close(self) -> None:
+        """Stop reading early: close the file and remove any temporary spill file."""
+        self._dialogues.close()
+
     def _read(self) -> Iterator[Dialogue]:
         spec = load_mapping(self._mapping)
         fw = as_framework(self._framework)

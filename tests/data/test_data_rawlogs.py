@@ -418,3 +418,7 @@ def test_ungrouped_rows_spill_to_a_temporary_file_removed_afterwards(tmp_path, m
     assert (first.id, [t.text for t in first.turns]) == ("b", ["b0", "b2"])
     assert [d.id for d in reader] == ["a"]
     assert list(spill.iterdir()) == []
+    reader = read_generic(tmp_path / "log.jsonl", mapping)
+    next(reader)
+    reader.close()  # stopping early cleans up too
+    assert list(spill.iterdir()) == []
