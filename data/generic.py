@@ -422,7 +422,6 @@ class _TurnReader:
             self.counts.empty_turns += 1
             return None
         label = None
-        rest = raw
         if spec.strategy_field is not None:
             label = _get(raw, spec.strategy_field)
             if label is _MISSING:
@@ -440,10 +439,12 @@ class _TurnReader:
                         ),
                     )
                 label = None
-            rest = _without(raw, spec.strategy_field)
-        used = (spec.speaker_field, spec.text_field, *skip)
+        used = (spec.strategy_field, spec.speaker_field, spec.text_field, *skip)
+        # One copy for the top-level fields; dotted paths into nested objects one by one.
+        rest = {k: v for k, v in raw.items() if k not in used}
         for key in used:
-            rest = _without(rest, key)
+            if key is not None and key not in raw and "." in key:
+                rest = _without(rest, key)
         return make_turn(
             speaker,
             text,
