@@ -242,7 +242,8 @@
         }
       }
       box.appendChild(el("div", { className: "turn " + (sup ? "s" : "c"), style: border },
-        el("span", { className: "who" }, WHO[u[0]] || u[0]), sup ? tag(u[2]) : null,
+        el("span", { className: "who" }, (WHO[u[0]] || u[0]) + (sup && it.p ? (ZH ? " · 参考" : " · gold") : "")),
+        sup ? tag(u[2]) : null,
         highlight(u[1], q), u[3] ? el("div", { className: "policy" }, u[3]) : null));
       const p = predictions(it, String(index), q);
       if (p) box.appendChild(p);
