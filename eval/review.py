@@ -75,7 +75,7 @@ def load_review(path: str | Path) -> Review:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ReviewError(f"{path}: not valid JSON ({exc}) — {fix}") from None
     if not isinstance(data, dict) or data.get("format") != REVIEW_FORMAT:
-        raise ReviewError(f"{path}: not a csc review file (no \"format\": \"{REVIEW_FORMAT}\") — {fix}")
+        raise ReviewError(f'{path}: not a csc review file (no "format": "{REVIEW_FORMAT}") — {fix}')
     if data.get("version") != 1:
         raise ReviewError(f"{path}: review format version {data.get('version')!r} is not 1 — {fix}")
     criteria = data.get("criteria")

@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 VIEWER_FILE = "view.html"
+FIRST_CHUNK = 100  # dialogues embedded before the page's script: enough for the first screen
 REPORT_FILE = "report.html"
 
 # Files of a synthesis / rewrite run folder (programs/synthesis.py, programs/rewrite_run.py).
@@ -390,9 +391,7 @@ def _read_records(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
         yield obj
 
 
-def _run_page(
-    folder: Path, framework: Any, language: str | None, limit: int | None
-) -> ViewerPage:
+def _run_page(folder: Path, framework: Any, language: str | None, limit: int | None) -> ViewerPage:
     from csc.data.io import read_dialogues
 
     config: dict[str, Any] = {}
@@ -412,9 +411,7 @@ def _run_page(
         if not path.is_file():
             continue
         # Run files are our JSONL; a rejected rewrite may hold unlabelled supporter turns.
-        dialogues = _take(
-            read_dialogues(path, "jsonl", framework=fw, allow_unlabelled=True), limit
-        )
+        dialogues = _take(read_dialogues(path, "jsonl", framework=fw, allow_unlabelled=True), limit)
         items.extend(dialogue_item(d, status) for d in dialogues)
         counts[status] = len(dialogues)
     for status in ("dropped", "failed"):
@@ -731,14 +728,19 @@ def _script_json(data: Any) -> str:
 def render_html(page: ViewerPage) -> str:
     """The page as one self-contained HTML document."""
     payload = page.payload()
+    # The first dialogues travel with the page's head and render at once; the rest follow at
+    # the end of the file, so a large page shows its first screen before it is fully read.
+    rest = payload["items"][FIRST_CHUNK:]
+    payload["items"] = payload["items"][:FIRST_CHUNK]
+    payload["meta"]["total"] = len(page.items)
     title = f"{payload['meta']['title']} — csc viewer"
     parts = [
-        "<!DOCTYPE html>\n<html lang=\"",
+        '<!DOCTYPE html>\n<html lang="',
         "zh" if page.language == "zh" else "en",
         '">\n<head>\n<meta charset="utf-8">\n<meta name="viewport" '
         'content="width=device-width, initial-scale=1">\n'
         # No network: the page may not load anything from anywhere.
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:\">\n<title>",
         html.escape(title),
         "</title>\n<style>\n",
@@ -749,8 +751,15 @@ def render_html(page: ViewerPage) -> str:
         _asset("viewer.html"),
         "<script>\n",
         _asset("viewer.js"),
-        "</script>\n</body>\n</html>\n",
+        "</script>\n",
     ]
+    if rest:
+        parts += [
+            '<script type="application/json" id="csc-rest">',
+            _script_json(rest),
+            "</script>\n<script>window.cscViewer.loadRest();</script>\n",
+        ]
+    parts.append("</body>\n</html>\n")
     return "".join(parts)
 
 

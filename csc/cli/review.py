@@ -48,8 +48,10 @@ def register(app: typer.Typer) -> None:
         if not run.exists():
             fail(f"{run}: no such file or folder")
         if out is None:
-            out = run / "reviewed.jsonl" if run.is_dir() else run.with_name(
-                f"{run.stem}.reviewed.jsonl"
+            out = (
+                run / "reviewed.jsonl"
+                if run.is_dir()
+                else run.with_name(f"{run.stem}.reviewed.jsonl")
             )
         if out.exists() and not overwrite:
             fail(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
@@ -77,7 +79,9 @@ def register(app: typer.Typer) -> None:
             f"dialogues to {outcome.out}"
         )
         typer.echo("\nreviewer vs LLM judge (accept = pass)")
-        typer.echo(f"  {'criterion':<26}{'n':>5}{'agree':>8}{'kappa':>8}{'reviewer':>10}{'judge':>8}")
+        typer.echo(
+            f"  {'criterion':<26}{'n':>5}{'agree':>8}{'kappa':>8}{'reviewer':>10}{'judge':>8}"
+        )
         for row in outcome.agreement:
             typer.echo(
                 f"  {row.criterion:<26}{row.n:>5}{_pct(row.agreement):>8}"

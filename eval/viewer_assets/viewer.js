@@ -2,10 +2,16 @@
 // text nodes (el() below), never as markup, so text from a dialogue cannot run code.
 (function () {
   "use strict";
+  performance.mark("csc-script-start");
   const DATA = JSON.parse(document.getElementById("csc-data").textContent);
+  performance.mark("csc-data-parsed");
   const META = DATA.meta;
   const FW = DATA.framework;
+  // The first dialogues come with the page's head so the first screen renders while the
+  // browser still reads the rest (#csc-rest, parsed by loadRest() at the end of the page).
   const ITEMS = DATA.items;
+  const TOTAL = META.total || ITEMS.length;
+  let complete = ITEMS.length >= TOTAL;
   const ZH = META.language === "zh";
   const STRAT = {};
   FW.strategies.forEach(function (s) { STRAT[s.code] = s; });
@@ -42,7 +48,10 @@
 
   // ------------------------------------------------------------------ per-item facts
   const turnCounts = {};
-  ITEMS.forEach(function (it, i) {
+  function index(items, offset) {
+    items.forEach(function (it, k) { indexItem(it, offset + k); });
+  }
+  function indexItem(it, i) {
     it._i = i;
     const codes = new Set();
     (it.u || []).forEach(function (u) {
@@ -52,7 +61,8 @@
       }
     });
     it._codes = codes;
-  });
+  }
+  index(ITEMS, 0);
   function searchText(it) {
     if (it._text === undefined) {
       const parts = [it.id, it.t || ""];
@@ -99,51 +109,55 @@
   // ------------------------------------------------------------------ filters
   const state = { q: "", topic: "", strategy: "", status: "", judge: "", context: CONTEXTS[0] || "",
     supporter: "", result: "", review: "" };
-  const FILTERS = [];
+  let FILTERS = [];
   function counted(key) {
     const n = {};
     ITEMS.forEach(function (it) { const v = it[key]; if (v) n[v] = (n[v] || 0) + 1; });
     return n;
   }
-  const topics = counted("t");
-  if (Object.keys(topics).length > 1) {
-    FILTERS.push({ key: "topic", label: "topic", options: [["", "all topics"]].concat(
-      Object.keys(topics).sort().map(function (t) { return [t, t + " (" + topics[t] + ")"]; })) });
-  }
-  const codesSeen = Object.keys(turnCounts);
-  if (codesSeen.length) {
-    const ordered = FW.strategies.map(function (s) { return s.code; })
-      .filter(function (c) { return turnCounts[c]; })
-      .concat(codesSeen.filter(function (c) { return !STRAT[c]; }).sort());
-    FILTERS.push({ key: "strategy", label: "strategy (gold)", options: [["", "any strategy"]].concat(
-      ordered.map(function (c) { return [c, c + " · " + (STRAT[c] ? STRAT[c].name : "unknown")]; })) });
-  }
-  const statuses = counted("s");
-  if (Object.keys(statuses).length) {
-    FILTERS.push({ key: "status", label: "kept / rejected", options: [["", "all"]].concat(
-      ["kept", "rejected", "dropped", "failed"].filter(function (s) { return statuses[s]; })
-        .map(function (s) { return [s, s + " (" + statuses[s] + ")"]; })) });
-  }
-  if (ITEMS.some(function (it) { return it.j; })) {
-    const opts = [["", "any verdict"], ["any-fail", "failed any criterion"], ["all-pass", "passed all"]];
-    CRITERIA.forEach(function (c) {
-      opts.push(["fail:" + c, "failed: " + c]);
-      opts.push(["pass:" + c, "passed: " + c]);
-    });
-    FILTERS.push({ key: "judge", label: "judge criterion", options: opts });
-  }
-  if (CONTEXTS.length) {
-    FILTERS.push({ key: "context", label: "context", options: CONTEXTS.map(function (c) { return [c, c]; }) });
-    if (SUPPORTERS.length > 1) {
-      FILTERS.push({ key: "supporter", label: "supporter", options: [["", "every supporter"]].concat(
-        SUPPORTERS.map(function (s, i) { return [String(i), s]; })) });
+  function defineFilters() {
+    FILTERS = [];
+    const topics = counted("t");
+    if (Object.keys(topics).length > 1) {
+      FILTERS.push({ key: "topic", label: "topic", options: [["", "all topics"]].concat(
+        Object.keys(topics).sort().map(function (t) { return [t, t + " (" + topics[t] + ")"]; })) });
     }
-    FILTERS.push({ key: "result", label: "right / wrong strategy", options: [["", "all"],
-      ["wrong", "a wrong strategy"], ["right", "all strategies right"], ["error", "an error"]] });
+    const codesSeen = Object.keys(turnCounts);
+    if (codesSeen.length) {
+      const ordered = FW.strategies.map(function (s) { return s.code; })
+        .filter(function (c) { return turnCounts[c]; })
+        .concat(codesSeen.filter(function (c) { return !STRAT[c]; }).sort());
+      FILTERS.push({ key: "strategy", label: "strategy (gold)", options: [["", "any strategy"]].concat(
+        ordered.map(function (c) { return [c, c + " · " + (STRAT[c] ? STRAT[c].name : "unknown")]; })) });
+    }
+    const statuses = counted("s");
+    if (Object.keys(statuses).length) {
+      FILTERS.push({ key: "status", label: "kept / rejected", options: [["", "all"]].concat(
+        ["kept", "rejected", "dropped", "failed"].filter(function (s) { return statuses[s]; })
+          .map(function (s) { return [s, s + " (" + statuses[s] + ")"]; })) });
+    }
+    if (ITEMS.some(function (it) { return it.j; })) {
+      const opts = [["", "any verdict"], ["any-fail", "failed any criterion"], ["all-pass", "passed all"]];
+      CRITERIA.forEach(function (c) {
+        opts.push(["fail:" + c, "failed: " + c]);
+        opts.push(["pass:" + c, "passed: " + c]);
+      });
+      FILTERS.push({ key: "judge", label: "judge criterion", options: opts });
+    }
+    if (CONTEXTS.length) {
+      FILTERS.push({ key: "context", label: "context", options: CONTEXTS.map(function (c) { return [c, c]; }) });
+      if (SUPPORTERS.length > 1) {
+        FILTERS.push({ key: "supporter", label: "supporter", options: [["", "every supporter"]].concat(
+          SUPPORTERS.map(function (s, i) { return [String(i), s]; })) });
+      }
+      FILTERS.push({ key: "result", label: "right / wrong strategy", options: [["", "all"],
+        ["wrong", "a wrong strategy"], ["right", "all strategies right"], ["error", "an error"]] });
+    }
+    FILTERS.push({ key: "review", label: "review", reviewOnly: true, options: [["", "all"],
+      ["unreviewed", "not reviewed"], ["partial", "partly reviewed"], ["accepted", "accepted"],
+      ["rejected", "rejected"]] });
   }
-  FILTERS.push({ key: "review", label: "review", reviewOnly: true, options: [["", "all"],
-    ["unreviewed", "not reviewed"], ["partial", "partly reviewed"], ["accepted", "accepted"],
-    ["rejected", "rejected"]] });
+  defineFilters();
 
   function predRows(it) {
     const byTurn = (it.p && it.p[state.context]) || {};
@@ -334,6 +348,15 @@
       renderMore();
     }
   }
+  function showCount() {
+    const count = $("count");
+    const total = complete ? ITEMS.length : TOTAL;
+    count.textContent = (shown.length === total ? total : shown.length + " of " + total) + " dialogues" +
+      (complete ? "" : " (loading…)");
+    count.setAttribute("data-shown", shown.length);
+    count.setAttribute("data-total", total);
+    count.setAttribute("data-complete", complete ? "1" : "0");
+  }
   function apply() {
     query = state.q.trim().toLowerCase();
     shown = ITEMS.filter(function (it) { return matches(it, query); });
@@ -341,11 +364,7 @@
     $("cards").textContent = "";
     renderMore();
     fillScreen();
-    const count = $("count");
-    count.textContent = shown.length === ITEMS.length ? ITEMS.length + " dialogues"
-      : shown.length + " of " + ITEMS.length + " dialogues";
-    count.setAttribute("data-shown", shown.length);
-    count.setAttribute("data-total", ITEMS.length);
+    showCount();
     $("empty").hidden = shown.length > 0;
     document.querySelectorAll("#legend .entry").forEach(function (e) {
       e.classList.toggle("active", e.getAttribute("data-code") === state.strategy);
@@ -414,6 +433,7 @@
   function buildLegend() {
     $("legend-title").textContent = FW.title + " (" + FW.name + ")";
     const box = $("legend");
+    box.textContent = "";
     function entry(s) {
       return el("div", { className: "entry", "data-code": s.code, title: s.definition,
         onclick: function () { state.strategy = state.strategy === s.code ? "" : s.code; syncControls(); apply(); } },
@@ -464,7 +484,7 @@
     const counts = { accepted: 0, rejected: 0, partial: 0 };
     for (const id in REVIEW.marks) { const s = reviewState(id); if (counts[s] !== undefined) counts[s]++; }
     $("review-progress").textContent = counts.accepted + " accepted, " + counts.rejected + " rejected, " +
-      counts.partial + " partly reviewed of " + ITEMS.length;
+      counts.partial + " partly reviewed of " + TOTAL;
   }
   function exportReview() {
     const marks = {};
@@ -515,10 +535,35 @@
   buildFilters();
   showProgress();
   apply();
+  if (complete) document.body.setAttribute("data-complete", "1");
   requestAnimationFrame(function () {
     performance.mark("csc-first-screen");
     document.body.setAttribute("data-ready", "1");
   });
+  function loadRest() {
+    // The remaining dialogues: index them, then refresh the controls that count over all of them.
+    const node = document.getElementById("csc-rest");
+    if (complete || !node) return;
+    const rest = JSON.parse(node.textContent);
+    index(rest, ITEMS.length);
+    Array.prototype.push.apply(ITEMS, rest);
+    complete = true;
+    defineFilters();
+    buildFilters();
+    buildLegend();
+    showProgress();
+    const untouched = HASH_KEYS.every(function (k) { return !state[k] || (k === "context" && state[k] === CONTEXTS[0]); });
+    if (untouched) {  // keep what is on screen (and the scroll position); the list just grows
+      shown = ITEMS.slice();
+      showCount();
+      fillScreen();
+    } else {
+      apply();
+    }
+    performance.mark("csc-all-loaded");
+    document.body.setAttribute("data-complete", "1");
+  }
   // For tests and scripts: the page's data and filters.
-  window.cscViewer = { data: DATA, state: state, setFilters: setFilters, shown: function () { return shown.length; } };
+  window.cscViewer = { data: DATA, state: state, setFilters: setFilters, loadRest: loadRest,
+    shown: function () { return shown.length; } };
 })();

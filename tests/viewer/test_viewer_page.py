@@ -62,7 +62,12 @@ def test_rewrite_run_layout_with_dropped_records_and_postfilter_judge(tmp_path):
     r1, dropped = page.items
     assert r1["s"] == "rejected" and r1["j"]["natural_replies"][0] is True
     assert "no ending" in r1["x"]["post-filter problems"]
-    assert dropped == {"id": "raw-2", "u": [], "s": "dropped", "e": {"stage": "rules", "error": "too_short"}}
+    assert dropped == {
+        "id": "raw-2",
+        "u": [],
+        "s": "dropped",
+        "e": {"stage": "rules", "error": "too_short"},
+    }
 
 
 def test_data_text_is_escaped_in_the_html(tmp_path):

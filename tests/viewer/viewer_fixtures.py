@@ -46,7 +46,9 @@ def rolecs_dialogue(
             }
         turns.append(Turn(speaker=Speaker.SUPPORTER, text=reply, strategy=code, metadata=meta))
         if i < len(strategies) - 1:
-            said = f"Customer message {i + 1} about my card." if language == "en" else "我的卡怎么了？"
+            said = (
+                f"Customer message {i + 1} about my card." if language == "en" else "我的卡怎么了？"
+            )
             turns.append(
                 Turn(
                     speaker=Speaker.CUSTOMER,
@@ -84,9 +86,13 @@ def make_run_folder(out: Path) -> dict[str, list[str]]:
     out.mkdir(parents=True, exist_ok=True)
     kept = [
         rolecs_dialogue("d01", ["GT", "IV", "EM", "PS", "AC"]),
-        rolecs_dialogue("d02", ["GT", "IV", "PR", "ID", "AC"], topic="Account and transaction management"),
+        rolecs_dialogue(
+            "d02", ["GT", "IV", "PR", "ID", "AC"], topic="Account and transaction management"
+        ),
         rolecs_dialogue("d03", ["GT", "IV", "ID", "RI", "FR", "AC"], text=SCRIPT_TEXT),
-        rolecs_dialogue("d04", ["GT", "IV", "PS", "AC"], topic="Technical support and online services"),
+        rolecs_dialogue(
+            "d04", ["GT", "IV", "PS", "AC"], topic="Technical support and online services"
+        ),
     ]
     rejected = [
         rolecs_dialogue("d05", ["GT", "IV", "EM", "EM", "AC"], failed=("natural_replies",)),
@@ -159,9 +165,23 @@ def make_evaluation_folder(out: Path, data: Path, supporter: str = "zero-shot") 
         "framework": "csc",
         "language": "en",
         "contexts": {
-            ctx: {"acc": 50.0, "bleu2": 1.0, "n_examples": 10, "n_errors": 0, "strategy": {
-                "per_strategy": {"GT": {"precision": 100.0, "recall": 100.0, "f1": 100.0, "support": 2, "predicted": 2}}
-            }}
+            ctx: {
+                "acc": 50.0,
+                "bleu2": 1.0,
+                "n_examples": 10,
+                "n_errors": 0,
+                "strategy": {
+                    "per_strategy": {
+                        "GT": {
+                            "precision": 100.0,
+                            "recall": 100.0,
+                            "f1": 100.0,
+                            "support": 2,
+                            "predicted": 2,
+                        }
+                    }
+                },
+            }
             for ctx in ("reference", "generated")
         },
     }
