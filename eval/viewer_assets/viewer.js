@@ -320,6 +320,10 @@
       return el("span", { className: "verdict " + (it.j[c][0] ? "pass" : "fail"), title: it.j[c][1] },
         (it.j[c][0] ? "✓ " : "✗ ") + c);
     })) : null;
+    const failing = it.j ? Object.keys(it.j).filter(function (c) { return !it.j[c][0] && it.j[c][1]; }) : [];
+    const reasons = failing.length ? el("div", { className: "reasons" }, failing.map(function (c) {
+      return el("div", null, el("b", null, c + ": "), it.j[c][1]);
+    })) : null;
     const policy = it.pc ? el("div", { className: "policy" }, "policy corrections: " +
       Object.keys(it.pc).map(function (k) { return k + " " + it.pc[k]; }).join(", ")) : null;
     const error = it.e ? el("div", { className: "error" }, Object.keys(it.e).map(function (k) {
@@ -327,7 +331,7 @@
     })) : null;
     return el("article", { className: "card", "data-index": it._i, "data-id": it.id,
       "data-review": reviewState(it.id) },
-      head, verdicts, policy, details(it), error, turns(it, q), reviewing() ? reviewPanel(it) : null);
+      head, verdicts, reasons, policy, details(it), error, turns(it, q), reviewing() ? reviewPanel(it) : null);
   }
 
   // ------------------------------------------------------------------ list, lazily

@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 from typer.testing import CliRunner
-from viewer_fixtures import SCRIPT_TEXT, make_evaluation_folder, make_run_folder
+from viewer_fixtures import (
+    SCRIPT_TEXT,
+    make_evaluation_folder,
+    make_run_folder,
+    make_showcase_run,
+)
 
 from csc.cli import app
 from csc.data.io import read_dialogues, write_dialogues
@@ -237,14 +241,22 @@ def test_ten_thousand_dialogues_first_screen_and_size(open_page, browser, tmp_pa
 
 def test_screenshot_for_the_readme(open_page, tmp_path):
     """Renders the screenshot in docs/; CSC_UPDATE_SCREENSHOT=1 writes it there."""
-    make_run_folder(tmp_path / "run")
-    html = write_viewer(build_page(tmp_path / "run"), tmp_path / "view.html")
-    page, errors = open_page(html, viewport=(1200, 760))
+    run = make_showcase_run(tmp_path / "run")
+    html = write_viewer(build_page(run), tmp_path / "view.html")
+    page, errors = open_page(html, viewport=(1200, 800))
     page.select_option("#filter-status", "rejected")
     page.check("#review-toggle")
-    page.locator('.card[data-id="d05"] .row[data-criterion="natural_replies"] .reject').click()
+    first = page.locator(".card").first
+    first.locator('.row[data-criterion="natural_replies"] .reject').click()
+    first.locator('.row[data-criterion="strategy_adherence"] .accept').click()
+    page.evaluate("window.scrollTo(0, 0)")
     shot = tmp_path / "viewer.png"
     page.screenshot(path=shot)
     assert errors == [] and shot.stat().st_size > 10_000
     if os.environ.get("CSC_UPDATE_SCREENSHOT"):
-        shutil.copy(shot, ROOT / "docs" / "viewer.png")
+        from PIL import Image  # a matplotlib dependency
+
+        # 256 colours keep the PNG small for the README without visible loss on a UI.
+        Image.open(shot).convert("RGB").quantize(256).save(
+            ROOT / "docs" / "viewer.png", optimize=True
+        )

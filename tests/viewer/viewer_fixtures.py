@@ -187,3 +187,31 @@ def make_evaluation_folder(out: Path, data: Path, supporter: str = "zero-shot") 
     }
     (out / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
     return out
+
+
+def make_showcase_run(out: Path) -> Path:
+    """A run folder of the English sample dialogues with judge verdicts, for the screenshot."""
+    from csc.data.io import read_dialogues
+
+    samples = Path(__file__).resolve().parents[2] / "data" / "samples" / "sample_en.json"
+    kept, rejected = [], []
+    for i, dialogue in enumerate(read_dialogues(samples)):
+        failed = ("natural_replies",) if i % 3 == 1 else ()
+        judge = {
+            c: {
+                "pass": c not in failed,
+                "reason": "The supporter repeats the same apology three times; it reads scripted."
+                if c in failed
+                else "Fine.",
+            }
+            for c in CRITERIA
+        }
+        dialogue.scenario = f"A customer contacts support about {dialogue.topic.lower()}."
+        dialogue.profile = {"description": "You are a 34-year-old nurse, polite but short on time."}
+        dialogue.metadata.update(
+            goal="Get the problem solved today", end_reason="closing", judge=judge, language="en"
+        )
+        (rejected if failed else kept).append(dialogue)
+    write_dialogues(kept, out / "dialogues.jsonl")
+    write_dialogues(rejected, out / "rejected.jsonl")
+    return out
