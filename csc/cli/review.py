@@ -75,8 +75,8 @@ def register(app: typer.Typer) -> None:
             return
         typer.echo(
             f"{outcome.accepted} accepted, {outcome.rejected} rejected, {outcome.undecided} "
-            f"partly reviewed, {outcome.unreviewed} not reviewed; wrote {outcome.accepted} "
-            f"dialogues to {outcome.out}"
+            f"partly reviewed, {outcome.unreviewed} not reviewed; wrote the accepted to "
+            f"{outcome.out}"
         )
         typer.echo("\nreviewer vs LLM judge (accept = pass)")
         typer.echo(
