@@ -57,6 +57,8 @@ RUN_FILES = {
     "dropped": "dropped.jsonl",
     "failed": "failures.jsonl",
 }
+# Files that stand for their folder when given as PATH.
+_FOLDER_FILES = {"predictions.jsonl", "metrics.json", "compare.json", "run.json", "summary.json"}
 # When the data carries no judge verdicts, a reviewer still marks each dialogue as a whole.
 OVERALL_CRITERION = "overall"
 
@@ -303,7 +305,14 @@ def detect_kind(path: str | Path) -> str:
         return "evaluation"
     if (path / "run.json").is_file() or any((path / f).is_file() for f in RUN_FILES.values()):
         return "run"
-    return "dialogues"  # e.g. a saved Hugging Face dataset; the reader says if it is not one
+    from csc.data.hf import is_saved_dataset
+
+    if is_saved_dataset(path):
+        return "dialogues"
+    raise ViewerError(
+        f"{path}: neither a dataset folder nor a run, evaluation or comparison folder — give a "
+        "dialogue file or a folder written by csc synthesize, rewrite, evaluate or compare"
+    )
 
 
 def build_page(
@@ -324,6 +333,8 @@ def build_page(
     :class:`DataFormatError` (malformed dialogues, as ``csc data``) or :class:`ViewerError`.
     """
     path = Path(path)
+    if path.is_file() and path.name in _FOLDER_FILES:  # e.g. runs/eval/predictions.jsonl
+        path = path.parent
     kind = "dialogues" if format or mapping is not None else detect_kind(path)
     if kind == "run":
         page = _run_page(path, framework, language, limit)

@@ -122,7 +122,8 @@ def test_malformed_input_gets_the_same_error_as_csc_data(tmp_path):
     assert runner.invoke(app, ["view", str(tmp_path / "missing.jsonl")]).exit_code == 1
     (tmp_path / "empty").mkdir()
     res = runner.invoke(app, ["view", str(tmp_path / "empty")])
-    assert res.exit_code == 1 and "empty" in res.output and "Traceback" not in res.output
+    assert res.exit_code == 1 and "neither a dataset folder" in res.output
+    assert "Traceback" not in res.output
 
 
 def test_evaluation_folder_puts_predictions_beside_gold(tmp_path):
@@ -147,6 +148,7 @@ def test_evaluation_folder_puts_predictions_beside_gold(tmp_path):
     assert d01["u"][1] is None and d01["u"][0][0] == "s"
     page = build_page(ev, data=tmp_path / "moved.jsonl")
     assert not page.notes
+    assert build_page(ev / "predictions.jsonl").kind == "evaluation"  # the file names its folder
 
 
 def test_cli_writes_beside_the_input(tmp_path):
