@@ -554,7 +554,7 @@ def _evaluation_page(
     if lang not in ("en", "zh"):
         lang = _language(dialogues) if dialogues else "en"
     if kind == "compare":
-        report = _comparison_report(folder, compare)
+        report = _comparison_report(folder, compare, supporters)
     else:
         report = _evaluation_report(folder, info)
     shown = {k: info[k] for k in ("supporter", "lm", "data", "framework", "date") if info.get(k)}
@@ -687,7 +687,9 @@ def _evaluation_report(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     return {"tables": tables, "images": images}
 
 
-def _comparison_report(folder: Path, compare: dict[str, Any]) -> dict[str, Any]:
+def _comparison_report(
+    folder: Path, compare: dict[str, Any], supporters: list[str]
+) -> dict[str, Any]:
     """The comparison table of ``csc compare`` (each supporter links to its wrong turns) and
     its chart."""
     rows = compare.get("rows") or []
@@ -705,7 +707,10 @@ def _comparison_report(folder: Path, compare: dict[str, Any]) -> dict[str, Any]:
                     "text": str(row.get("supporter")),
                     "filter": {
                         "context": _full_context(row.get("context")),
-                        "supporter": str(row.get("supporter")),
+                        # the page's supporter filter takes the supporter's position
+                        "supporter": str(supporters.index(row["supporter"]))
+                        if row.get("supporter") in supporters
+                        else "",
                         "result": "wrong",
                     },
                 },

@@ -260,3 +260,44 @@ def test_screenshot_for_the_readme(open_page, tmp_path):
         Image.open(shot).convert("RGB").quantize(256).save(
             ROOT / "docs" / "viewer.png", optimize=True
         )
+
+
+def test_compare_report_html_from_the_cli(open_page, tmp_path, monkeypatch):
+    """``csc compare`` (scripted LM) writes report.html: the table, the chart, and both
+    supporters' strategy and reply under every scored turn; the supporter filter works."""
+    from test_review import _fake_lm
+
+    monkeypatch.setattr("csc.lm.build_lm", _fake_lm)
+    out = tmp_path / "cmp"
+    sample = ROOT / "data" / "samples" / "sample_en.json"
+    res = runner.invoke(
+        app,
+        [
+            "compare", "--data", str(sample), "--lm", "fake/model", "--supporter", "zs=zero-shot",
+            "--supporter", "direct=direct", "--context", "ref", "--limit", "6",
+            "--no-bertscore", "--num-threads", "1", "--out", str(out),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    page, errors = open_page(out / "report.html")
+    assert errors == []
+    assert page.locator("#report table").count() == 1 and page.locator("#report img").count() == 1
+    preds = page.locator(".preds")
+    assert preds.count() == 6 and page.locator(".pred").count() == 12  # 6 turns x 2 supporters
+    names = preds.first.locator(".name").all_inner_texts()
+    assert names == ["zs", "direct"]
+    # The scripted LM always answers PS: a turn whose gold is PS is right, the others wrong.
+    predicted = page.locator(".pred .tag").evaluate_all("t => t.map(x => x.dataset.code)")
+    assert set(predicted) == {"PS"}
+    pairs = preds.evaluate_all(
+        "ps => ps.map(p => [p.previousElementSibling.querySelector('.tag').dataset.code,"
+        " Array.from(p.querySelectorAll('.pred')).map(x => x.dataset.ok)])"
+    )
+    for gold, marks in pairs:
+        assert marks == ["true" if gold == "PS" else "false"] * 2, (gold, marks)
+    page.select_option("#filter-supporter", "1")
+    page.select_option("#filter-result", "wrong")
+    assert page.locator("#count").get_attribute("data-shown") != "0"
+    page.locator("#report a.filter-link", has_text="zs").click()
+    assert page.input_value("#filter-supporter") == "0"
+    assert page.input_value("#filter-result") == "wrong"

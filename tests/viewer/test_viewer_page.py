@@ -179,3 +179,50 @@ def test_unknown_run_framework_asks_for_the_yaml(tmp_path):
     with pytest.raises(ViewerError, match="--framework"):
         build_page(tmp_path / "run")
     assert build_page(tmp_path / "run", framework="csc").kind == "run"
+
+
+def test_a_real_synthesis_run_folder(tmp_path):
+    """The files ``SynthesisRun`` itself writes (scripted LM): kept, rejected, failed, the
+    judge's verdicts and a policy correction on the turn where it happened."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "programs"))
+    from rolecs_fakes import Script
+    from test_synthesis import make_run
+
+    verdicts = iter([True, False] * 3)
+
+    def judge(history):
+        return {"natural_replies": next(verdicts)}
+
+    def fail(role, messages):
+        if role == "customer" and "customer number 1" in messages[-1]["content"]:
+            raise RuntimeError("upstream 503")
+        return None
+
+    # The first choice breaks the opening rule twice, so the program corrects it to GT.
+    script = Script(strategies=["PS", "IV", "PR", "PS", "AC"], judge=judge, fail=fail)
+    make_run(tmp_path, script).run(6, concurrency=1, progress=False)
+    page = build_page(tmp_path)
+    statuses = [item.get("s") for item in page.items]
+    assert sorted(statuses) == ["failed", "failed", "kept", "kept", "rejected", "rejected"]
+    done = [item for item in page.items if item["s"] != "failed"]
+    assert all(item["x"]["goal"] == "get help" for item in done)
+    assert [item["j"]["natural_replies"][0] for item in done] == [True, True, False, False]
+    first = done[0]["u"][0]
+    assert first[2] == "GT" and "corrected to GT" in first[3]
+    assert all(item["pc"]["opening"] >= 1 for item in done)
+    failed = next(item for item in page.items if item["s"] == "failed")
+    assert "upstream 503" in failed["e"]["error"] and failed["e"]["role"] == "customer"
+
+
+def test_a_missing_browser_fails_with_how_to_install_it(tmp_path, monkeypatch):
+    from chromium import chromium_path
+
+    monkeypatch.delenv("CSC_CHROMIUM", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no chromium anywhere
+    with pytest.raises(pytest.fail.Exception, match=r"apt-get install -y chromium"):
+        chromium_path()
+    monkeypatch.setenv("CSC_CHROMIUM", str(tmp_path / "nope"))
+    with pytest.raises(pytest.fail.Exception, match="is not an executable"):
+        chromium_path()
