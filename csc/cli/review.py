@@ -38,8 +38,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
         as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     ) -> None:
-        """Write the dialogues the reviewer accepted (every criterion accepted) as a new dataset,
-        and report reviewer-vs-LLM-judge agreement per criterion (Cohen's kappa)."""
+        """Write the dialogues the reviewer accepted (every criterion accepted) as a new dataset, and report reviewer-vs-LLM-judge agreement per criterion (Cohen's kappa)."""
         from csc.data.errors import DataFormatError
         from csc.eval.review import ReviewError, apply_review, load_review, review_dialogues
         from csc.eval.viewer import ViewerError

@@ -57,9 +57,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write one HTML page (no server, no network) to read and review dialogues.
 
-        Strategy tags, stage bands and the framework's legend; filters by topic, strategy,
-        kept/rejected, judge criterion and right/wrong; full-text search; review mode with
-        accept/reject per criterion exported as review.json (see `csc review apply`).
+        Strategy tags, stage bands and the framework's legend; filters by topic, strategy, kept/rejected, judge criterion and right/wrong; full-text search; review mode with accept/reject per criterion exported as review.json (see `csc review apply`).
         """
         from csc.data.errors import DataFormatError
         from csc.eval.viewer import VIEWER_FILE, ViewerError, build_page, write_viewer
