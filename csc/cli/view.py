@@ -83,6 +83,7 @@ def register(app: typer.Typer) -> None:
         write_viewer(page, out)
         size = out.stat().st_size
         typer.echo(
-            f"wrote {out} ({len(page.items)} dialogues, {page.kind}, {size / 1e6:.1f} MB); "
+            f"wrote {out} ({len(page.items)} dialogue{'s' if len(page.items) != 1 else ''}, "
+            f"{page.kind}, {size / 1e6:.1f} MB); "
             "open it in a browser"
         )

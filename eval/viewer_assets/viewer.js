@@ -355,7 +355,8 @@
   function showCount() {
     const count = $("count");
     const total = complete ? ITEMS.length : TOTAL;
-    count.textContent = (shown.length === total ? total : shown.length + " of " + total) + " dialogues" +
+    count.textContent = (shown.length === total ? total : shown.length + " of " + total) +
+      (total === 1 ? " dialogue" : " dialogues") +
       (complete ? "" : " (loading…)");
     count.setAttribute("data-shown", shown.length);
     count.setAttribute("data-total", total);
@@ -474,8 +475,9 @@
         el("tbody", null, t.rows.map(function (row) {
           return el("tr", null, row.map(function (cell) {
             if (cell && typeof cell === "object") {
+              const go = function () { setFilters(cell.filter); $("cards").scrollIntoView(); };
               return el("td", null, el("a", { className: "filter-link", role: "link", tabindex: "0",
-                onclick: function () { setFilters(cell.filter); $("cards").scrollIntoView(); } }, cell.text));
+                onclick: go, onkeydown: function (e) { if (e.key === "Enter") go(); } }, cell.text));
             }
             return el("td", null, cell);
           }));
