@@ -80,6 +80,7 @@ def test_data_text_is_escaped_in_the_html(tmp_path):
     d03 = next(i for i in data["items"] if i["id"] == "d03")
     assert d03["u"][2][1] == SCRIPT_TEXT  # the text itself survives intact
     assert "default-src 'none'" in html  # the page may not load anything
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)  # nor link out
 
 
 def test_dialogue_files_chinese_and_framework_names(tmp_path):
@@ -226,3 +227,19 @@ def test_a_missing_browser_fails_with_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CSC_CHROMIUM", str(tmp_path / "nope"))
     with pytest.raises(pytest.fail.Exception, match="is not an executable"):
         chromium_path()
+
+
+def test_the_page_script_never_parses_markup():
+    """Data reaches the document only as text nodes: the script has no way to parse HTML."""
+    from importlib import resources
+
+    script = (resources.files("csc.eval") / "viewer_assets" / "viewer.js").read_text()
+    for sink in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "Function(",
+    ):
+        assert sink not in script, sink
