@@ -8,6 +8,7 @@ reference and/or generated context, and :func:`write_comparison` writes::
     compare.csv   the same numbers, machine-readable
     compare.json  the numbers plus what produced them (data, LM, limits, timings)
     compare.png   grouped bar chart of the quality metrics
+    report.html   the table and chart plus every supporter's turns side by side (csc.eval.viewer)
 """
 
 from __future__ import annotations
@@ -232,6 +233,11 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         json.dumps(comparison.to_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
     plot_comparison(comparison, paths["png"])
+    from csc.eval.viewer import write_report_html
+
+    html = write_report_html(out)  # report.html: the table, the chart and every supporter's turns
+    if html is not None:
+        paths["html"] = html
     return paths
 
 

@@ -1,4 +1,5 @@
-"""Write an evaluation's outputs: metrics.json, predictions.jsonl, report.md and PNG plots.
+"""Write an evaluation's outputs: metrics.json, predictions.jsonl, report.md, report.html (the
+viewer page of :mod:`csc.eval.viewer`: tables, plots and every scored turn) and PNG plots.
 
 Plots (matplotlib, Agg backend, one set per context): ``confusion_<context>.png`` (gold rows,
 predicted columns), ``strategy_f1_<context>.png`` (per-strategy F1) and
@@ -193,4 +194,9 @@ def write_report(
     for paths in plots.values():
         for p in paths:
             files[p.stem] = p
+    from csc.eval.viewer import write_report_html
+
+    html = write_report_html(out_dir)  # report.html: the tables, plots and every scored turn
+    if html is not None:
+        files["html"] = html
     return files

@@ -31,8 +31,10 @@ COMMAND_MODULES = [
     "lm",
     "optimize",
     "profiles",
+    "review",
     "stats",
     "synthesize",
+    "view",
 ]
 
 

@@ -1,0 +1,89 @@
+"""``csc view``: one self-contained HTML page to read dialogues, runs and evaluations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from csc.cli.common import fail, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``view`` command."""
+
+    @app.command("view")
+    def view(
+        path: Path = typer.Argument(
+            ...,
+            help="A dialogue file or dataset folder (anything `csc data` reads), a `csc synthesize`"
+            " / `csc rewrite` run folder, or a `csc evaluate` / `csc compare` output folder.",
+        ),
+        out: Path | None = typer.Option(
+            None,
+            "--out",
+            help="HTML file to write (default: view.html inside a folder, FILE.html beside a file).",
+        ),
+        from_format: str | None = typer.Option(
+            None,
+            "--from",
+            help="Input format of a dialogue file: dianjin, jsonl, hf, generic (default: from the "
+            "path).",
+        ),
+        mapping: Path | None = typer.Option(
+            None, "--mapping", help="Mapping YAML for another corpus; implies --from generic."
+        ),
+        framework: str | None = typer.Option(
+            None,
+            "--framework",
+            help="csc, esc or a framework YAML (default: the run's or evaluation's, else csc).",
+        ),
+        lang: str | None = typer.Option(
+            None, "--lang", help="en or zh: language of strategy names (default: the data's)."
+        ),
+        limit: int | None = typer.Option(
+            None, "--limit", min=1, help="Read only the first N dialogues (per file of a run)."
+        ),
+        data: Path | None = typer.Option(
+            None,
+            "--data",
+            help="The evaluated dialogue file, when an evaluation's recorded path has moved.",
+        ),
+        allow_unlabelled: bool = typer.Option(
+            False,
+            "--allow-unlabelled",
+            help="Accept supporter turns without a strategy label (default: an error).",
+        ),
+    ) -> None:
+        """Write one HTML page (no server, no network) to read and review dialogues.
+
+        Strategy tags, stage bands and the framework's legend; filters by topic, strategy, kept/rejected, judge criterion and right/wrong; full-text search; review mode with accept/reject per criterion exported as review.json (see `csc review apply`).
+        """
+        from csc.data.errors import DataFormatError
+        from csc.eval.viewer import VIEWER_FILE, ViewerError, build_page, write_viewer
+        from csc.framework import FrameworkError
+
+        if lang not in (None, "en", "zh"):
+            fail("--lang must be en or zh")
+        if not path.exists():
+            fail(f"{path}: no such file or folder")
+        with user_errors(DataFormatError, FrameworkError, ViewerError):
+            page = build_page(
+                path,
+                format=from_format,
+                framework=framework,
+                mapping=mapping,
+                language=lang,
+                limit=limit,
+                data=data,
+                allow_unlabelled=allow_unlabelled,
+            )
+        if out is None:
+            out = path / VIEWER_FILE if path.is_dir() else path.with_suffix(".html")
+        write_viewer(page, out)
+        size = out.stat().st_size
+        typer.echo(
+            f"wrote {out} ({len(page.items)} dialogue{'s' if len(page.items) != 1 else ''}, "
+            f"{page.kind}, {size / 1e6:.1f} MB); "
+            "open it in a browser"
+        )
