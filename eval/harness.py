@@ -35,6 +35,7 @@ from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.signatures.types import DialogueHistory
+from csc.usage import usage_of
 
 __all__ = [
     "CONTEXTS",
@@ -72,6 +73,10 @@ class PredictionRecord:
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    cached_prompt_tokens: int = 0
+    # True when the program's strategy output named no strategy and the framework's fallback
+    # strategy was substituted (counted per run as ``strategy_fallbacks``).
+    strategy_fallback: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (one line of predictions.jsonl)."""
@@ -160,13 +165,21 @@ class _RecordCache:
 
 
 # ---------------------------------------------------------------------------- running
-def _usage(pred: Any) -> tuple[int, int]:
+def _usage(pred: Any) -> tuple[int, int, int]:
+    """(prompt, cached prompt, completion) tokens of one program call, as DSPy reported them.
+
+    These come from the same per-call reports the :mod:`csc.usage` meter adds up, so on a fresh
+    run their sum equals the run's ``lm_usage``.
+    """
     usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
-    prompt = completion = 0
+    prompt = cached = completion = 0
     for stats in (usage or {}).values():
         prompt += int(stats.get("prompt_tokens") or 0)
         completion += int(stats.get("completion_tokens") or 0)
-    return prompt, completion
+        details = stats.get("prompt_tokens_details") or {}
+        if isinstance(details, dict):
+            cached += int(details.get("cached_tokens") or 0)
+    return prompt, cached, completion
 
 
 def _run_turn(
@@ -192,7 +205,7 @@ def _run_turn(
             latency_s=time.perf_counter() - start,
             error=f"{type(exc).__name__}: {exc}",
         )
-    prompt, completion = _usage(pred)
+    prompt, cached, completion = _usage(pred)
     return PredictionRecord(
         dialogue_id,
         turn_index,
@@ -204,6 +217,8 @@ def _run_turn(
         prompt,
         completion,
         time.perf_counter() - start,
+        cached_prompt_tokens=cached,
+        strategy_fallback=bool(getattr(pred, "strategy_fallback", False)),
     )
 
 
@@ -334,7 +349,14 @@ def score_records(
         "n_examples": len(records),
         "n_labelled": strat.n,
         "n_errors": sum(r.error is not None for r in records),
+        # Outputs that named no strategy: substituted by the fallback strategy (scored as
+        # predicted), or failed to parse at all (an error row, scored as wrong).
+        "strategy_fallbacks": sum(bool(r.strategy_fallback) for r in records),
+        "strategy_parse_errors": sum(
+            r.error is not None and r.error.startswith("AdapterParseError") for r in records
+        ),
         "prompt_tokens": sum(r.prompt_tokens or 0 for r in records),
+        "cached_prompt_tokens": sum(r.cached_prompt_tokens or 0 for r in records),
         "completion_tokens": sum(r.completion_tokens or 0 for r in records),
         "mean_latency_s": (sum(r.latency_s or 0 for r in records) / len(records))
         if records
@@ -390,12 +412,15 @@ def evaluate_supporter(
     if limit is not None:
         examples = examples[:limit]
     by_id = {d.id: d for d in dialogues}
+    # Every LM the program can call; metered on the LM objects, so worker threads count too.
+    lms = [dspy.settings.lm, *(p.lm for p in program.predictors() if p.lm is not None)]
     result = EvaluationResult(
         info={"language": language, "n_dialogues": len({e.dialogue_id for e in examples})}
     )
     for ctx in normalize_contexts(context):
         cache = _RecordCache(Path(cache_dir) / f"{ctx}.jsonl" if cache_dir else None)
         n_cached = sum(cache.get(e.dialogue_id, e.turn_index) is not None for e in examples)
+        usage_before = usage_of(*lms)
         start = time.perf_counter()
         with dspy.context(track_usage=True):
             if ctx == "reference":
@@ -405,6 +430,7 @@ def evaluate_supporter(
                     program, examples, by_id, cache, language, num_threads, progress
                 )
         seconds = time.perf_counter() - start
+        usage = usage_of(*lms) - usage_before
         metrics, strat = score_records(
             records,
             framework=fw,
@@ -417,6 +443,8 @@ def evaluate_supporter(
         metrics["seconds"] = seconds
         # Turns reused from an earlier, interrupted run: their time is not in ``seconds``.
         metrics["n_from_cache"] = n_cached
+        # Every LM call this context made now (not those of turns resumed from the cache).
+        metrics["lm_usage"] = usage.to_dict()
         res = ContextResult(ctx, records, metrics, strat, seconds)
         result.contexts[ctx] = res
         if on_context_done:

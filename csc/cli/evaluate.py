@@ -194,10 +194,21 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     table = Table(title="Supporter evaluation (%)")
-    cols = ["bleu2", "bleu4", "rougeL", "bertscore", "acc", "macro_f1", "n_examples"]
+    cols = [
+        "bleu2",
+        "bleu4",
+        "rougeL",
+        "bertscore",
+        "acc",
+        "macro_f1",
+        "strategy_fallbacks",
+        "strategy_parse_errors",
+        "n_examples",
+    ]
+    headers = {"strategy_fallbacks": "fallbacks", "strategy_parse_errors": "unparsed"}
     table.add_column("context")
     for col in cols:
-        table.add_column(col, justify="right")
+        table.add_column(headers.get(col, col), justify="right")
     for name, metrics in result.metrics.items():
         cells = []
         for col in cols:
@@ -211,3 +222,9 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
             )
         table.add_row(name, *cells)
     Console().print(table)
+    from csc.usage import Usage, format_usage
+
+    for name, res in result.contexts.items():
+        raw = res.metrics.get("lm_usage") or {}
+        usage = Usage(**{k: v for k, v in raw.items() if k in Usage.__dataclass_fields__})
+        typer.echo(f"{name}: {format_usage(usage)}")

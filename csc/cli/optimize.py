@@ -136,10 +136,9 @@ def register(app: typer.Typer) -> None:
             save_program(result.program, out, metadata)
         except ProgramStoreError as exc:
             fail(str(exc))
-        typer.echo(
-            f"real LM calls: {result.lm_calls}; tokens: {result.prompt_tokens} prompt + "
-            f"{result.completion_tokens} completion; {result.seconds:.1f} s"
-        )
+        from csc.usage import format_usage
+
+        typer.echo(f"{format_usage(result.usage)}; {result.seconds:.1f} s wall")
         typer.echo(
             f"dev {metric}: before {result.dev_before:.2f} -> after {result.dev_after:.2f} "
             f"({len(devset)} examples)"

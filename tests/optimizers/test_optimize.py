@@ -164,7 +164,7 @@ def test_cli_optimize_then_evaluate_optimized(tmp_path, monkeypatch):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "projected LM calls" in res.output and "real LM calls" in res.output
+    assert "projected LM calls" in res.output and "LM calls: " in res.output
     assert "dev acc: before" in res.output
     assert program.exists() and sidecar_path(program).exists()
 
