@@ -312,6 +312,7 @@ def compare_supporters(
     lm_factory: Any = None,
     progress: bool = True,
     on_result: Any = None,
+    allow_seen: bool = False,
 ) -> Comparison:
     """Evaluate every supporter on the same dialogues and turns and collect the rows.
 
@@ -328,13 +329,15 @@ def compare_supporters(
             covers the spec, program file, LM settings, framework and language.
         lm_factory: builds an LM from a spec (default :func:`csc.lm.build_lm`); tests pass fakes.
         on_result: called with ``(name, spec, EvaluationResult)`` after each supporter.
+        allow_seen: score fine-tuned/optimized supporters even on dialogues they were trained
+            or compiled on (otherwise :class:`~csc.eval.harness.SeenDialoguesError`).
     """
     import time
 
     import dspy
 
     from csc.eval.examples import dialogue_language
-    from csc.eval.harness import evaluate_supporter, supporter_from_spec
+    from csc.eval.harness import check_unseen, evaluate_supporter, supporter_from_spec
     from csc.framework import Framework
     from csc.lm import LMSpec, build_lm, lm_name
 
@@ -350,6 +353,9 @@ def compare_supporters(
         name: supporter_from_spec(spec, framework=fw, language=language)
         for name, spec in supporters.items()
     }
+    if not allow_seen:
+        for sup in chosen.values():
+            check_unseen(sup, dialogues)
     clients: dict[str, Any] = {}
     rows: list[ComparisonRow] = []
     started = time.perf_counter()

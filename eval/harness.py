@@ -42,8 +42,11 @@ __all__ = [
     "ContextResult",
     "EvaluationResult",
     "PredictionRecord",
+    "SeenDialoguesError",
     "SupporterSpec",
+    "check_unseen",
     "evaluate_supporter",
+    "finetuned_training_ids",
     "score_records",
     "supporter_from_spec",
 ]
@@ -465,6 +468,10 @@ class SupporterSpec:
     program: dspy.Module
     lm_spec: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Dialogue ids the supporter was fine-tuned or compiled on, per its metadata, and where
+    # that list came from (see :func:`check_unseen`).
+    seen_ids: frozenset[str] = frozenset()
+    seen_source: str = ""
 
 
 def supporter_from_spec(
@@ -488,14 +495,79 @@ def supporter_from_spec(
         return SupporterSpec(spec, DirectSupporter(framework, language))  # type: ignore[arg-type]
     if head == "optimized" and arg:
         program, meta = load_program(arg)
-        return SupporterSpec(spec, as_supporter(program), metadata=meta)
+        # Train examples are compiled into demos; dev examples choose among candidates.
+        seen = [*meta.get("train_dialogue_ids", []), *meta.get("dev_dialogue_ids", [])]
+        return SupporterSpec(
+            spec,
+            as_supporter(program),
+            metadata=meta,
+            seen_ids=frozenset(seen),
+            seen_source=f"{arg} (train and dev dialogues of `csc optimize`)",
+        )
     if head == "finetuned" and arg:
+        seen, source = finetuned_training_ids(arg)
         return SupporterSpec(
             spec,
             Supporter(framework, language),  # type: ignore[arg-type]
             lm_spec=spec,
+            seen_ids=frozenset(seen),
+            seen_source=source,
         )
     raise ValueError(
         f"unknown supporter {spec!r}: use zero-shot, direct, optimized:PATH.json "
         "(from `csc optimize`) or finetuned:DIR (from `csc finetune`)"
     )
+
+
+def finetuned_training_ids(run_dir: str | Path) -> tuple[list[str], str]:
+    """The dialogue ids a ``csc finetune run`` folder was trained on, and where they were read.
+
+    From ``csc_finetune.json`` (``data.train_dialogue_ids``), else from the export folder it
+    names (``splits.json`` or ``export.json``). Empty when none of these can be read.
+    """
+    from csc.eval.splits import SPLITS_FILE, DatasetSplits, SplitsError
+
+    meta_path = Path(run_dir) / "csc_finetune.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return [], ""
+    data = meta.get("data") or {}
+    if isinstance(data.get("train_dialogue_ids"), list):
+        return list(data["train_dialogue_ids"]), f"{meta_path} (train split of the fine-tuning)"
+    export_dir = Path(str(data.get("dir") or ""))
+    if data.get("dir") and (export_dir / SPLITS_FILE).is_file():
+        try:
+            splits = DatasetSplits.read(export_dir / SPLITS_FILE)
+            return splits.parts["train"], f"{export_dir / SPLITS_FILE} (train split)"
+        except SplitsError:
+            pass
+    try:
+        export = json.loads((export_dir / "export.json").read_text(encoding="utf-8"))
+        ids = export.get("split_dialogue_ids", {}).get("train") or []
+        return list(ids), f"{export_dir / 'export.json'} (train split)"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return [], ""
+
+
+class SeenDialoguesError(ValueError):
+    """The evaluation data holds dialogues the supporter was trained or compiled on."""
+
+
+def check_unseen(supporter: SupporterSpec, dialogues: Sequence[Dialogue]) -> None:
+    """Refuse to score a fine-tuned or optimized supporter on dialogues it has seen.
+
+    Raises :class:`SeenDialoguesError` naming how many and which; the CLI's ``--allow-seen``
+    skips this check.
+    """
+    if not supporter.seen_ids:
+        return
+    overlap = [d.id for d in dialogues if d.id in supporter.seen_ids]
+    if overlap:
+        raise SeenDialoguesError(
+            f"{len(overlap)} of the {len(dialogues)} evaluation dialogues (e.g. "
+            f"{', '.join(map(repr, overlap[:3]))}) are ones {supporter.spec} was trained or "
+            f"compiled on, per {supporter.seen_source}; evaluate on held-out dialogues "
+            "(--split test --splits SPLITS.json), or pass --allow-seen if these ids name "
+            "different dialogues"
+        )
