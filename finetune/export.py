@@ -224,7 +224,6 @@ def export_sft(
     import shutil
     from itertools import islice
 
-    from datasets import Dataset, DatasetDict
     from datasets.arrow_writer import ArrowWriter
 
     from csc.data.io import read_dialogues
@@ -291,17 +290,19 @@ def export_sft(
             f"test_fraction={test_fraction}; add data or lower the fractions"
         )
 
-    # Pass 2: rows straight to one Arrow file per split, in a staging folder next to --out.
+    # Pass 2: rows straight to one Arrow file per split, written where `save_to_disk` would
+    # put them, in a staging folder next to --out. (Writing a Dataset and then calling
+    # save_to_disk would copy every row through memory-mapped pages: RSS grows with the data.)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
-    (staging / "arrow").mkdir(parents=True)
+    final = staging / "dataset"
     builder = SFTRowBuilder(fw, lang)
     features = _features()
-    writers = {
-        split: ArrowWriter(features=features, path=str(staging / "arrow" / f"{split}.arrow"))
-        for split in SPLITS
-    }
+    writers = {}
+    for split in SPLITS:
+        (final / split).mkdir(parents=True)
+        writers[split] = ArrowWriter(features=features, path=str(final / split / _SHARD))
     counts = {split: SplitCounts() for split in SPLITS}
     skipped = 0
     bar = _progress(len(part_of), "Exporting dialogues", progress)
@@ -329,16 +330,13 @@ def export_sft(
                 "with a strategy label (relabel the data or check --framework)"
             )
         kept = {s: c for s, c in counts.items() if s == "train" or c.dialogues}
-        dsd = DatasetDict(
-            {
-                s: Dataset.from_file(str(staging / "arrow" / f"{s}.arrow"))
-                for s, c in kept.items()
-                if c.rows
-            }
-        )
-        final = staging / "dataset"
-        dsd.save_to_disk(str(final))
-        del dsd
+        saved = [s for s, c in kept.items() if c.rows]
+        for split in SPLITS:
+            if split in saved:
+                _write_split_metadata(final / split, features)
+            else:
+                shutil.rmtree(final / split)
+        (final / "dataset_dict.json").write_text(json.dumps({"splits": saved}), "utf-8")
         parts.write(final / SPLITS_FILE)
         metadata = {
             "data_file": str(data.resolve()),
@@ -392,6 +390,33 @@ def write_split_dialogues(result: ExportResult, split: str, path: str | Path) ->
         )
     source = read_dialogues(meta["data_file"], meta["format"], framework=meta["framework_source"])
     return write_dialogues((d for d in source if d.id in wanted), path)
+
+
+_SHARD = "data-00000-of-00001.arrow"
+
+
+def _write_split_metadata(split_dir: Path, features: Any) -> None:
+    """``state.json`` and ``dataset_info.json`` as ``Dataset.save_to_disk`` writes them for one
+    shard, so ``datasets.load_from_disk`` reads the folder (checked by the export tests)."""
+    from dataclasses import asdict
+
+    from datasets import DatasetInfo
+    from datasets.fingerprint import generate_random_fingerprint
+
+    state = {
+        "_data_files": [{"filename": _SHARD}],
+        "_fingerprint": generate_random_fingerprint(),
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    (split_dir / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), "utf-8")
+    info = asdict(DatasetInfo(features=features))
+    (split_dir / "dataset_info.json").write_text(
+        json.dumps(info, indent=2, sort_keys=True), "utf-8"
+    )
 
 
 def _features() -> Any:
