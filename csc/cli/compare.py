@@ -127,4 +127,15 @@ def register(app: typer.Typer) -> None:
         )
         files = write_comparison(comparison, out)
         typer.echo(markdown_table(comparison))
+        from csc.usage import Usage, format_usage
+
+        for name in supporters:
+            spent = Usage()
+            for row in comparison.rows:
+                if row.supporter == name and row.lm_usage:
+                    known = {
+                        k: v for k, v in row.lm_usage.items() if k in Usage.__dataclass_fields__
+                    }
+                    spent = spent + Usage(**known)
+            typer.echo(f"{name}: {format_usage(spent)}")
         typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")
