@@ -213,3 +213,35 @@ def test_synthesize_reports_every_call_at_1_and_8_threads(tmp_path: Path) -> Non
         assert {"planner", "judge", "supporter"} <= set(this["tokens"])
         results[threads] = total
     assert results[1] == results[8]
+
+
+@pytest.mark.parametrize("threads", [1, 8])
+def test_compare_cost_columns_agree_with_the_meter(threads: int) -> None:
+    from csc.eval.compare import compare_supporters
+
+    lms: list[CountingLM] = []
+
+    def factory(spec):
+        lms.append(CountingLM(delay=0.002))
+        return lms[-1]
+
+    comparison = compare_supporters(
+        DIALOGUES[:4],
+        {"zs": "zero-shot", "direct": "direct"},
+        lm="openai/counting",
+        context="both",
+        framework=FW,
+        num_threads=threads,
+        with_bertscore=False,
+        lm_factory=factory,
+        progress=False,
+    )
+    assert len(lms) == 1  # both supporters share the LM: one meter
+    total = 0
+    for row in comparison.rows:
+        assert row.prompt_tokens * row.turns == pytest.approx(row.lm_usage["prompt_tokens"])
+        assert row.cached_prompt_tokens * row.turns == pytest.approx(
+            row.lm_usage["cached_prompt_tokens"]
+        )
+        total += row.lm_usage["prompt_tokens"]
+    assert total == history_usage(lms[0])["prompt_tokens"]
