@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import os
 import sys
 import threading
 import time
@@ -222,9 +223,12 @@ def litellm_cost(model: str, usage: Usage) -> float | None:
     """Price ``usage`` with LiteLLM's model table; None when it does not know the model."""
     if usage.prompt_tokens == 0 and usage.completion_tokens == 0:
         return 0.0
-    if "litellm" not in sys.modules or "/" not in model:
-        # LiteLLM was never used in this process (an embedded engine): no price to look up.
-        return None
+    provider = model.split("/", 1)[0] if "/" in model else ""
+    if not provider or provider in ("local", "finetuned", "dummy"):
+        return None  # the embedded engine and test fakes have no price
+    if "litellm" not in sys.modules:
+        # LiteLLM's bundled price table; never fetch one over the network for a report.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
     try:

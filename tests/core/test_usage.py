@@ -66,6 +66,20 @@ def test_meter_counts_every_call_and_dspy_cache_hits_apart() -> None:
     )
     assert "(+2 answered from the DSPy cache)" in format_usage(usage)
     assert "(of which 60 cached)" in format_usage(usage)
+    assert usage.cost_usd is None  # LiteLLM has no price for this made-up model
+
+    # A model LiteLLM prices: cost from its table, cached prompt tokens at the cached rate.
+    litellm = pytest.importorskip("litellm")
+    priced = meter(dspy.LM("openai/gpt-4o-mini", engine=Engine(), cache=False))
+    with dspy.context(lm=priced):
+        StrategyPredictor()(history=[])
+    prompt, completion = litellm.cost_per_token(
+        model="openai/gpt-4o-mini",
+        prompt_tokens=100,
+        completion_tokens=3,
+        cache_read_input_tokens=60,
+    )
+    assert usage_of(priced).cost_usd == pytest.approx(prompt + completion)
 
 
 def test_meter_keeps_dspy_track_usage_working_and_labels_calls() -> None:
