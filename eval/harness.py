@@ -80,6 +80,8 @@ class PredictionRecord:
     # True when the program's strategy output named no strategy and the framework's fallback
     # strategy was substituted (counted per run as ``strategy_fallbacks``).
     strategy_fallback: bool = False
+    # True when the turn failed because the strategy output could not be parsed at all.
+    strategy_unparsed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (one line of predictions.jsonl)."""
@@ -197,6 +199,10 @@ def _run_turn(
     try:
         pred = program(history=history)
     except Exception as exc:  # kept as a row with its error, not lost
+        signature = getattr(exc, "signature", None)
+        unparsed = type(exc).__name__ == "AdapterParseError" and "strategy" in getattr(
+            signature, "output_fields", {}
+        )
         return PredictionRecord(
             dialogue_id,
             turn_index,
@@ -207,6 +213,7 @@ def _run_turn(
             "",
             latency_s=time.perf_counter() - start,
             error=f"{type(exc).__name__}: {exc}",
+            strategy_unparsed=unparsed,
         )
     prompt, cached, completion = _usage(pred)
     return PredictionRecord(
@@ -355,9 +362,7 @@ def score_records(
         # Outputs that named no strategy: substituted by the fallback strategy (scored as
         # predicted), or failed to parse at all (an error row, scored as wrong).
         "strategy_fallbacks": sum(bool(r.strategy_fallback) for r in records),
-        "strategy_parse_errors": sum(
-            r.error is not None and r.error.startswith("AdapterParseError") for r in records
-        ),
+        "strategy_parse_errors": sum(bool(r.strategy_unparsed) for r in records),
         "prompt_tokens": sum(r.prompt_tokens or 0 for r in records),
         "cached_prompt_tokens": sum(r.cached_prompt_tokens or 0 for r in records),
         "completion_tokens": sum(r.completion_tokens or 0 for r in records),

@@ -288,3 +288,14 @@ def test_strategy_fallbacks_and_unparsed_outputs_are_counted_next_to_accuracy():
     m = result.metrics["reference"]
     assert m["strategy_parse_errors"] == m["n_examples"] == m["n_errors"] > 0
     assert m["acc"] == 0.0
+
+    # A reply that cannot be parsed is an error, but not an unparsed strategy.
+    def no_reply(prompt):
+        return {"strategy": "PS"}
+
+    with dspy.context(lm=ScriptedLM(no_reply)):
+        result = evaluate_supporter(
+            Supporter(), [_dialogue(0)], context="ref", with_bertscore=False, progress=False
+        )
+    m = result.metrics["reference"]
+    assert m["n_errors"] == m["n_examples"] > 0 and m["strategy_parse_errors"] == 0
