@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,8 @@ class DatasetSplits:
 
         ids = list(ids)
         if len(set(ids)) != len(ids):
-            seen: set[str] = set()
-            repeated = sorted({i for i in ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
+            counts = Counter(ids)
+            repeated = sorted(i for i, n in counts.items() if n > 1)
             raise SplitsError(
                 f"{data_file}: dialogue ids must be unique to split without leakage; repeated: "
                 f"{repeated[:5]}"
