@@ -23,7 +23,13 @@ from typing import Any
 
 # Column order of the table: quality metrics as in the paper, then cost.
 METRIC_COLUMNS: tuple[str, ...] = ("B-2", "B-4", "R-L", "BS", "ACC", "F1")
-COST_COLUMNS: tuple[str, ...] = ("prompt_tok", "completion_tok", "latency_s")
+COST_COLUMNS: tuple[str, ...] = (
+    "prompt_tok",
+    "cached_tok",
+    "completion_tok",
+    "cost_usd",
+    "latency_s",
+)
 CONTEXT_NAMES = {
     "ref": "reference",
     "gen": "generated",
@@ -58,6 +64,9 @@ class ComparisonRow:
     completion_tokens: float | None = None
     latency_s: float | None = None
     lm: str = ""
+    cached_prompt_tokens: float | None = None  # mean per turn; part of prompt_tokens
+    cost_usd: float | None = None  # mean per turn, LiteLLM prices; None when unknown
+    lm_usage: dict[str, Any] | None = None  # this invocation's calls (csc.usage), uncached turns
 
     def cells(self) -> dict[str, Any]:
         """The row as flat table cells, in column order."""
@@ -68,7 +77,9 @@ class ComparisonRow:
             "turns": self.turns,
             **{name: self.metrics.get(name) for name in METRIC_COLUMNS},
             "prompt_tok": self.prompt_tokens,
+            "cached_tok": self.cached_prompt_tokens,
             "completion_tok": self.completion_tokens,
+            "cost_usd": self.cost_usd,
             "latency_s": self.latency_s,
         }
 
@@ -143,8 +154,13 @@ def markdown_table(comparison: Comparison) -> str:
             if value is not None and best.get((row.context, name)) == value:
                 text = f"**{text}**"
             out.append(text)
-        out += [_fmt(cells["prompt_tok"], 0), _fmt(cells["completion_tok"], 1)]
-        out.append(_fmt(cells["latency_s"], 2))
+        out += [
+            _fmt(cells["prompt_tok"], 0),
+            _fmt(cells["cached_tok"], 0),
+            _fmt(cells["completion_tok"], 1),
+            _fmt(cells["cost_usd"], 6),
+            _fmt(cells["latency_s"], 2),
+        ]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 
@@ -221,8 +237,11 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         notes.append(f"{described}\n")
     notes.append(
         "B-2/B-4: BLEU, R-L: ROUGE-L, BS: BERTScore F1, ACC: strategy accuracy, F1: strategy "
-        "macro-F1 (all ×100); prompt_tok/completion_tok: mean tokens per supporter turn; "
-        "latency_s: mean seconds per supporter turn.\n"
+        "macro-F1 (all ×100); prompt_tok/completion_tok: mean tokens per supporter turn "
+        "(prompt_tok is the whole prompt, cached_tok the part of it served from the server's "
+        "prefix cache); cost_usd: mean LiteLLM-priced cost per turn (– where LiteLLM has no "
+        "price); latency_s: mean seconds per supporter turn. Turns answered from DSPy's response "
+        "cache cost 0 tokens.\n"
     )
     paths["md"].write_text(
         "# Supporter comparison\n\n" + "\n".join(notes) + "\n" + markdown_table(comparison),
@@ -243,10 +262,18 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
 
 def rows_from_result(name: str, spec: str, result: Any, lm: str = "") -> list[ComparisonRow]:
     """Comparison rows (one per context) from a harness ``EvaluationResult``."""
+    from csc.usage import Usage, litellm_cost
+
     rows: list[ComparisonRow] = []
     for context, res in result.contexts.items():
         metrics = res.metrics
         n = int(metrics.get("n_examples") or len(res.records) or 0)
+        spent = Usage(
+            prompt_tokens=int(metrics.get("prompt_tokens") or 0),
+            cached_prompt_tokens=int(metrics.get("cached_prompt_tokens") or 0),
+            completion_tokens=int(metrics.get("completion_tokens") or 0),
+        )
+        cost = litellm_cost(lm, spent) if lm else None
         rows.append(
             ComparisonRow(
                 supporter=name,
@@ -258,6 +285,9 @@ def rows_from_result(name: str, spec: str, result: Any, lm: str = "") -> list[Co
                 completion_tokens=_per_turn(metrics.get("completion_tokens"), n),
                 latency_s=_num(metrics.get("mean_latency_s")),
                 lm=lm,
+                cached_prompt_tokens=_per_turn(metrics.get("cached_prompt_tokens"), n),
+                cost_usd=_per_turn(cost, n),
+                lm_usage=metrics.get("lm_usage"),
             )
         )
     return rows
@@ -288,6 +318,7 @@ def compare_supporters(
     lm_factory: Any = None,
     progress: bool = True,
     on_result: Any = None,
+    allow_seen: bool = False,
 ) -> Comparison:
     """Evaluate every supporter on the same dialogues and turns and collect the rows.
 
@@ -304,13 +335,15 @@ def compare_supporters(
             covers the spec, program file, LM settings, framework and language.
         lm_factory: builds an LM from a spec (default :func:`csc.lm.build_lm`); tests pass fakes.
         on_result: called with ``(name, spec, EvaluationResult)`` after each supporter.
+        allow_seen: score fine-tuned/optimized supporters even on dialogues they were trained
+            or compiled on (otherwise :class:`~csc.eval.harness.SeenDialoguesError`).
     """
     import time
 
     import dspy
 
     from csc.eval.examples import dialogue_language
-    from csc.eval.harness import evaluate_supporter, supporter_from_spec
+    from csc.eval.harness import check_unseen, evaluate_supporter, supporter_from_spec
     from csc.framework import Framework
     from csc.lm import LMSpec, build_lm, lm_name
 
@@ -326,6 +359,9 @@ def compare_supporters(
         name: supporter_from_spec(spec, framework=fw, language=language)
         for name, spec in supporters.items()
     }
+    if not allow_seen:
+        for sup in chosen.values():
+            check_unseen(sup, dialogues)
     clients: dict[str, Any] = {}
     rows: list[ComparisonRow] = []
     started = time.perf_counter()

@@ -35,14 +35,18 @@ from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.signatures.types import DialogueHistory
+from csc.usage import usage_of
 
 __all__ = [
     "CONTEXTS",
     "ContextResult",
     "EvaluationResult",
     "PredictionRecord",
+    "SeenDialoguesError",
     "SupporterSpec",
+    "check_unseen",
     "evaluate_supporter",
+    "finetuned_training_ids",
     "score_records",
     "supporter_from_spec",
 ]
@@ -72,6 +76,12 @@ class PredictionRecord:
     completion_tokens: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    cached_prompt_tokens: int = 0
+    # True when the program's strategy output named no strategy and the framework's fallback
+    # strategy was substituted (counted per run as ``strategy_fallbacks``).
+    strategy_fallback: bool = False
+    # True when the turn failed because the strategy output could not be parsed at all.
+    strategy_unparsed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (one line of predictions.jsonl)."""
@@ -160,13 +170,21 @@ class _RecordCache:
 
 
 # ---------------------------------------------------------------------------- running
-def _usage(pred: Any) -> tuple[int, int]:
+def _usage(pred: Any) -> tuple[int, int, int]:
+    """(prompt, cached prompt, completion) tokens of one program call, as DSPy reported them.
+
+    These come from the same per-call reports the :mod:`csc.usage` meter adds up, so on a fresh
+    run their sum equals the run's ``lm_usage``.
+    """
     usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
-    prompt = completion = 0
+    prompt = cached = completion = 0
     for stats in (usage or {}).values():
         prompt += int(stats.get("prompt_tokens") or 0)
         completion += int(stats.get("completion_tokens") or 0)
-    return prompt, completion
+        details = stats.get("prompt_tokens_details") or {}
+        if isinstance(details, dict):
+            cached += int(details.get("cached_tokens") or 0)
+    return prompt, cached, completion
 
 
 def _run_turn(
@@ -181,6 +199,10 @@ def _run_turn(
     try:
         pred = program(history=history)
     except Exception as exc:  # kept as a row with its error, not lost
+        signature = getattr(exc, "signature", None)
+        unparsed = type(exc).__name__ == "AdapterParseError" and "strategy" in getattr(
+            signature, "output_fields", {}
+        )
         return PredictionRecord(
             dialogue_id,
             turn_index,
@@ -191,8 +213,9 @@ def _run_turn(
             "",
             latency_s=time.perf_counter() - start,
             error=f"{type(exc).__name__}: {exc}",
+            strategy_unparsed=unparsed,
         )
-    prompt, completion = _usage(pred)
+    prompt, cached, completion = _usage(pred)
     return PredictionRecord(
         dialogue_id,
         turn_index,
@@ -204,6 +227,8 @@ def _run_turn(
         prompt,
         completion,
         time.perf_counter() - start,
+        cached_prompt_tokens=cached,
+        strategy_fallback=bool(getattr(pred, "strategy_fallback", False)),
     )
 
 
@@ -334,7 +359,12 @@ def score_records(
         "n_examples": len(records),
         "n_labelled": strat.n,
         "n_errors": sum(r.error is not None for r in records),
+        # Outputs that named no strategy: substituted by the fallback strategy (scored as
+        # predicted), or failed to parse at all (an error row, scored as wrong).
+        "strategy_fallbacks": sum(bool(r.strategy_fallback) for r in records),
+        "strategy_parse_errors": sum(bool(r.strategy_unparsed) for r in records),
         "prompt_tokens": sum(r.prompt_tokens or 0 for r in records),
+        "cached_prompt_tokens": sum(r.cached_prompt_tokens or 0 for r in records),
         "completion_tokens": sum(r.completion_tokens or 0 for r in records),
         "mean_latency_s": (sum(r.latency_s or 0 for r in records) / len(records))
         if records
@@ -390,12 +420,15 @@ def evaluate_supporter(
     if limit is not None:
         examples = examples[:limit]
     by_id = {d.id: d for d in dialogues}
+    # Every LM the program can call; metered on the LM objects, so worker threads count too.
+    lms = [dspy.settings.lm, *(p.lm for p in program.predictors() if p.lm is not None)]
     result = EvaluationResult(
         info={"language": language, "n_dialogues": len({e.dialogue_id for e in examples})}
     )
     for ctx in normalize_contexts(context):
         cache = _RecordCache(Path(cache_dir) / f"{ctx}.jsonl" if cache_dir else None)
         n_cached = sum(cache.get(e.dialogue_id, e.turn_index) is not None for e in examples)
+        usage_before = usage_of(*lms)
         start = time.perf_counter()
         with dspy.context(track_usage=True):
             if ctx == "reference":
@@ -405,6 +438,7 @@ def evaluate_supporter(
                     program, examples, by_id, cache, language, num_threads, progress
                 )
         seconds = time.perf_counter() - start
+        usage = usage_of(*lms) - usage_before
         metrics, strat = score_records(
             records,
             framework=fw,
@@ -417,6 +451,8 @@ def evaluate_supporter(
         metrics["seconds"] = seconds
         # Turns reused from an earlier, interrupted run: their time is not in ``seconds``.
         metrics["n_from_cache"] = n_cached
+        # Every LM call this context made now (not those of turns resumed from the cache).
+        metrics["lm_usage"] = usage.to_dict()
         res = ContextResult(ctx, records, metrics, strat, seconds)
         result.contexts[ctx] = res
         if on_context_done:
@@ -437,6 +473,10 @@ class SupporterSpec:
     program: dspy.Module
     lm_spec: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Dialogue ids the supporter was fine-tuned or compiled on, per its metadata, and where
+    # that list came from (see :func:`check_unseen`).
+    seen_ids: frozenset[str] = frozenset()
+    seen_source: str = ""
 
 
 def supporter_from_spec(
@@ -460,14 +500,79 @@ def supporter_from_spec(
         return SupporterSpec(spec, DirectSupporter(framework, language))  # type: ignore[arg-type]
     if head == "optimized" and arg:
         program, meta = load_program(arg)
-        return SupporterSpec(spec, as_supporter(program), metadata=meta)
+        # Train examples are compiled into demos; dev examples choose among candidates.
+        seen = [*meta.get("train_dialogue_ids", []), *meta.get("dev_dialogue_ids", [])]
+        return SupporterSpec(
+            spec,
+            as_supporter(program),
+            metadata=meta,
+            seen_ids=frozenset(seen),
+            seen_source=f"{arg} (train and dev dialogues of `csc optimize`)",
+        )
     if head == "finetuned" and arg:
+        seen, source = finetuned_training_ids(arg)
         return SupporterSpec(
             spec,
             Supporter(framework, language),  # type: ignore[arg-type]
             lm_spec=spec,
+            seen_ids=frozenset(seen),
+            seen_source=source,
         )
     raise ValueError(
         f"unknown supporter {spec!r}: use zero-shot, direct, optimized:PATH.json "
         "(from `csc optimize`) or finetuned:DIR (from `csc finetune`)"
     )
+
+
+def finetuned_training_ids(run_dir: str | Path) -> tuple[list[str], str]:
+    """The dialogue ids a ``csc finetune run`` folder was trained on, and where they were read.
+
+    From ``csc_finetune.json`` (``data.train_dialogue_ids``), else from the export folder it
+    names (``splits.json`` or ``export.json``). Empty when none of these can be read.
+    """
+    from csc.eval.splits import SPLITS_FILE, DatasetSplits, SplitsError
+
+    meta_path = Path(run_dir) / "csc_finetune.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return [], ""
+    data = meta.get("data") or {}
+    if isinstance(data.get("train_dialogue_ids"), list):
+        return list(data["train_dialogue_ids"]), f"{meta_path} (train split of the fine-tuning)"
+    export_dir = Path(str(data.get("dir") or ""))
+    if data.get("dir") and (export_dir / SPLITS_FILE).is_file():
+        try:
+            splits = DatasetSplits.read(export_dir / SPLITS_FILE)
+            return splits.parts["train"], f"{export_dir / SPLITS_FILE} (train split)"
+        except SplitsError:
+            pass
+    try:
+        export = json.loads((export_dir / "export.json").read_text(encoding="utf-8"))
+        ids = export.get("split_dialogue_ids", {}).get("train") or []
+        return list(ids), f"{export_dir / 'export.json'} (train split)"
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return [], ""
+
+
+class SeenDialoguesError(ValueError):
+    """The evaluation data holds dialogues the supporter was trained or compiled on."""
+
+
+def check_unseen(supporter: SupporterSpec, dialogues: Sequence[Dialogue]) -> None:
+    """Refuse to score a fine-tuned or optimized supporter on dialogues it has seen.
+
+    Raises :class:`SeenDialoguesError` naming how many and which; the CLI's ``--allow-seen``
+    skips this check.
+    """
+    if not supporter.seen_ids:
+        return
+    overlap = [d.id for d in dialogues if d.id in supporter.seen_ids]
+    if overlap:
+        raise SeenDialoguesError(
+            f"{len(overlap)} of the {len(dialogues)} evaluation dialogues (e.g. "
+            f"{', '.join(map(repr, overlap[:3]))}) are ones {supporter.spec} was trained or "
+            f"compiled on, per {supporter.seen_source}; evaluate on held-out dialogues "
+            "(--split test --splits SPLITS.json), or pass --allow-seen if these ids name "
+            "different dialogues"
+        )

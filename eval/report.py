@@ -149,22 +149,29 @@ def write_report(
         "",
         "## Metrics (%)",
         "",
-        "| context | " + " | ".join(label for _, label in _HEADLINE) + " | n | errors | time (s) |",
-        "|---|" + "---:|" * (len(_HEADLINE) + 3),
+        "| context | "
+        + " | ".join(label for _, label in _HEADLINE)
+        + " | strategy fallbacks | n | errors | time (s) |",
+        "|---|" + "---:|" * (len(_HEADLINE) + 4),
     ]
     for name, res in result.contexts.items():
         m = res.metrics
         cells = [_fmt(m.get(key)) for key, _ in _HEADLINE]
+        fallbacks = (
+            f"{m.get('strategy_fallbacks', 0)} + {m.get('strategy_parse_errors', 0)} unparsed"
+        )
         lines.append(
             f"| {name} | "
             + " | ".join(cells)
-            + f" | {m['n_examples']} | {m['n_errors']} | {m['seconds']:.1f} |"
+            + f" | {fallbacks} | {m['n_examples']} | {m['n_errors']} | {m['seconds']:.1f} |"
         )
     lines += [
         "",
         "BLEU is sacrebleu corpus BLEU (tokenizer `zh` for Chinese, `13a` for English); ROUGE-L "
         "is mean F1 (Chinese by characters); BERTScore is mean F1 without rescaling; ACC and "
-        "macro-F1 are over turns with a gold strategy.",
+        "macro-F1 are over turns with a gold strategy. Strategy fallbacks: turns whose strategy "
+        "output named no strategy and got the framework's fallback strategy (scored as "
+        "predicted), plus outputs that could not be parsed at all (error rows, scored as wrong).",
     ]
     for name, res in result.contexts.items():
         lines += [
@@ -181,13 +188,21 @@ def write_report(
             )
         lines.append("")
         lines += [f"![{p.stem}]({p.name})" for p in plots.get(name, [])]
-        tokens = res.metrics["prompt_tokens"] + res.metrics["completion_tokens"]
+        m = res.metrics
+        tokens = m["prompt_tokens"] + m["completion_tokens"]
+        cached = m.get("cached_prompt_tokens") or 0
         lines += [
             "",
-            f"Tokens: {res.metrics['prompt_tokens']} prompt + "
-            f"{res.metrics['completion_tokens']} completion = {tokens}; mean latency "
-            f"{res.metrics['mean_latency_s']:.2f} s per turn.",
+            f"Tokens of the scored turns: {m['prompt_tokens']} prompt"
+            + (f" (of which {cached} cached)" if cached else "")
+            + f" + {m['completion_tokens']} completion = {tokens}; mean latency "
+            f"{m['mean_latency_s']:.2f} s per turn.",
         ]
+        if m.get("lm_usage") is not None:
+            from csc.usage import Usage, format_usage
+
+            known = {k: v for k, v in m["lm_usage"].items() if k in Usage.__dataclass_fields__}
+            lines += ["", f"This run's LM usage ({name} context): {format_usage(Usage(**known))}."]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     files["report"] = report

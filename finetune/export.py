@@ -19,7 +19,6 @@ train/validation/test, seeded, so no conversation leaks across splits. The outpu
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -156,16 +155,40 @@ def _with_answer(messages: list[dict[str, Any]], target: str) -> list[dict[str, 
 # ---------------------------------------------------------------------------- export
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a data file, or of every file in a dataset folder (sorted by path)."""
-    path = Path(path)
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        if path.is_dir():
-            digest.update(file.relative_to(path).as_posix().encode())
-        with file.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    from csc.eval.splits import data_sha256
+
+    return data_sha256(path)
+
+
+def check_output_folder(data: str | Path, out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse an ``--out`` that would destroy data: the input itself, a folder holding the input
+    or inside an input dataset folder (always), an existing file, a non-empty folder (unless
+    ``overwrite``), or with ``overwrite`` a non-empty folder that is not an earlier export."""
+    data_path = Path(data).resolve()
+    out = Path(out_dir).resolve()
+    if out == data_path:
+        raise ExportError(f"--out {out_dir} is the input data {data}; choose another folder")
+    if data_path.is_relative_to(out):
+        raise ExportError(
+            f"--out {out_dir} holds the input data {data}; writing the export there would "
+            "replace it. Choose a new folder, e.g. --out runs/sft"
+        )
+    if data_path.is_dir() and out.is_relative_to(data_path):
+        raise ExportError(
+            f"--out {out_dir} is inside the input dataset folder {data}, which would then no "
+            "longer load; choose a folder outside it"
+        )
+    if out.is_file():
+        raise ExportError(f"--out {out_dir} is a file; give a folder for the exported dataset")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out_dir}: already exists; pass --overwrite to replace it")
+        if not ((out / EXPORT_METADATA).is_file() or (out / "dataset_dict.json").is_file()):
+            raise ExportError(
+                f"{out_dir}: not a folder written by `csc finetune export` (no "
+                f"{EXPORT_METADATA}); refusing to replace it even with --overwrite. Choose a new "
+                "folder"
+            )
 
 
 def export_sft(
@@ -180,86 +203,174 @@ def export_sft(
     seed: int = 0,
     language: Language | None = None,
     limit: int | None = None,
+    splits: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> ExportResult:
     """Read a dialogue dataset and write a ``messages`` DatasetDict for SFT to ``out_dir``.
 
     ``format`` is any format :func:`csc.data.io.read_dialogues` reads (auto-detected by default);
-    ``language`` defaults to the dialogues' language. Writes ``export.json`` with the counts per
-    split, the data file's SHA-256, the framework and the options.
+    ``language`` defaults to the dialogues' language; ``limit`` reads only the first N
+    dialogues. The split comes from ``splits`` (a ``splits.json`` of the same data) or is made
+    with ``seed`` and the fractions; either way it is written to ``OUT/splits.json`` for
+    ``csc evaluate``/``compare``/``optimize --splits``. Also writes ``export.json`` (counts per
+    split, the data's SHA-256, the framework and the options).
+
+    Streams: dialogues are read twice (ids, then rows) and rows go straight to Arrow files, so
+    memory does not grow with the data. The input is hashed before anything is written, and the
+    folder appears only once complete (an earlier export is replaced only with ``overwrite``).
     """
-    from datasets import Dataset, DatasetDict
+    import os
+    import shutil
+    from itertools import islice
+
+    from datasets.arrow_writer import ArrowWriter
 
     from csc.data.io import read_dialogues
     from csc.eval.examples import dialogue_language
+    from csc.eval.splits import SPLITS_FILE, DatasetSplits, SplitsError, data_sha256
 
     if task not in TASKS:
         raise ExportError(f"task {task!r}: choose one of {list(TASKS)}")
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
-    dialogues = list(read_dialogues(data, format, framework=fw))
-    if limit is not None:
-        dialogues = dialogues[:limit]
-    if not dialogues:
-        raise ExportError(f"{data}: no dialogues to export")
-    lang: Language = language or dialogue_language(dialogues)  # type: ignore[assignment]
-    splits = split_dialogues(
-        dialogues, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed
-    )
-    builder = SFTRowBuilder(fw, lang)
-
-    counts: dict[str, SplitCounts] = {}
-    datasets: dict[str, Any] = {}
-    skipped = 0
-    total = sum(len(v) for v in splits.values())
-    bar = _progress(total, "Exporting dialogues", progress)
-    for split in SPLITS:
-        rows: list[dict[str, Any]] = []
-        for dialogue in splits[split]:
-            new, n_skipped = builder.rows(dialogue, task)
-            rows.extend(new)
-            skipped += n_skipped
-            bar.update(1)
-        if not splits[split] and split != "train":
-            continue
-        counts[split] = SplitCounts(
-            dialogues=len(splits[split]),
-            rows=len(rows),
-            strategy_rows=sum(r["task"] == "strategy" for r in rows),
-            response_rows=sum(r["task"] == "response" for r in rows),
-        )
-        datasets[split] = Dataset.from_list(rows, features=_features()) if rows else None
-    bar.close()
-    if counts["train"].rows == 0:
+    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise ExportError(f"{name}={value}: must be in [0, 1)")
+    if val_fraction + test_fraction >= 1.0:
         raise ExportError(
-            f"{data}: the train split has no labelled supporter turns; SFT needs turns with a "
-            "strategy label (relabel the data or check --framework)"
+            f"val_fraction + test_fraction = {val_fraction + test_fraction:.2f} leaves nothing to "
+            "train on; lower them"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    dsd = DatasetDict({k: v for k, v in datasets.items() if v is not None})
-    dsd.save_to_disk(str(out))
-    metadata = {
-        "data_file": str(Path(data).resolve()),
-        "data_sha256": file_sha256(data),
-        "format": format,
-        "framework": fw.name,
-        "framework_source": fw.source,
-        "language": lang,
-        "task": task,
-        "seed": seed,
-        "val_fraction": val_fraction,
-        "test_fraction": test_fraction,
-        "limit": limit,
-        "counts": {k: vars(v) for k, v in counts.items()},
-        "skipped_turns": skipped,
-        "split_dialogue_ids": {k: [d.id for d in v] for k, v in splits.items()},
-        "prompts": "csc.programs.supporter zero-shot Supporter, ChatAdapter",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    (out / EXPORT_METADATA).write_text(
-        json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-    )
-    return ExportResult(out_dir=out, counts=counts, skipped_turns=skipped, metadata=metadata)
+    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    data, out = Path(data), Path(out_dir)
+    check_output_folder(data, out, overwrite)
+    sha = data_sha256(data)  # before anything is written, wherever --out points
+
+    def read() -> Any:
+        return islice(read_dialogues(data, format, framework=fw), limit)
+
+    # Pass 1: the ids (to split) and a sample of the text (to detect the language).
+    ids: list[str] = []
+    sample: list[Dialogue] = []
+    for dialogue in read():
+        ids.append(dialogue.id)
+        if len(sample) < 200:
+            sample.append(dialogue)
+    if not ids:
+        raise ExportError(f"{data}: no dialogues to export")
+    lang: Language = language or dialogue_language(sample)  # type: ignore[assignment]
+    del sample
+    try:
+        if splits is not None:
+            parts = DatasetSplits.read(splits)
+            parts.check_data(data, sha)
+            listed = {i for name in SPLITS for i in parts.parts[name]}
+            missing = listed - set(ids)
+            if missing and limit is None:
+                raise ExportError(
+                    f"{splits}: {len(missing)} dialogue id(s) are not in {data}, e.g. "
+                    f"{sorted(missing)[:3]}"
+                )
+        else:
+            parts = DatasetSplits.make(
+                ids,
+                data_file=data,
+                data_sha256=sha,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                seed=seed,
+                limit=limit,
+            )
+    except SplitsError as exc:
+        raise ExportError(str(exc)) from None
+    part_of = {i: name for name in SPLITS for i in parts.parts[name]}
+    del ids
+    if not any(part_of.get(i) == "train" for i in part_of):
+        raise ExportError(
+            f"{len(part_of)} dialogue(s) are too few for val_fraction={val_fraction} and "
+            f"test_fraction={test_fraction}; add data or lower the fractions"
+        )
+
+    # Pass 2: rows straight to one Arrow file per split, written where `save_to_disk` would
+    # put them, in a staging folder next to --out. (Writing a Dataset and then calling
+    # save_to_disk would copy every row through memory-mapped pages: RSS grows with the data.)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    final = staging / "dataset"
+    builder = SFTRowBuilder(fw, lang)
+    features = _features()
+    writers = {}
+    for split in SPLITS:
+        (final / split).mkdir(parents=True)
+        writers[split] = ArrowWriter(features=features, path=str(final / split / _SHARD))
+    counts = {split: SplitCounts() for split in SPLITS}
+    skipped = 0
+    bar = _progress(len(part_of), "Exporting dialogues", progress)
+    try:
+        for dialogue in read():
+            split = part_of.get(dialogue.id)
+            if split is None:
+                continue  # not in the given splits (made from fewer dialogues)
+            rows, n_skipped = builder.rows(dialogue, task)
+            skipped += n_skipped
+            c = counts[split]
+            c.dialogues += 1
+            for row in rows:
+                writers[split].write(row)
+                c.rows += 1
+                c.strategy_rows += row["task"] == "strategy"
+                c.response_rows += row["task"] == "response"
+            bar.update(1)
+        for writer in writers.values():
+            writer.finalize()
+        bar.close()
+        if counts["train"].rows == 0:
+            raise ExportError(
+                f"{data}: the train split has no labelled supporter turns; SFT needs turns "
+                "with a strategy label (relabel the data or check --framework)"
+            )
+        kept = {s: c for s, c in counts.items() if s == "train" or c.dialogues}
+        saved = [s for s, c in kept.items() if c.rows]
+        for split in SPLITS:
+            if split in saved:
+                _write_split_metadata(final / split, features)
+            else:
+                shutil.rmtree(final / split)
+        (final / "dataset_dict.json").write_text(json.dumps({"splits": saved}), "utf-8")
+        parts.write(final / SPLITS_FILE)
+        metadata = {
+            "data_file": str(data.resolve()),
+            "data_sha256": sha,
+            "format": format,
+            "framework": fw.name,
+            "framework_source": fw.source,
+            "language": lang,
+            "task": task,
+            "seed": parts.seed,
+            "val_fraction": parts.fractions.get("validation", val_fraction),
+            "test_fraction": parts.fractions.get("test", test_fraction),
+            "limit": limit,
+            "splits": SPLITS_FILE,
+            "splits_from": str(splits) if splits is not None else None,
+            "counts": {k: vars(v) for k, v in kept.items()},
+            "skipped_turns": skipped,
+            "split_dialogue_ids": {k: list(parts.parts[k]) for k in SPLITS},
+            "prompts": "csc.programs.supporter zero-shot Supporter, ChatAdapter",
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        (final / EXPORT_METADATA).write_text(
+            json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+        # Swap the finished export in; an earlier one (allowed by --overwrite) goes last.
+        old = out.parent / f".{out.name}.replaced-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(final, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        bar.close()
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(out_dir=out, counts=kept, skipped_turns=skipped, metadata=metadata)
 
 
 def write_split_dialogues(result: ExportResult, split: str, path: str | Path) -> int:
@@ -270,8 +381,42 @@ def write_split_dialogues(result: ExportResult, split: str, path: str | Path) ->
     wanted = set(meta["split_dialogue_ids"].get(split, []))
     if not wanted:
         raise ExportError(f"the export has no {split!r} split; set its fraction above 0")
+    target = Path(path).resolve()
+    if target == Path(meta["data_file"]).resolve() or target.is_relative_to(
+        result.out_dir.resolve()
+    ):
+        raise ExportError(
+            f"{path}: would overwrite the input data or the export; choose another file"
+        )
     source = read_dialogues(meta["data_file"], meta["format"], framework=meta["framework_source"])
     return write_dialogues((d for d in source if d.id in wanted), path)
+
+
+_SHARD = "data-00000-of-00001.arrow"
+
+
+def _write_split_metadata(split_dir: Path, features: Any) -> None:
+    """``state.json`` and ``dataset_info.json`` as ``Dataset.save_to_disk`` writes them for one
+    shard, so ``datasets.load_from_disk`` reads the folder (checked by the export tests)."""
+    from dataclasses import asdict
+
+    from datasets import DatasetInfo
+    from datasets.fingerprint import generate_random_fingerprint
+
+    state = {
+        "_data_files": [{"filename": _SHARD}],
+        "_fingerprint": generate_random_fingerprint(),
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    (split_dir / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), "utf-8")
+    info = asdict(DatasetInfo(features=features))
+    (split_dir / "dataset_info.json").write_text(
+        json.dumps(info, indent=2, sort_keys=True), "utf-8"
+    )
 
 
 def _features() -> Any:

@@ -353,6 +353,8 @@ def train(
                 "train_rows": len(train_ds),
                 "validation_rows": len(val_ds) if val_ds is not None else 0,
                 "dropped_overlong_rows": dropped,
+                # `csc evaluate` refuses to score this adapter on these dialogues.
+                "train_dialogue_ids": (export_meta.get("split_dialogue_ids") or {}).get("train"),
             },
             "recipe_source": recipe.source,
             "recipe": recipe.to_dict(),

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dspy
-from dspy.utils.callback import BaseCallback
 
 from csc.eval.metrics import (
     strategy_accuracy_metric,
@@ -35,6 +34,7 @@ from csc.eval.metrics import (
 from csc.framework import Framework, Language
 from csc.lm import lm_name
 from csc.optimizers.store import PROGRAM_KINDS
+from csc.usage import Usage, meter, usage_of
 
 __all__ = [
     "BUDGETS",
@@ -134,23 +134,13 @@ def project_lm_calls(
     raise ValueError(f"unknown optimizer {optimizer!r}; use bootstrap, mipro or gepa")
 
 
-class _CallCounter(BaseCallback):
-    """Counts LM calls (every thread reports here: callbacks travel with dspy settings)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.calls = 0
-        self.lock = threading.Lock()
-
-    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
-        with self.lock:
-            self.calls += 1
-
-
 @dataclass
 class OptimizationResult:
-    """A compiled program with its dev scores and the cost of compiling it."""
+    """A compiled program with its dev scores and the cost of compiling it.
+
+    ``usage`` counts every call of the task and prompt LMs made by the run, on every thread
+    (see :mod:`csc.usage`); ``lm_calls``/``prompt_tokens``/``completion_tokens`` are its fields.
+    """
 
     program: dspy.Module
     dev_before: float
@@ -161,6 +151,7 @@ class OptimizationResult:
     seconds: float
     projection: CallProjection
     metadata: dict[str, Any] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
 
 
 def _evaluate(
@@ -270,12 +261,12 @@ def optimize_program(
     if on_projection:
         on_projection(projection)
 
-    counter = _CallCounter()
+    # Metered on the LM objects themselves: dspy.track_usage() loses what worker threads record.
+    meter(lm)
+    meter(prompt_lm)
+    usage_before = usage_of(lm, prompt_lm)
     start = time.perf_counter()
-    with (
-        dspy.context(lm=lm, callbacks=[*dspy.settings.callbacks, counter]),
-        dspy.track_usage() as usage,
-    ):
+    with dspy.context(lm=lm):
         before = _evaluate(program, devset, score_fn, num_threads)
         compiler = _compiler(
             optimizer,
@@ -293,10 +284,7 @@ def optimize_program(
         compiled = compiler.compile(program, **kwargs)
         after = _evaluate(compiled, devset, score_fn, num_threads)
     seconds = time.perf_counter() - start
-    prompt_tokens = completion_tokens = 0
-    for stats in usage.get_total_tokens().values():
-        prompt_tokens += int(stats.get("prompt_tokens") or 0)
-        completion_tokens += int(stats.get("completion_tokens") or 0)
+    usage = usage_of(lm, prompt_lm) - usage_before
     metadata = {
         "kind": kind_name,
         "framework": fw.name if fw.source.endswith(f"{fw.name}.yaml") else fw.source,
@@ -311,19 +299,21 @@ def optimize_program(
         "n_dev": len(devset),
         "dev_before": before,
         "dev_after": after,
-        "lm_calls": counter.calls,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
+        "lm_calls": usage.calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "lm_usage": usage.to_dict(),
         "seconds": round(seconds, 2),
     }
     return OptimizationResult(
         compiled,
         before,
         after,
-        counter.calls,
-        prompt_tokens,
-        completion_tokens,
+        usage.calls,
+        usage.prompt_tokens,
+        usage.completion_tokens,
         seconds,
         projection,
         metadata,
+        usage,
     )

@@ -24,6 +24,7 @@ from csc.dialogue import Dialogue, Speaker, Turn
 from csc.framework import Framework, Language
 from csc.signatures.rolecs import JUDGE_CRITERIA, rolecs_signatures
 from csc.signatures.types import DialogueHistory
+from csc.usage import usage_label
 
 DEFAULT_MAX_UTTERANCES = 50
 AGENT_ROLES: tuple[str, ...] = (
@@ -335,12 +336,13 @@ class RoleCS(dspy.Module):
         try:
             with (
                 dspy.context(lm=lm) if lm is not None else nullcontext(),
+                usage_label(role),  # the run's per-role figures (csc.usage)
                 dspy.track_usage() as tracker,
             ):
                 try:
                     yield
                 finally:
-                    state.add_usage(role, tracker.get_total_tokens())
+                    state.add_usage(role, tracker.get_total_tokens(), tracker.usage_data)
         except Exception as exc:
             raise DialogueFailure(role, exc, _raw_output(exc), state.dialogue()) from exc
 
@@ -574,11 +576,18 @@ class _State:
         self.usage: dict[str, dict[str, int]] = {}
         self.judge: dict[str, Any] | None = None
 
-    def add_usage(self, role: str, totals: dict[str, dict[str, Any]]) -> None:
+    def add_usage(
+        self,
+        role: str,
+        totals: dict[str, dict[str, Any]],
+        calls: dict[str, list[Any]] | None = None,
+    ) -> None:
         entry = self.usage.setdefault(
             role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
         )
-        entry["calls"] += 1
+        # One entry per LM call that reported usage (a re-parse after a format error is a
+        # second call); a response from DSPy's cache reports none.
+        entry["calls"] += sum(len(entries) for entries in (calls or {}).values())
         for usage in totals.values():
             entry["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
             entry["completion_tokens"] += int(usage.get("completion_tokens") or 0)

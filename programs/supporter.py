@@ -74,14 +74,16 @@ class _SupporterModule(dspy.Module):
                 if isinstance(value, Mapping):
                     demo["history"] = DialogueHistory.model_validate(value)
 
-    def _code(self, raw: Any) -> str:
-        """The strategy code of a model output; the fallback strategy when it names none."""
+    def _code(self, raw: Any) -> tuple[str, bool]:
+        """The strategy code of a model output and whether it is a substitute: the fallback
+        strategy when the output names none (reported per run as ``strategy_fallbacks``)."""
         try:
-            return self.framework.normalize(str(raw))
+            return self.framework.normalize(str(raw)), False
         except ValueError:
             fallback = self.framework.fallback
-            # Literal-typed outputs are already valid codes; this only guards hand-made LMs.
-            return fallback.code if fallback else self.framework.codes[0]
+            # Literal-typed outputs are already valid codes; this only guards hand-made LMs
+            # and sub-programs, and is counted so that it never passes silently.
+            return (fallback.code if fallback else self.framework.codes[0]), True
 
 
 class StrategyPredictor(_SupporterModule):
@@ -96,7 +98,8 @@ class StrategyPredictor(_SupporterModule):
     def forward(self, history: HistoryLike) -> dspy.Prediction:
         """Return ``Prediction(strategy=code)`` for the conversation so far."""
         out = self.strategist(history=as_history(history, self.language))
-        return dspy.Prediction(strategy=self._code(out.strategy))
+        code, substituted = self._code(out.strategy)
+        return dspy.Prediction(strategy=code, strategy_fallback=substituted)
 
 
 class Supporter(_SupporterModule):
@@ -112,8 +115,9 @@ class Supporter(_SupporterModule):
     def forward(self, history: HistoryLike, strategy: str | None = None) -> dspy.Prediction:
         """Return ``Prediction(strategy, response)``; a given ``strategy`` skips the prediction."""
         hist = as_history(history, self.language)
+        substituted = False
         if strategy is None:
-            strategy = self._code(self.strategist(history=hist).strategy)
+            strategy, substituted = self._code(self.strategist(history=hist).strategy)
         else:
             strategy = self.framework.normalize(strategy)
         out = self.responder(
@@ -121,7 +125,9 @@ class Supporter(_SupporterModule):
             strategy=strategy,
             strategy_definition=self.framework.render_strategy(strategy, self.language),
         )
-        return dspy.Prediction(strategy=strategy, response=str(out.response).strip())
+        return dspy.Prediction(
+            strategy=strategy, response=str(out.response).strip(), strategy_fallback=substituted
+        )
 
 
 class DirectSupporter(_SupporterModule):
@@ -139,7 +145,8 @@ class DirectSupporter(_SupporterModule):
         hist = as_history(history, self.language)
         response = str(self.responder(history=hist).response).strip()
         label = self.labeler(history=hist, response=response).strategy
-        return dspy.Prediction(strategy=self._code(label), response=response)
+        code, substituted = self._code(label)
+        return dspy.Prediction(strategy=code, response=response, strategy_fallback=substituted)
 
 
 # ---------------------------------------------------------------------------- prompt export

@@ -39,6 +39,7 @@ from csc.data.topics import Topic
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
 from csc.programs.rolecs import AGENT_ROLES, DialogueFailure, RoleCS
+from csc.usage import Usage, labelled_usage_of
 
 KEPT_FILE = "dialogues.jsonl"
 REJECTED_FILE = "rejected.jsonl"
@@ -363,6 +364,10 @@ class SynthesisRun:
         done = self.done_keys()
         todo = [item for item in items if item.key not in done]
         counts = RunCounts(requested=len(items), already_done=len(items) - len(todo))
+        # The summary's usage comes from meters on the LM objects (csc.usage): per-dialogue
+        # trackers would lose nothing here, but one source of truth keeps every command equal.
+        lms = [*self.lms.values(), dspy.settings.lm]
+        usage_before = labelled_usage_of(*lms)
         lock = threading.Lock()
         written: set[str] = set()
 
@@ -461,8 +466,12 @@ class SynthesisRun:
             failures.close()
 
         wall = time.perf_counter() - start
+        usage_after = labelled_usage_of(*lms)
+        role_usage = {
+            label: after - usage_before.get(label, Usage()) for label, after in usage_after.items()
+        }
         missing = sum(1 for item in items if item.key not in self.done_keys())
-        summary = self._summary(counts, wall, concurrency, missing)
+        summary = self._summary(counts, wall, concurrency, missing, role_usage)
         (self.out / SUMMARY_FILE).write_text(
             json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
         )
@@ -493,11 +502,22 @@ class SynthesisRun:
         }
 
     def _summary(
-        self, counts: RunCounts, wall: float, concurrency: int, missing: int
+        self,
+        counts: RunCounts,
+        wall: float,
+        concurrency: int,
+        missing: int,
+        role_usage: Mapping[str | None, Usage] | None = None,
     ) -> dict[str, Any]:
         kept_total = sum(1 for _ in _read_lines(self.out / KEPT_FILE))
         rejected_total = sum(1 for _ in _read_lines(self.out / REJECTED_FILE))
         finished = counts.kept + counts.rejected
+        role_usage = {k: v for k, v in (role_usage or {}).items() if v.calls or v.cached_calls}
+        total = sum(role_usage.values(), Usage())
+        if role_usage:
+            total.cost_usd = (
+                None if any(u.cost_usd is None for u in role_usage.values()) else total.cost_usd
+            )
         return {
             "config_hash": self.key,
             "framework": self.config.framework,
@@ -514,7 +534,9 @@ class SynthesisRun:
                 "kept": counts.kept,
                 "rejected": counts.rejected,
                 "failed": counts.failed,
-                "tokens": counts.tokens,
+                # Every LM call of this invocation, per role and in total (csc.usage).
+                "tokens": {str(role): u.to_dict() for role, u in role_usage.items()},
+                "lm_usage": total.to_dict(),
                 "wall_seconds": round(wall, 2),
                 "dialogues_per_minute": round(finished / (wall / 60), 3) if wall > 0 else None,
             },

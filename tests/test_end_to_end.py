@@ -93,11 +93,18 @@ def test_synthesize_small_run_then_resume_changes_nothing(tmp_path: Path) -> Non
 def test_evaluate_both_contexts_recomputes_from_predictions(tmp_path: Path) -> None:
     import sacrebleu
 
+    from csc.data.io import read_dialogues, write_dialogues
+
+    # The first sample dialogue cut after its fourth supporter turn: 4 examples per context.
+    first = next(iter(read_dialogues(SAMPLE)))
+    fourth = [i for i, t in enumerate(first.turns) if t.is_supporter][3]
+    data = tmp_path / "four_turns.jsonl"
+    write_dialogues([first.model_copy(update={"turns": first.turns[: fourth + 1]})], data)
     out = tmp_path / "eval"
     csc(
         "evaluate",
         "--data",
-        str(SAMPLE),
+        str(data),
         "--supporter",
         "zero-shot",
         "--lm",
@@ -105,7 +112,7 @@ def test_evaluate_both_contexts_recomputes_from_predictions(tmp_path: Path) -> N
         "--context",
         "both",
         "--limit",
-        "4",
+        "1",
         "--max-tokens",
         "48",
         "--no-bertscore",
@@ -119,6 +126,9 @@ def test_evaluate_both_contexts_recomputes_from_predictions(tmp_path: Path) -> N
         ctx = metrics["contexts"][key]
         mine = [r for r in rows if r["context"] == key]
         assert ctx["n_examples"] == len(mine) == 4
+        # The run's usage meter and the per-turn records agree (issue #17).
+        assert ctx["lm_usage"]["prompt_tokens"] == ctx["prompt_tokens"] > 0
+        assert ctx["lm_usage"]["calls"] + ctx["lm_usage"]["cached_calls"] == 8
         acc = 100 * sum(r["gold_strategy"] == r["predicted_strategy"] for r in mine) / len(mine)
         assert ctx["acc"] == pytest.approx(acc, abs=1e-6)
         bleu4 = sacrebleu.corpus_bleu(

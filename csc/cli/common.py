@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import typer
 
@@ -33,12 +33,27 @@ DataFormatOption = typer.Option(
 )
 ContextOption = typer.Option("both", "--context", help="ref, gen or both.")
 LimitOption = typer.Option(
-    None, "--limit", min=1, help="Only the first N supporter turns, in dialogue order."
+    None, "--limit", min=1, help="Read only the first N dialogues of the data file."
 )
 SplitOption = typer.Option(
-    "all", "--split", help="all, or test: the seeded held-out dialogues (see --seed)."
+    None,
+    "--split",
+    help="all, or test: the held-out dialogues (those of --splits, else the seeded split "
+    "of --seed). Default: test with --splits, else all.",
 )
 SplitSeedOption = typer.Option(0, "--seed", help="Seed of the train/dev/test split.")
+SplitsOption = typer.Option(
+    None,
+    "--splits",
+    help="splits.json written by `csc finetune export` (or its folder): use exactly its test "
+    "dialogues; the data must be the file it was made from.",
+)
+AllowSeenOption = typer.Option(
+    False,
+    "--allow-seen",
+    help="Score a fine-tuned or optimized supporter even on dialogues its metadata says it "
+    "was trained or compiled on.",
+)
 
 
 def resolve_lm_settings(
@@ -81,38 +96,82 @@ def echo_json(data: Any) -> None:
     typer.echo(json.dumps(data, ensure_ascii=False, indent=2))
 
 
+class EvaluationData(NamedTuple):
+    """What ``csc evaluate`` / ``csc compare`` score: the dialogues and where they came from."""
+
+    framework: Any
+    dialogues: list[Any]
+    language: str
+    data_sha256: str
+    split: str
+
+
 def load_evaluation_dialogues(
     data: Path,
     data_format: str | None,
     framework: str,
-    split: str,
+    split: str | None,
     seed: int,
     lang: str | None,
-) -> tuple[Any, list[Any], str]:
-    """Read the dialogues a command evaluates: ``(framework, dialogues, language)``.
+    *,
+    limit: int | None = None,
+    splits: Path | None = None,
+) -> EvaluationData:
+    """Read the dialogues a command evaluates, before any LM is built.
 
-    Shared by ``csc evaluate`` and ``csc compare`` so both select the same examples: the whole
-    file, or with ``split="test"`` the seeded held-out dialogues that ``csc optimize`` and
-    ``csc finetune export`` leave out. Exits with a clear error on bad input.
+    Shared by ``csc evaluate`` and ``csc compare`` so both select the same examples: the first
+    ``limit`` dialogues of the file, and of those with ``split="test"`` the held-out ones,
+    taken from a splits file (``csc finetune export`` writes one) or else from the seeded split
+    that ``csc optimize`` and ``csc finetune export`` make of the same dialogues. Exits with a
+    clear error on bad input: unreadable data, repeated dialogue ids, splits of other data.
     """
+    from itertools import islice
+
     from csc.data.errors import DataFormatError
     from csc.data.io import read_dialogues
     from csc.eval.examples import dialogue_language, split_dialogues
+    from csc.eval.splits import DatasetSplits, SplitsError, data_sha256
     from csc.framework import Framework, FrameworkError
 
+    split = split or ("test" if splits is not None else "all")
     if split not in ("all", "test"):
         fail("--split must be all or test")
     if lang not in (None, "en", "zh"):
         fail("--lang must be en or zh")
     if not data.exists():
         fail(f"{data}: no such file or folder")
+    if splits is not None and split != "test":
+        fail("--splits selects held-out dialogues: use it with --split test")
     try:
         fw = Framework.load(framework)
-        dialogues = list(read_dialogues(data, data_format, framework=fw))
+        dialogues = list(islice(read_dialogues(data, data_format, framework=fw), limit))
     except (DataFormatError, FrameworkError) as exc:
         fail(str(exc))
+    check_unique_ids(dialogues, data)
+    sha = data_sha256(data)
     if split == "test":
-        dialogues = split_dialogues(dialogues, seed=seed).test
+        if splits is not None:
+            try:
+                parts = DatasetSplits.read(splits)
+                parts.check_data(data, sha)
+                dialogues = parts.select(dialogues, "test", complete=limit is None)
+            except SplitsError as exc:
+                fail(str(exc))
+        else:
+            dialogues = split_dialogues(dialogues, seed=seed).test
     if not dialogues:
         fail(f"{data}: no dialogues to evaluate")
-    return fw, dialogues, lang or dialogue_language(dialogues)
+    return EvaluationData(fw, dialogues, lang or dialogue_language(dialogues), sha, split)
+
+
+def check_unique_ids(dialogues: list[Any], data: Path) -> None:
+    """Exit with an error naming a repeated dialogue id (results are keyed by id)."""
+    seen: dict[str, int] = {}
+    for index, dialogue in enumerate(dialogues):
+        if dialogue.id in seen:
+            fail(
+                f"{data}: dialogue id {dialogue.id!r} occurs more than once (records "
+                f"{seen[dialogue.id] + 1} and {index + 1}); results are keyed by dialogue id, "
+                "so give every dialogue its own id (`csc data validate` lists them all)"
+            )
+        seen[dialogue.id] = index

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from csc.cli.common import (
+    AllowSeenOption,
     ApiBaseOption,
     ConfigOption,
     ContextOption,
@@ -17,6 +18,7 @@ from csc.cli.common import (
     LMOption,
     SplitOption,
     SplitSeedOption,
+    SplitsOption,
     fail,
     load_evaluation_dialogues,
     resolve_lm_settings,
@@ -45,8 +47,10 @@ def register(app: typer.Typer) -> None:
         data_format: str | None = DataFormatOption,
         context: str = ContextOption,
         limit: int | None = LimitOption,
-        split: str = SplitOption,
+        split: str | None = SplitOption,
+        splits: Path | None = SplitsOption,
         seed: int = SplitSeedOption,
+        allow_seen: bool = AllowSeenOption,
         max_tokens: int | None = typer.Option(
             None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
         ),
@@ -81,8 +85,8 @@ def register(app: typer.Typer) -> None:
             supporters = parse_supporter_args(supporter)
         except (ValueError, CompareError) as exc:
             fail(str(exc))
-        fw, dialogues, language = load_evaluation_dialogues(
-            data, data_format, framework, split, seed, lang
+        fw, dialogues, language, _, split = load_evaluation_dialogues(
+            data, data_format, framework, split, seed, lang, limit=limit, splits=splits
         )
         settings = resolve_lm_settings(config, lm, api_base)
         base = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
@@ -103,8 +107,8 @@ def register(app: typer.Typer) -> None:
                 context=context,
                 framework=fw,
                 language=language,
-                limit=limit,
                 num_threads=num_threads,
+                allow_seen=allow_seen,
                 cache_dir=out / "cache",
                 with_bertscore=not no_bertscore,
                 bertscore_model=bertscore_model,
@@ -112,7 +116,26 @@ def register(app: typer.Typer) -> None:
             )
         except (ValueError, ProgramStoreError, LMConfigError, FileNotFoundError) as exc:
             fail(str(exc))
-        comparison.info.update({"data": str(data), "split": split, "seed": seed})
+        comparison.info.update(
+            {
+                "data": str(data),
+                "split": split,
+                "splits": str(splits) if splits is not None else None,
+                "seed": seed,
+                "limit": limit,
+            }
+        )
         files = write_comparison(comparison, out)
         typer.echo(markdown_table(comparison))
+        from csc.usage import Usage, format_usage
+
+        for name in supporters:
+            spent = Usage()
+            for row in comparison.rows:
+                if row.supporter == name and row.lm_usage:
+                    known = {
+                        k: v for k, v in row.lm_usage.items() if k in Usage.__dataclass_fields__
+                    }
+                    spent = spent + Usage(**known)
+            typer.echo(f"{name}: {format_usage(spent)}")
         typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from csc.cli.common import (
+    AllowSeenOption,
     ApiBaseOption,
     ConfigOption,
     ContextOption,
@@ -21,21 +22,11 @@ from csc.cli.common import (
     LMOption,
     SplitOption,
     SplitSeedOption,
+    SplitsOption,
     fail,
     load_evaluation_dialogues,
     resolve_lm_settings,
 )
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, or of every file of a folder (HF datasets) in name order."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        with file.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def register(app: typer.Typer) -> None:
@@ -57,8 +48,10 @@ def register(app: typer.Typer) -> None:
         data_format: str | None = DataFormatOption,
         context: str = ContextOption,
         limit: int | None = LimitOption,
-        split: str = SplitOption,
+        split: str | None = SplitOption,
+        splits: Path | None = SplitsOption,
         seed: int = SplitSeedOption,
+        allow_seen: bool = AllowSeenOption,
         num_threads: int = typer.Option(
             4, "--num-threads", min=1, help="Concurrent requests (turns in ref, dialogues in gen)."
         ),
@@ -83,8 +76,15 @@ def register(app: typer.Typer) -> None:
         """
         import dspy
 
-        from csc.eval.harness import evaluate_supporter, normalize_contexts, supporter_from_spec
+        from csc.eval.harness import (
+            SeenDialoguesError,
+            check_unseen,
+            evaluate_supporter,
+            normalize_contexts,
+            supporter_from_spec,
+        )
         from csc.eval.report import write_report
+        from csc.eval.splits import data_sha256
         from csc.framework import FrameworkError
         from csc.lm import LMConfigError, build_lm, lm_name
         from csc.optimizers.store import ProgramStoreError
@@ -93,14 +93,19 @@ def register(app: typer.Typer) -> None:
             contexts = normalize_contexts(context)
         except ValueError as exc:
             fail(str(exc))
-        fw, dialogues, language = load_evaluation_dialogues(
-            data, data_format, framework, split, seed, lang
+        fw, dialogues, language, sha, split = load_evaluation_dialogues(
+            data, data_format, framework, split, seed, lang, limit=limit, splits=splits
         )
 
         try:
             chosen = supporter_from_spec(supporter, framework=fw, language=language)
         except (ValueError, ProgramStoreError, FrameworkError) as exc:
             fail(str(exc))
+        if not allow_seen:
+            try:
+                check_unseen(chosen, dialogues)
+            except SeenDialoguesError as exc:
+                fail(str(exc))
         program = chosen.program
         if getattr(program, "framework", fw) != fw and chosen.metadata:
             typer.secho(
@@ -116,12 +121,11 @@ def register(app: typer.Typer) -> None:
         except (LMConfigError, FileNotFoundError, OSError) as exc:
             fail(f"cannot build the LM {spec.model!r}: {exc}")
 
-        sha = file_sha256(data)
         # Caches are keyed by everything that changes predictions, so a different run in the
         # same --out never reuses them.
         key_parts = {
             "supporter": supporter,
-            "program": file_sha256(Path(supporter.split(":", 1)[1]))
+            "program": data_sha256(Path(supporter.split(":", 1)[1]))
             if supporter.startswith("optimized:")
             else None,
             "lm": spec.model_dump(exclude={"api_key_env"}),
@@ -147,9 +151,14 @@ def register(app: typer.Typer) -> None:
             "data_sha256": sha,
             "framework": fw.name,
             "split": split,
+            "splits": str(splits) if splits is not None else None,
             "seed": seed,
             "limit": limit,
-            "selection": f"first {limit} supporter turns" if limit else "all supporter turns",
+            "selection": (
+                f"every supporter turn of {len(dialogues)} dialogues"
+                + (f" (of the first {limit} in the file)" if limit else "")
+                + (f", split {split}" if split != "all" else "")
+            ),
             "num_threads": num_threads,
             "bertscore_model": None
             if no_bertscore
@@ -173,7 +182,6 @@ def register(app: typer.Typer) -> None:
                     context=contexts,
                     framework=fw,
                     language=language,
-                    limit=limit,
                     num_threads=num_threads,
                     cache_dir=cache_dir,
                     bleu_tokenize=bleu_tokenize,
@@ -194,10 +202,21 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
     from rich.table import Table
 
     table = Table(title="Supporter evaluation (%)")
-    cols = ["bleu2", "bleu4", "rougeL", "bertscore", "acc", "macro_f1", "n_examples"]
+    cols = [
+        "bleu2",
+        "bleu4",
+        "rougeL",
+        "bertscore",
+        "acc",
+        "macro_f1",
+        "strategy_fallbacks",
+        "strategy_parse_errors",
+        "n_examples",
+    ]
+    headers = {"strategy_fallbacks": "fallbacks", "strategy_parse_errors": "unparsed"}
     table.add_column("context")
     for col in cols:
-        table.add_column(col, justify="right")
+        table.add_column(headers.get(col, col), justify="right")
     for name, metrics in result.metrics.items():
         cells = []
         for col in cols:
@@ -211,3 +230,9 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
             )
         table.add_row(name, *cells)
     Console().print(table)
+    from csc.usage import Usage, format_usage
+
+    for name, res in result.contexts.items():
+        raw = res.metrics.get("lm_usage") or {}
+        usage = Usage(**{k: v for k, v in raw.items() if k in Usage.__dataclass_fields__})
+        typer.echo(f"{name}: {format_usage(usage)}")

@@ -22,7 +22,20 @@ def register(app: typer.Typer) -> None:
         data: Path = typer.Option(
             ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
         ),
-        out: Path = typer.Option(..., "--out", help="Output folder (a saved DatasetDict)."),
+        out: Path = typer.Option(
+            ...,
+            "--out",
+            help="Output folder (a saved DatasetDict plus export.json and splits.json); must be "
+            "new or empty, or an earlier export with --overwrite.",
+        ),
+        overwrite: bool = typer.Option(
+            False, "--overwrite", help="Replace OUT if it holds an earlier export."
+        ),
+        splits: Path | None = typer.Option(
+            None,
+            "--splits",
+            help="Reuse this splits.json (of the same data) instead of making a new split.",
+        ),
         data_format: str | None = typer.Option(
             None, "--format", help="Input format (default: detected from the path)."
         ),
@@ -49,13 +62,18 @@ def register(app: typer.Typer) -> None:
             None, "--lang", help="en or zh (default: detected from the data)."
         ),
         limit: int | None = typer.Option(
-            None, "--limit", min=1, help="Only the first N dialogues."
+            None, "--limit", min=1, help="Read only the first N dialogues of the data file."
         ),
         test_out: Path | None = typer.Option(
             None, "--test-out", help="Also write the test split's dialogues to this JSONL file."
         ),
     ) -> None:
-        """Export dialogues as `messages` SFT data with the supporter's own inference prompts."""
+        """Export dialogues as `messages` SFT data with the supporter's own inference prompts.
+
+        Also writes OUT/splits.json, the dialogue ids of each split: pass it to `csc evaluate`,
+        `csc compare` and `csc optimize` with --splits so they never score or compile on the
+        train dialogues.
+        """
         from rich.console import Console
         from rich.table import Table
 
@@ -69,6 +87,12 @@ def register(app: typer.Typer) -> None:
             fail("--lang must be en or zh")
         if not data.exists():
             fail(f"{data}: no such file or folder")
+        if test_out is not None and (
+            test_out.resolve() == data.resolve() or test_out.resolve().is_relative_to(out.resolve())
+        ):
+            fail(
+                f"--test-out {test_out}: would overwrite the input data or the export; choose another file"
+            )
         try:
             result = export_sft(
                 data,
@@ -81,6 +105,8 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 language=lang,  # type: ignore[arg-type]
                 limit=limit,
+                splits=splits,
+                overwrite=overwrite,
             )
             if test_out is not None:
                 n = write_split_dialogues(result, "test", test_out)
@@ -101,7 +127,12 @@ def register(app: typer.Typer) -> None:
                 fg="yellow",
                 err=True,
             )
-        typer.echo(f"wrote {out} (metadata: {out / 'export.json'})")
+        typer.echo(f"wrote {out} (metadata: {out / 'export.json'}, splits: {out / 'splits.json'})")
+        typer.echo(
+            "LM calls: 0 (the prompts are rendered locally); evaluate the fine-tuned supporter "
+            f"on the held-out dialogues with: csc evaluate --data {data} --splits "
+            f"{out / 'splits.json'} --supporter finetuned:RUN"
+        )
 
     @group.command("run")
     def run(

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli.common import (
+    ApiBaseOption,
+    ConfigOption,
+    LimitOption,
+    LMOption,
+    check_unique_ids,
+    fail,
+    resolve_lm_settings,
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,9 +27,16 @@ def register(app: typer.Typer) -> None:
         dev: Path | None = typer.Option(
             None,
             "--dev",
-            help="Dev dialogues; without it the train file is split by dialogue (seeded 80/10/10, "
-            "the test part left out).",
+            help="Dev dialogues; without it (and without --splits) the train file is split by "
+            "dialogue (seeded 80/10/10, the test part left out).",
         ),
+        splits: Path | None = typer.Option(
+            None,
+            "--splits",
+            help="splits.json written by `csc finetune export` for the --train file: compile on "
+            "its train dialogues, score on its validation ones, never touch its test ones.",
+        ),
+        limit: int | None = LimitOption,
         optimizer: str = typer.Option("bootstrap", "--optimizer", help="bootstrap, mipro or gepa."),
         budget: str = typer.Option("light", "--budget", help="light, medium or heavy."),
         lm: str | None = LMOption,
@@ -56,9 +71,12 @@ def register(app: typer.Typer) -> None:
 
         Load it with `csc evaluate --supporter optimized:PROGRAM.json`.
         """
+        from itertools import islice
+
         from csc.data.errors import DataFormatError
         from csc.data.io import read_dialogues
         from csc.eval.examples import dialogue_language, split_dialogues, supporter_examples
+        from csc.eval.splits import DatasetSplits, SplitsError
         from csc.framework import Framework, FrameworkError
         from csc.lm import LMConfigError, build_lm, lm_name
         from csc.optimizers.optimize import optimize_program
@@ -80,15 +98,26 @@ def register(app: typer.Typer) -> None:
         for path in (train, dev):
             if path is not None and not path.exists():
                 fail(f"{path}: no such file or folder")
+        if dev is not None and splits is not None:
+            fail("give either --dev or --splits (whose validation part is the dev set)")
         try:
             fw = Framework.load(framework)
-            train_dialogues = list(read_dialogues(train, framework=fw))
+            train_dialogues = list(islice(read_dialogues(train, framework=fw), limit))
+            check_unique_ids(train_dialogues, train)
             if dev is not None:
-                dev_dialogues = list(read_dialogues(dev, framework=fw))
+                dev_dialogues = list(islice(read_dialogues(dev, framework=fw), limit))
+                check_unique_ids(dev_dialogues, dev)
+            elif splits is not None:
+                parts = DatasetSplits.read(splits)
+                parts.check_data(train)
+                everything = train_dialogues
+                complete = limit is None
+                train_dialogues = parts.select(everything, "train", complete=complete)
+                dev_dialogues = parts.select(everything, "validation", complete=complete)
             else:
-                parts = split_dialogues(train_dialogues, seed=seed)
-                train_dialogues, dev_dialogues = parts.train, parts.dev
-        except (DataFormatError, FrameworkError) as exc:
+                seeded = split_dialogues(train_dialogues, seed=seed)
+                train_dialogues, dev_dialogues = seeded.train, seeded.dev
+        except (DataFormatError, FrameworkError, SplitsError) as exc:
             fail(str(exc))
         language = lang or dialogue_language(train_dialogues)
         trainset = supporter_examples(train_dialogues, language=language)[:max_train]
@@ -127,19 +156,30 @@ def register(app: typer.Typer) -> None:
             )
         except ValueError as exc:
             fail(str(exc))
+        dev_source = (
+            str(dev)
+            if dev
+            else f"{train} (validation part of {splits})"
+            if splits
+            else f"{train} (seeded split, seed {seed})"
+        )
         metadata = {
             **result.metadata,
             "train": str(train),
-            "dev": str(dev) if dev else f"{train} (seeded split, seed {seed})",
+            "dev": dev_source,
+            "splits": str(splits) if splits else None,
+            "limit": limit,
+            # What the program was compiled on: `csc evaluate` refuses to score it on these.
+            "train_dialogue_ids": sorted({str(ex.dialogue_id) for ex in trainset}),
+            "dev_dialogue_ids": sorted({str(ex.dialogue_id) for ex in devset}),
         }
         try:
             save_program(result.program, out, metadata)
         except ProgramStoreError as exc:
             fail(str(exc))
-        typer.echo(
-            f"real LM calls: {result.lm_calls}; tokens: {result.prompt_tokens} prompt + "
-            f"{result.completion_tokens} completion; {result.seconds:.1f} s"
-        )
+        from csc.usage import format_usage
+
+        typer.echo(f"{format_usage(result.usage)}; {result.seconds:.1f} s wall")
         typer.echo(
             f"dev {metric}: before {result.dev_before:.2f} -> after {result.dev_after:.2f} "
             f"({len(devset)} examples)"

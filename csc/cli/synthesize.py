@@ -182,6 +182,10 @@ def register(app: typer.Typer) -> None:
             f"{summary['totals']['kept']} kept, {summary['totals']['rejected']} rejected, "
             f"{summary['totals']['missing']} still missing."
         )
+        from csc.usage import Usage, format_usage
+
+        lm_usage = {k: v for k, v in this["lm_usage"].items() if k in Usage.__dataclass_fields__}
+        console.print(format_usage(Usage(**lm_usage)), markup=False)
         if this["failed"]:
             console.print(
                 f"[yellow]{this['failed']} dialogue(s) failed; see {out / 'failures.jsonl'}. "

@@ -24,7 +24,7 @@ timed() { local label=$1 start=$SECONDS; shift; "$@"; echo "[e2e] $label: $((SEC
 
 # 1. SFT data: joint strategy + response rows, split by dialogue.
 timed export csc finetune export --data "$DATA" --out "$OUT/sft" --task joint --seed "$SEED" \
-  --val-fraction 0.1 --test-fraction 0.1 --test-out "$OUT/test.jsonl"
+  --val-fraction 0.1 --test-fraction 0.1 --test-out "$OUT/test.jsonl" --overwrite
 
 # 2. LoRA fine-tuning of the embedded SmolLM2-135M-Instruct.
 rm -rf "$OUT/ft"
@@ -32,11 +32,12 @@ timed finetune csc finetune run --data "$OUT/sft" --recipe "$RECIPE" --out "$OUT
   --max-steps "$STEPS" --device "$DEVICE"
 
 # 3. Prompt optimization of the strategy predictor (few-shot bootstrapping) on the same train split.
-timed optimize csc optimize --program strategy --train "$DATA" --optimizer bootstrap --budget light \
+timed optimize csc optimize --program strategy --train "$DATA" --splits "$OUT/sft/splits.json" \
+  --optimizer bootstrap --budget light \
   --lm "$LM" --seed "$SEED" --max-train 24 --max-dev 8 --out "$OUT/optimized.json"
 
 # 4. Compare the three supporters on the held-out test dialogues.
-timed compare csc compare --data "$DATA" --split test --seed "$SEED" --lm "$LM" --context "$CONTEXT" \
+timed compare csc compare --data "$DATA" --splits "$OUT/sft/splits.json" --lm "$LM" --context "$CONTEXT" \
   --max-tokens "$MAX_TOKENS" \
   --supporter zero-shot=zero-shot \
   --supporter optimized="optimized:$OUT/optimized.json" \

@@ -78,7 +78,24 @@ def test_markdown_table_bolds_the_best_per_context(comparison: Comparison) -> No
     assert "**50.00**" in ft_ref and "**6.50**" in ft_ref and "| – |" in ft_ref
     zs_ref = next(line for line in lines if line.startswith("| zero-shot | reference"))
     assert "**" not in zs_ref.split("|")[4]  # B-2 of the worst supporter is not bold
-    assert "| 1000 | 50.0 | 2.00 |" in zs_ref
+    # prompt, cached, completion tokens per turn; no LiteLLM price for the embedded model.
+    assert "| 1000 | – | 50.0 | – | 2.00 |" in zs_ref
+
+
+def test_cost_per_turn_uses_litellm_prices_with_cached_tokens() -> None:
+    litellm = pytest.importorskip("litellm")
+    result = _result(50.0, 6.5, 1.0)
+    result.contexts["reference"].metrics["cached_prompt_tokens"] = 6000
+    row = rows_from_result("api", "zero-shot", result, lm="openai/gpt-4o-mini")[0]
+    prompt, completion = litellm.cost_per_token(
+        model="openai/gpt-4o-mini",
+        prompt_tokens=8000,
+        completion_tokens=400,
+        cache_read_input_tokens=6000,
+    )
+    assert row.cached_prompt_tokens == 750.0
+    assert row.cost_usd == pytest.approx((prompt + completion) / 8)
+    assert row.cost_usd > 0
 
 
 def test_write_comparison_files(comparison: Comparison, tmp_path: Path) -> None:

@@ -237,3 +237,65 @@ def test_chinese_history_and_metrics_language():
     assert any(re.search(r"客户: 我的银行卡", p) for p in lm.prompts)
     assert result.metrics["reference"]["acc"] == 100.0
     assert result.metrics["reference"]["rougeL"] > 0
+
+
+class _WanderingStrategist(dspy.Module):
+    """A hand-made sub-program whose strategy output is sometimes not a strategy at all."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def forward(self, history):
+        with self.lock:
+            self.n += 1
+            n = self.n
+        return dspy.Prediction(strategy="PS" if n % 2 else "I would say: be nice")
+
+
+def test_strategy_fallbacks_and_unparsed_outputs_are_counted_next_to_accuracy():
+    program = Supporter()
+    program.strategist = _WanderingStrategist()
+    with dspy.context(lm=ScriptedLM(supporter_answer)):
+        result = evaluate_supporter(
+            program,
+            [_dialogue(i) for i in range(4)],
+            context="ref",
+            with_bertscore=False,
+            progress=False,
+        )
+    m = result.metrics["reference"]
+    records = result.contexts["reference"].records
+    fell_back = [r for r in records if r.strategy_fallback]
+    assert m["strategy_fallbacks"] == len(fell_back) == m["n_examples"] // 2
+    assert {r.predicted_strategy for r in fell_back} == {"OT"}  # the csc fallback strategy
+
+    # An output the adapter cannot parse at all is an error row, also counted.
+    def unparseable(prompt):
+        if "[[ ## strategy_definition ## ]]" in prompt:
+            return {"response": "ok"}
+        return {"strategy": "banana"}
+
+    with dspy.context(lm=ScriptedLM(unparseable)):
+        result = evaluate_supporter(
+            Supporter(),
+            [_dialogue(i) for i in range(4)],
+            context="ref",
+            with_bertscore=False,
+            progress=False,
+        )
+    m = result.metrics["reference"]
+    assert m["strategy_parse_errors"] == m["n_examples"] == m["n_errors"] > 0
+    assert m["acc"] == 0.0
+
+    # A reply that cannot be parsed is an error, but not an unparsed strategy.
+    def no_reply(prompt):
+        return {"strategy": "PS"}
+
+    with dspy.context(lm=ScriptedLM(no_reply)):
+        result = evaluate_supporter(
+            Supporter(), [_dialogue(0)], context="ref", with_bertscore=False, progress=False
+        )
+    m = result.metrics["reference"]
+    assert m["n_errors"] == m["n_examples"] > 0 and m["strategy_parse_errors"] == 0

@@ -125,3 +125,86 @@ def test_export_errors_name_the_problem(tmp_path: Path) -> None:
         export_sft(SAMPLE, tmp_path / "x", task="both", progress=False)  # type: ignore[arg-type]
     with pytest.raises(ExportError, match=r"too few|nothing"):
         export_sft(SAMPLE, tmp_path / "y", limit=2, val_fraction=0.5, test_fraction=0.45)
+
+
+# ---------------------------------------------------------------------------- --out safety (#8 item 8)
+def _export_cli(*args: str):
+    from typer.testing import CliRunner
+
+    from csc.cli import app
+
+    return CliRunner().invoke(app, ["finetune", "export", "--task", "strategy", *args])
+
+
+def _one_line_error(res, *needles: str) -> None:
+    assert res.exit_code == 1, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_export_out_refuses_files_foreign_folders_and_its_own_input(tmp_path, monkeypatch):
+    from csc.eval.splits import data_sha256
+
+    data = tmp_path / "data.json"
+    data.write_bytes(SAMPLE.read_bytes())
+    before = data_sha256(data)
+    # An existing file.
+    (tmp_path / "file").write_text("keep me")
+    _one_line_error(_export_cli("--data", str(data), "--out", str(tmp_path / "file")), "is a file")
+    # A non-empty folder that is not an export: refused, even with --overwrite.
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    _one_line_error(_export_cli("--data", str(data), "--out", str(notes)), "--overwrite")
+    _one_line_error(
+        _export_cli("--data", str(data), "--out", str(notes), "--overwrite"),
+        "not a folder written by `csc finetune export`",
+    )
+    assert (notes / "todo.txt").read_text() == "keep me"
+    # `.` (or any folder) that holds the input data.
+    monkeypatch.chdir(tmp_path)
+    _one_line_error(
+        _export_cli("--data", "data.json", "--out", ".", "--overwrite"), "holds the input"
+    )
+    # The input itself, and a folder inside an input dataset folder.
+    _one_line_error(_export_cli("--data", str(data), "--out", str(data)), "is the input data")
+    res = _export_cli("--data", str(data), "--out", str(tmp_path / "sft"))
+    assert res.exit_code == 0, res.output
+    _one_line_error(
+        _export_cli("--data", str(tmp_path / "sft"), "--out", str(tmp_path / "sft")),
+        "is the input data",
+    )
+    _one_line_error(
+        _export_cli("--data", str(tmp_path / "sft" / "train"), "--out", str(tmp_path / "sft")),
+        "holds the input",
+    )
+    # --test-out onto the input data.
+    _one_line_error(
+        _export_cli("--data", str(data), "--out", str(tmp_path / "sft2"), "--test-out", str(data)),
+        "would overwrite the input data",
+    )
+    assert data_sha256(data) == before
+    assert json.loads((tmp_path / "sft" / "export.json").read_text())["data_sha256"] == before
+
+
+def test_export_overwrite_replaces_an_earlier_export_only_when_asked(tmp_path):
+    out = tmp_path / "sft"
+    assert _export_cli("--data", str(SAMPLE), "--out", str(out), "--limit", "5").exit_code == 0
+    _one_line_error(_export_cli("--data", str(SAMPLE), "--out", str(out)), "already exists")
+    res = _export_cli("--data", str(SAMPLE), "--out", str(out), "--overwrite")
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["limit"] is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sft"]  # no staging folders left
+    assert load_from_disk(str(out))["train"].num_rows == meta["counts"]["train"]["rows"]
+
+
+def test_export_with_given_splits_reproduces_them(tmp_path):
+    first = export_sft(SAMPLE, tmp_path / "a", seed=3, progress=False)
+    again = export_sft(SAMPLE, tmp_path / "b", seed=0, splits=tmp_path / "a", progress=False)
+    assert again.metadata["split_dialogue_ids"] == first.metadata["split_dialogue_ids"]
+    assert (tmp_path / "b" / "splits.json").read_text() == (
+        tmp_path / "a" / "splits.json"
+    ).read_text()

@@ -48,7 +48,14 @@ def sft_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         str(out)
     )
     (out / "export.json").write_text(
-        json.dumps({"framework": "csc", "task": "joint", "data_sha256": "ab" * 32})
+        json.dumps(
+            {
+                "framework": "csc",
+                "task": "joint",
+                "data_sha256": "ab" * 32,
+                "split_dialogue_ids": {"train": ["d0", "d1"], "validation": ["d2"], "test": []},
+            }
+        )
     )
     return out
 
@@ -80,6 +87,8 @@ def test_two_steps_write_adapter_log_and_metadata(
     assert meta["framework"] == "csc" and meta["task"] == "joint"
     assert meta["data"]["source_sha256"] == "ab" * 32 and len(meta["data"]["export_sha256"]) == 64
     assert meta["recipe"]["lora"]["r"] == 4 and meta["steps"] == 2
+    # What it was trained on, so `csc evaluate` can refuse to score it there.
+    assert meta["data"]["train_dialogue_ids"] == ["d0", "d1"]
     assert meta["precision"] == "fp32" and meta["device"].startswith("cpu")
     assert meta["steps_per_second"] > 0 and meta["wall_time_s"] > 0
     losses = [json.loads(line) for line in (out / TRAIN_LOG).read_text().splitlines()]

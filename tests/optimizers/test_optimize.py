@@ -164,32 +164,33 @@ def test_cli_optimize_then_evaluate_optimized(tmp_path, monkeypatch):
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "projected LM calls" in res.output and "real LM calls" in res.output
+    assert "projected LM calls" in res.output and "LM calls: " in res.output
     assert "dev acc: before" in res.output
     assert program.exists() and sidecar_path(program).exists()
 
     out = tmp_path / "eval"
-    res = runner.invoke(
-        app,
-        [
-            "evaluate",
-            "--data",
-            str(data),
-            "--supporter",
-            f"optimized:{program}",
-            "--lm",
-            "whatever/model",
-            "--context",
-            "both",
-            "--limit",
-            "7",
-            "--no-bertscore",
-            "--num-threads",
-            "2",
-            "--out",
-            str(out),
-        ],
-    )
+    args = [
+        "evaluate",
+        "--data",
+        str(data),
+        "--supporter",
+        f"optimized:{program}",
+        "--lm",
+        "whatever/model",
+        "--context",
+        "both",
+        "--no-bertscore",
+        "--num-threads",
+        "2",
+        "--out",
+        str(out),
+    ]
+    # The first 7 dialogues hold the ones it was compiled on: refused before any LM is built.
+    res = runner.invoke(app, [*args, "--limit", "7"])
+    assert res.exit_code == 1 and "trained or compiled on" in res.output
+    assert "--allow-seen" in res.output and not out.exists()
+    # The seeded held-out dialogues (what `csc optimize` left out) are fine.
+    res = runner.invoke(app, [*args, "--split", "test"])
     assert res.exit_code == 0, res.output
     for name in [
         "metrics.json",
@@ -206,7 +207,7 @@ def test_cli_optimize_then_evaluate_optimized(tmp_path, monkeypatch):
     for ctx in ("reference", "generated"):
         mine = [r for r in rows if r["context"] == ctx]
         m = metrics["contexts"][ctx]
-        assert len(mine) == m["n_examples"] == 7
+        assert len(mine) == m["n_examples"] == 3  # one held-out dialogue, three supporter turns
         # Recomputing from predictions.jsonl gives the reported numbers.
         acc = strategy_accuracy(
             [r["gold_strategy"] for r in mine], [r["predicted_strategy"] for r in mine]

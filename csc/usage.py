@@ -1,0 +1,314 @@
+"""One source of truth for LM usage: every call of a metered LM is counted, whatever thread made it.
+
+Why not ``dspy.track_usage()``: DSPy's ``ParallelExecutor`` (used by ``dspy.Evaluate``, the
+optimizers, ``Module.batch`` and the csc runners) gives every worker thread a *deep copy* of the
+active usage tracker and never merges it back, so usage recorded on worker threads is lost and a
+run at 8 threads reports a fraction of its tokens.
+
+:class:`UsageMeter` is a DSPy callback attached to the LM object itself (``lm.callbacks``, which
+``lm.copy()`` keeps), so it sees every call of that LM from any thread, in ``dspy.Evaluate``
+workers, optimizer threads and raw threads alike. For each call it installs a per-call usage
+tracker for the duration of the call (forwarding to whatever tracker was active, so
+``dspy.track_usage()`` and ``Prediction.get_lm_usage()`` keep working) and adds what DSPy
+reports for that call to its totals:
+
+* ``prompt_tokens`` — everything the model was asked to read (the whole prompt);
+* ``cached_prompt_tokens`` — the part of it the server served from its prefix cache
+  (``prompt_tokens_details.cached_tokens``, OpenAI-style); already included in ``prompt_tokens``;
+* ``completion_tokens``, ``calls`` and ``lm_seconds`` (call latencies summed over calls, so
+  above the wall time when calls overlap; commands report their own wall time next to it);
+* ``cost_usd`` — priced by LiteLLM's model price table where it knows the model, else ``None``.
+
+**DSPy cache hits** (an identical request answered from DSPy's own response cache) reach no model
+and DSPy reports no usage for them; the meter counts them as ``cached_calls`` with zero tokens and
+zero cost, separately from ``calls``. Calls that raise are counted in ``failed_calls`` together
+with whatever usage DSPy attributed to them before failing.
+
+Python use::
+
+    lm = meter(build_lm("local"))            # attach (idempotent) and return the LM
+    before = usage_of(lm)
+    ...                                      # any number of threads
+    spent = usage_of(lm) - before            # a Usage; spent.to_dict() for reports
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import io
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from dspy.dsp.utils.settings import settings, thread_local_overrides
+from dspy.dsp.utils.utils import dotdict
+from dspy.utils.callback import BaseCallback
+from dspy.utils.usage_tracker import UsageTracker
+
+__all__ = [
+    "Usage",
+    "UsageMeter",
+    "format_usage",
+    "labelled_usage_of",
+    "litellm_cost",
+    "meter",
+    "meters_of",
+    "usage_label",
+    "usage_of",
+]
+
+_LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("csc_usage_label", default=None)
+
+
+@dataclass
+class Usage:
+    """Usage totals of a set of LM calls (see the module docstring for what each field means)."""
+
+    calls: int = 0
+    cached_calls: int = 0
+    failed_calls: int = 0
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    lm_seconds: float = 0.0
+    cost_usd: float | None = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        """Prompt plus completion tokens."""
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        out = Usage()
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            setattr(out, f.name, None if a is None or b is None else a + b)
+        return out
+
+    def __sub__(self, other: Usage) -> Usage:
+        out = Usage()
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            setattr(out, f.name, None if a is None or b is None else a - b)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, times and cost rounded."""
+        data = asdict(self)
+        data["lm_seconds"] = round(self.lm_seconds, 3)
+        data["cost_usd"] = None if self.cost_usd is None else round(self.cost_usd, 6)
+        data["total_tokens"] = self.total_tokens
+        return data
+
+
+class _CallTracker(UsageTracker):
+    """Collects the usage DSPy reports for one call and forwards it to the enclosing tracker."""
+
+    def __init__(self, parent: Any) -> None:
+        super().__init__()
+        self.parent = parent
+        self.entries: list[dict[str, Any]] = []
+
+    def add_usage(self, lm: str, usage_entry: dict[str, Any]) -> None:
+        flat = self._flatten_usage_entry(dict(usage_entry or {}))
+        self.entries.append(flat)
+        if self.parent is not None:
+            self.parent.add_usage(lm, usage_entry)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> UsageTracker:
+        # A ParallelExecutor started inside an LM call would copy it: give it a plain tracker.
+        return UsageTracker()
+
+
+@dataclass
+class _OpenCall:
+    token: contextvars.Token | None
+    tracker: _CallTracker
+    start: float
+    model: str
+    label: str | None
+
+
+class UsageMeter(BaseCallback):
+    """Counts the calls of the LM(s) it is attached to; thread-safe. See :func:`meter`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[str, str | None], Usage] = {}
+        self._open: dict[str, _OpenCall] = {}
+
+    # -------------------------------------------------------------- DSPy callback hooks
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        """Install a per-call tracker for the duration of this call (same thread and context)."""
+        tracker = _CallTracker(settings.usage_tracker)
+        token = thread_local_overrides.set(
+            dotdict({**thread_local_overrides.get(), "usage_tracker": tracker})
+        )
+        start = time.perf_counter()
+        call = _OpenCall(token, tracker, start, str(getattr(instance, "model", "")), _LABEL.get())
+        with self._lock:
+            self._open[call_id] = call
+
+    def on_lm_end(
+        self, call_id: str, outputs: Any | None, exception: Exception | None = None
+    ) -> None:
+        """Add the call's reported usage to the totals."""
+        end = time.perf_counter()
+        with self._lock:
+            call = self._open.pop(call_id, None)
+        if call is None:
+            return
+        if call.token is not None:
+            # ValueError: a different context (should not happen); leave it be.
+            with contextlib.suppress(ValueError):
+                thread_local_overrides.reset(call.token)
+        usage = Usage(lm_seconds=end - call.start)
+        if exception is not None:
+            usage.failed_calls = 1
+        elif call.tracker.entries:
+            usage.calls = 1
+        else:
+            usage.cached_calls = 1  # DSPy reports no usage for a response from its cache
+        for entry in call.tracker.entries:
+            usage.prompt_tokens += _int(entry.get("prompt_tokens"))
+            usage.completion_tokens += _int(entry.get("completion_tokens"))
+            details = entry.get("prompt_tokens_details") or {}
+            if isinstance(details, dict):
+                usage.cached_prompt_tokens += _int(details.get("cached_tokens"))
+        key = (call.model, call.label)
+        with self._lock:
+            self._totals[key] = self._totals.get(key, Usage()) + usage
+
+    # -------------------------------------------------------------- reading
+    def by_model(self) -> dict[str, Usage]:
+        """Totals per model name."""
+        out: dict[str, Usage] = {}
+        with self._lock:
+            items = list(self._totals.items())
+        for (model, _), usage in items:
+            out[model] = out.get(model, Usage()) + usage
+        return out
+
+    def by_label(self) -> dict[str | None, Usage]:
+        """Totals per :func:`usage_label` (``None``: calls made outside any label)."""
+        out: dict[str | None, Usage] = {}
+        with self._lock:
+            items = list(self._totals.items())
+        for (_, label), usage in items:
+            out[label] = out.get(label, Usage()) + usage
+        return out
+
+    def total(self) -> Usage:
+        """All calls so far, priced where LiteLLM knows the model."""
+        total = Usage()
+        for model, usage in self.by_model().items():
+            usage.cost_usd = litellm_cost(model, usage)
+            total = total + usage
+        return total
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def litellm_cost(model: str, usage: Usage) -> float | None:
+    """Price ``usage`` with LiteLLM's model table; None when it does not know the model."""
+    if usage.prompt_tokens == 0 and usage.completion_tokens == 0:
+        return 0.0
+    provider = model.split("/", 1)[0] if "/" in model else ""
+    if not provider or provider in ("local", "finetuned", "dummy"):
+        return None  # the embedded engine and test fakes have no price
+    if "litellm" not in sys.modules:
+        # LiteLLM's bundled price table; never fetch one over the network for a report.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # LiteLLM prints to stdout on misses
+            prompt, completion = litellm.cost_per_token(
+                model=model,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                cache_read_input_tokens=usage.cached_prompt_tokens,
+            )
+    except Exception:
+        return None
+    return float(prompt) + float(completion)
+
+
+# ---------------------------------------------------------------------------- attaching
+def meter(lm: Any) -> Any:
+    """Attach a :class:`UsageMeter` to ``lm`` (once) and return ``lm``."""
+    if lm is None:
+        return lm
+    callbacks = getattr(lm, "callbacks", None)
+    if callbacks is None:
+        lm.callbacks = callbacks = []
+    if not any(isinstance(cb, UsageMeter) for cb in callbacks):
+        callbacks.append(UsageMeter())
+    return lm
+
+
+def meters_of(lms: Iterable[Any]) -> list[UsageMeter]:
+    """The distinct meters of some LMs (attaching one where missing); shared LMs count once."""
+    seen: dict[int, UsageMeter] = {}
+    for lm in lms:
+        if lm is None:
+            continue
+        meter(lm)
+        for cb in lm.callbacks:
+            if isinstance(cb, UsageMeter):
+                seen.setdefault(id(cb), cb)
+    return list(seen.values())
+
+
+def usage_of(*lms: Any) -> Usage:
+    """Total usage so far of these LMs (an LM shared by several roles counts once)."""
+    total = Usage()
+    for m in meters_of(lms):
+        total = total + m.total()
+    return total
+
+
+def labelled_usage_of(*lms: Any) -> dict[str | None, Usage]:
+    """Usage so far per :func:`usage_label` over these LMs."""
+    out: dict[str | None, Usage] = {}
+    for m in meters_of(lms):
+        for label, usage in m.by_label().items():
+            out[label] = out.get(label, Usage()) + usage
+    return out
+
+
+@contextlib.contextmanager
+def usage_label(label: str | None) -> Iterator[None]:
+    """Calls made (in this thread/context) inside the block are counted under ``label``."""
+    token = _LABEL.set(label)
+    try:
+        yield
+    finally:
+        _LABEL.reset(token)
+
+
+def format_usage(usage: Usage) -> str:
+    """One line for the console: calls, tokens, cached share, time and cost."""
+    parts = [f"LM calls: {usage.calls}"]
+    if usage.cached_calls:
+        parts[0] += f" (+{usage.cached_calls} answered from the DSPy cache)"
+    if usage.failed_calls:
+        parts[0] += f" (+{usage.failed_calls} failed)"
+    tokens = f"tokens: {usage.prompt_tokens} prompt"
+    if usage.cached_prompt_tokens:
+        tokens += f" (of which {usage.cached_prompt_tokens} cached)"
+    tokens += f" + {usage.completion_tokens} completion"
+    parts.append(tokens)
+    parts.append(f"{usage.lm_seconds:.1f} s in LM calls")
+    parts.append("cost unknown" if usage.cost_usd is None else f"cost ${usage.cost_usd:.4f}")
+    return "; ".join(parts)
