@@ -12,6 +12,7 @@ from viewer_fixtures import CRITERIA, make_run_folder
 
 from csc.cli import app
 from csc.data.io import read_dialogues
+from csc.dialogue import Speaker
 from csc.eval.review import ReviewError, cohen_kappa, load_review
 
 runner = CliRunner()
@@ -144,12 +145,14 @@ def test_evaluate_and_compare_write_report_html(tmp_path, monkeypatch):
     from test_viewer_page import page_data
 
     monkeypatch.setattr("csc.lm.build_lm", _fake_lm)
+    first = next(iter(read_dialogues(SAMPLE)))
+    n_turns = sum(t.speaker == Speaker.SUPPORTER for t in first.turns)  # --limit 1 = one dialogue
     out = tmp_path / "cmp"
     res = runner.invoke(
         app,
         [
             "compare", "--data", str(SAMPLE), "--lm", "fake/model", "--supporter", "zs=zero-shot",
-            "--supporter", "direct=direct", "--context", "both", "--limit", "4",
+            "--supporter", "direct=direct", "--context", "both", "--limit", "1",
             "--no-bertscore", "--num-threads", "1", "--out", str(out),
         ],
     )  # fmt: skip
@@ -158,7 +161,8 @@ def test_evaluate_and_compare_write_report_html(tmp_path, monkeypatch):
     assert data["meta"]["kind"] == "compare" and data["supporters"] == ["zs", "direct"]
     assert data["contexts"] == ["reference", "generated"]
     scored = [rows for item in data["items"] for rows in item["p"]["reference"].values()]
-    assert sum(len(r) for r in scored) == 8  # 4 turns x 2 supporters, side by side
+    # --limit counts dialogues: every supporter turn of the first one, 2 supporters side by side
+    assert sum(len(r) for r in scored) == 2 * n_turns
     assert all(len(item["u"]) > 1 for item in data["items"])  # histories from the data file
     assert data["report"]["tables"][0]["rows"] and data["report"]["images"]
     assert (out / "supporters" / "zs" / "report.html").is_file()
@@ -167,7 +171,7 @@ def test_evaluate_and_compare_write_report_html(tmp_path, monkeypatch):
         app,
         [
             "evaluate", "--data", str(SAMPLE), "--lm", "fake/model", "--context", "ref",
-            "--limit", "3", "--no-bertscore", "--num-threads", "1", "--out", str(tmp_path / "ev"),
+            "--limit", "1", "--no-bertscore", "--num-threads", "1", "--out", str(tmp_path / "ev"),
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -176,4 +180,4 @@ def test_evaluate_and_compare_write_report_html(tmp_path, monkeypatch):
     marks = [
         r[3] for item in data["items"] for rows in item["p"]["reference"].values() for r in rows
     ]
-    assert len(marks) == 3 and all(m in (True, False) for m in marks)
+    assert len(marks) == n_turns and all(m in (True, False) for m in marks)
