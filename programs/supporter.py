@@ -32,6 +32,7 @@ from csc.signatures.types import DialogueHistory
 
 __all__ = [
     "DirectSupporter",
+    "StrategyLabeler",
     "StrategyPredictor",
     "Supporter",
     "completion_content",
@@ -140,6 +141,28 @@ class DirectSupporter(_SupporterModule):
         response = str(self.responder(history=hist).response).strip()
         label = self.labeler(history=hist, response=response).strategy
         return dspy.Prediction(strategy=self._code(label), response=response)
+
+
+class StrategyLabeler(_SupporterModule):
+    """Labels a supporter reply, given the conversation before it, with the strategy it carries
+    out (history + reply -> strategy). ``csc rewrite`` uses it to measure strategy utilization
+    and adherence; ``csc optimize --program labeler`` compiles it against strategy accuracy."""
+
+    kind = "labeler"
+
+    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
+        super().__init__(framework, language)
+        self.labeler = dspy.Predict(strategy_labeling_signature(self.framework, language))
+
+    def forward(
+        self, history: HistoryLike, response: str, config: dict[str, Any] | None = None
+    ) -> dspy.Prediction:
+        """Return ``Prediction(strategy=code)`` for ``response`` after ``history``; ``config``
+        (rollout id, temperature, max_tokens) goes with the LM call."""
+        out = self.labeler(
+            history=as_history(history, self.language), response=response, config=config or {}
+        )
+        return dspy.Prediction(strategy=self._code(out.strategy))
 
 
 # ---------------------------------------------------------------------------- prompt export
