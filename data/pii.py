@@ -128,7 +128,7 @@ _LONG_NUMBER = re.compile(
 )
 
 _EN_NAME_CUE = re.compile(
-    r"(?:(?:my name is|my name's|this is|i am|i'm|name:|speaking with|account holder is|"
+    r"(?:(?i:my name is|my name's|this is|i am|i'm|name:|speaking with|account holder is|"
     r"registered to|under the name(?: of)?)\s+|(?:Mr|Mrs|Ms|Miss|Dr)\.?\s+)"
     r"(?P<value>[A-Z][a-z]+(?:[ \-][A-Z][a-z]+){0,2})"
 )
@@ -355,15 +355,27 @@ class PiiRedactor:
             stages.append((pii_type, getattr(self, f"_find_{pii_type}")))
         return stages
 
-    def find(self, text: str, language: str = "en") -> list[Mention]:
-        """All non-overlapping mentions in ``text``, in order (earlier types win overlaps)."""
+    def find(
+        self, text: str, language: str = "en", known_names: Iterable[str] = ()
+    ) -> list[Mention]:
+        """All non-overlapping mentions in ``text``, in order (earlier types win overlaps).
+
+        ``known_names``: names found elsewhere in the same dialogue (see
+        :meth:`names_in`), redacted wherever they occur again ("Thanks Emily")."""
         found: list[Mention] = []
         taken = [False] * len(text)
         # Placeholders already in the text are never re-matched.
         for m in _PLACEHOLDER.finditer(text):
             for i in range(m.start(), m.end()):
                 taken[i] = True
-        for pii_type, finder in self._stages():
+        stages = self._stages()
+        names = sorted({n for n in known_names if n}, key=len, reverse=True)
+        if names and "person" in self.types:
+            pattern = re.compile(
+                "|".join(rf"(?<![A-Za-z]){re.escape(n)}(?![A-Za-z])" for n in names)
+            )
+            stages.insert(0, ("person", lambda t, _lang: (m.span() for m in pattern.finditer(t))))
+        for pii_type, finder in stages:
             for start, end in finder(text, language):
                 start, end = _trim(text, start, end)
                 if end <= start or any(taken[start:end]):
@@ -374,9 +386,25 @@ class PiiRedactor:
         found.sort(key=lambda m: m.start)
         return found
 
-    def redact(self, text: str, language: str = "en") -> Redaction:
+    def names_in(self, texts: Iterable[str], language: str = "en") -> set[str]:
+        """The person names found in ``texts`` and, for Western names, each part of three or
+        more letters, so a later first-name-only mention is caught too."""
+        names: set[str] = set()
+        if "person" not in self.types:
+            return names
+        for text in texts:
+            for m in self.find(text, language):
+                if m.type != "person":
+                    continue
+                names.add(m.value)
+                names.update(p for p in re.split(r"[ \-]", m.value) if len(p) >= 3 and p.isascii())
+        return names
+
+    def redact(
+        self, text: str, language: str = "en", known_names: Iterable[str] = ()
+    ) -> Redaction:
         """``text`` with every mention replaced by its type's placeholder."""
-        mentions = self.find(text, language)
+        mentions = self.find(text, language, known_names)
         table = self.placeholders.get(language, self.placeholders["en"])
         parts, pos = [], 0
         for m in mentions:
@@ -386,16 +414,20 @@ class PiiRedactor:
         parts.append(text[pos:])
         return Redaction("".join(parts), Counter(m.type for m in mentions))
 
-    def redact_value(self, value: Any, language: str, counts: Counter[str]) -> Any:
+    def redact_value(
+        self, value: Any, language: str, counts: Counter[str], known_names: Iterable[str] = ()
+    ) -> Any:
         """Redact every string inside a JSON-like value (metadata), adding to ``counts``."""
         if isinstance(value, str):
-            red = self.redact(value, language)
+            red = self.redact(value, language, known_names)
             counts.update(red.counts)
             return red.text
         if isinstance(value, Mapping):
-            return {k: self.redact_value(v, language, counts) for k, v in value.items()}
+            return {
+                k: self.redact_value(v, language, counts, known_names) for k, v in value.items()
+            }
         if isinstance(value, (list, tuple)):
-            return [self.redact_value(v, language, counts) for v in value]
+            return [self.redact_value(v, language, counts, known_names) for v in value]
         return value
 
     # ------------------------------------------------------------------ recognizers

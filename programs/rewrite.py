@@ -295,9 +295,11 @@ class RewritePipeline(dspy.Module):
         if self.redactor is None:
             return dialogue, counts
         r = self.redactor
+        # Names found anywhere in the dialogue are redacted everywhere ("Thanks Emily").
+        names = r.names_in((t.text for t in dialogue.turns), self.language)
 
         def red(value: Any) -> Any:
-            return r.redact_value(value, self.language, counts)
+            return r.redact_value(value, self.language, counts, names)
 
         turns = [
             t.model_copy(update={"text": red(t.text), "metadata": red(t.metadata)})
