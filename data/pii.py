@@ -400,9 +400,7 @@ class PiiRedactor:
                 names.update(p for p in re.split(r"[ \-]", m.value) if len(p) >= 3 and p.isascii())
         return names
 
-    def redact(
-        self, text: str, language: str = "en", known_names: Iterable[str] = ()
-    ) -> Redaction:
+    def redact(self, text: str, language: str = "en", known_names: Iterable[str] = ()) -> Redaction:
         """``text`` with every mention replaced by its type's placeholder."""
         mentions = self.find(text, language, known_names)
         table = self.placeholders.get(language, self.placeholders["en"])
