@@ -53,7 +53,7 @@ def test_kept_dialogue_is_labelled_alternating_and_notes_are_stripped():
 
 def test_rule_drop_makes_no_lm_call():
     script = RewriteScript()
-    dropped = [d for d in raw("en") if d.id == "EN-1003"][0]
+    dropped = next(d for d in raw("en") if d.id == "EN-1003")
     pred = pipeline(script)(dropped)
     assert (pred.outcome, pred.stage, pred.reason) == ("dropped", "rules", "short_customer_turns")
     assert script.calls == []
