@@ -147,15 +147,16 @@ class DialogueRewriter(dspy.Module):
             config=config or {},
         )
         turns, stripped = [], 0
-        for raw in pred.turns or []:
+        for raw in pred.exchanges or []:
             item = raw.model_dump() if hasattr(raw, "model_dump") else dict(raw)
-            text, n = strip_trailing_notes(str(item.get("text") or ""))
-            stripped += n
-            if not text:
-                continue
-            speaker = Speaker(item["speaker"])
-            code = item.get("strategy") if speaker is Speaker.SUPPORTER else None
-            turns.append(Turn(speaker=speaker, text=text, strategy=code or None))
+            customer, n = strip_trailing_notes(str(item.get("customer") or ""))
+            supporter, m = strip_trailing_notes(str(item.get("supporter") or ""))
+            stripped += n + m
+            if customer:  # empty only when the supporter opens (checked by the post-filter)
+                turns.append(Turn(speaker=Speaker.CUSTOMER, text=customer))
+            if supporter:
+                code = str(item.get("strategy") or "").strip()
+                turns.append(Turn(speaker=Speaker.SUPPORTER, text=supporter, strategy=code or None))
         rewritten = dialogue.model_copy(update={"turns": turns})
         return dspy.Prediction(dialogue=rewritten, notes_stripped=stripped)
 

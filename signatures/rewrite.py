@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -23,23 +22,26 @@ __all__ = [
     "PREFILTER_CRITERIA",
     "ConductScreen",
     "DialogueRewrite",
+    "Exchange",
     "RewriteJudge",
     "RewriteSignatures",
-    "RewrittenTurn",
     "rewrite_signatures",
 ]
 
 
-class RewrittenTurn(BaseModel):
-    """One turn of a rewritten dialogue (template; the strategy is typed per framework)."""
+class Exchange(BaseModel):
+    """One exchange of a rewritten dialogue: a customer message and the supporter's reply with
+    the code of the strategy it carries out (template; the strategy is typed per framework).
+
+    Exchanges make the output alternate by construction and put a strategy on every supporter
+    turn, for any LM (with the embedded engine, constrained decoding enforces the shape). A
+    dialogue that opens with the supporter has an empty ``customer`` in its first exchange."""
 
     model_config = ConfigDict(extra="forbid")
 
-    speaker: Literal["supporter", "customer"]
-    text: str
-    strategy: str | None = Field(
-        None, description="strategy code of a supporter turn; null for the customer"
-    )
+    customer: str = Field(description="the customer's message; empty only when the supporter opens")
+    supporter: str = Field(description="the supporter's reply")
+    strategy: str = Field(description="the strategy code of the supporter's reply")
 
 
 class ConductScreen(dspy.Signature):
@@ -62,20 +64,21 @@ class DialogueRewrite(dspy.Signature):
     """You rewrite a real customer-support dialogue into a model dialogue that follows the
     support-strategy framework below. Keep the original meaning, facts and the customer's intent;
     keep every placeholder such as [Phone number] or [Order number] exactly as written and never
-    invent personal data. Every supporter turn carries out exactly one strategy and is labelled
-    with its code. Speakers strictly alternate between customer and supporter; merge or split
-    messages as needed, and recreate customer turns where needed so that they fit the customer
-    and the flow. Open with a greeting and end with a proper closing when the framework has
-    them. Drop system messages, transfers and third parties. Do not add notes, comments or
-    explanations in parentheses after the turns."""
+    invent personal data. Write the dialogue as exchanges: a customer message, then the supporter's
+    reply, which carries out exactly one strategy and is labelled with its code. When the
+    supporter opens the conversation, the first exchange has an empty customer message. Merge or
+    split messages as needed, and recreate customer messages where needed so that they fit the
+    customer and the flow. Open with a greeting and end with the supporter's proper closing when
+    the framework has them. Drop system messages, transfers and third parties. Do not add notes,
+    comments or explanations in parentheses after the turns."""
 
     dialogue: DialogueHistory = dspy.InputField(
         desc="the original dialogue, personal data redacted"
     )
     strategy_definitions: str = dspy.InputField(desc="the stages and strategies of the framework")
-    turns: list[RewrittenTurn] = dspy.OutputField(
-        desc="the rewritten dialogue, turn by turn; supporter turns carry a strategy code, "
-        "customer turns null"
+    exchanges: list[Exchange] = dspy.OutputField(
+        desc="the rewritten dialogue as customer message -> supporter reply (strategy code) "
+        "exchanges, in order"
     )
 
 
@@ -112,9 +115,10 @@ _ZH_INSTRUCTIONS: dict[str, str] = {
     ),
     "DialogueRewrite": (
         "你把一段真实的客服对话改写成符合下列服务策略框架的示范对话。保留原意、事实和客户的意图；"
-        "[电话号码]、[订单号]等占位符原样保留，绝不编造个人信息。每句客服回复只执行一个策略，"
-        "并标注其代码。客户与客服严格轮流发言；可按需合并或拆分消息，必要时重新创作客户的话，"
-        "使其符合客户身份和对话走向。框架有问候和结束策略时，以问候开场、以恰当的告别结束。"
+        "[电话号码]、[订单号]等占位符原样保留，绝不编造个人信息。对话按“客户消息 -> 客服回复”"
+        "的轮次写出，每句客服回复只执行一个策略，并标注其代码；由客服开场时，第一轮的客户消息为空。"
+        "可按需合并或拆分消息，必要时重新创作客户的话，使其符合客户身份和对话走向。"
+        "框架有问候和结束策略时，以问候开场、以客服恰当的告别结束。"
         "去掉系统消息、转接提示和第三方。不要在对话后添加括号注释或说明。"
     ),
     "RewriteJudge": (
@@ -132,7 +136,7 @@ _ZH_FIELD_DESCS: dict[str, str] = {
     "abusive_language": "有人使用辱骂性语言时为 true",
     "disrespectful_agent": "客服不耐烦或不尊重时为 true",
     "strategy_definitions": "框架的阶段与策略",
-    "turns": "改写后的对话，逐轮给出；客服轮次带策略代码，客户轮次为 null",
+    "exchanges": "改写后的对话，按“客户消息 -> 客服回复（策略代码）”的轮次依次给出",
 }
 
 
@@ -143,7 +147,7 @@ class RewriteSignatures:
     prefilter: type[dspy.Signature]
     rewriter: type[dspy.Signature]
     judge: type[dspy.Signature]
-    turn_model: type[BaseModel]
+    exchange_model: type[BaseModel]
 
 
 def _localize(sig: type[dspy.Signature], name: str, language: Language) -> type[dspy.Signature]:
@@ -161,32 +165,30 @@ def _localize(sig: type[dspy.Signature], name: str, language: Language) -> type[
     return sig
 
 
-def turn_model(framework: Framework) -> type[BaseModel]:
-    """:class:`RewrittenTurn` with ``strategy`` typed by the framework's codes, so a parse (or
-    the embedded engine's constrained decoding) only admits valid strategies."""
+def exchange_model(framework: Framework) -> type[BaseModel]:
+    """:class:`Exchange` with ``strategy`` typed by the framework's codes, so a parse (or the
+    embedded engine's constrained decoding) only admits valid strategies."""
+    fields = Exchange.model_fields
     return create_model(
-        "RewrittenTurn",
+        "Exchange",
         __config__=ConfigDict(extra="forbid"),
-        __doc__="One turn of a rewritten dialogue.",
-        speaker=(Literal["supporter", "customer"], ...),
-        text=(str, ...),
-        strategy=(
-            framework.strategy_literal | None,  # type: ignore[operator]
-            Field(None, description="strategy code of a supporter turn; null for the customer"),
-        ),
+        __doc__="A customer message and the supporter's reply with its strategy code.",
+        customer=(str, Field(description=fields["customer"].description)),
+        supporter=(str, Field(description=fields["supporter"].description)),
+        strategy=(framework.strategy_literal, Field(description=fields["strategy"].description)),
     )
 
 
 @lru_cache(maxsize=16)
 def _build(framework: Framework, language: Language) -> RewriteSignatures:
-    model = turn_model(framework)
+    model = exchange_model(framework)
     rewriter = _localize(DialogueRewrite, "DialogueRewrite", language)
-    rewriter = rewriter.with_updated_fields("turns", type_=list[model])  # type: ignore[valid-type]
+    rewriter = rewriter.with_updated_fields("exchanges", type_=list[model])  # type: ignore[valid-type]
     return RewriteSignatures(
         prefilter=_localize(ConductScreen, "ConductScreen", language),
         rewriter=rewriter,
         judge=_localize(RewriteJudge, "RewriteJudge", language),
-        turn_model=model,
+        exchange_model=model,
     )
 
 

@@ -58,19 +58,17 @@ def role_of(messages: list[dict[str, Any]]) -> str:
 
 
 def alternating(n: int, codes=("GT", "IV", "PR", "PS", "ID", "RI", "FR", "AC")) -> list[dict]:
-    turns = []
-    for i in range(n):
-        if i % 2 == 0:
-            turns.append(
-                {
-                    "speaker": "supporter",
-                    "text": f"Reply {i} (Note: rewritten for clarity)",
-                    "strategy": codes[(i // 2) % len(codes)],
-                }
-            )
-        else:
-            turns.append({"speaker": "customer", "text": f"Customer says {i}", "strategy": None})
-    return turns
+    """Exchanges making ``n`` turns that open with the supporter (first customer message empty)."""
+    exchanges = []
+    for i in range(0, n, 2):
+        exchanges.append(
+            {
+                "customer": "" if i == 0 else f"Customer says {i - 1}",
+                "supporter": f"Reply {i} (Note: rewritten for clarity)",
+                "strategy": codes[(i // 2) % len(codes)],
+            }
+        )
+    return exchanges
 
 
 class RewriteScript:
@@ -113,7 +111,7 @@ class RewriteScript:
         if role == "rewriter":
             if self.raw is not None:
                 return self.raw
-            return {"turns": alternating(self.turns)}
+            return {"exchanges": alternating(self.turns)}
         if role == "judge":
             out = {}
             for c in ("complete_ending", "strategy_adherence", "no_noise"):

@@ -23,8 +23,14 @@ def test_malformed_record_names_file_record_and_field(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(bad))
     result = rewrite(
-        "--data", str(path), "--mapping", str(FIXTURES / "raw_en.mapping.yaml"),
-        "--out", str(tmp_path / "out"), "--lm", "local",
+        "--data",
+        str(path),
+        "--mapping",
+        str(FIXTURES / "raw_en.mapping.yaml"),
+        "--out",
+        str(tmp_path / "out"),
+        "--lm",
+        "local",
     )
     assert result.exit_code == 1
     assert "bad.json: record 2, field 'log[2].body': missing field" in result.output
@@ -36,15 +42,25 @@ def test_unknown_speaker_and_missing_mapping(tmp_path):
     result = rewrite("--data", str(FIXTURES / "raw_en.json"), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1 and "raw_en.json" in result.output
     result = rewrite(
-        "--data", str(FIXTURES / "raw_en.json"), "--mapping", str(FIXTURES / "raw_zh.mapping.yaml"),
-        "--out", str(tmp_path / "o"),
+        "--data",
+        str(FIXTURES / "raw_en.json"),
+        "--mapping",
+        str(FIXTURES / "raw_zh.mapping.yaml"),
+        "--out",
+        str(tmp_path / "o"),
     )
     assert result.exit_code == 1 and "record 1, field 'messages'" in result.output
 
 
 def test_bad_options_fail_cleanly(tmp_path):
-    common = ["--data", str(FIXTURES / "raw_en.json"), "--mapping",
-              str(FIXTURES / "raw_en.mapping.yaml"), "--out", str(tmp_path / "o")]
+    common = [
+        "--data",
+        str(FIXTURES / "raw_en.json"),
+        "--mapping",
+        str(FIXTURES / "raw_en.mapping.yaml"),
+        "--out",
+        str(tmp_path / "o"),
+    ]
     result = rewrite(*common, "--to", "csv")
     assert result.exit_code == 1 and "--to must be jsonl or dianjin" in result.output
     result = rewrite(*common, "--format", "csv")  # the hidden alias the issue names
@@ -61,7 +77,18 @@ def test_bad_options_fail_cleanly(tmp_path):
 
 def test_help_lists_the_vocabulary():
     out = runner.invoke(app, ["rewrite", "--help"], env={"COLUMNS": "200"}).output
-    for flag in ("--data", "--from", "--to", "--lang", "--concurrency", "--limit", "--lm",
-                 "--lm-rewriter", "--mapping", "--labeler", "--recipe"):
+    for flag in (
+        "--data",
+        "--from",
+        "--to",
+        "--lang",
+        "--concurrency",
+        "--limit",
+        "--lm",
+        "--lm-rewriter",
+        "--mapping",
+        "--labeler",
+        "--recipe",
+    ):
         assert flag in out
     assert "--format" not in out

@@ -56,9 +56,7 @@ def test_sigkill_then_rerun_accounts_for_every_dialogue_once(tmp_path):
     script.write_text(SCRIPT.format(here=str(HERE)))
     out = tmp_path / "out"
     kept = out / "dialogues.jsonl"
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(out), "0.05"], start_new_session=True
-    )
+    proc = subprocess.Popen([sys.executable, str(script), str(out), "0.05"], start_new_session=True)
     try:
         deadline = time.time() + 90
         while len(lines(kept)) < 2 and time.time() < deadline and proc.poll() is None:
