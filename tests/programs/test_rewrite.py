@@ -173,3 +173,15 @@ def test_a_changed_configuration_is_refused(tmp_path):
 
 def test_dspy_settings_are_untouched():
     assert dspy.settings.lm is None
+
+
+@pytest.mark.parametrize("fmt", ["dianjin", "jsonl", "hf"])
+def test_every_input_format_csc_data_reads(tmp_path, fmt):
+    from csc.data.io import write_dialogues
+
+    path = tmp_path / {"dianjin": "raw.json", "jsonl": "raw.jsonl", "hf": "raw_ds"}[fmt]
+    write_dialogues(raw("zh"), path, fmt)
+    dialogues = list(read_dialogues(path, allow_unlabelled=True))
+    assert len(dialogues) == 6
+    summary = make_run(tmp_path / "out", RewriteScript(), "zh").run(dialogues, progress=False)
+    assert summary["counts"]["kept"] == 3
