@@ -185,3 +185,27 @@ def test_every_input_format_csc_data_reads(tmp_path, fmt):
     assert len(dialogues) == 6
     summary = make_run(tmp_path / "out", RewriteScript(), "zh").run(dialogues, progress=False)
     assert summary["counts"]["kept"] == 3
+
+
+def test_labeler_is_optimizable_saved_and_used_by_the_pipeline(tmp_path):
+    from csc.eval.examples import supporter_examples
+    from csc.optimizers import load_program, optimize_program, save_program
+    from csc.programs.supporter import StrategyLabeler
+
+    samples = list(
+        read_dialogues(Path(__file__).resolve().parents[2] / "data/samples/sample_en.json")
+    )
+    examples = supporter_examples(samples, language="en")[:6]
+    script = RewriteScript(label="GT")
+    result = optimize_program(
+        "labeler", examples, examples, optimizer="bootstrap", lm=lm(script), num_threads=1
+    )
+    assert isinstance(result.program, StrategyLabeler)
+    # The labeler reads the gold reply: every call's prompt carries a response field.
+    assert script.calls and set(script.calls) == {"labeler"}
+    assert any("[[ ## response ## ]]" in p for p in script.prompts)
+    path = save_program(result.program, tmp_path / "labeler.json", result.metadata)
+    loaded, meta = load_program(path)
+    assert meta["kind"] == "labeler" and isinstance(loaded, StrategyLabeler)
+    pred = pipeline(RewriteScript(label="EM"), labeler=loaded)(raw("en")[0])
+    assert pred.dialogue.metadata["utilization"]["after"]["labels"][0] == "EM"
