@@ -54,7 +54,7 @@ REWRITE_ROLES: tuple[str, ...] = ("prefilter", "rewriter", "judge", "labeler")
 
 EMBEDDED_TOKEN_BUDGETS: dict[str, int] = {
     "prefilter": 80,
-    "rewriter": 1600,
+    "rewriter": 700,
     "judge": 200,
     "labeler": 16,
 }
