@@ -40,7 +40,7 @@ class Exchange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     customer: str = Field(description="the customer's message; empty only when the supporter opens")
-    supporter: str = Field(description="the supporter's reply")
+    supporter: str = Field(min_length=1, description="the supporter's reply")
     strategy: str = Field(description="the strategy code of the supporter's reply")
 
 
@@ -174,7 +174,7 @@ def exchange_model(framework: Framework) -> type[BaseModel]:
         __config__=ConfigDict(extra="forbid"),
         __doc__="A customer message and the supporter's reply with its strategy code.",
         customer=(str, Field(description=fields["customer"].description)),
-        supporter=(str, Field(description=fields["supporter"].description)),
+        supporter=(str, Field(min_length=1, description=fields["supporter"].description)),
         strategy=(framework.strategy_literal, Field(description=fields["strategy"].description)),
     )
 
