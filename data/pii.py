@@ -222,8 +222,25 @@ _ZH_NOT_NAMES = frozenset(
         "孔雀",
         "房东",
         "于是",
+        "白名单",
+        "黑名单",
+        "顾问",
+        "顾客",
+        "上周",
+        "上午",
+        "下午",
+        "高速",
+        "高级",
+        "常见",
+        "程度",
+        "石油",
+        "黄金",
+        "金卡",
+        "金融",
     ]
 )
+# jieba also tags phrases such as 谢谢你们 or 上周三 as names: plural and weekday endings.
+_ZH_NOT_NAME_PATTERN = re.compile(r"们$|周[一二三四五六日天末]|名单|客户|客服")
 _ZH_NAME_CUE = re.compile(
     r"(?:(?:我|他|她|老婆|老公|妻子|丈夫|爱人|孩子|儿子|女儿|朋友|同事)叫|我是|姓名[是为:：]?|名字[是叫:：]?|持卡人[是为:：]?|户主[是为:：]?|联系人[是为:：]?|收件人[是为:：]?)"
     r"\s*(?P<value>[\u4e00-\u9fa5]{2,3})(?=[，,。！!？?\s]|先生|女士|小姐|$)"
@@ -536,6 +553,7 @@ def _jieba_names(text: str, lock: threading.Lock) -> Iterable[tuple[int, int]]:
             and 2 <= len(w.word) <= 4
             and w.word[0] in _ZH_SURNAMES
             and w.word not in _ZH_NOT_NAMES
+            and not _ZH_NOT_NAME_PATTERN.search(w.word)
         ):
             yield start, pos
 
