@@ -41,6 +41,8 @@ ROLES: tuple[str, ...] = (
     "customer",
     "judge",
     "rewriter",
+    "prefilter",
+    "labeler",
 )
 DEFAULT_LM = "local"
 CONFIG_FILES = ("csc.toml", "csc.yaml", "csc.yml")

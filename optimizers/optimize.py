@@ -45,7 +45,7 @@ __all__ = [
     "project_lm_calls",
 ]
 
-ProgramKind = Literal["strategy", "supporter"]
+ProgramKind = Literal["strategy", "supporter", "labeler"]
 OptimizerName = Literal["bootstrap", "mipro", "gepa"]
 Budget = Literal["light", "medium", "heavy"]
 MetricName = Literal["acc", "acc+bertscore"]
@@ -238,8 +238,8 @@ def optimize_program(
         program = kind
         kind_name = getattr(program, "kind", type(program).__name__)
     else:
-        if kind not in ("strategy", "supporter"):
-            raise ValueError(f"unknown program {kind!r}; use strategy or supporter")
+        if kind not in ("strategy", "supporter", "labeler"):
+            raise ValueError(f"unknown program {kind!r}; use strategy, supporter or labeler")
         program = PROGRAM_KINDS[kind](fw, language)
         kind_name = kind
     lm = lm or dspy.settings.lm
@@ -248,6 +248,9 @@ def optimize_program(
     prompt_lm = prompt_lm or lm
     trainset = [ex for ex in trainset if ex.get("strategy")]
     devset = [ex for ex in devset if ex.get("strategy")]
+    if kind_name == "labeler":  # the labeler reads the gold reply too: history + reply -> strategy
+        trainset = [ex.with_inputs("history", "response") for ex in trainset]
+        devset = [ex.with_inputs("history", "response") for ex in devset]
     if not trainset:
         raise ValueError("the training set has no supporter turns with a gold strategy")
     score_fn = build_metric(metric, fw, language)

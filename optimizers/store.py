@@ -16,7 +16,7 @@ from typing import Any
 import dspy
 
 from csc.framework import Framework
-from csc.programs.supporter import DirectSupporter, StrategyPredictor, Supporter
+from csc.programs.supporter import DirectSupporter, StrategyLabeler, StrategyPredictor, Supporter
 
 __all__ = ["PROGRAM_KINDS", "ProgramStoreError", "load_program", "save_program", "sidecar_path"]
 
@@ -24,6 +24,7 @@ PROGRAM_KINDS: dict[str, type[dspy.Module]] = {
     "strategy": StrategyPredictor,
     "supporter": Supporter,
     "direct": DirectSupporter,
+    "labeler": StrategyLabeler,
 }
 # Keys whose values must never reach a saved program (LiteLLM / provider credentials).
 _SECRET_KEY = re.compile(

@@ -32,6 +32,7 @@ from csc.signatures.types import DialogueHistory
 
 __all__ = [
     "DirectSupporter",
+    "StrategyLabeler",
     "StrategyPredictor",
     "Supporter",
     "completion_content",
@@ -147,6 +148,29 @@ class DirectSupporter(_SupporterModule):
         label = self.labeler(history=hist, response=response).strategy
         code, substituted = self._code(label)
         return dspy.Prediction(strategy=code, response=response, strategy_fallback=substituted)
+
+
+class StrategyLabeler(_SupporterModule):
+    """Labels a supporter reply, given the conversation before it, with the strategy it carries
+    out (history + reply -> strategy). ``csc rewrite`` uses it to measure strategy utilization
+    and adherence; ``csc optimize --program labeler`` compiles it against strategy accuracy."""
+
+    kind = "labeler"
+
+    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
+        super().__init__(framework, language)
+        self.labeler = dspy.Predict(strategy_labeling_signature(self.framework, language))
+
+    def forward(
+        self, history: HistoryLike, response: str, config: dict[str, Any] | None = None
+    ) -> dspy.Prediction:
+        """Return ``Prediction(strategy=code)`` for ``response`` after ``history``; ``config``
+        (rollout id, temperature, max_tokens) goes with the LM call."""
+        out = self.labeler(
+            history=as_history(history, self.language), response=response, config=config or {}
+        )
+        code, substituted = self._code(out.strategy)
+        return dspy.Prediction(strategy=code, strategy_fallback=substituted)
 
 
 # ---------------------------------------------------------------------------- prompt export

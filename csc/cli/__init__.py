@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "optimize",
     "profiles",
     "review",
+    "rewrite",
     "stats",
     "synthesize",
     "view",

@@ -21,7 +21,10 @@ def register(app: typer.Typer) -> None:
     @app.command("optimize")
     def optimize(
         program: str = typer.Option(
-            "strategy", "--program", help="strategy (strategy predictor) or supporter (both steps)."
+            "strategy",
+            "--program",
+            help="strategy (strategy predictor), supporter (both steps) or labeler (history + "
+            "reply -> strategy, for csc rewrite --labeler).",
         ),
         train: Path = typer.Option(..., "--train", help="Training dialogues (any csc format)."),
         dev: Path | None = typer.Option(
@@ -83,7 +86,7 @@ def register(app: typer.Typer) -> None:
         from csc.optimizers.store import ProgramStoreError, save_program, sidecar_path
 
         choices = {
-            "--program": (program, ("strategy", "supporter")),
+            "--program": (program, ("strategy", "supporter", "labeler")),
             "--optimizer": (optimizer, ("bootstrap", "mipro", "gepa")),
             "--budget": (budget, ("light", "medium", "heavy")),
             "--metric": (metric, ("acc", "acc+bertscore")),

@@ -1,0 +1,341 @@
+"""``csc rewrite``: raw support dialogues -> strategy-annotated ones (the CSConv pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+
+_RULE_FLAGS = {
+    "min_turns": "--min-turns",
+    "max_turns": "--max-turns",
+    "customer_ratio": "--customer-ratio",
+    "short_customer_chars": "--short-customer-chars",
+    "min_long_customer_share": "--min-long-customer-share",
+    "max_utterance_chars": "--max-utterance-chars",
+}
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``csc rewrite`` to the app."""
+
+    @app.command("rewrite")
+    def rewrite(
+        data: Path = typer.Option(..., "--data", help="Raw dialogues (any format csc data reads)."),
+        out: Path = typer.Option(..., "--out", help="Run folder (created; re-run to resume)."),
+        from_format: str | None = typer.Option(
+            None,
+            "--from",
+            help="Input format: dianjin, jsonl, hf or generic (default: from the path).",
+        ),
+        mapping: Path | None = typer.Option(
+            None, "--mapping", help="Mapping YAML for another corpus (implies --from generic)."
+        ),
+        to: str = typer.Option(
+            "jsonl",
+            "--to",
+            help="Also write kept dialogues as DianJin JSON (dianjin); jsonl is always written.",
+        ),
+        format_alias: str | None = typer.Option(None, "--format", hidden=True),
+        lang: str | None = typer.Option(
+            None, "--lang", help="en or zh (default: detected from the first dialogues)."
+        ),
+        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
+        limit: int | None = typer.Option(
+            None, "--limit", min=1, help="Read only the first N dialogues of the file."
+        ),
+        concurrency: int = typer.Option(
+            4, "--concurrency", "-c", min=1, help="Dialogues processed at the same time."
+        ),
+        lm: str | None = LMOption,
+        lm_prefilter: str | None = typer.Option(
+            None, "--lm-prefilter", help="LM of the LLM pre-filter."
+        ),
+        lm_rewriter: str | None = typer.Option(None, "--lm-rewriter", help="LM of the rewriter."),
+        lm_judge: str | None = typer.Option(
+            None, "--lm-judge", help="LM of the post-filter judge."
+        ),
+        lm_labeler: str | None = typer.Option(
+            None, "--lm-labeler", help="LM of the strategy labeler (utilization)."
+        ),
+        api_base: str | None = ApiBaseOption,
+        config: Path | None = ConfigOption,
+        temperature: float = typer.Option(
+            0.7, "--temperature", min=0.0, help="Sampling temperature."
+        ),
+        seed: int = typer.Option(0, "--seed", help="Run seed (sampling ids)."),
+        recipe: Path | None = typer.Option(
+            None,
+            "--recipe",
+            help="YAML with rule thresholds (keys: min_turns, max_turns, customer_ratio, "
+            "short_customer_chars, min_long_customer_share, max_utterance_chars, "
+            "system_patterns); flags win.",
+        ),
+        min_turns: int | None = typer.Option(
+            None, "--min-turns", help="Rule: at least N turns (3)."
+        ),
+        max_turns: int | None = typer.Option(
+            None, "--max-turns", help="Rule: at most N turns (30)."
+        ),
+        customer_ratio: float | None = typer.Option(
+            None, "--customer-ratio", help="Rule: drop when R x customer <= supporter turns (2)."
+        ),
+        short_customer_chars: int | None = typer.Option(
+            None, "--short-customer-chars", help="Rule: a customer turn of <= N chars is short (3)."
+        ),
+        min_long_customer_share: float | None = typer.Option(
+            None,
+            "--min-long-customer-share",
+            help="Rule: drop when fewer customer turns than this share are long (0.7).",
+        ),
+        max_utterance_chars: int | None = typer.Option(
+            None, "--max-utterance-chars", help="Rule: drop when a turn is longer (500)."
+        ),
+        min_utterances: int = typer.Option(
+            10, "--min-utterances", min=1, help="Post-filter: at least N rewritten utterances."
+        ),
+        max_utterances: int = typer.Option(
+            50, "--max-utterances", min=1, help="Post-filter: at most N rewritten utterances."
+        ),
+        no_redact: bool = typer.Option(
+            False, "--no-redact", help="Send raw text to the LMs (PII redaction off)."
+        ),
+        no_prefilter: bool = typer.Option(False, "--no-prefilter", help="Skip the LLM pre-filter."),
+        no_judge: bool = typer.Option(False, "--no-judge", help="Skip the post-filter judge."),
+        no_utilization: bool = typer.Option(
+            False, "--no-utilization", help="Skip labelling turns before/after (saves LM calls)."
+        ),
+        labeler: Path | None = typer.Option(
+            None,
+            "--labeler",
+            help="A saved labeler program (csc optimize --program labeler) for utilization.",
+        ),
+        turn_tokens: str = typer.Option(
+            "auto",
+            "--turn-tokens",
+            help="Completion-token limits per role: auto (embedded LMs only), none, or a number.",
+        ),
+        progress: bool = typer.Option(
+            True, "--progress/--no-progress", help="Show a progress bar."
+        ),
+    ) -> None:
+        """Rewrite raw support dialogues into strategy-annotated ones (CSConv pipeline).
+
+        Stages: clean + rule pre-filter -> PII redaction -> LLM pre-filter -> rewriter ->
+        post-filter (notes stripped, 10-50 utterances, LLM judge) -> utilization before/after.
+        Results stream to OUT/dialogues.jsonl (rejected.jsonl, dropped.jsonl, failures.jsonl,
+        summary.json); re-running the same command resumes.
+        """
+        import yaml
+
+        from csc.data.errors import DataFormatError
+        from csc.data.io import read_dialogues
+        from csc.framework import Framework, FrameworkError
+        from csc.lm import LMConfigError, lm_for_role, lm_name, split_scheme
+        from csc.programs.rewrite import EMBEDDED_TOKEN_BUDGETS, REWRITE_ROLES, RewritePipeline
+        from csc.programs.rewrite_run import (
+            DIANJIN_FILE,
+            RewriteConfig,
+            RewriteRun,
+            RunConfigError,
+            read_run,
+        )
+        from csc.programs.rule_filter import RuleFilterConfig
+
+        if format_alias is not None:
+            to = format_alias
+        if to not in ("jsonl", "dianjin"):
+            fail(f"--to must be jsonl or dianjin, got {to!r}")
+        if lang not in (None, "en", "zh"):
+            fail("--lang must be en or zh")
+        if not data.exists():
+            fail(f"{data}: no such file or folder")
+        if min_utterances > max_utterances:
+            fail("--min-utterances must not exceed --max-utterances")
+
+        rule_values: dict = {}
+        if recipe is not None:
+            try:
+                loaded = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                fail(f"{recipe}: cannot read the recipe ({exc})")
+            if not isinstance(loaded, dict):
+                fail(f"{recipe}: a recipe must be a YAML mapping of rule thresholds")
+            rule_values.update(loaded.get("rules", loaded))
+        flags = {
+            "min_turns": min_turns,
+            "max_turns": max_turns,
+            "customer_ratio": customer_ratio,
+            "short_customer_chars": short_customer_chars,
+            "min_long_customer_share": min_long_customer_share,
+            "max_utterance_chars": max_utterance_chars,
+        }
+        rule_values.update({k: v for k, v in flags.items() if v is not None})
+        try:
+            rules = RuleFilterConfig(**rule_values)
+        except Exception as exc:  # pydantic ValidationError: name the setting
+            first = getattr(exc, "errors", lambda: [{}])()[0]
+            name = ".".join(str(p) for p in first.get("loc", ())) or "rules"
+            flag = _RULE_FLAGS.get(name, name)
+            fail(f"rule setting {flag}: {first.get('msg', exc)}")
+
+        try:
+            fw = Framework.load(framework)
+        except FrameworkError as exc:
+            fail(str(exc))
+
+        def dialogues():
+            stream = read_dialogues(
+                data, from_format, framework=fw, mapping=mapping, allow_unlabelled=True
+            )
+            for i, d in enumerate(stream):
+                if limit is not None and i >= limit:
+                    return
+                yield d
+
+        # Validate the whole input (up to --limit) before any LM call: a malformed record stops
+        # the run with the same error as `csc data validate`, and the count sizes the bar.
+        total = 0
+        sample_texts: list[str] = []
+        try:
+            for d in dialogues():
+                total += 1
+                if len(sample_texts) < 400:
+                    sample_texts.extend(t.text for t in d.turns)
+        except DataFormatError as exc:
+            fail(str(exc))
+        if total == 0:
+            fail(f"{data}: no dialogues to rewrite")
+        from csc.eval.metrics import detect_language
+
+        language = lang or detect_language(sample_texts)
+
+        labeler_program = None
+        if labeler is not None:
+            from csc.optimizers.store import ProgramStoreError, load_program
+            from csc.programs.supporter import StrategyLabeler
+
+            try:
+                labeler_program, meta = load_program(labeler, framework=fw)
+            except ProgramStoreError as exc:
+                fail(str(exc))
+            if not isinstance(labeler_program, StrategyLabeler):
+                fail(
+                    f"{labeler}: a {meta['kind']} program, not a labeler; compile one with "
+                    "csc optimize --program labeler"
+                )
+            if meta.get("language") != language:
+                fail(
+                    f"{labeler}: compiled for language {meta.get('language')!r}, data is {language!r}"
+                )
+
+        roles = {
+            "prefilter": lm_prefilter,
+            "rewriter": lm_rewriter,
+            "judge": lm_judge,
+            "labeler": lm_labeler,
+        }
+        settings = resolve_lm_settings(config, lm, api_base, temperature, roles)
+        active = [
+            r
+            for r in REWRITE_ROLES
+            if not (
+                (r == "prefilter" and no_prefilter)
+                or (r == "judge" and no_judge)
+                or (r == "labeler" and no_utilization)
+            )
+        ]
+        described = settings.describe()
+        budgets: dict[str, int] = {}
+        if turn_tokens == "auto":
+            budgets = {
+                r: EMBEDDED_TOKEN_BUDGETS[r]
+                for r in active
+                if split_scheme(settings.spec_for(r).model)[0] in ("local", "finetuned")
+            }
+        elif turn_tokens != "none":
+            try:
+                budgets = dict.fromkeys(active, max(16, int(turn_tokens)))
+            except ValueError:
+                fail(f"--turn-tokens must be auto, none or a number, got {turn_tokens!r}")
+        run_config = RewriteConfig(
+            data=str(data.resolve()),
+            framework=fw.name,
+            framework_digest=RewriteConfig.framework_digest_of(fw),
+            language=language,  # type: ignore[arg-type]
+            rules=rules,
+            redact=not no_redact,
+            prefilter=not no_prefilter,
+            judge=not no_judge,
+            utilization=not no_utilization,
+            min_utterances=min_utterances,
+            max_utterances=max_utterances,
+            temperature=temperature,
+            seed=seed,
+            lms={r: described.get(r, "") for r in active},
+            labeler=str(labeler) if labeler else None,
+            token_budgets=budgets,
+        )
+        try:
+            cache: dict = {}
+            lms = {r: lm_for_role(settings, r, cache) for r in active}
+        except (LMConfigError, FileNotFoundError, ImportError) as exc:
+            fail(f"cannot build the LM: {exc}")
+        pipeline = RewritePipeline(
+            fw,
+            language,  # type: ignore[arg-type]
+            rules=rules,
+            redact=not no_redact,
+            prefilter=not no_prefilter,
+            judge=not no_judge,
+            utilization=not no_utilization,
+            min_utterances=min_utterances,
+            max_utterances=max_utterances,
+            labeler=labeler_program,
+            lms=lms,
+            temperature=temperature,
+            token_budgets=budgets,
+        )
+        run = RewriteRun(out, run_config, pipeline, lm_names={r: lm_name(lms[r]) for r in active})
+        if no_redact:
+            typer.secho(
+                "warning: --no-redact: raw text, personal data included, goes to the LMs and "
+                "the output files",
+                fg="yellow",
+                err=True,
+            )
+        typer.echo(
+            f"run {run.key} -> {out}  ({total} dialogues, {fw.name}, {language}, "
+            f"concurrency {concurrency})"
+        )
+        try:
+            summary = run.run(dialogues(), total=total, concurrency=concurrency, progress=progress)
+        except RunConfigError as exc:
+            fail(str(exc))
+        except DataFormatError as exc:  # the file changed since it was validated
+            fail(str(exc))
+
+        if to == "dianjin":
+            from csc.data.io import write_dialogues
+
+            write_dialogues(read_run(out, "kept"), out / DIANJIN_FILE, "dianjin", framework=fw)
+        c = summary["counts"]
+        typer.echo(
+            f"in {c['in']}: dropped {c['dropped']} (rules {sum(c['dropped_by_rule'].values())}, "
+            f"pre-filter {c['dropped_by_prefilter']}), rewritten {c['rewritten']}, rejected "
+            f"{c['rejected']}, kept {c['kept']}, failed {c['failed']}"
+        )
+        u = summary["utilization"]
+        before, after = u.get("before_all_rewritten"), u.get("after_kept")
+        if before or after:
+            fmt = lambda x: "-" if not x or x["share"] is None else f"{x['share']:.1%}"  # noqa: E731
+            typer.echo(f"strategy utilization: before {fmt(before)} -> after (kept) {fmt(after)}")
+        typer.echo(f"summary: {out / 'summary.json'}")
+        if c["failed"]:
+            typer.secho(
+                f"{c['failed']} dialogue(s) failed; see {out / 'failures.jsonl'}. Re-run the same "
+                "command to retry them.",
+                fg="yellow",
+            )
