@@ -65,6 +65,8 @@ def detect_format(path: str | Path, *, for_writing: bool = False) -> str:
         return "dianjin"
     if for_writing and (path.is_dir() or not path.suffix):
         return "hf"
+    if not for_writing and not path.exists():
+        raise file_location(path).error("no such file or folder", fix="check the path")
     raise file_location(path).error(
         "cannot tell the dialogue format from the path",
         fix="use .jsonl (ours), .json or .parquet (DianJin), a dataset folder (hf), "

@@ -62,14 +62,28 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
     """Records of a JSON Lines file; blank lines are skipped and not counted as records."""
     path = Path(path)
     record = 0
-    with path.open("r", encoding="utf-8-sig") as f:
-        for line_no, line in enumerate(f, 1):
+    # Read bytes and decode line by line, so a non-UTF-8 byte is reported with its line.
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise RecordLocation(str(path), record + 1, line_no).error(
+                    f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                    fix="save the file as UTF-8 (e.g. iconv -f GB18030 -t UTF-8)",
+                ) from None
             if not line.strip():
                 continue
             record += 1
             loc = RecordLocation(str(path), record, line_no)
             try:
                 obj = json.loads(line)
+            except RecursionError:
+                raise loc.error(
+                    "JSON nested too deeply", fix="each line must be one dialogue object"
+                ) from None
             except json.JSONDecodeError as exc:
                 raise loc.error(
                     f"not valid JSON ({exc.msg} at column {exc.colno})",
@@ -103,9 +117,20 @@ def iter_json_list(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
         except ijson.JSONError as exc:
             loc = RecordLocation(str(path), record + 1)
             raise loc.error(
-                f"not valid JSON ({exc})",
+                f"not valid JSON ({_one_line(exc)})",
                 fix="the file is truncated or corrupt at this record; re-download or repair it",
             ) from None
+        except UnicodeDecodeError as exc:
+            raise RecordLocation(str(path), record + 1).error(
+                f"not UTF-8 (byte 0x{exc.object[exc.start]:02x})",
+                fix="save the file as UTF-8 (e.g. iconv -f GB18030 -t UTF-8)",
+            ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (parsers put excerpts of the input on further lines)."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _first_significant_byte(f: Any) -> bytes:
@@ -121,25 +146,37 @@ def _first_significant_byte(f: Any) -> bytes:
 def iter_parquet(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
     """Rows of a parquet file as dicts, read by record batches."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     path = Path(path)
-    try:
-        table = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise file_location(path).error(
-            f"not a readable parquet file ({exc})", fix="re-download or re-export the file"
-        ) from None
+    table = _open_parquet(path)
     record = 0
     with table:
-        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS):
-            for row in batch.to_pylist():
-                record += 1
-                yield RecordLocation(str(path), record), row
+        try:
+            for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                for row in batch.to_pylist():
+                    record += 1
+                    yield RecordLocation(str(path), record), row
+        except (pa.ArrowException, OSError) as exc:
+            raise RecordLocation(str(path), record + 1).error(
+                f"unreadable parquet data ({_one_line(exc)})",
+                fix="the file is truncated or corrupt; re-download or re-export it",
+            ) from None
+
+
+def _open_parquet(path: Path) -> Any:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise file_location(path).error(
+            f"not a readable parquet file ({_one_line(exc)})",
+            fix="re-download or re-export the file",
+        ) from None
 
 
 def parquet_columns(path: str | Path) -> list[str]:
     """Column names of a parquet file (reads only the footer)."""
-    import pyarrow.parquet as pq
-
-    return list(pq.read_schema(path).names)
+    with _open_parquet(Path(path)) as table:
+        return list(table.schema_arrow.names)

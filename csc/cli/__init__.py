@@ -7,12 +7,49 @@ fast.
 from __future__ import annotations
 
 import importlib
+import os
+from typing import Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from csc import __version__
 
+
+class CscGroup(TyperGroup):
+    """The top-level command group: any exception a command did not turn into a clean error
+    still ends as one line on stderr with exit code 1, never a traceback (``CSC_DEBUG=1`` shows
+    it). An ``OSError`` names its file, as most are a path the user gave (unwritable, a folder).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (
+            click.exceptions.ClickException,
+            click.exceptions.Exit,
+            click.exceptions.Abort,
+            typer.Exit,
+            typer.Abort,
+        ):
+            raise
+        except Exception as exc:
+            if os.environ.get("CSC_DEBUG"):
+                raise
+            from csc.cli.common import fail
+
+            if isinstance(exc, OSError) and exc.filename is not None:
+                target = exc.filename2 or exc.filename
+                fail(f"{target}: {exc.strerror or exc}")
+            fail(
+                f"unexpected {type(exc).__name__}: {exc} (a bug in csc; rerun with CSC_DEBUG=1 "
+                "for the traceback and report it)"
+            )
+
+
 app = typer.Typer(
+    cls=CscGroup,
     name="csc",
     help="Strategy-aligned customer-support conversation with DSPy: synthesize, evaluate, "
     "optimize and fine-tune supporters.",

@@ -61,8 +61,11 @@ def resolve_lm_settings(
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print an error in red on stderr and exit."""
-    typer.secho(f"error: {message}", fg="red", err=True)
+    """Print an error in red on stderr, on one line and without credentials, and exit."""
+    from csc.lm import redact_secrets
+
+    text = " ".join(redact_secrets(str(message)).split())
+    typer.secho(f"error: {text}", fg="red", err=True)
     raise typer.Exit(code)
 
 

@@ -142,7 +142,7 @@ def register(app: typer.Typer) -> None:
         info = {
             "supporter": supporter,
             "supporter_metadata": chosen.metadata or None,
-            "lm": spec.model + (f" @ {spec.api_base}" if spec.api_base else ""),
+            "lm": spec.describe(),
             "data": str(data),
             "data_sha256": sha,
             "framework": fw.name,

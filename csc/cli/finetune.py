@@ -69,6 +69,8 @@ def register(app: typer.Typer) -> None:
             fail("--lang must be en or zh")
         if not data.exists():
             fail(f"{data}: no such file or folder")
+        if out.exists() and not out.is_dir():
+            fail(f"{out}: is a file; --out is the folder the export is written to")
         try:
             result = export_sft(
                 data,

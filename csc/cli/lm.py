@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         usage = (
             client.history[-1].get("usage") if getattr(client, "history", None) else None
         ) or {}
-        typer.echo(f"model:      {spec.model}" + (f" @ {spec.api_base}" if spec.api_base else ""))
+        typer.echo(f"model:      {spec.describe()}")
         typer.echo(f"answer:     {str(text).strip()}")
         typer.echo(f"latency:    {latency:.2f} s")
         typer.echo(
