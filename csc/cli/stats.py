@@ -36,13 +36,14 @@ def register(app: typer.Typer) -> None:
         from csc.framework import Framework, FrameworkError
 
         if not file.exists():
-            fail(f"{file} does not exist")
+            fail(f"{file}: no such file or folder")
         try:
             fw = Framework.load(framework)
-            dialogues = list(read_dialogues(file, format, framework=fw, allow_unlabelled=True))
+            # Streamed: statistics keep counters and bounded samples, never the whole file.
+            dialogues = read_dialogues(file, format, framework=fw, allow_unlabelled=True)
+            result = dialogue_stats(dialogues, fw, seed=seed)
         except (FrameworkError, DataFormatError) as exc:
             fail(str(exc))
-        result = dialogue_stats(dialogues, fw, seed=seed)
         if as_json:
             echo_json(result)
         else:
