@@ -37,7 +37,9 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(group, name="data")
 
-    @group.command("convert")
+    @group.command(
+        "convert", epilog="Example: csc data convert data/samples/sample_zh.json sample_zh.jsonl"
+    )
     def convert(
         source: Path = typer.Argument(..., help="Input file or dataset folder."),
         target: Path = typer.Argument(..., help="Output file or dataset folder."),
@@ -103,18 +105,21 @@ def register(app: typer.Typer) -> None:
                 )
         typer.echo(f"wrote {count} dialogues to {target}")
 
-    @group.command("validate")
+    @group.command("validate", epilog="Example: csc data validate data/samples/sample_zh.json")
     def validate(
         file: Path = typer.Argument(..., help="Dialogue file or dataset folder to check."),
-        format: str | None = typer.Option(
-            None, "--format", help=f"Format: {FORMAT_HELP}, generic. Default: from the path."
+        from_format: str | None = typer.Option(
+            None, "--from", help=f"Input format: {FORMAT_HELP}, generic. Default: from the path."
         ),
         framework: str = FrameworkOption,
         mapping: Path | None = MappingOption,
         allow_unlabelled: bool = UnlabelledOption,
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
-        """Read every dialogue, stop at the first malformed record, and print a summary."""
+        """Read every dialogue, stop at the first malformed record, and print a summary.
+
+        Duplicate dialogue ids are reported too (evaluation and splits key dialogues by id).
+        """
         from tqdm import tqdm
 
         from csc.data.io import DataFormatError, read_dialogues
@@ -123,7 +128,7 @@ def register(app: typer.Typer) -> None:
         with user_errors(DataFormatError, FrameworkError):
             fw = Framework.load(framework)
             dialogues = read_dialogues(
-                file, format, framework=fw, mapping=mapping, allow_unlabelled=allow_unlabelled
+                file, from_format, framework=fw, mapping=mapping, allow_unlabelled=allow_unlabelled
             )
             bar = tqdm(dialogues, desc=f"checking {file.name}", unit=" dialogues", disable=None)
             with bar:

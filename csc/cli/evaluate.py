@@ -39,7 +39,10 @@ def file_sha256(path: Path) -> str:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("evaluate")
+    @app.command(
+        "evaluate",
+        epilog="Example: csc evaluate --data data/samples/sample_en.json --split test",
+    )
     def evaluate(
         data: Path = typer.Option(
             ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
@@ -60,7 +63,11 @@ def register(app: typer.Typer) -> None:
         split: str = SplitOption,
         seed: int = SplitSeedOption,
         num_threads: int = typer.Option(
-            4, "--num-threads", min=1, help="Concurrent requests (turns in ref, dialogues in gen)."
+            4,
+            "--concurrency",
+            "-c",
+            min=1,
+            help="Concurrent requests (turns in ref, dialogues in gen).",
         ),
         bertscore_model: str | None = typer.Option(
             None,

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(group, name="framework")
 
-    @group.command("show")
+    @group.command("show", epilog="Example: csc framework show csc --lang zh")
     def show(
         name: str = typer.Argument("csc", help="csc, esc, or the path of a framework YAML file."),
         lang: str = typer.Option(

@@ -184,7 +184,7 @@ def test_cli_optimize_then_evaluate_optimized(tmp_path, monkeypatch):
             "--limit",
             "7",
             "--no-bertscore",
-            "--num-threads",
+            "--concurrency",
             "2",
             "--out",
             str(out),
