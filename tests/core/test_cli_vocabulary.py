@@ -13,7 +13,7 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from csc.cli import DEPRECATED_FLAGS, app
+from csc.cli import DEPRECATED_FLAGS, app, rewrite_deprecated_flags
 
 runner = CliRunner()
 SAMPLE = Path(str(resources.files("csc.data") / "samples" / "sample_en.json"))
@@ -80,12 +80,17 @@ def test_deprecated_names_still_work_with_a_note(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     assert "--format is deprecated; use --from" in result.stderr
     assert json.loads(result.stdout)["dialogues"] == 8
-    out = tmp_path / "p.jsonl"
-    args = ["profiles", "generate", "--n", "3", "--language", "zh", "--template", "--out", str(out)]
-    result = runner.invoke(app, args)
+    result = runner.invoke(app, ["profiles", "show", "--language", "zh", "--limit", "1"])
     assert result.exit_code == 0, result.output
-    assert "--n is deprecated; use --profiles" in result.stderr
     assert "--language is deprecated; use --lang" in result.stderr
+    args, notes = rewrite_deprecated_flags(
+        ["profiles", "generate", "--n=3", "--language", "zh", "--", "--n"]
+    )
+    assert args == ["profiles", "generate", "--profiles=3", "--lang", "zh", "--", "--n"]
+    assert notes == [
+        "note: --n is deprecated; use --profiles",
+        "note: --language is deprecated; use --lang",
+    ]
     # Every deprecated name maps to a flag its command really has.
     for path, renames in DEPRECATED_FLAGS.items():
         command = dict(LEAVES)[path]
