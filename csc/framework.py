@@ -322,6 +322,14 @@ def _explain(exc: ValidationError, data: Any) -> str:
     return "; ".join(parts)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and its position, without the quoted excerpt."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{at}"
+
+
 def builtin_framework_path(name: str) -> Path:
     """Path of a framework YAML shipped with csc."""
     return Path(str(resources.files("csc.data") / "frameworks" / f"{name}.yaml"))
@@ -339,8 +347,14 @@ def _load_cached(name_or_path: str) -> Framework:
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FrameworkError(
+            f"{path}: not UTF-8 (byte offset {exc.start}); save it as UTF-8"
+        ) from None
+    except RecursionError:
+        raise FrameworkError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
-        raise FrameworkError(f"{path}: not valid YAML: {exc}") from None
+        raise FrameworkError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise FrameworkError(f"{path}: expected a mapping with 'stages' and 'strategies'")
     return Framework.from_dict(data, source=str(path))

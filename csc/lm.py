@@ -54,7 +54,9 @@ _SECRET_NAME = re.compile(r"(?:^|[_\-])(?:api[_\-]?key|key|token|secret|password
 # Environment variables whose values are credentials, redacted from every message csc prints.
 _SECRET_ENV = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)(?:_|$)", re.I)
 _URL_CREDENTIALS = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^/\s:@]*):[^/\s@]*@", re.I
+    # Bounded repeats keep this linear on huge input (a 2 MB field quoted in an error).
+    r"(?P<scheme>[a-z][a-z0-9+.\-]{0,30}://)(?P<user>[^/\s:@]{0,512}):[^/\s@]{0,512}@",
+    re.I,
 )
 _URL_SECRET_QUERY = re.compile(
     r"(?P<name>[?&](?:api[_\-]?key|key|token|access_token|secret|password|sig)=)[^&\s#]+", re.I
@@ -81,7 +83,8 @@ def redact_secrets(text: str, env: Mapping[str, str] | None = None) -> str:
     message (LiteLLM, pydantic) is still not shown.
     """
     env = os.environ if env is None else env
-    text = redact_url(text)
+    if "://" in text or "=" in text:  # skip the URL rules on text that cannot hold a URL secret
+        text = redact_url(text)
     for secret in sorted(_RUNTIME_SECRETS, key=len, reverse=True):
         # Clients print hosts without the scheme ("user:pw@host"), so the URL rule misses them.
         text = text.replace(f":{secret}@", f":{REDACTED}@")
@@ -264,8 +267,12 @@ def _parse_config_text(path: Path) -> Any:
             return tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise LMConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise LMConfigError(f"{path}: not valid TOML: nested too deeply") from None
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise LMConfigError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

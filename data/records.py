@@ -111,13 +111,13 @@ def iter_json_list(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
             f.seek(0)
         record = 0
         try:
-            for obj in ijson.items(f, "item", use_float=True):
+            for obj in _list_items(ijson.basic_parse(f, use_float=True), path):
                 record += 1
                 yield RecordLocation(str(path), record), obj
         except ijson.JSONError as exc:
             loc = RecordLocation(str(path), record + 1)
             raise loc.error(
-                f"not valid JSON ({_one_line(exc)})",
+                f"not valid JSON ({one_line(exc)})",
                 fix="the file is truncated or corrupt at this record; re-download or repair it",
             ) from None
         except UnicodeDecodeError as exc:
@@ -127,7 +127,48 @@ def iter_json_list(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
             ) from None
 
 
-def _one_line(exc: BaseException) -> str:
+# Deeper nesting than any dialogue record needs; a hostile file nested 100,000 deep would
+# otherwise take minutes (ijson's item prefixes grow with the depth).
+MAX_JSON_DEPTH = 64
+
+
+def _list_items(events: Iterator[tuple[str, Any]], path: Path) -> Iterator[Any]:
+    """The elements of the top-level JSON list, built from ijson's basic events with a depth
+    limit (the caller has checked that the file starts with ``[``)."""
+    stack: list[Any] = []  # containers under construction, outermost first
+    keys: list[Any] = []  # the pending key of each map in ``stack``
+    record = 0
+    next(events, None)  # the opening '[' of the list
+    for event, value in events:
+        if event == "start_map" or event == "start_array":
+            if len(stack) >= MAX_JSON_DEPTH:
+                raise RecordLocation(str(path), record + 1).error(
+                    f"nested more than {MAX_JSON_DEPTH} levels deep",
+                    fix="a record is an object of turns; fix or remove this record",
+                )
+            stack.append({} if event == "start_map" else [])
+            keys.append(None)
+            continue
+        if event == "map_key":
+            keys[-1] = value
+            continue
+        if event == "end_map" or event == "end_array":
+            if not stack:
+                return  # the end of the top-level list
+            value = stack.pop()
+            keys.pop()
+        if stack:
+            parent = stack[-1]
+            if isinstance(parent, list):
+                parent.append(value)
+            else:
+                parent[keys[-1]] = value
+        else:
+            record += 1
+            yield value
+
+
+def one_line(exc: BaseException) -> str:
     """An exception's message on one line (parsers put excerpts of the input on further lines)."""
     text = " ".join(str(exc).split())
     return text if len(text) <= 200 else text[:197] + "..."
@@ -158,7 +199,7 @@ def iter_parquet(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:
                     yield RecordLocation(str(path), record), row
         except (pa.ArrowException, OSError) as exc:
             raise RecordLocation(str(path), record + 1).error(
-                f"unreadable parquet data ({_one_line(exc)})",
+                f"unreadable parquet data ({one_line(exc)})",
                 fix="the file is truncated or corrupt; re-download or re-export it",
             ) from None
 
@@ -171,7 +212,7 @@ def _open_parquet(path: Path) -> Any:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise file_location(path).error(
-            f"not a readable parquet file ({_one_line(exc)})",
+            f"not a readable parquet file ({one_line(exc)})",
             fix="re-download or re-export the file",
         ) from None
 

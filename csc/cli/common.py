@@ -66,6 +66,8 @@ def fail(message: str, code: int = 1) -> None:
     from csc.lm import redact_secrets
 
     text = " ".join(redact_secrets(str(message)).split())
+    if len(text) > 1500:  # a huge field quoted in a message: keep the file and the fix
+        text = f"{text[:900]} [...] {text[-400:]}"
     typer.secho(f"error: {text}", fg="red", err=True)
     raise typer.Exit(code)
 
