@@ -225,7 +225,8 @@ class Framework:
 
         Accepted: the code (``EM``, any case), the English name (any case), the Chinese name,
         aliases from the YAML, and the official data labels ``策略5 情感管理``, ``策略5: 情感管理``,
-        ``策略5`` (number only). Raises :class:`FrameworkError` listing valid labels otherwise.
+        ``策略5`` (number only), also as ``Strategy 5 Emotion Management``. In a numbered label the
+        number must exist and agree with the name. Raises :class:`FrameworkError` otherwise.
         """
         if not isinstance(label, str) or not label.strip():
             raise FrameworkError(f"empty strategy label; {self._valid_hint()}")
@@ -235,15 +236,32 @@ class Framework:
         prefix = re.escape(_norm(self.label_prefix_zh or "策略"))
         m = re.match(rf"^(?:{prefix}|strategy)\s*(\d+)\s*[:：.、,，\s]*\s*(.*)$", key)
         if m:
-            number, rest = int(m.group(1)), m.group(2).strip()
-            if rest:
-                if rest in self._labels:
-                    return self._labels[rest]
-            else:
-                for s in self.strategies:
-                    if s.number == number:
-                        return s.code
+            return self._numbered(label, int(m.group(1)), m.group(2).strip())
         raise FrameworkError(f"unknown strategy label {label!r}; {self._valid_hint()}")
+
+    def _numbered(self, label: str, number: int, rest: str) -> str:
+        """The code of a numbered label (``策略5 情感管理``, ``Strategy 5``): the number must exist
+        and, when a name follows, name the same strategy; a wrong label is never guessed."""
+        by_number = next((s for s in self.strategies if s.number == number), None)
+        if by_number is None:
+            numbers = ", ".join(str(s.number) for s in self.strategies)
+            raise FrameworkError(
+                f"unknown strategy label {label!r}: {self.name} has no strategy number "
+                f"{number} (numbers {numbers}); {self._valid_hint()}"
+            )
+        if not rest:
+            return by_number.code
+        by_name = self._labels.get(rest)
+        if by_name is None:
+            raise FrameworkError(f"unknown strategy label {label!r}; {self._valid_hint()}")
+        if by_name != by_number.code:
+            named = self._by_code[by_name]
+            raise FrameworkError(
+                f"strategy label {label!r}: number {number} is {by_number.code} "
+                f"({self.official_label(by_number.code)}) but the name is {named.code} "
+                f"({self.official_label(named.code)}); correct the number or the name"
+            )
+        return by_name
 
     def official_label(self, code: str) -> str:
         """The label used in the released Chinese data, e.g. ``策略5 情感管理``."""
@@ -304,6 +322,14 @@ def _explain(exc: ValidationError, data: Any) -> str:
     return "; ".join(parts)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: the problem and its position, without the quoted excerpt."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{at}"
+
+
 def builtin_framework_path(name: str) -> Path:
     """Path of a framework YAML shipped with csc."""
     return Path(str(resources.files("csc.data") / "frameworks" / f"{name}.yaml"))
@@ -321,8 +347,14 @@ def _load_cached(name_or_path: str) -> Framework:
         )
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise FrameworkError(
+            f"{path}: not UTF-8 (byte offset {exc.start}); save it as UTF-8"
+        ) from None
+    except RecursionError:
+        raise FrameworkError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
-        raise FrameworkError(f"{path}: not valid YAML: {exc}") from None
+        raise FrameworkError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise FrameworkError(f"{path}: expected a mapping with 'stages' and 'strategies'")
     return Framework.from_dict(data, source=str(path))

@@ -19,7 +19,9 @@ by ``api_key_env``); they are never written to config, programs, logs or outputs
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,7 +48,74 @@ ROLES: tuple[str, ...] = (
 )
 DEFAULT_LM = "local"
 CONFIG_FILES = ("csc.toml", "csc.yaml", "csc.yml")
+CONFIG_SECTIONS = ("lm",)  # top-level sections of csc.toml / csc.yaml
 _SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password"}
+# A key that names a credential: api_key, openai_api_key, access_token, client_secret, passwd...
+# (``max_tokens`` and ``api_key_env``, which names a variable, are not credentials.)
+_SECRET_NAME = re.compile(r"(?:^|[_\-])(?:api[_\-]?key|key|token|secret|password|passwd)$", re.I)
+# Environment variables whose values are credentials, redacted from every message csc prints.
+_SECRET_ENV = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)(?:_|$)", re.I)
+_URL_CREDENTIALS = re.compile(
+    # Bounded repeats keep this linear on huge input (a 2 MB field quoted in an error).
+    r"(?P<scheme>[a-z][a-z0-9+.\-]{0,30}://)(?P<user>[^/\s:@]{0,512}):[^/\s@]{0,512}@",
+    re.I,
+)
+_URL_SECRET_QUERY = re.compile(
+    r"(?P<name>[?&](?:api[_\-]?key|key|token|access_token|secret|password|sig)=)[^&\s#]+", re.I
+)
+REDACTED = "***"
+
+
+def is_secret_name(name: str) -> bool:
+    """True when a config key names a credential (``api_key``, ``openai_api_key``, ``token``)."""
+    return name.lower() in _SECRET_KEYS or bool(_SECRET_NAME.search(name))
+
+
+def redact_url(url: str) -> str:
+    """A URL with any embedded password and key-like query values replaced by ``***``."""
+    url = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", url)
+    return _URL_SECRET_QUERY.sub(lambda m: f"{m['name']}{REDACTED}", url)
+
+
+def redact_secrets(text: str, env: Mapping[str, str] | None = None) -> str:
+    """``text`` without credentials: URL passwords and the values of key-like environment
+    variables (``OPENAI_API_KEY``, ``api_key_env`` targets...) become ``***``.
+
+    Every error and summary csc prints goes through this, so a key that reaches an exception
+    message (LiteLLM, pydantic) is still not shown.
+    """
+    env = os.environ if env is None else env
+    if "://" in text or "=" in text:  # skip the URL rules on text that cannot hold a URL secret
+        text = redact_url(text)
+    for secret in sorted(_RUNTIME_SECRETS, key=len, reverse=True):
+        # Clients print hosts without the scheme ("user:pw@host"), so the URL rule misses them.
+        text = text.replace(f":{secret}@", f":{REDACTED}@")
+        if len(secret) >= 6:
+            text = text.replace(secret, REDACTED)
+    for name, value in env.items():
+        if len(value) >= 8 and _SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, REDACTED)
+    return text
+
+
+# Credentials csc itself handed to a client in this process (keys read from api_key_env, URL
+# passwords), redacted from messages even when their variable is not named like a key.
+_RUNTIME_SECRETS: set[str] = set()
+
+
+def remember_secret(value: str | None) -> None:
+    """Register a credential so :func:`redact_secrets` hides it from every later message."""
+    if value:
+        _RUNTIME_SECRETS.add(value)
+
+
+def _url_password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 class LMConfigError(ValueError):
@@ -68,13 +137,17 @@ class LMSpec(BaseModel):
     @field_validator("options")
     @classmethod
     def _no_secrets(cls, value: dict[str, Any]) -> dict[str, Any]:
-        bad = sorted(k for k in value if k.lower() in _SECRET_KEYS)
+        bad = sorted(k for k in value if is_secret_name(str(k)))
         if bad:
             raise ValueError(
                 f"{bad} must not be stored in configuration; put the key in an environment "
                 "variable and name it with api_key_env"
             )
         return value
+
+    def describe(self) -> str:
+        """``model @ api_base`` for summaries and reports, with URL passwords redacted."""
+        return self.model + (f" @ {redact_url(self.api_base)}" if self.api_base else "")
 
     def merged(self, other: Mapping[str, Any]) -> LMSpec:
         """A copy with the non-None values of ``other`` applied on top."""
@@ -125,11 +198,45 @@ class LMSettings(BaseModel):
 
     def describe(self) -> dict[str, str]:
         """Role -> model string (no secrets), for run summaries and reports."""
-        out = {"default": self.default.model}
+        out = {"default": self.default.describe()}
         for role in ROLES:
-            spec = self.spec_for(role)
-            out[role] = spec.model + (f" @ {spec.api_base}" if spec.api_base else "")
+            out[role] = self.spec_for(role).describe()
         return out
+
+
+SPEC_KEYS: tuple[str, ...] = tuple(LMSpec.model_fields)
+
+
+def _did_you_mean(name: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _refuse_secret(path: Path, where: str) -> LMConfigError:
+    return LMConfigError(
+        f"{path}: {where}: API keys must not be stored in files; export the key as an "
+        "environment variable (e.g. OPENAI_API_KEY) or name one with lm.api_key_env"
+    )
+
+
+def _check_spec_keys(spec: Mapping[str, Any], path: Path, where: str) -> dict[str, Any]:
+    """The keys of one LM table: no credentials, no unknown keys (with a "did you mean")."""
+    for key, value in spec.items():
+        key = str(key)
+        if key not in SPEC_KEYS and is_secret_name(key):
+            raise _refuse_secret(path, f"{where}.{key}")
+        if key == "options":
+            if not isinstance(value, Mapping):
+                raise LMConfigError(f"{path}: {where}.options must be a table of LiteLLM options")
+            for option in value:
+                if is_secret_name(str(option)):
+                    raise _refuse_secret(path, f"{where}.options.{option}")
+        elif key not in SPEC_KEYS:
+            raise LMConfigError(
+                f"{path}: {where}: unknown key {key!r}; {_did_you_mean(key, SPEC_KEYS)}"
+                f"keys are {', '.join(SPEC_KEYS)}"
+            )
+    return dict(spec)
 
 
 def _spec_from_raw(raw: Any, where: str) -> dict[str, Any]:
@@ -140,38 +247,95 @@ def _spec_from_raw(raw: Any, where: str) -> dict[str, Any]:
     raise LMConfigError(f"{where}: expected a model string or a table, got {type(raw).__name__}")
 
 
+def _parse_config_text(path: Path) -> Any:
+    """The parsed file; errors are one line with the position, never an excerpt of the file
+    (which could hold a key)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml"):
+        raise LMConfigError(
+            f"{path}: unsupported config file type {path.suffix or '(no suffix)'!r}; "
+            "write csc.toml (TOML) or csc.yaml (YAML)"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise LMConfigError(
+            f"{path}: not UTF-8 (byte offset {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise LMConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if suffix == ".toml":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise LMConfigError(f"{path}: not valid TOML: {exc}") from None
+        except RecursionError:
+            raise LMConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise LMConfigError(f"{path}: not valid YAML: nested too deeply") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise LMConfigError(f"{path}: not valid YAML: {problem}{at}") from None
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Parse the ``[lm]`` section of a csc.toml / csc.yaml file into LMSettings fields."""
+    """Parse the ``[lm]`` section of a csc.toml / csc.yaml file into LMSettings fields.
+
+    Unknown sections, keys and roles are errors with a "did you mean"; credentials are refused
+    without echoing them.
+    """
     path = Path(path)
     if not path.exists():
         raise LMConfigError(f"config file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".toml":
-            data = tomllib.loads(text)
-        else:
-            data = yaml.safe_load(text) or {}
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise LMConfigError(f"{path}: cannot parse: {exc}") from None
+    if path.is_dir():
+        raise LMConfigError(f"{path}: is a folder; give the path of csc.toml or csc.yaml")
+    data = _parse_config_text(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise LMConfigError(
+            f"{path}: the top level must be a table of sections (e.g. [lm]), "
+            f"got a {type(data).__name__}"
+        )
+    for section in data:
+        section = str(section)
+        if section in CONFIG_SECTIONS:
+            continue
+        if is_secret_name(section):
+            raise _refuse_secret(path, section)
+        raise LMConfigError(
+            f"{path}: unknown section [{section}]; {_did_you_mean(section, CONFIG_SECTIONS)}"
+            f"sections are {', '.join(f'[{s}]' for s in CONFIG_SECTIONS)}"
+        )
     lm = data.get("lm", {})
     if not isinstance(lm, Mapping):
         raise LMConfigError(f"{path}: [lm] must be a table")
     result: dict[str, Any] = {"default": {}, "roles": {}}
     for key, value in lm.items():
+        key = str(key)
         if key == "roles":
             if not isinstance(value, Mapping):
                 raise LMConfigError(f"{path}: [lm.roles] must be a table of role = model")
             for role, raw in value.items():
-                result["roles"][role] = _spec_from_raw(raw, f"{path}: lm.roles.{role}")
-        elif key in ("default", "model"):
-            result["default"].update(_spec_from_raw(value, f"{path}: lm.{key}"))
-        elif key.lower() in _SECRET_KEYS:
-            raise LMConfigError(
-                f"{path}: lm.{key}: API keys must not be stored in files; export the key as an "
-                "environment variable (e.g. OPENAI_API_KEY) or name one with lm.api_key_env"
-            )
+                role = str(role)
+                if role not in ROLES:
+                    if is_secret_name(role):
+                        raise _refuse_secret(path, f"lm.roles.{role}")
+                    raise LMConfigError(
+                        f"{path}: unknown role lm.roles.{role}; {_did_you_mean(role, ROLES)}"
+                        f"roles are {', '.join(ROLES)}"
+                    )
+                spec = _spec_from_raw(raw, f"{path}: lm.roles.{role}")
+                result["roles"][role] = _check_spec_keys(spec, path, f"lm.roles.{role}")
+        elif key == "default":
+            spec = _spec_from_raw(value, f"{path}: lm.default")
+            result["default"].update(_check_spec_keys(spec, path, "lm.default"))
         else:
-            result["default"][key] = value
+            result["default"].update(_check_spec_keys({key: value}, path, "lm"))
     return result
 
 
@@ -182,9 +346,9 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
     if env.get("CSC_API_BASE"):
         layer["default"]["api_base"] = env["CSC_API_BASE"]
     if env.get("CSC_TEMPERATURE"):
-        layer["default"]["temperature"] = float(env["CSC_TEMPERATURE"])
+        layer["default"]["temperature"] = _env_number(env, "CSC_TEMPERATURE", float)
     if env.get("CSC_MAX_TOKENS"):
-        layer["default"]["max_tokens"] = int(env["CSC_MAX_TOKENS"])
+        layer["default"]["max_tokens"] = _env_number(env, "CSC_MAX_TOKENS", int)
     for role in ROLES:
         spec: dict[str, Any] = {}
         if env.get(f"CSC_LM_{role.upper()}"):
@@ -194,6 +358,17 @@ def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
         if spec:
             layer["roles"][role] = spec
     return layer
+
+
+def _env_number(env: Mapping[str, str], name: str, kind: type) -> Any:
+    value = env[name].strip()
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number such as 512" if kind is int else "a number such as 0.7"
+        raise LMConfigError(
+            f"environment variable {name}={value[:40]!r} is not {what}; fix or unset it"
+        ) from None
 
 
 def find_config_file(
@@ -252,9 +427,18 @@ def load_lm_settings(
         )
     except ValidationError as exc:
         where = f" (from {path})" if path else ""
-        raise LMConfigError(f"invalid LM configuration{where}: {exc}") from None
+        raise LMConfigError(f"invalid LM configuration{where}: {_explain(exc)}") from None
     except TypeError as exc:
         raise LMConfigError(f"invalid LM configuration: {exc}") from None
+
+
+def _explain(exc: ValidationError) -> str:
+    """A pydantic error on one line, without the input values (which may hold a key)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False, include_context=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(settings)"
+        parts.append(f"{where}: {err['msg']}")
+    return redact_secrets("; ".join(parts))
 
 
 # ---------------------------------------------------------------------------- building LMs
@@ -335,10 +519,12 @@ def build_lm(spec: str | LMSpec = DEFAULT_LM, **fields: Any) -> Any:
     kwargs: dict[str, Any] = dict(spec.options)
     if spec.api_base:
         kwargs["api_base"] = spec.api_base
+        remember_secret(_url_password(spec.api_base))
     if spec.api_key_env:
         key = os.environ.get(spec.api_key_env)
         if not key:
             raise LMConfigError(f"api_key_env names {spec.api_key_env}, which is not set")
+        remember_secret(key)
         kwargs["api_key"] = key
     elif spec.api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
         # Local OpenAI-compatible servers (vLLM, SGLang) usually accept any key.

@@ -19,6 +19,7 @@ from typing import Any
 from csc.data.dianjin import parse_record
 from csc.data.errors import DataFormatError, RecordLocation, file_location
 from csc.data.jsonl import parse_dialogue
+from csc.data.records import one_line as _one_line
 from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.framework import Framework
@@ -196,14 +197,36 @@ def read_hf(
             "not a saved Hugging Face dataset (no dataset_info.json)",
             fix="give a folder written by Dataset.save_to_disk, or choose another format",
         )
-    dataset = load_from_disk(str(path))
-    yield from from_dataset(
+    fix = (
+        "the folder is damaged or incomplete; write it again (e.g. csc data convert IN OUT --to hf)"
+    )
+    # A damaged folder fails inside datasets/arrow in many ways (JSON, arrow, missing files);
+    # each becomes one error naming the folder. Our own DataFormatError passes through.
+    try:
+        dataset = load_from_disk(str(path))
+    except Exception as exc:
+        raise file_location(path).error(
+            f"cannot load the saved dataset ({type(exc).__name__}: {_one_line(exc)})", fix=fix
+        ) from None
+    rows = from_dataset(
         dataset,
         framework=framework,
         allow_unlabelled=allow_unlabelled,
         name=path.name,
         where=str(path),
     )
+    while True:
+        try:
+            dialogue = next(rows)
+        except StopIteration:
+            return
+        except DataFormatError:
+            raise
+        except Exception as exc:
+            raise file_location(path).error(
+                f"unreadable dataset rows ({type(exc).__name__}: {_one_line(exc)})", fix=fix
+            ) from None
+        yield dialogue
 
 
 def write_hf(dialogues: Iterable[Dialogue], path: str | Path) -> int:

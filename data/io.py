@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from csc.data.dianjin import LabelStyle, read_dianjin, write_dianjin
-from csc.data.errors import DataFormatError, RecordLocation, file_location
+from csc.data.errors import DataFormatError, Hint, RecordLocation, file_location
 from csc.data.generic import CorpusMapping, load_mapping, read_generic
 from csc.data.hf import from_dataset, is_saved_dataset, read_hf, to_dataset, write_hf
 from csc.data.jsonl import JsonlWriter, read_jsonl, write_jsonl
@@ -65,10 +65,12 @@ def detect_format(path: str | Path, *, for_writing: bool = False) -> str:
         return "dianjin"
     if for_writing and (path.is_dir() or not path.suffix):
         return "hf"
+    if not for_writing and not path.exists():
+        raise file_location(path).error("no such file or folder", fix="check the path")
     raise file_location(path).error(
         "cannot tell the dialogue format from the path",
-        fix="use .jsonl (ours), .json or .parquet (DianJin), a dataset folder (hf), "
-        "or name the format (format=... / --from / --to)",
+        fix="use .jsonl (ours), .json or .parquet (DianJin), a dataset folder (hf)",
+        hints=[Hint("--to" if for_writing else "--from", ", or name the format", "format=...")],
     )
 
 
@@ -104,7 +106,9 @@ def read_dialogues(
         return read_hf(path, framework=fw, allow_unlabelled=allow_unlabelled)
     if mapping is None:
         raise file_location(path).error(
-            "the generic format needs a mapping", fix="pass mapping=... / --mapping FILE"
+            "the generic format needs a mapping",
+            hints=[Hint("--mapping", "name the corpus's mapping", "mapping=...", " FILE")],
+            fallback="convert the corpus first: csc data convert IN OUT.jsonl --mapping FILE",
         )
     return read_generic(path, mapping, framework=fw, allow_unlabelled=allow_unlabelled)
 

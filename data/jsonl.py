@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from csc.data.errors import RecordLocation
+from csc.data.errors import Hint, RecordLocation
 from csc.data.records import iter_jsonl
 from csc.data.turns import as_framework, check_dialogue
 from csc.dialogue import Dialogue
@@ -51,8 +51,15 @@ def parse_dialogue(
         raise loc.error(
             problem + more,
             field=field,
-            fix="records need 'id' and 'turns' of {speaker: supporter|customer, text, strategy}; "
-            "if this is the released DianJin format, use the dianjin format (--from dianjin)",
+            fix="records need 'id' and 'turns' of {speaker: supporter|customer, text, strategy}",
+            hints=[
+                Hint(
+                    "--from",
+                    "; if this is the released DianJin format, read it as dianjin",
+                    "format='dianjin'",
+                    " dianjin",
+                )
+            ],
         ) from None
     return check_dialogue(dialogue, framework, loc, allow_unlabelled=allow_unlabelled)
 

@@ -406,14 +406,23 @@ def read_profiles(path: str | Path) -> list[CustomerProfile]:
     if not path.is_file():
         raise ProfileError(f"profiles file {path} does not exist")
     profiles: list[CustomerProfile] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with path.open("rb") as fh:  # bytes, so a non-UTF-8 line is reported with its number
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise ProfileError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
+                    f"{exc.start + 1}); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ProfileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise ProfileError(f"{path}:{lineno}: JSON nested too deeply") from None
             if not isinstance(record, dict) or not str(record.get("description", "")).strip():
                 raise ProfileError(
                     f"{path}:{lineno}: a profile needs a non-empty 'description' (the "

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from csc.data.errors import RecordLocation
+from csc.data.errors import Hint, RecordLocation
 from csc.dialogue import Dialogue, Speaker, Turn
 from csc.framework import Framework, FrameworkError
 
@@ -101,9 +101,14 @@ def make_turn(
             raise loc.error(
                 "supporter turn without a strategy label",
                 field=strategy_at,
-                fix="label it (the framework's fallback strategy is "
-                f"{_fallback_name(framework)}), or allow unlabelled supporter turns "
-                "(allow_unlabelled=True / --allow-unlabelled)",
+                fix=f"label it (the framework's fallback strategy is {_fallback_name(framework)})",
+                hints=[
+                    Hint(
+                        "--allow-unlabelled",
+                        ", or allow unlabelled supporter turns",
+                        "allow_unlabelled=True",
+                    )
+                ],
             )
     else:
         strategy = strategy_code(label, framework, loc, strategy_at, labels=labels, hint=hint)

@@ -34,6 +34,7 @@ from csc.dialogue import Dialogue, Speaker, Turn
 from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
+from csc.lm import redact_secrets
 from csc.signatures.types import DialogueHistory
 from csc.usage import usage_of
 
@@ -212,7 +213,7 @@ def _run_turn(
             gold.text,
             "",
             latency_s=time.perf_counter() - start,
-            error=f"{type(exc).__name__}: {exc}",
+            error=redact_secrets(f"{type(exc).__name__}: {exc}"),
             strategy_unparsed=unparsed,
         )
     prompt, cached, completion = _usage(pred)
@@ -320,7 +321,7 @@ def _generated_context(
                         None,
                         gold.text,
                         "",
-                        error=f"rollout failed: {res}",
+                        error=redact_secrets(f"rollout failed: {res}"),
                     )
                 )
     return records

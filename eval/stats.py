@@ -17,8 +17,14 @@ Definitions (also in docs/synthesis.md):
   description, against the same share for another dialogue's profile drawn at random (seeded);
   the own share should be higher;
 * diversity over supporter turns: distinct-1 and distinct-2 (distinct n-grams / all n-grams,
-  pooled) and self-BLEU (mean sacrebleu sentence BLEU of a turn against all other supporter turns,
-  on up to 200 sampled turns; lower is more diverse);
+  pooled) and self-BLEU (mean sacrebleu sentence BLEU of a turn against the other supporter turns;
+  lower is more diverse);
+* sampling, so that statistics of any number of dialogues take bounded time and memory (one
+  streaming pass): distinct-n is computed over a uniform sample of up to 5,000 supporter turns;
+  self-BLEU samples both sides, up to 200 of those turns each scored against all the other
+  sampled turns; persona fidelity uses up to 2,000 sampled dialogues with a profile. Below those sizes
+  every value is exact. The output's ``sampling`` entry says what was sampled (seeded by
+  ``--seed``);
 * filter pass rate: per judge criterion, the share of judged dialogues that passed it.
 """
 
@@ -44,7 +50,29 @@ _STOPWORDS = frozenset(
     what when where who how why which than then now any some all up out into over more most""",
     )
 )
-SELF_BLEU_SAMPLE = 200
+SELF_BLEU_SAMPLE = 200  # hypotheses scored in self-BLEU
+DIVERSITY_SAMPLE = 5000  # supporter turns kept for distinct-n and self-BLEU (its references)
+PERSONA_SAMPLE = 2000  # dialogues with a profile kept for persona fidelity
+
+
+class Reservoir:
+    """A uniform random sample of at most ``size`` items of a stream (Algorithm R), seeded."""
+
+    def __init__(self, size: int, seed: int = 0):
+        self.size = size
+        self.seen = 0
+        self.items: list[Any] = []
+        self._rng = random.Random(seed)
+
+    def add(self, item: Any) -> None:
+        """Offer one item of the stream."""
+        self.seen += 1
+        if len(self.items) < self.size:
+            self.items.append(item)
+            return
+        j = self._rng.randrange(self.seen)
+        if j < self.size:
+            self.items[j] = item
 
 
 def tokens(text: str) -> list[str]:
@@ -80,8 +108,15 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
 
 
 def self_bleu(texts: Sequence[str], sample: int = SELF_BLEU_SAMPLE, seed: int = 0) -> float | None:
-    """Mean sentence BLEU (0-100) of each text against all others; None for fewer than two."""
-    import sacrebleu
+    """Mean sentence BLEU (0-100) of up to ``sample`` seeded texts, each against all the other
+    texts; None for fewer than two. Equal to sacrebleu's ``sentence_bleu(text, others)``.
+
+    The references' n-gram counts are gathered once (with, per n-gram, the largest count, how
+    many texts reach it and the runner-up), so leaving a hypothesis out of its own references
+    costs nothing and the whole computation is linear in the texts, not quadratic.
+    """
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics.helpers import extract_all_word_ngrams
 
     texts = [t for t in texts if t.strip()]
     if len(texts) < 2:
@@ -90,11 +125,40 @@ def self_bleu(texts: Sequence[str], sample: int = SELF_BLEU_SAMPLE, seed: int = 
     if len(idx) > sample:
         idx = random.Random(seed).sample(idx, sample)
     zh = any(_CJK.search(t) for t in texts)
+    metric = BLEU(tokenize="zh" if zh else "13a", effective_order=True)
+    grams: list[Counter] = []
+    sizes: list[int] = []
+    lengths: Counter[int] = Counter()
+    best: dict[tuple[str, ...], list[int]] = {}  # n-gram -> [max count, texts at max, runner-up]
+    for text in texts:
+        counts, length = extract_all_word_ngrams(metric._preprocess_segment(text), 1, 4)
+        grams.append(counts)
+        sizes.append(length)
+        lengths[length] += 1
+        for gram, c in counts.items():
+            b = best.get(gram)
+            if b is None:
+                best[gram] = [c, 1, 0]
+            elif c > b[0]:
+                best[gram] = [c, 1, b[0]]
+            elif c == b[0]:
+                b[1] += 1
+            elif c > b[2]:
+                b[2] = c
     scores = []
     for i in idx:
-        refs = texts[:i] + texts[i + 1 :]
-        bleu = sacrebleu.sentence_bleu(texts[i], refs, tokenize="zh" if zh else "13a")
-        scores.append(bleu.score)
+        hyp_len = sizes[i]
+        correct, total = [0] * 4, [0] * 4
+        for gram, c in grams[i].items():
+            top, at_top, runner_up = best[gram]
+            # The largest count among the *other* texts.
+            ref_count = runner_up if c == top and at_top == 1 else top
+            total[len(gram) - 1] += c
+            correct[len(gram) - 1] += min(c, ref_count)
+        lengths[hyp_len] -= 1
+        ref_len = min((n for n, k in lengths.items() if k > 0), key=lambda n: (abs(hyp_len - n), n))
+        lengths[hyp_len] += 1
+        scores.append(metric._compute_score_from_stats([hyp_len, ref_len, *correct, *total]).score)
     return sum(scores) / len(scores)
 
 
@@ -111,11 +175,18 @@ def _overlap(utterances: list[str], profile: str) -> float:
     return len(said & content_units(profile)) / len(said)
 
 
-def persona_fidelity(dialogues: Sequence[Dialogue], seed: int = 0) -> dict[str, Any] | None:
-    """Own-profile vs random-other-profile lexical overlap of customer utterances (see module)."""
+def persona_fidelity(
+    dialogues: Iterable[Dialogue], seed: int = 0, sample: int | None = None
+) -> dict[str, Any] | None:
+    """Own-profile vs random-other-profile lexical overlap of customer utterances (see module).
+
+    ``sample``: use a seeded uniform sample of at most this many dialogues with a profile.
+    """
     rows = [
         (d, _profile_text(d.profile)) for d in dialogues if _profile_text(d.profile) is not None
     ]
+    if sample is not None and len(rows) > sample:
+        rows = random.Random(seed).sample(rows, sample)
     distinct = sorted({text for _, text in rows})
     if len(distinct) < 2:
         return None
@@ -153,83 +224,163 @@ def stage_order_violations(dialogue: Dialogue, framework: Framework) -> int:
 
 
 def dialogue_stats(
-    dialogues: Sequence[Dialogue],
+    dialogues: Iterable[Dialogue],
     framework: Framework | str = "csc",
     *,
-    judged: Sequence[Dialogue] | None = None,
+    judged: Iterable[Dialogue] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """All statistics of a dialogue set as a JSON-ready dict.
+    """All statistics of a dialogue set as a JSON-ready dict, in one streaming pass.
 
+    ``dialogues`` may be any iterable (a reader's generator): only counters and bounded samples
+    are kept (see the module docstring), so memory does not grow with the number of dialogues.
     ``judged``: the dialogues the filter's pass rates are computed over (default: ``dialogues``;
     the runner passes kept + rejected, since kept ones all passed).
     """
     fw = framework if isinstance(framework, Framework) else Framework.load(framework)
-    lengths = [len(d.turns) for d in dialogues]
-    supporter_turns = [t for d in dialogues for t in d.supporter_turns]
-    labelled = [t.strategy for t in supporter_turns if t.strategy]
-    counts = Counter(labelled)
     fallback = fw.fallback.code if fw.fallback else None
-    using = sum(1 for c in labelled if c != fallback)
-    violations = [stage_order_violations(d, fw) for d in dialogues]
+    n_dialogues = total_turns = min_turns = max_turns = 0
+    supporter_turns = labelled_turns = using = 0
+    counts: Counter[str] = Counter()
+    violation_total = violation_dialogues = 0
     corrections: Counter[str] = Counter()
     reasks: Counter[str] = Counter()
     corrected_dialogues = 0
+    texts = Reservoir(DIVERSITY_SAMPLE, seed)
+    personas = Reservoir(PERSONA_SAMPLE, seed)
+    judge = _JudgeTally()
     for d in dialogues:
+        n = len(d.turns)
+        min_turns = n if n_dialogues == 0 else min(min_turns, n)
+        max_turns = max(max_turns, n)
+        n_dialogues += 1
+        total_turns += n
+        for t in d.turns:
+            if not t.is_supporter:
+                continue
+            supporter_turns += 1
+            texts.add(t.text)
+            if t.strategy:
+                labelled_turns += 1
+                counts[t.strategy] += 1
+                using += t.strategy != fallback
+        v = stage_order_violations(d, fw)
+        violation_total += v
+        violation_dialogues += bool(v)
         c = d.metadata.get("policy_corrections") or {}
         corrections.update(c)
         reasks.update(d.metadata.get("policy_reasks") or {})
         corrected_dialogues += bool(sum(c.values()))
-    texts = [t.text for t in supporter_turns]
+        if _profile_text(d.profile) is not None:
+            # Only what persona fidelity needs, not the whole dialogue.
+            personas.add(_PersonaRow(d.profile, [t.text for t in d.customer_turns]))
+        if judged is None:
+            judge.add(d)
+    if judged is not None:
+        for d in judged:
+            judge.add(d)
 
-    judged = dialogues if judged is None else judged
-    with_judge = [d for d in judged if isinstance(d.metadata.get("judge"), dict)]
-    pass_rate: dict[str, float] = {}
-    if with_judge:
-        criteria = list(with_judge[0].metadata["judge"])
-        for c in criteria:
-            passed = sum(bool(d.metadata["judge"].get(c, {}).get("pass")) for d in with_judge)
-            pass_rate[c] = passed / len(with_judge)
-        pass_rate["all"] = sum(
-            all(v.get("pass") for v in d.metadata["judge"].values()) for d in with_judge
-        ) / len(with_judge)
-
+    sampled_texts = texts.items
     return {
         "framework": fw.name,
-        "dialogues": len(dialogues),
+        "dialogues": n_dialogues,
         "utterances": {
-            "total": sum(lengths),
-            "mean": sum(lengths) / len(lengths) if lengths else 0.0,
-            "min": min(lengths) if lengths else 0,
-            "max": max(lengths) if lengths else 0,
+            "total": total_turns,
+            "mean": total_turns / n_dialogues if n_dialogues else 0.0,
+            "min": min_turns,
+            "max": max_turns,
         },
-        "supporter_turns": len(supporter_turns),
-        "unlabelled_supporter_turns": len(supporter_turns) - len(labelled),
+        "supporter_turns": supporter_turns,
+        "unlabelled_supporter_turns": supporter_turns - labelled_turns,
         "strategy_distribution": {
             code: {
                 "count": counts[code],
-                "share": counts[code] / len(labelled) if labelled else 0.0,
+                "share": counts[code] / labelled_turns if labelled_turns else 0.0,
             }
             for code in fw.codes
         },
-        "strategy_utilization": using / len(supporter_turns) if supporter_turns else 0.0,
+        "strategy_utilization": using / supporter_turns if supporter_turns else 0.0,
         "stage_order_violations": {
-            "total": sum(violations),
-            "per_dialogue": sum(violations) / len(dialogues) if dialogues else 0.0,
-            "dialogues_with_any": sum(1 for v in violations if v),
+            "total": violation_total,
+            "per_dialogue": violation_total / n_dialogues if n_dialogues else 0.0,
+            "dialogues_with_any": violation_dialogues,
         },
         "policy": {
             "corrections": dict(sorted(corrections.items())),
             "reasks": dict(sorted(reasks.items())),
             "dialogues_corrected": corrected_dialogues,
         },
-        "persona_fidelity": persona_fidelity(dialogues, seed=seed),
+        "persona_fidelity": persona_fidelity(personas.items, seed=seed),
         "diversity": {
-            "distinct_1": distinct_n(texts, 1),
-            "distinct_2": distinct_n(texts, 2),
-            "self_bleu": self_bleu(texts, seed=seed),
+            "distinct_1": distinct_n(sampled_texts, 1),
+            "distinct_2": distinct_n(sampled_texts, 2),
+            "self_bleu": self_bleu(sampled_texts, seed=seed),
         },
-        "filter_pass_rate": {"judged": len(with_judge), **pass_rate} if with_judge else None,
+        "sampling": _sampling(texts, personas),
+        "filter_pass_rate": judge.rates(),
+    }
+
+
+class _PersonaRow:
+    """The parts of a dialogue persona fidelity reads (duck-types :class:`Dialogue`)."""
+
+    __slots__ = ("customer_turns", "profile")
+
+    def __init__(self, profile: Any, customer_texts: list[str]):
+        self.profile = profile
+        self.customer_turns = [_Text(t) for t in customer_texts]
+
+
+class _Text:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+
+class _JudgeTally:
+    """Per-criterion pass counts of the judge verdicts in ``metadata.judge``."""
+
+    def __init__(self) -> None:
+        self.judged = 0
+        self.criteria: list[str] = []
+        self.passed: Counter[str] = Counter()
+        self.all_passed = 0
+
+    def add(self, d: Dialogue) -> None:
+        verdict = d.metadata.get("judge")
+        if not isinstance(verdict, dict):
+            return
+        if not self.criteria:
+            self.criteria = list(verdict)
+        self.judged += 1
+        for c in self.criteria:
+            self.passed[c] += bool(verdict.get(c, {}).get("pass"))
+        self.all_passed += all(v.get("pass") for v in verdict.values())
+
+    def rates(self) -> dict[str, Any] | None:
+        if not self.judged:
+            return None
+        out: dict[str, Any] = {"judged": self.judged}
+        out.update({c: self.passed[c] / self.judged for c in self.criteria})
+        out["all"] = self.all_passed / self.judged
+        return out
+
+
+def _sampling(texts: Reservoir, personas: Reservoir) -> dict[str, Any]:
+    """What the diversity and persona figures were computed on (exact when nothing was cut)."""
+    kept = len(texts.items)
+    hypotheses = min(SELF_BLEU_SAMPLE, kept)
+    return {
+        "sampled": texts.seen > kept
+        or kept > SELF_BLEU_SAMPLE
+        or personas.seen > len(personas.items),
+        "distinct_n_turns": kept,
+        "supporter_turns": texts.seen,
+        "self_bleu_hypotheses": hypotheses,
+        "self_bleu_references": max(0, kept - 1),
+        "persona_dialogues": len(personas.items),
+        "dialogues_with_profile": personas.seen,
     }
 
 
@@ -267,6 +418,15 @@ def render_stats(stats: dict[str, Any], title: str = "Dataset statistics") -> An
         "distinct-1 / distinct-2 / self-BLEU",
         f"{dv['distinct_1']:.3f} / {dv['distinct_2']:.3f} / {sb}",
     )
+    sm = stats.get("sampling")
+    if sm and sm["sampled"]:
+        table.add_row(
+            "sampled (seeded)",
+            f"distinct-n on {sm['distinct_n_turns']} of {sm['supporter_turns']} supporter turns; "
+            f"self-BLEU {sm['self_bleu_hypotheses']} turns x {sm['self_bleu_references']} "
+            f"references; persona on {sm['persona_dialogues']} of "
+            f"{sm['dialogues_with_profile']} dialogues",
+        )
     shares = [
         f"{code} {v['share']:.0%}"
         for code, v in stats["strategy_distribution"].items()

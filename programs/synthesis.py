@@ -38,6 +38,7 @@ from csc.data.profiles import CustomerProfile
 from csc.data.topics import Topic
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
+from csc.lm import redact_secrets
 from csc.programs.rolecs import AGENT_ROLES, DialogueFailure, RoleCS
 from csc.usage import Usage, labelled_usage_of
 
@@ -493,7 +494,7 @@ class SynthesisRun:
             "replica": item.replica,
             "role": role,
             "error_type": type(cause).__name__,
-            "error": str(cause)[:4000],
+            "error": redact_secrets(str(cause))[:4000],
             "raw_output": raw_output,
             "partial_turns": len(partial.turns) if partial else 0,
             "partial": partial.model_dump(mode="json") if partial else None,

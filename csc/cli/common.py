@@ -22,14 +22,15 @@ ApiBaseOption = typer.Option(
 ConfigOption = typer.Option(
     None,
     "--config",
-    help="csc.toml / csc.yaml with an [lm] section (default: ./csc.toml, $CSC_CONFIG).",
+    # "\\[" keeps rich markup from reading "[lm]" as a style tag and dropping it from --help.
+    help="csc.toml / csc.yaml with an \\[lm] section (default: ./csc.toml, $CSC_CONFIG).",
 )
 
 # Options shared by the commands that read an evaluation dataset (evaluate, compare).
 FrameworkOption = typer.Option("csc", "--framework", help="csc, esc or a framework YAML.")
 LangOption = typer.Option(None, "--lang", help="en or zh (default: detected from the data).")
 DataFormatOption = typer.Option(
-    None, "--format", help="Input format (default: from the file name)."
+    None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
 )
 ContextOption = typer.Option("both", "--context", help="ref, gen or both.")
 LimitOption = typer.Option(
@@ -76,8 +77,13 @@ def resolve_lm_settings(
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print an error in red on stderr and exit."""
-    typer.secho(f"error: {message}", fg="red", err=True)
+    """Print an error in red on stderr, on one line and without credentials, and exit."""
+    from csc.lm import redact_secrets
+
+    text = " ".join(redact_secrets(str(message)).split())
+    if len(text) > 1500:  # a huge field quoted in a message: keep the file and the fix
+        text = f"{text[:900]} [...] {text[-400:]}"
+    typer.secho(f"error: {text}", fg="red", err=True)
     raise typer.Exit(code)
 
 

@@ -28,7 +28,10 @@ from csc.cli.common import (
 def register(app: typer.Typer) -> None:
     """Add the ``compare`` command."""
 
-    @app.command("compare")
+    @app.command(
+        "compare",
+        epilog="Example: csc compare --data t.jsonl --supporter a=zero-shot --supporter b=direct",
+    )
     def compare(
         data: Path = typer.Option(
             ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
@@ -55,7 +58,7 @@ def register(app: typer.Typer) -> None:
             None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
         ),
         num_threads: int = typer.Option(
-            4, "--num-threads", min=1, help="Concurrent requests per supporter."
+            4, "--concurrency", "-c", min=1, help="Concurrent requests per supporter."
         ),
         no_bertscore: bool = typer.Option(False, "--no-bertscore", help="Skip BERTScore."),
         bertscore_model: str | None = typer.Option(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(group, name="data")
 
-    @group.command("convert")
+    @group.command(
+        "convert", epilog="Example: csc data convert data/samples/sample_zh.json sample_zh.jsonl"
+    )
     def convert(
         source: Path = typer.Argument(..., help="Input file or dataset folder."),
         target: Path = typer.Argument(..., help="Output file or dataset folder."),
@@ -64,7 +67,8 @@ def register(app: typer.Typer) -> None:
         """Convert dialogues from one format to another, streaming, with a progress bar."""
         from tqdm import tqdm
 
-        from csc.data.io import DataFormatError, read_dialogues, write_dialogues
+        from csc.data.hf import is_saved_dataset
+        from csc.data.io import DataFormatError, detect_format, read_dialogues, write_dialogues
         from csc.framework import FrameworkError
 
         if labels not in ("official", "name", "code"):
@@ -73,7 +77,14 @@ def register(app: typer.Typer) -> None:
             fail(f"{target}: input and output are the same path; choose another output")
         if target.exists() and not overwrite:
             fail(f"{target}: already exists; pass --overwrite to replace it")
-        with user_errors(DataFormatError, FrameworkError, FileExistsError):
+        with user_errors(DataFormatError, FrameworkError):
+            out_format = to_format or detect_format(target, for_writing=True)
+        if target.is_dir() and out_format != "hf" and not is_saved_dataset(target):
+            fail(
+                f"{target}: is a folder; --overwrite replaces a file, not a folder — give a file "
+                f"path for {out_format} output"
+            )
+        with user_errors(DataFormatError, FrameworkError), _writing(target):
             dialogues = read_dialogues(
                 source,
                 from_format,
@@ -97,18 +108,21 @@ def register(app: typer.Typer) -> None:
         note = f" ({note})" if note else ""
         typer.echo(f"wrote {count} dialogues to {target}{note}")
 
-    @group.command("validate")
+    @group.command("validate", epilog="Example: csc data validate data/samples/sample_zh.json")
     def validate(
         file: Path = typer.Argument(..., help="Dialogue file or dataset folder to check."),
-        format: str | None = typer.Option(
-            None, "--format", help=f"Format: {FORMAT_HELP}, generic. Default: from the path."
+        from_format: str | None = typer.Option(
+            None, "--from", help=f"Input format: {FORMAT_HELP}, generic. Default: from the path."
         ),
         framework: str = FrameworkOption,
         mapping: Path | None = MappingOption,
         allow_unlabelled: bool = UnlabelledOption,
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
-        """Read every dialogue, stop at the first malformed record, and print a summary."""
+        """Read every dialogue, stop at the first malformed record, and print a summary.
+
+        Duplicate dialogue ids are reported too (evaluation and splits key dialogues by id).
+        """
         from tqdm import tqdm
 
         from csc.data.io import DataFormatError, read_dialogues
@@ -117,13 +131,15 @@ def register(app: typer.Typer) -> None:
         with user_errors(DataFormatError, FrameworkError):
             fw = Framework.load(framework)
             dialogues = read_dialogues(
-                file, format, framework=fw, mapping=mapping, allow_unlabelled=allow_unlabelled
+                file, from_format, framework=fw, mapping=mapping, allow_unlabelled=allow_unlabelled
             )
             bar = tqdm(dialogues, desc=f"checking {file.name}", unit=" dialogues", disable=None)
             with bar:
                 summary = DataSummary.of(bar)
         if summary.dialogues == 0:
             fail(f"{file}: no dialogues found; is it empty?")
+        if summary.duplicate_ids:
+            fail(f"{file}: {summary.describe_duplicates()}")
         report = summary.to_dict(fw)
         report = {"file": str(file), "framework": fw.name, "valid": True, **report}
         counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
@@ -133,6 +149,16 @@ def register(app: typer.Typer) -> None:
             echo_json(report)
         else:
             _print_summary(report)
+
+
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Turn a failed write (unwritable folder, a file where a folder should be) into one line."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else target
+        fail(f"{target}: cannot write ({where}: {exc.strerror or exc})")
 
 
 @dataclass
@@ -149,6 +175,9 @@ class DataSummary:
     max_turns: int = 0
     strategies: Counter[str] = field(default_factory=Counter)
     topics: Counter[str] = field(default_factory=Counter)
+    # id -> 1-based record of its first use; evaluation and splits key dialogues by id.
+    first_record: dict[str, int] = field(default_factory=dict)
+    duplicate_ids: dict[str, list[int]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, dialogues: Iterable[Any]) -> DataSummary:
@@ -160,6 +189,9 @@ class DataSummary:
             s.max_turns = max(s.max_turns, n)
             s.dialogues += 1
             s.turns += n
+            first = s.first_record.setdefault(d.id, s.dialogues)
+            if first != s.dialogues:
+                s.duplicate_ids.setdefault(d.id, [first]).append(s.dialogues)
             for t in d.turns:
                 if t.is_supporter:
                     s.supporter_turns += 1
@@ -172,6 +204,19 @@ class DataSummary:
             s.non_alternating += not d.alternates()
             s.topics[d.topic or "(none)"] += 1
         return s
+
+    def describe_duplicates(self, shown: int = 3) -> str:
+        """One line naming the repeated dialogue ids and their records, and the fix."""
+        items = list(self.duplicate_ids.items())
+        parts = [
+            f"{dialogue_id!r} (records {', '.join(map(str, records))})"
+            for dialogue_id, records in items[:shown]
+        ]
+        more = f" and {len(items) - shown} more" if len(items) > shown else ""
+        return (
+            f"{len(items)} dialogue id(s) used more than once: {'; '.join(parts)}{more} — "
+            "give every dialogue a unique id (evaluation and train/test splits key dialogues by id)"
+        )
 
     def to_dict(self, framework: Any) -> dict[str, Any]:
         """Plain data for printing or JSON; strategies in framework order with names."""

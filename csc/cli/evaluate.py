@@ -30,7 +30,10 @@ from csc.cli.common import (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("evaluate")
+    @app.command(
+        "evaluate",
+        epilog="Example: csc evaluate --data data/samples/sample_en.json --split test",
+    )
     def evaluate(
         data: Path = typer.Option(
             ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
@@ -53,7 +56,11 @@ def register(app: typer.Typer) -> None:
         seed: int = SplitSeedOption,
         allow_seen: bool = AllowSeenOption,
         num_threads: int = typer.Option(
-            4, "--num-threads", min=1, help="Concurrent requests (turns in ref, dialogues in gen)."
+            4,
+            "--concurrency",
+            "-c",
+            min=1,
+            help="Concurrent requests (turns in ref, dialogues in gen).",
         ),
         bertscore_model: str | None = typer.Option(
             None,
@@ -146,7 +153,7 @@ def register(app: typer.Typer) -> None:
         info = {
             "supporter": supporter,
             "supporter_metadata": chosen.metadata or None,
-            "lm": spec.model + (f" @ {spec.api_base}" if spec.api_base else ""),
+            "lm": spec.describe(),
             "data": str(data),
             "data_sha256": sha,
             "framework": fw.name,

@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(group, name="finetune")
 
-    @group.command("export")
+    @group.command(
+        "export", epilog="Example: csc finetune export --data data/samples/sample_en.json --out sft"
+    )
     def export(
         data: Path = typer.Option(
             ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
@@ -37,7 +39,7 @@ def register(app: typer.Typer) -> None:
             help="Reuse this splits.json (of the same data) instead of making a new split.",
         ),
         data_format: str | None = typer.Option(
-            None, "--format", help="Input format (default: detected from the path)."
+            None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
         ),
         framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
         task: str = typer.Option(
@@ -134,7 +136,9 @@ def register(app: typer.Typer) -> None:
             f"{out / 'splits.json'} --supporter finetuned:RUN"
         )
 
-    @group.command("run")
+    @group.command(
+        "run", epilog="Example: csc finetune run --data sft --out runs/ft --max-steps 20"
+    )
     def run(
         data: Path = typer.Option(..., "--data", help="Folder written by `csc finetune export`."),
         out: Path = typer.Option(..., "--out", help="Output folder of the run."),
@@ -183,7 +187,7 @@ def register(app: typer.Typer) -> None:
         )
         typer.echo(f"adapter: {result.adapter_dir}; use it with --supporter finetuned:{out}")
 
-    @group.command("merge")
+    @group.command("merge", epilog="Example: csc finetune merge --run runs/ft --out runs/ft-merged")
     def merge(
         run_dir: Path = typer.Option(..., "--run", help="Output folder of `csc finetune run`."),
         out: Path = typer.Option(..., "--out", help="Folder for the merged model."),
@@ -200,7 +204,7 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         typer.echo(f"wrote merged model to {path}; use it as --lm local:{path}")
 
-    @group.command("recipes")
+    @group.command("recipes", epilog="Example: csc finetune recipes smollm2-135m-lora")
     def recipes(
         show: str | None = typer.Argument(None, help="Print this recipe's parsed contents."),
     ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from csc.cli.common import fail
 from csc.framework import Framework, FrameworkError
 
 
@@ -13,7 +14,7 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(group, name="framework")
 
-    @group.command("show")
+    @group.command("show", epilog="Example: csc framework show csc --lang zh")
     def show(
         name: str = typer.Argument("csc", help="csc, esc, or the path of a framework YAML file."),
         lang: str = typer.Option(
@@ -29,8 +30,7 @@ def register(app: typer.Typer) -> None:
         try:
             fw = Framework.load(name)
         except FrameworkError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(1) from None
+            fail(str(exc))
         title = fw.title_zh if lang == "zh" else fw.title
         typer.secho(
             f"{title} ({fw.name}): {len(fw.strategies)} strategies in {len(fw.stages)} stages",

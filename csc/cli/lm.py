@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(group, name="lm")
 
-    @group.command("check")
+    @group.command("check", epilog="Example: csc lm check --lm openai/gpt-4o-mini")
     def check(
         lm: str = LMOption,
         api_base: str = ApiBaseOption,
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         usage = (
             client.history[-1].get("usage") if getattr(client, "history", None) else None
         ) or {}
-        typer.echo(f"model:      {spec.model}" + (f" @ {spec.api_base}" if spec.api_base else ""))
+        typer.echo(f"model:      {spec.describe()}")
         typer.echo(f"answer:     {str(text).strip()}")
         typer.echo(f"latency:    {latency:.2f} s")
         typer.echo(
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
             f"completion {usage.get('completion_tokens', '?')}"
         )
 
-    @group.command("show")
+    @group.command("show", epilog="Example: csc lm show --config csc.toml")
     def show(
         lm: str = LMOption, api_base: str = ApiBaseOption, config: Path = ConfigOption
     ) -> None:

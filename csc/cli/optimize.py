@@ -18,7 +18,10 @@ from csc.cli.common import (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("optimize")
+    @app.command(
+        "optimize",
+        epilog="Example: csc optimize --train data/samples/sample_en.json --out p.json",
+    )
     def optimize(
         program: str = typer.Option(
             "strategy",
@@ -58,7 +61,9 @@ def register(app: typer.Typer) -> None:
             None, "--lang", help="en or zh (default: detected from the data)."
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
-        num_threads: int = typer.Option(4, "--num-threads", min=1, help="Concurrent requests."),
+        num_threads: int = typer.Option(
+            4, "--concurrency", "-c", min=1, help="Concurrent requests."
+        ),
         max_train: int | None = typer.Option(
             None, "--max-train", min=1, help="Use at most N training examples (turns)."
         ),

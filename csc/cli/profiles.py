@@ -14,9 +14,13 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Customer profiles for RoleCS synthesis.", no_args_is_help=True)
     app.add_typer(group, name="profiles")
 
-    @group.command("generate")
+    @group.command(
+        "generate", epilog="Example: csc profiles generate -n 20 --template --out profiles.jsonl"
+    )
     def generate(
-        n: int = typer.Option(50, "--n", min=1, help="Profiles to sample before de-duplication."),
+        n: int = typer.Option(
+            50, "--profiles", "-n", min=1, help="Profiles to sample before de-duplication."
+        ),
         out: Path = typer.Option(Path("profiles.jsonl"), "--out", help="Output JSONL file."),
         lm: str | None = LMOption,
         api_base: str | None = ApiBaseOption,
@@ -25,7 +29,7 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(
             0.85, "--threshold", min=0.0, max=1.0, help="Drop profiles above this MiniLM cosine."
         ),
-        language: str = typer.Option("en", "--language", help="Description language: en or zh."),
+        language: str = typer.Option("en", "--lang", help="Description language: en or zh."),
         template: bool = typer.Option(
             False, "--template", help="Describe profiles with templates only (no LM calls)."
         ),
@@ -35,7 +39,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Sample diverse attribute combinations, have the LM describe each in the second person
-        (template fallback for unusable answers), and drop near-duplicates."""
+        (template fallback for unusable answers), and drop near-duplicates.
+        """
         import dspy
         from tqdm import tqdm
 
@@ -49,7 +54,7 @@ def register(app: typer.Typer) -> None:
         from csc.lm import LMConfigError, lm_for_role
 
         if language not in ("en", "zh"):
-            fail(f"--language must be en or zh, got {language!r}")
+            fail(f"--lang must be en or zh, got {language!r}")
         describer = None
         client = None
         if not template:
@@ -87,10 +92,10 @@ def register(app: typer.Typer) -> None:
             f"LM, {pool.template_descriptions} by template; max pairwise cosine {worst:.3f}"
         )
 
-    @group.command("show")
+    @group.command("show", epilog="Example: csc profiles show --lang zh --limit 3")
     def show(
         file: Path | None = typer.Argument(None, help="Profile JSONL (default: built-in pool)."),
-        language: str = typer.Option("en", "--language", help="Built-in pool language."),
+        language: str = typer.Option("en", "--lang", help="Built-in pool language: en or zh."),
         limit: int = typer.Option(5, "--limit", help="How many to print."),
     ) -> None:
         """Print profiles of a pool (the built-in one by default)."""

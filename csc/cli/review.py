@@ -17,7 +17,9 @@ def register(app: typer.Typer) -> None:
     )
     app.add_typer(group, name="review")
 
-    @group.command("apply")
+    @group.command(
+        "apply", epilog="Example: csc review apply review.json runs/quickstart --out accepted.jsonl"
+    )
     def apply(
         review_file: Path = typer.Argument(..., help="review.json exported by the viewer."),
         run: Path = typer.Argument(

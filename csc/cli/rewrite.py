@@ -21,7 +21,10 @@ _RULE_FLAGS = {
 def register(app: typer.Typer) -> None:
     """Add ``csc rewrite`` to the app."""
 
-    @app.command("rewrite")
+    @app.command(
+        "rewrite",
+        epilog="Example: csc rewrite --data raw.json --mapping raw.yaml --lm local --out runs/rewrite",
+    )
     def rewrite(
         data: Path = typer.Option(..., "--data", help="Raw dialogues (any format csc data reads)."),
         out: Path = typer.Option(..., "--out", help="Run folder (created; re-run to resume)."),

@@ -12,13 +12,13 @@ from csc.cli.common import echo_json, fail
 def register(app: typer.Typer) -> None:
     """Add ``csc stats`` to the app."""
 
-    @app.command("stats")
+    @app.command("stats", epilog="Example: csc stats data/samples/sample_en.json")
     def stats(
         file: Path = typer.Argument(
             ..., help="Dialogue file: .jsonl (ours), DianJin .json/.parquet, ..."
         ),
-        format: str | None = typer.Option(
-            None, "--format", help="Input format (default: from the file name): jsonl, dianjin, hf."
+        from_format: str | None = typer.Option(
+            None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
         ),
         framework: str = typer.Option("csc", "--framework", help="csc, esc or a YAML path."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
@@ -27,7 +27,8 @@ def register(app: typer.Typer) -> None:
         """Print statistics of a dialogue file.
 
         Utterances, strategy distribution and utilization, stage-order violations, policy
-        corrections, persona fidelity, diversity and the filter's pass rates.
+        corrections, persona fidelity, diversity and the filter's pass rates. One streaming
+        pass; diversity and persona figures of large files use seeded samples (shown).
         """
         from rich.console import Console
 
@@ -36,13 +37,14 @@ def register(app: typer.Typer) -> None:
         from csc.framework import Framework, FrameworkError
 
         if not file.exists():
-            fail(f"{file} does not exist")
+            fail(f"{file}: no such file or folder")
         try:
             fw = Framework.load(framework)
-            dialogues = list(read_dialogues(file, format, framework=fw, allow_unlabelled=True))
+            # Streamed: statistics keep counters and bounded samples, never the whole file.
+            dialogues = read_dialogues(file, from_format, framework=fw, allow_unlabelled=True)
+            result = dialogue_stats(dialogues, fw, seed=seed)
         except (FrameworkError, DataFormatError) as exc:
             fail(str(exc))
-        result = dialogue_stats(dialogues, fw, seed=seed)
         if as_json:
             echo_json(result)
         else:

@@ -13,7 +13,10 @@ from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_
 def register(app: typer.Typer) -> None:
     """Add ``csc synthesize`` to the app."""
 
-    @app.command("synthesize")
+    @app.command(
+        "synthesize",
+        epilog="Example: csc synthesize -n 3 --lm local --max-utterances 12 --out runs/syn",
+    )
     def synthesize(
         out: Path = typer.Option(..., "--out", help="Run folder (created; re-run to resume)."),
         dialogues: int | None = typer.Option(
@@ -28,7 +31,7 @@ def register(app: typer.Typer) -> None:
             help="Topics: built-in codes/names, comma-separated or repeated, a topics .yaml/.txt "
             "file, or free text (default: the 7 built-in topics).",
         ),
-        language: str = typer.Option("en", "--language", help="Dialogue language: en or zh."),
+        language: str = typer.Option("en", "--lang", help="Dialogue language: en or zh."),
         framework: str = typer.Option(
             "csc", "--framework", help="Strategy framework: csc, esc or a YAML path."
         ),
@@ -70,8 +73,8 @@ def register(app: typer.Typer) -> None:
         ),
         format: str = typer.Option(
             "jsonl",
-            "--format",
-            help="Also write kept dialogues as DianJin JSON (dianjin); jsonl is always written.",
+            "--to",
+            help="Output format: jsonl (always written), or dianjin to also write DianJin JSON.",
         ),
         show: int = typer.Option(1, "--show", min=0, help="Print this many finished dialogues."),
         turn_tokens: str = typer.Option(
@@ -106,9 +109,9 @@ def register(app: typer.Typer) -> None:
         )
 
         if language not in ("en", "zh"):
-            fail(f"--language must be en or zh, got {language!r}")
+            fail(f"--lang must be en or zh, got {language!r}")
         if format not in ("jsonl", "dianjin"):
-            fail(f"--format must be jsonl or dianjin, got {format!r}")
+            fail(f"--to must be jsonl or dianjin, got {format!r}")
         if dialogues is not None and dialogues < 1:
             fail("--dialogues must be at least 1")
         try:

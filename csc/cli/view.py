@@ -12,7 +12,7 @@ from csc.cli.common import fail, user_errors
 def register(app: typer.Typer) -> None:
     """Add the ``view`` command."""
 
-    @app.command("view")
+    @app.command("view", epilog="Example: csc view runs/quickstart --out quickstart.html")
     def view(
         path: Path = typer.Argument(
             ...,

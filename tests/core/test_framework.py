@@ -62,12 +62,27 @@ def test_unknown_label_lists_valid_ones() -> None:
     assert "Upselling" in msg and "EM/Emotion Management/情感管理" in msg
 
 
-def test_number_and_name_must_agree_on_a_known_name() -> None:
+@pytest.mark.parametrize(
+    ("label", "wanted"),
+    [
+        ("策略99 情感管理", "no strategy number 99"),
+        ("策略99", "no strategy number 99"),
+        ("策略5 礼貌问候", "number 5 is EM"),
+        ("Strategy 5 Greeting", "number 5 is EM"),
+        ("策略3 情感管理", "number 3 is RP"),
+    ],
+)
+def test_a_wrong_strategy_number_is_an_error_not_a_guess(label: str, wanted: str) -> None:
+    # Issue #8 item 2: these were silently rewritten to EM / GT.
+    with pytest.raises(FrameworkError) as err:
+        Framework.load("csc").normalize(label)
+    assert wanted in str(err.value) and repr(label) in str(err.value)
+
+
+def test_number_and_name_that_agree_are_accepted() -> None:
     fw = Framework.load("csc")
-    # The name wins when both are present: the released data is labelled by name.
-    assert fw.normalize("策略3 情感管理") == "EM"
-    with pytest.raises(FrameworkError):
-        fw.normalize("策略99")
+    assert fw.normalize("Strategy 5 Emotion Management") == "EM"
+    assert fw.normalize("strategy 1: greeting") == "GT"
 
 
 def test_official_label_round_trip() -> None:

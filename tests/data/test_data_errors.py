@@ -203,8 +203,13 @@ def test_parquet_bad_row_names_record(tmp_path):
 
 
 def test_format_detection_errors(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n", encoding="utf-8")
     with pytest.raises(DataFormatError, match="cannot tell the dialogue format"):
         read_dialogues(tmp_path / "x.csv")
+    # A missing path is named as missing, whatever its suffix (issue #8 item 7).
+    for missing in ("missing.csv", "missing"):
+        with pytest.raises(DataFormatError, match="no such file"):
+            read_dialogues(tmp_path / missing)
     with pytest.raises(DataFormatError, match="unknown format 'csv'"):
         read_dialogues(tmp_path / "x.json", "csv")
     with pytest.raises(DataFormatError, match="no such file"):

@@ -148,3 +148,59 @@ def test_cli_stats_json(tmp_path):
     assert json.loads(result.output)["strategy_utilization"] == pytest.approx(6 / 7)
     table = CliRunner().invoke(app, ["stats", str(path)])
     assert "strategy utilization" in table.output
+
+
+def test_self_bleu_equals_sacrebleu_against_all_others():
+    # The linear-time self-BLEU must give sacrebleu's sentence BLEU against every other text,
+    # duplicates and Chinese included.
+    import random
+
+    import sacrebleu
+
+    rng = random.Random(1)
+    words = ["a", "b", "c", "d", "e", "f", "g", "the", "cat", "sat", "on", "mat"]
+    for trial in range(12):
+        n = rng.randint(2, 30)
+        if trial % 4 == 3:
+            texts = [
+                "".join(rng.choice("你好我们的账户问题谢谢") for _ in range(9)) for _ in range(n)
+            ]
+        else:
+            texts = [" ".join(rng.choices(words, k=rng.randint(1, 12))) for _ in range(n)]
+            texts += texts[:2]
+        tok = "zh" if trial % 4 == 3 else "13a"
+        want = sum(
+            sacrebleu.sentence_bleu(t, texts[:i] + texts[i + 1 :], tokenize=tok).score
+            for i, t in enumerate(texts)
+        ) / len(texts)
+        assert self_bleu(texts, sample=10**6) == pytest.approx(want, abs=1e-9)
+
+
+def test_statistics_stream_once_and_say_what_they_sampled(monkeypatch):
+    import csc.eval.stats as stats
+
+    def stream():
+        for i in range(20):
+            yield D1.model_copy(update={"id": f"a{i}"})
+            yield D2.model_copy(update={"id": f"b{i}"})
+
+    small = dialogue_stats((d for d in stream()), FW)  # a generator: read in one pass
+    assert small["dialogues"] == 40 and small["sampling"]["sampled"] is False
+    exact = dialogue_stats(list(stream()), FW)
+    assert small == exact
+
+    monkeypatch.setattr(stats, "DIVERSITY_SAMPLE", 20)
+    monkeypatch.setattr(stats, "SELF_BLEU_SAMPLE", 5)
+    monkeypatch.setattr(stats, "PERSONA_SAMPLE", 10)
+    st = dialogue_stats(stream(), FW)
+    sm = st["sampling"]
+    assert sm["sampled"] is True and sm["distinct_n_turns"] == 20
+    assert sm["supporter_turns"] == st["supporter_turns"] > 20
+    assert sm["self_bleu_hypotheses"] == 5 and sm["self_bleu_references"] == 19
+    assert sm["persona_dialogues"] == 10 and sm["dialogues_with_profile"] == 40
+    assert st["strategy_distribution"] == exact["strategy_distribution"]  # counts stay exact
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render_stats(st))
+    assert "sampled (seeded)" in console.export_text()

@@ -92,7 +92,7 @@ def test_compare_cli_writes_table_and_chart(
             "compare", "--data", str(SAMPLE), "--split", "test", "--lm", "local",
             "--supporter", "zs=zero-shot", "--supporter", "direct=direct",
             "--supporter", "ft=finetuned:/x", "--context", "ref", "--limit", "3",
-            "--no-bertscore", "--num-threads", "1", "--out", str(out),
+            "--no-bertscore", "--concurrency", "1", "--out", str(out),
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output

@@ -180,7 +180,7 @@ def test_cli_optimize_then_evaluate_optimized(tmp_path, monkeypatch):
         "--context",
         "both",
         "--no-bertscore",
-        "--num-threads",
+        "--concurrency",
         "2",
         "--out",
         str(out),

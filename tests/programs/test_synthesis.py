@@ -177,7 +177,7 @@ def test_cli_synthesize_end_to_end(tmp_path, monkeypatch):
         "2",
         "--lm",
         "openai/fake",
-        "--format",
+        "--to",
         "dianjin",
         "--show",
         "1",
