@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": [],
     }
     for lang, data in SAMPLES.items():
-        for variant in VARIANTS:
+        for variant in args.variants:
             export_dir = out / f"export-{lang}-{variant}"
             if not (export_dir / "export.json").is_file():
                 export_sft(
@@ -214,20 +214,21 @@ def markdown(results: dict[str, Any]) -> str:
             continue
 
         lines.append(
-            f"| {lang} | compact vs full | {_ratio(full, compact, 'strategy_prompt_tokens', True)} "
-            f"fewer | {_ratio(full, compact, 'response_prompt_tokens', True)} fewer | "
+            f"| {lang} | compact vs full | "
+            f"{_ratio(full, compact, 'strategy_prompt_tokens', True, ' fewer')} | "
+            f"{_ratio(full, compact, 'response_prompt_tokens', True, ' fewer')} | "
             f"{_ratio(full, compact, 'steps_per_second')} | "
-            f"{_ratio(full, compact, 'latency_s', True)} faster | "
+            f"{_ratio(full, compact, 'latency_s', True, ' faster')} | "
             f"{_diff(full, compact, 'acc')} | {_diff(full, compact, 'macro_f1')} | |"
         )
     return "\n".join(lines)
 
 
-def _ratio(full: dict, compact: dict, key: str, inverse: bool = False) -> str:
+def _ratio(full: dict, compact: dict, key: str, inverse: bool = False, what: str = "") -> str:
     a, b = full.get(key), compact.get(key)
     if not a or not b:
         return "–"
-    return f"{(a / b if inverse else b / a):.2f}×"
+    return f"{(a / b if inverse else b / a):.2f}×{what}"
 
 
 def _diff(full: dict, compact: dict, key: str) -> str:
@@ -246,6 +247,13 @@ def main() -> None:
         choices=["en", "zh"],
         default=["en", "zh"],
         help="samples to train and run students on (prompt tokens are counted for both)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=VARIANTS,
+        default=list(VARIANTS),
+        help="variants in the order they run (swap it to check that the order does not matter)",
     )
     parser.add_argument("--eval-limit", type=int, default=None, help="test turns per student")
     parser.add_argument("--out", default="/tmp/csc-student-bench", help="work folder")
