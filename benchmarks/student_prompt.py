@@ -129,6 +129,8 @@ def train_and_evaluate(
         "train_rows": trained.train_rows,
         "steps_per_second": trained.steps_per_second,
         "train_wall_s": trained.wall_time_s,
+        # CPU seconds per step (all threads): less sensitive than wall time to other jobs.
+        "cpu_s_per_step": (trained.cpu_time_s or 0) / max(trained.steps, 1),
         "final_loss": trained.final_loss,
         "load_at_start": load,
         "load_after_eval": os.getloadavg()[0],
@@ -193,8 +195,8 @@ def markdown(results: dict[str, Any]) -> str:
     """The side-by-side table: one row per language and variant, plus the compact/full ratios."""
     lines = [
         "| sample | prompt | strategy prompt tok/row | response prompt tok/row | train steps/s "
-        "| latency s/turn | ACC | macro-F1 | final loss |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| train CPU s/step | latency s/turn | ACC | macro-F1 | final loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     by = {(r["lang"], r["variant"]): r for r in results["rows"]}
 
@@ -205,7 +207,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {lang} | {variant} | {f(r['strategy_prompt_tokens'], 0)} | "
             f"{f(r['response_prompt_tokens'], 0)} | {f(r.get('steps_per_second'), 4)} | "
-            f"{f(r.get('latency_s'), 2)} | {f(r.get('acc'), 1)} | {f(r.get('macro_f1'), 1)} | "
+            f"{f(r.get('cpu_s_per_step'), 0)} | {f(r.get('latency_s'), 2)} | {f(r.get('acc'), 1)} | {f(r.get('macro_f1'), 1)} | "
             f"{f(r.get('final_loss'), 3)} |"
         )
     for lang in dict.fromkeys(lang for lang, _ in by):
@@ -218,6 +220,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_ratio(full, compact, 'strategy_prompt_tokens', True, ' fewer')} | "
             f"{_ratio(full, compact, 'response_prompt_tokens', True, ' fewer')} | "
             f"{_ratio(full, compact, 'steps_per_second')} | "
+            f"{_ratio(full, compact, 'cpu_s_per_step', True, ' less')} | "
             f"{_ratio(full, compact, 'latency_s', True, ' faster')} | "
             f"{_diff(full, compact, 'acc')} | {_diff(full, compact, 'macro_f1')} | |"
         )

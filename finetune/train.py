@@ -58,6 +58,9 @@ class FinetuneResult:
     train_rows: int
     final_loss: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # CPU seconds of this process (all threads) spent in training: on a shared machine a fairer
+    # measure of the work per step than wall time.
+    cpu_time_s: float | None = None
 
 
 # ---------------------------------------------------------------------------- base model
@@ -342,6 +345,7 @@ def train(
     )
     start_step = _checkpoint_step(checkpoint)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     if checkpoint and config.max_steps > 0 and start_step >= config.max_steps:
         # The checkpoint already reached max_steps (a run killed before it wrote the adapter):
         # Trainer.train would take one more step, so load the checkpoint's weights instead.
@@ -350,6 +354,7 @@ def train(
     else:
         trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - started
+    cpu_time = time.process_time() - cpu_started
     steps = trainer.state.global_step
     run_steps = max(steps - start_step, 0)
     eval_loss = None
@@ -385,6 +390,7 @@ def train(
             "steps_this_run": run_steps,
             "resumed_from": checkpoint,
             "wall_time_s": round(wall, 2),
+            "cpu_time_s": round(cpu_time, 2),
             "steps_per_second": round(run_steps / wall, 4) if wall > 0 else None,
             "device": _device_description(device, trainer.args.world_size),
             "precision": "bf16" if config.bf16 else ("fp16" if config.fp16 else "fp32"),
@@ -406,6 +412,7 @@ def train(
         train_rows=len(train_ds),
         final_loss=log.last_loss,
         metadata=metadata,
+        cpu_time_s=cpu_time,
     )
 
 
