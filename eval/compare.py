@@ -67,6 +67,8 @@ class ComparisonRow:
     cached_prompt_tokens: float | None = None  # mean per turn; part of prompt_tokens
     cost_usd: float | None = None  # mean per turn, LiteLLM prices; None when unknown
     lm_usage: dict[str, Any] | None = None  # this invocation's calls (csc.usage), uncached turns
+    # Supporter prompt variant (full | compact, see csc.signatures.supporter); None: unknown.
+    prompt: str | None = None
 
     def cells(self) -> dict[str, Any]:
         """The row as flat table cells, in column order."""
@@ -81,6 +83,7 @@ class ComparisonRow:
             "completion_tok": self.completion_tokens,
             "cost_usd": self.cost_usd,
             "latency_s": self.latency_s,
+            "prompt": self.prompt,
         }
 
 
@@ -135,7 +138,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def markdown_table(comparison: Comparison) -> str:
     """The comparison as a Markdown table, best value per context and metric in bold."""
-    header = ["supporter", "context", "turns", *METRIC_COLUMNS, *COST_COLUMNS]
+    header = ["supporter", "context", "turns", *METRIC_COLUMNS, *COST_COLUMNS, "prompt"]
     values: dict[tuple[str, str], list[float]] = {}
     for row in comparison.rows:
         for name in METRIC_COLUMNS:
@@ -160,6 +163,7 @@ def markdown_table(comparison: Comparison) -> str:
             _fmt(cells["completion_tok"], 1),
             _fmt(cells["cost_usd"], 6),
             _fmt(cells["latency_s"], 2),
+            _fmt(cells["prompt"]),
         ]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
@@ -167,7 +171,15 @@ def markdown_table(comparison: Comparison) -> str:
 
 def write_csv(comparison: Comparison, path: Path) -> None:
     """One CSV row per supporter and context, columns as in the Markdown table plus the spec."""
-    columns = ["supporter", "spec", "context", "turns", *METRIC_COLUMNS, *COST_COLUMNS]
+    columns = [
+        "supporter",
+        "spec",
+        "context",
+        "turns",
+        *METRIC_COLUMNS,
+        *COST_COLUMNS,
+        "prompt",
+    ]
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
@@ -241,7 +253,9 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         "(prompt_tok is the whole prompt, cached_tok the part of it served from the server's "
         "prefix cache); cost_usd: mean LiteLLM-priced cost per turn (– where LiteLLM has no "
         "price); latency_s: mean seconds per supporter turn. Turns answered from DSPy's response "
-        "cache cost 0 tokens.\n"
+        "cache cost 0 tokens; prompt: the supporter's prompt variant (full, or compact: the "
+        "student prompt without the framework's definitions that a fine-tuned supporter was "
+        "trained on).\n"
     )
     paths["md"].write_text(
         "# Supporter comparison\n\n" + "\n".join(notes) + "\n" + markdown_table(comparison),
@@ -260,8 +274,11 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
     return paths
 
 
-def rows_from_result(name: str, spec: str, result: Any, lm: str = "") -> list[ComparisonRow]:
-    """Comparison rows (one per context) from a harness ``EvaluationResult``."""
+def rows_from_result(
+    name: str, spec: str, result: Any, lm: str = "", prompt: str | None = None
+) -> list[ComparisonRow]:
+    """Comparison rows (one per context) from a harness ``EvaluationResult``; ``prompt`` is the
+    supporter's prompt variant."""
     from csc.usage import Usage, litellm_cost
 
     rows: list[ComparisonRow] = []
@@ -288,6 +305,7 @@ def rows_from_result(name: str, spec: str, result: Any, lm: str = "") -> list[Co
                 cached_prompt_tokens=_per_turn(metrics.get("cached_prompt_tokens"), n),
                 cost_usd=_per_turn(cost, n),
                 lm_usage=metrics.get("lm_usage"),
+                prompt=prompt,
             )
         )
     return rows
@@ -392,7 +410,11 @@ def compare_supporters(
                 bertscore_model=bertscore_model,
                 progress=progress,
             )
-        rows.extend(rows_from_result(name, spec, result, lm=lm_name(client)))
+        rows.extend(
+            rows_from_result(
+                name, spec, result, lm=lm_name(client), prompt=getattr(sup.program, "prompt", None)
+            )
+        )
         if on_result is not None:
             on_result(name, spec, result)
     info = {

@@ -35,6 +35,7 @@ from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.lm import redact_secrets
+from csc.signatures.supporter import PromptVariant
 from csc.signatures.types import DialogueHistory
 from csc.usage import usage_of
 
@@ -47,6 +48,7 @@ __all__ = [
     "SupporterSpec",
     "check_unseen",
     "evaluate_supporter",
+    "finetuned_prompt_variant",
     "finetuned_training_ids",
     "score_records",
     "supporter_from_spec",
@@ -489,7 +491,8 @@ def supporter_from_spec(
     * ``direct`` — the :class:`~csc.programs.supporter.DirectSupporter` ablation;
     * ``optimized:PATH.json`` — a program saved by ``csc optimize`` (a compiled strategy
       predictor gets a zero-shot responder); framework and language come from its sidecar;
-    * ``finetuned:DIR`` — the zero-shot supporter running on ``build_lm("finetuned:DIR")``.
+    * ``finetuned:DIR`` — the zero-shot supporter running on ``build_lm("finetuned:DIR")``, with
+      the prompt variant it was trained on (``prompt`` in ``DIR/csc_finetune.json``).
     """
     from csc.optimizers.store import as_supporter, load_program
     from csc.programs.supporter import DirectSupporter, Supporter
@@ -514,7 +517,7 @@ def supporter_from_spec(
         seen, source = finetuned_training_ids(arg)
         return SupporterSpec(
             spec,
-            Supporter(framework, language),  # type: ignore[arg-type]
+            Supporter(framework, language, finetuned_prompt_variant(arg)),  # type: ignore[arg-type]
             lm_spec=spec,
             seen_ids=frozenset(seen),
             seen_source=source,
@@ -523,6 +526,22 @@ def supporter_from_spec(
         f"unknown supporter {spec!r}: use zero-shot, direct, optimized:PATH.json "
         "(from `csc optimize`) or finetuned:DIR (from `csc finetune`)"
     )
+
+
+def finetuned_prompt_variant(run_dir: str | Path) -> PromptVariant:
+    """The supporter prompt variant a ``csc finetune run`` folder was trained on.
+
+    Read from ``csc_finetune.json``; runs from before the variant was recorded, and folders
+    without readable metadata, used the full prompt.
+    """
+    from csc.signatures.supporter import PROMPT_VARIANTS
+
+    try:
+        meta = json.loads((Path(run_dir) / "csc_finetune.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "full"
+    prompt = meta.get("prompt") if isinstance(meta, dict) else None
+    return prompt if prompt in PROMPT_VARIANTS else "full"  # type: ignore[return-value]
 
 
 def finetuned_training_ids(run_dir: str | Path) -> tuple[list[str], str]:

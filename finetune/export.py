@@ -11,8 +11,9 @@ Each supporter turn of a dialogue becomes one row per task:
 
 Prompts come from :func:`csc.programs.supporter.strategy_prediction_messages` and
 :func:`~csc.programs.supporter.response_generation_messages` on a zero-shot
-:class:`~csc.programs.supporter.Supporter`, so training prompts are byte-identical to what
-``csc evaluate --supporter finetuned:DIR`` sends. Dialogues (not turns) are split into
+:class:`~csc.programs.supporter.Supporter` of the chosen prompt variant (``compact``, the default,
+or ``full``; recorded in ``export.json`` and then in the adapter's metadata), so training prompts
+are byte-identical to what ``csc evaluate --supporter finetuned:DIR`` sends. Dialogues (not turns) are split into
 train/validation/test, seeded, so no conversation leaks across splits. The output folder is a
 ``datasets.DatasetDict`` saved with ``save_to_disk`` plus ``export.json`` (counts, hashes, options).
 """
@@ -28,11 +29,14 @@ from typing import Any, Literal
 
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
+from csc.signatures.supporter import PROMPT_VARIANTS, PromptVariant
 
 Task = Literal["strategy", "response", "joint"]
 TASKS: tuple[str, ...] = ("strategy", "response", "joint")
 EXPORT_METADATA = "export.json"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+# The prompt variant of exports that predate the choice (they have no "prompt" key).
+LEGACY_PROMPT: PromptVariant = "full"
 
 
 class ExportError(ValueError):
@@ -104,15 +108,21 @@ def split_dialogues(
 class SFTRowBuilder:
     """Builds SFT rows with the supporter program's own prompts and the adapter's own targets."""
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
+    def __init__(
+        self,
+        framework: Framework | str = "csc",
+        language: Language = "en",
+        prompt: PromptVariant = "compact",
+    ):
         from csc.programs.supporter import Supporter
 
         self.framework = (
             framework if isinstance(framework, Framework) else Framework.load(framework)
         )
         self.language: Language = language
-        # A zero-shot program: finetuned:DIR is evaluated with the same, demo-free program.
-        self.program = Supporter(self.framework, language)
+        # A zero-shot program: finetuned:DIR is evaluated with the same, demo-free program of
+        # the same prompt variant.
+        self.program = Supporter(self.framework, language, prompt)
 
     def rows(self, dialogue: Dialogue, task: Task) -> tuple[list[dict[str, Any]], int]:
         """Rows for every labelled supporter turn of a dialogue, and how many turns were skipped.
@@ -206,12 +216,14 @@ def export_sft(
     splits: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    prompt: PromptVariant = "compact",
 ) -> ExportResult:
     """Read a dialogue dataset and write a ``messages`` DatasetDict for SFT to ``out_dir``.
 
     ``format`` is any format :func:`csc.data.io.read_dialogues` reads (auto-detected by default);
     ``language`` defaults to the dialogues' language; ``limit`` reads only the first N
-    dialogues. The split comes from ``splits`` (a ``splits.json`` of the same data) or is made
+    dialogues; ``prompt`` is the supporter's prompt variant (``compact``: the short student
+    prompt, ``full``: the prompt with the framework's definitions). The split comes from ``splits`` (a ``splits.json`` of the same data) or is made
     with ``seed`` and the fractions; either way it is written to ``OUT/splits.json`` for
     ``csc evaluate``/``compare``/``optimize --splits``. Also writes ``export.json`` (counts per
     split, the data's SHA-256, the framework and the options).
@@ -232,6 +244,8 @@ def export_sft(
 
     if task not in TASKS:
         raise ExportError(f"task {task!r}: choose one of {list(TASKS)}")
+    if prompt not in PROMPT_VARIANTS:
+        raise ExportError(f"prompt {prompt!r}: choose one of {list(PROMPT_VARIANTS)}")
     for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= value < 1.0:
             raise ExportError(f"{name}={value}: must be in [0, 1)")
@@ -297,7 +311,7 @@ def export_sft(
     staging = out.parent / f".{out.name}.export-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     final = staging / "dataset"
-    builder = SFTRowBuilder(fw, lang)
+    builder = SFTRowBuilder(fw, lang, prompt)
     features = _features()
     writers = {}
     for split in SPLITS:
@@ -355,7 +369,8 @@ def export_sft(
             "counts": {k: vars(v) for k, v in kept.items()},
             "skipped_turns": skipped,
             "split_dialogue_ids": {k: list(parts.parts[k]) for k in SPLITS},
-            "prompts": "csc.programs.supporter zero-shot Supporter, ChatAdapter",
+            "prompt": prompt,
+            "prompts": f"csc.programs.supporter zero-shot Supporter (prompt={prompt}), ChatAdapter",
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         (final / EXPORT_METADATA).write_text(

@@ -4,6 +4,7 @@ A recipe is read into TRL's own :class:`trl.SFTConfig` and PEFT's :class:`peft.L
 alignment-handbook habit), so every option those classes document can be set in YAML and nothing
 is re-invented here. Example (the shipped default, ``smollm2-135m-lora``)::
 
+    prompt: compact            # compact (student prompt) | full; must match the export
     model:
       name: local              # LM spec (local, local:<path>) or a Hugging Face model folder
       dtype: auto              # auto | float32 | bfloat16 | float16
@@ -70,10 +71,17 @@ class DataSection(BaseModel):
 
 
 class Recipe(BaseModel):
-    """A parsed and validated training recipe."""
+    """A parsed and validated training recipe.
+
+    ``prompt`` is the supporter prompt variant the student is trained on and later runs with
+    (:mod:`csc.signatures.supporter`): ``compact`` (short instructions, no framework definitions)
+    or ``full``; training refuses an export made with the other variant. ``None`` trains on
+    whichever variant the export has.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
+    prompt: Literal["compact", "full"] | None = None
     model: ModelSection = Field(default_factory=ModelSection)
     lora: dict[str, Any] = Field(default_factory=dict)
     data: DataSection = Field(default_factory=DataSection)
@@ -92,14 +100,14 @@ class Recipe(BaseModel):
             raise RecipeError(f"{path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise RecipeError(
-                f"{path}: expected a mapping with model, lora, data, trainer sections"
+                f"{path}: expected a mapping with prompt, model, lora, data, trainer sections"
             )
         return cls.from_dict(data, source=str(path))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Recipe:
         """Validate a recipe mapping; every key is checked against PEFT and TRL's own fields."""
-        known = {"model", "lora", "data", "trainer", "devices"}
+        known = {"prompt", "model", "lora", "data", "trainer", "devices"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise RecipeError(

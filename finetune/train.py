@@ -7,7 +7,10 @@ handed to ``SFTTrainer``, and the output folder gets the layout ``finetuned:<dir
     <out>/adapter/             PEFT LoRA adapter (+ tokenizer)
     <out>/checkpoints/         Trainer checkpoints (``--resume`` continues from the last one)
     <out>/train_log.jsonl      one JSON object per logging step (loss, learning rate, ...)
-    <out>/csc_finetune.json    metadata: base_model, adapter_dir, data hash, recipe, steps, ...
+    <out>/csc_finetune.json    metadata: base_model, adapter_dir, prompt, data hash, recipe, steps, ...
+
+``prompt`` is the supporter prompt variant (``compact`` or ``full``) the rows were exported with;
+``finetuned:<dir>`` runs the supporter with that variant, so it sees the prompts it learned.
 
 Run it through ``csc finetune run`` or, for several GPUs, through accelerate::
 
@@ -55,6 +58,9 @@ class FinetuneResult:
     train_rows: int
     final_loss: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # CPU seconds of this process (all threads) spent in training: on a shared machine a fairer
+    # measure of the work per step than wall time.
+    cpu_time_s: float | None = None
 
 
 # ---------------------------------------------------------------------------- base model
@@ -196,6 +202,23 @@ def load_sft_data(data_dir: str | Path, recipe: Recipe) -> tuple[Any, Any, dict[
     return train, val, export_meta
 
 
+def export_prompt_variant(data_dir: str | Path, export_meta: dict[str, Any], recipe: Recipe) -> str:
+    """The prompt variant of an export, checked against the one the recipe asks for.
+
+    Exports made before the variant was recorded used the full prompt.
+    """
+    from csc.finetune.export import LEGACY_PROMPT
+
+    exported = str(export_meta.get("prompt") or LEGACY_PROMPT)
+    if recipe.prompt is not None and recipe.prompt != exported:
+        raise FinetuneError(
+            f"{data_dir}: exported with the {exported} prompt, but {recipe.source} trains "
+            f"`prompt: {recipe.prompt}`; re-export with `csc finetune export --prompt "
+            f"{recipe.prompt}` or set `prompt: {exported}` in the recipe"
+        )
+    return exported
+
+
 def _to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
     messages = row["messages"]
     if not messages or messages[-1]["role"] != "assistant":
@@ -298,6 +321,7 @@ def train(
 
     config = build_sft_config(recipe, out_dir, device, max_steps)
     train_ds, val_ds, export_meta = load_sft_data(data_dir, recipe)
+    prompt = export_prompt_variant(data_dir, export_meta, recipe)
     model, tokenizer, ref = load_model_and_tokenizer(recipe, device)
     train_ds, dropped = _drop_overlong(train_ds, tokenizer, config.max_length)
     val_ds, _ = _drop_overlong(val_ds, tokenizer, config.max_length)
@@ -321,6 +345,7 @@ def train(
     )
     start_step = _checkpoint_step(checkpoint)
     started = time.perf_counter()
+    cpu_started = time.process_time()
     if checkpoint and config.max_steps > 0 and start_step >= config.max_steps:
         # The checkpoint already reached max_steps (a run killed before it wrote the adapter):
         # Trainer.train would take one more step, so load the checkpoint's weights instead.
@@ -329,6 +354,7 @@ def train(
     else:
         trainer.train(resume_from_checkpoint=checkpoint)
     wall = time.perf_counter() - started
+    cpu_time = time.process_time() - cpu_started
     steps = trainer.state.global_step
     run_steps = max(steps - start_step, 0)
     eval_loss = None
@@ -343,6 +369,8 @@ def train(
         metadata = {
             "base_model": ref.spec,
             "adapter_dir": ADAPTER_DIR,
+            # The supporter prompt variant finetuned:DIR must run with (the trained-on prompts).
+            "prompt": prompt,
             "task": export_meta.get("task", recipe.data.task),
             "framework": export_meta.get("framework"),
             "data": {
@@ -362,6 +390,7 @@ def train(
             "steps_this_run": run_steps,
             "resumed_from": checkpoint,
             "wall_time_s": round(wall, 2),
+            "cpu_time_s": round(cpu_time, 2),
             "steps_per_second": round(run_steps / wall, 4) if wall > 0 else None,
             "device": _device_description(device, trainer.args.world_size),
             "precision": "bf16" if config.bf16 else ("fp16" if config.fp16 else "fp32"),
@@ -383,6 +412,7 @@ def train(
         train_rows=len(train_ds),
         final_loss=log.last_loss,
         metadata=metadata,
+        cpu_time_s=cpu_time,
     )
 
 

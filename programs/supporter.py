@@ -7,7 +7,9 @@
 * :class:`DirectSupporter` — the ablation: replies directly, and the strategy its reply carries out
   is labelled afterwards by a separate ``labeler``.
 
-All of them work with any framework and language. The prompt-export helpers
+All of them work with any framework and language, and with either prompt variant (``prompt=
+"full"``, the default, or ``"compact"``, the short student prompt of a fine-tuned supporter; see
+:mod:`csc.signatures.supporter`). The prompt-export helpers
 (:func:`strategy_prediction_messages`, :func:`response_generation_messages`,
 :func:`completion_content`) return exactly the chat messages the sub-programs send, so a
 fine-tuning exporter trains on the prompts used at inference time.
@@ -23,6 +25,8 @@ import dspy
 from csc.dialogue import Turn
 from csc.framework import Framework, Language
 from csc.signatures.supporter import (
+    PromptVariant,
+    check_prompt_variant,
     direct_response_signature,
     response_generation_signature,
     strategy_labeling_signature,
@@ -57,14 +61,20 @@ def as_history(history: HistoryLike | Mapping[str, Any], language: Language) -> 
 
 
 class _SupporterModule(dspy.Module):
-    """Shared behaviour: framework/language bookkeeping and JSON-safe loading of demos."""
+    """Shared behaviour: framework/language/prompt bookkeeping and JSON-safe loading of demos."""
 
     kind: str = ""
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
+    def __init__(
+        self,
+        framework: Framework | str = "csc",
+        language: Language = "en",
+        prompt: PromptVariant = "full",
+    ):
         super().__init__()
         self.framework = _framework(framework)
         self.language: Language = language
+        self.prompt: PromptVariant = check_prompt_variant(prompt)
 
     def load_state(self, state: dict, **kwargs: Any) -> None:
         """Load saved state, turning the JSON histories of saved demos back into typed histories."""
@@ -92,9 +102,16 @@ class StrategyPredictor(_SupporterModule):
 
     kind = "strategy"
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
-        super().__init__(framework, language)
-        self.strategist = dspy.Predict(strategy_prediction_signature(self.framework, language))
+    def __init__(
+        self,
+        framework: Framework | str = "csc",
+        language: Language = "en",
+        prompt: PromptVariant = "full",
+    ):
+        super().__init__(framework, language, prompt)
+        self.strategist = dspy.Predict(
+            strategy_prediction_signature(self.framework, language, self.prompt)
+        )
 
     def forward(self, history: HistoryLike) -> dspy.Prediction:
         """Return ``Prediction(strategy=code)`` for the conversation so far."""
@@ -108,10 +125,27 @@ class Supporter(_SupporterModule):
 
     kind = "supporter"
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
-        super().__init__(framework, language)
-        self.strategist = dspy.Predict(strategy_prediction_signature(self.framework, language))
-        self.responder = dspy.Predict(response_generation_signature(self.framework, language))
+    def __init__(
+        self,
+        framework: Framework | str = "csc",
+        language: Language = "en",
+        prompt: PromptVariant = "full",
+    ):
+        super().__init__(framework, language, prompt)
+        self.strategist = dspy.Predict(
+            strategy_prediction_signature(self.framework, language, self.prompt)
+        )
+        self.responder = dspy.Predict(
+            response_generation_signature(self.framework, language, self.prompt)
+        )
+
+    def responder_inputs(self, history: DialogueHistory, code: str) -> dict[str, Any]:
+        """The responder's inputs for a history and strategy code: the full prompt adds the
+        strategy's definition, the compact one only names the code."""
+        inputs: dict[str, Any] = {"history": history, "strategy": code}
+        if "strategy_definition" in self.responder.signature.input_fields:
+            inputs["strategy_definition"] = self.framework.render_strategy(code, self.language)
+        return inputs
 
     def forward(self, history: HistoryLike, strategy: str | None = None) -> dspy.Prediction:
         """Return ``Prediction(strategy, response)``; a given ``strategy`` skips the prediction."""
@@ -121,11 +155,7 @@ class Supporter(_SupporterModule):
             strategy, substituted = self._code(self.strategist(history=hist).strategy)
         else:
             strategy = self.framework.normalize(strategy)
-        out = self.responder(
-            history=hist,
-            strategy=strategy,
-            strategy_definition=self.framework.render_strategy(strategy, self.language),
-        )
+        out = self.responder(**self.responder_inputs(hist, strategy))
         return dspy.Prediction(
             strategy=strategy, response=str(out.response).strip(), strategy_fallback=substituted
         )
@@ -136,10 +166,19 @@ class DirectSupporter(_SupporterModule):
 
     kind = "direct"
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
-        super().__init__(framework, language)
-        self.responder = dspy.Predict(direct_response_signature(self.framework, language))
-        self.labeler = dspy.Predict(strategy_labeling_signature(self.framework, language))
+    def __init__(
+        self,
+        framework: Framework | str = "csc",
+        language: Language = "en",
+        prompt: PromptVariant = "full",
+    ):
+        super().__init__(framework, language, prompt)
+        self.responder = dspy.Predict(
+            direct_response_signature(self.framework, language, self.prompt)
+        )
+        self.labeler = dspy.Predict(
+            strategy_labeling_signature(self.framework, language, self.prompt)
+        )
 
     def forward(self, history: HistoryLike) -> dspy.Prediction:
         """Return ``Prediction(strategy, response)``, the strategy labelled from the reply."""
@@ -200,14 +239,7 @@ def response_generation_messages(
     if strategy is None:
         raise ValueError("response_generation_messages needs the strategy the reply carries out")
     code = program.framework.normalize(strategy)
-    return _messages(
-        program.responder,
-        {
-            "history": hist,
-            "strategy": code,
-            "strategy_definition": program.framework.render_strategy(code, program.language),
-        },
-    )
+    return _messages(program.responder, program.responder_inputs(hist, code))
 
 
 def completion_content(predictor: dspy.Predict, outputs: Mapping[str, Any]) -> str:

@@ -5,15 +5,26 @@ framework's codes) and per language (``en`` or ``zh`` instructions and definitio
 taxonomy works unchanged. The instructions are what a support-quality expert would tell a new
 agent; prompt optimizers (MIPROv2, GEPA) rewrite them.
 
+Each builder also takes a ``prompt`` variant:
+
+* ``full`` (the default) — expert instructions, field descriptions and, where a strategy is
+  chosen, the framework's stage and strategy definitions: what a general LM needs to do the task.
+* ``compact`` — the student prompt of a fine-tuned supporter: one short instruction, no field
+  descriptions, no framework definitions (the responder gets the strategy code without its
+  definition). The inputs and the typed outputs are the same, so the ``strategy`` output is still
+  a ``Literal`` of the framework's codes and constrained decoding still guarantees a valid code.
+  A student learns the framework from its training data, so repeating it on every training step
+  and every inference call only costs time (see docs/finetuning.md for the measurements).
+
 ``StrategyPrediction``, ``ResponseGeneration``, ``DirectResponse`` and ``StrategyLabeling`` at
-module level are the CSC / English versions; use the ``*_signature(framework, language)``
-builders for any other combination.
+module level are the CSC / English / full versions; use the ``*_signature(framework, language,
+prompt)`` builders for any other combination.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import dspy
 
@@ -21,15 +32,21 @@ from csc.framework import Framework, Language
 from csc.signatures.types import DialogueHistory
 
 __all__ = [
+    "PROMPT_VARIANTS",
     "DirectResponse",
+    "PromptVariant",
     "ResponseGeneration",
     "StrategyLabeling",
     "StrategyPrediction",
+    "check_prompt_variant",
     "direct_response_signature",
     "response_generation_signature",
     "strategy_labeling_signature",
     "strategy_prediction_signature",
 ]
+
+PromptVariant = Literal["full", "compact"]
+PROMPT_VARIANTS: tuple[str, ...] = ("full", "compact")
 
 _TEXT: dict[str, dict[str, str]] = {
     "en": {
@@ -103,10 +120,48 @@ _TEXT: dict[str, dict[str, str]] = {
 }
 
 
+# The compact (student) instructions: one sentence naming the task, nothing the weights of a
+# fine-tuned model already carry. Changing them changes what existing compact students were
+# trained on, so treat them as part of the trained model's interface.
+_COMPACT_TEXT: dict[str, dict[str, str]] = {
+    "en": {
+        "predict": "Choose the strategy code of the support agent's next reply.",
+        "respond": "Write the support agent's next reply using the given strategy.",
+        "direct": "Write the support agent's next reply.",
+        "label": "Label the support agent's reply with its strategy code.",
+    },
+    "zh": {
+        "predict": "选择客服下一句回复的策略代码。",
+        "respond": "用给定策略写出客服的下一句回复。",
+        "direct": "写出客服的下一句回复。",
+        "label": "标注客服回复所用的策略代码。",
+    },
+}
+
+
 def _text(language: str) -> dict[str, str]:
     if language not in _TEXT:
         raise ValueError(f"unsupported language {language!r}; use 'en' or 'zh'")
     return _TEXT[language]
+
+
+def check_prompt_variant(prompt: str) -> PromptVariant:
+    """``prompt`` itself if it names a variant (``full`` or ``compact``), else a ValueError."""
+    if prompt not in PROMPT_VARIANTS:
+        raise ValueError(f"unknown prompt variant {prompt!r}; use 'full' or 'compact'")
+    return prompt  # type: ignore[return-value]
+
+
+def _instructions(task: str, language: str, prompt: str) -> str:
+    if check_prompt_variant(prompt) == "compact":
+        _text(language)  # same language check as the full variant
+        return _COMPACT_TEXT[language][task]
+    return _text(language)[task]
+
+
+def _desc(key: str, language: str, prompt: str) -> dict[str, str]:
+    # Compact fields carry no description: DSPy then renders just the name and type.
+    return {} if prompt == "compact" else {"desc": _text(language)[key]}
 
 
 def _with_framework(instructions: str, framework: Framework, language: Language) -> str:
@@ -116,82 +171,79 @@ def _with_framework(instructions: str, framework: Framework, language: Language)
     return f"{instructions}\n\n{text['framework']}\n{framework.render(language)}"
 
 
-def _history_field(language: str) -> tuple[type, Any]:
-    return (DialogueHistory, dspy.InputField(desc=_text(language)["history"]))
+def _history_field(language: str, prompt: str) -> tuple[type, Any]:
+    return (DialogueHistory, dspy.InputField(**_desc("history", language, prompt)))
 
 
 @lru_cache(maxsize=64)
 def strategy_prediction_signature(
-    framework: Framework | None = None, language: Language = "en"
+    framework: Framework | None = None, language: Language = "en", prompt: PromptVariant = "full"
 ) -> type[dspy.Signature]:
     """History -> the code of the strategy the supporter should use next (typed by the framework)."""
     framework = framework or Framework.load("csc")
-    text = _text(language)
+    instructions = _instructions("predict", language, prompt)
     return dspy.make_signature(
         {
-            "history": _history_field(language),
+            "history": _history_field(language, prompt),
             "strategy": (
                 framework.strategy_literal,
-                dspy.OutputField(desc=text["strategy_out"]),
+                dspy.OutputField(**_desc("strategy_out", language, prompt)),
             ),
         },
-        _with_framework(text["predict"], framework, language),
+        instructions if prompt == "compact" else _with_framework(instructions, framework, language),
         signature_name="StrategyPrediction",
     )
 
 
 @lru_cache(maxsize=64)
 def response_generation_signature(
-    framework: Framework | None = None, language: Language = "en"
+    framework: Framework | None = None, language: Language = "en", prompt: PromptVariant = "full"
 ) -> type[dspy.Signature]:
-    """History + a strategy code and its definition -> the supporter's reply."""
-    framework = framework or Framework.load("csc")
-    text = _text(language)
+    """History + a strategy code (and, in the full prompt, its definition) -> the supporter's reply."""
+    fields: dict[str, Any] = {
+        "history": _history_field(language, prompt),
+        "strategy": (str, dspy.InputField(**_desc("strategy_in", language, prompt))),
+    }
+    if prompt != "compact":  # the definition is framework text a student learns in training
+        fields["strategy_definition"] = (str, dspy.InputField(desc=_text(language)["definition"]))
+    fields["response"] = (str, dspy.OutputField(**_desc("response", language, prompt)))
     return dspy.make_signature(
-        {
-            "history": _history_field(language),
-            "strategy": (str, dspy.InputField(desc=text["strategy_in"])),
-            "strategy_definition": (str, dspy.InputField(desc=text["definition"])),
-            "response": (str, dspy.OutputField(desc=text["response"])),
-        },
-        text["respond"],
-        signature_name="ResponseGeneration",
+        fields, _instructions("respond", language, prompt), signature_name="ResponseGeneration"
     )
 
 
 @lru_cache(maxsize=64)
 def direct_response_signature(
-    framework: Framework | None = None, language: Language = "en"
+    framework: Framework | None = None, language: Language = "en", prompt: PromptVariant = "full"
 ) -> type[dspy.Signature]:
     """History -> the supporter's reply, with no explicit strategy (the ablation)."""
-    text = _text(language)
     return dspy.make_signature(
         {
-            "history": _history_field(language),
-            "response": (str, dspy.OutputField(desc=text["response"])),
+            "history": _history_field(language, prompt),
+            "response": (str, dspy.OutputField(**_desc("response", language, prompt))),
         },
-        text["direct"],
+        _instructions("direct", language, prompt),
         signature_name="DirectResponse",
     )
 
 
 @lru_cache(maxsize=64)
 def strategy_labeling_signature(
-    framework: Framework | None = None, language: Language = "en"
+    framework: Framework | None = None, language: Language = "en", prompt: PromptVariant = "full"
 ) -> type[dspy.Signature]:
     """History + a supporter reply -> the strategy code the reply carries out."""
     framework = framework or Framework.load("csc")
-    text = _text(language)
+    instructions = _instructions("label", language, prompt)
     return dspy.make_signature(
         {
-            "history": _history_field(language),
-            "response": (str, dspy.InputField(desc=text["reply_in"])),
+            "history": _history_field(language, prompt),
+            "response": (str, dspy.InputField(**_desc("reply_in", language, prompt))),
             "strategy": (
                 framework.strategy_literal,
-                dspy.OutputField(desc=text["label_out"]),
+                dspy.OutputField(**_desc("label_out", language, prompt)),
             ),
         },
-        _with_framework(text["label"], framework, language),
+        instructions if prompt == "compact" else _with_framework(instructions, framework, language),
         signature_name="StrategyLabeling",
     )
 

@@ -48,6 +48,13 @@ def register(app: typer.Typer) -> None:
             help="strategy (predict the next strategy), response (reply given the gold "
             "strategy) or joint (both kinds of rows).",
         ),
+        prompt: str = typer.Option(
+            "compact",
+            "--prompt",
+            help="Supporter prompt variant to train on: compact (short student prompt without "
+            "the framework's definitions; what the shipped recipes train) or full (the prompt "
+            "a general LM gets). finetuned:RUN later runs with the same variant.",
+        ),
         val_fraction: float = typer.Option(
             0.1, "--val-fraction", min=0.0, max=0.99, help="Share of dialogues for validation."
         ),
@@ -82,9 +89,12 @@ def register(app: typer.Typer) -> None:
         from csc.data.errors import DataFormatError
         from csc.finetune.export import TASKS, ExportError, export_sft, write_split_dialogues
         from csc.framework import FrameworkError
+        from csc.signatures.supporter import PROMPT_VARIANTS
 
         if task not in TASKS:
             fail(f"--task must be one of {', '.join(TASKS)}")
+        if prompt not in PROMPT_VARIANTS:
+            fail(f"--prompt must be one of {', '.join(PROMPT_VARIANTS)}")
         if lang not in (None, "en", "zh"):
             fail("--lang must be en or zh")
         if not data.exists():
@@ -109,13 +119,14 @@ def register(app: typer.Typer) -> None:
                 limit=limit,
                 splits=splits,
                 overwrite=overwrite,
+                prompt=prompt,  # type: ignore[arg-type]
             )
             if test_out is not None:
                 n = write_split_dialogues(result, "test", test_out)
                 typer.echo(f"wrote {n} test dialogues to {test_out}")
         except (ExportError, DataFormatError, FrameworkError) as exc:
             fail(str(exc))
-        table = Table(title=f"SFT export ({task}) -> {out}")
+        table = Table(title=f"SFT export ({task}, {prompt} prompt) -> {out}")
         for col in ("split", "dialogues", "rows", "strategy rows", "response rows"):
             table.add_column(col, justify="right" if col != "split" else "left")
         for split, c in result.counts.items():
@@ -185,7 +196,10 @@ def register(app: typer.Typer) -> None:
             f"{result.wall_time_s:.1f} s ({result.steps_per_second:.4f} steps/s), "
             f"final loss {loss}"
         )
-        typer.echo(f"adapter: {result.adapter_dir}; use it with --supporter finetuned:{out}")
+        typer.echo(
+            f"adapter: {result.adapter_dir} ({result.metadata.get('prompt', '?')} prompt); use it "
+            f"with --supporter finetuned:{out}"
+        )
 
     @group.command("merge", epilog="Example: csc finetune merge --run runs/ft --out runs/ft-merged")
     def merge(

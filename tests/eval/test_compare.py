@@ -168,3 +168,52 @@ def test_compare_runs_every_supporter_on_the_same_turns_and_shares_lms() -> None
     gold = [t.strategy for d in dialogues for t in d.supporter_turns][:5]
     assert a_ref.metrics["ACC"] == pytest.approx(100 * gold.count("GT") / 5)
     assert comparison.info["examples"] == 5
+
+
+def test_finetuned_supporters_run_and_show_the_prompt_variant_they_were_trained_on(
+    tmp_path: Path,
+) -> None:
+    from csc.eval.harness import supporter_from_spec
+
+    dialogues = list(read_dialogues(SAMPLE))[:1]
+    compact_run, old_run = tmp_path / "compact", tmp_path / "old"
+    for run, meta in ((compact_run, {"prompt": "compact"}), (old_run, {})):
+        run.mkdir()
+        (run / "csc_finetune.json").write_text(json.dumps({"base_model": "local", **meta}))
+    # A run from before the variant was recorded was trained on the full prompt.
+    assert supporter_from_spec(f"finetuned:{old_run}").program.prompt == "full"
+    lms: dict[str, dspy.BaseLM] = {}
+
+    def factory(spec: object) -> dspy.BaseLM:
+        return lms.setdefault(spec.model, _dummy_lm(spec))  # type: ignore[attr-defined]
+
+    comparison = compare_supporters(
+        dialogues,
+        {"zs": "zero-shot", "ft": f"finetuned:{compact_run}"},
+        lm="local",
+        context="reference",
+        limit=3,
+        num_threads=1,
+        with_bertscore=False,
+        lm_factory=factory,
+        progress=False,
+    )
+    assert [(r.supporter, r.prompt) for r in comparison.rows] == [
+        ("zs", "full"),
+        ("ft", "compact"),
+    ]
+    sent = {
+        spec: "".join(m["content"] for call in lm.history for m in call["messages"])
+        for spec, lm in lms.items()
+    }
+    assert "Emotion Management" in sent["local"]
+    assert "Emotion Management" not in sent[f"finetuned:{compact_run}"]
+    assert "strategy_definition" not in sent[f"finetuned:{compact_run}"]
+    table = markdown_table(comparison)
+    assert table.splitlines()[0].endswith("| latency_s | prompt |")
+    assert next(line for line in table.splitlines() if line.startswith("| ft |")).endswith(
+        "| compact |"
+    )
+    paths = write_comparison(comparison, tmp_path / "out")
+    with paths["csv"].open() as fh:
+        assert [r["prompt"] for r in csv.DictReader(fh)] == ["full", "compact"]

@@ -31,6 +31,18 @@ def test_export_cli_reports_counts_and_writes_test_split(tmp_path: Path) -> None
     assert meta["counts"]["test"]["dialogues"] == 1
     assert len((tmp_path / "test.jsonl").read_text().splitlines()) == 1
     assert "train" in result.output and str(meta["counts"]["train"]["rows"]) in result.output
+    assert meta["prompt"] == "compact" and "compact prompt" in result.output  # the default
+    full = runner.invoke(
+        app,
+        ["finetune", "export", "--data", str(SAMPLE), "--out", str(tmp_path / "full"),
+         "--task", "strategy", "--prompt", "full"],
+    )  # fmt: skip
+    assert full.exit_code == 0, full.output
+    assert json.loads((tmp_path / "full" / "export.json").read_text())["prompt"] == "full"
+    bad = runner.invoke(
+        app, ["finetune", "export", "--data", str(SAMPLE), "--out", "x", "--prompt", "tiny"]
+    )
+    assert bad.exit_code == 1 and "--prompt must be one of full, compact" in bad.output
 
 
 def test_cli_errors_are_clean(tmp_path: Path) -> None:
@@ -71,6 +83,55 @@ def test_run_cli_trains_two_steps(tmp_path: Path, tiny_model_dir: Path) -> None:
     assert "trained 2 steps" in result.output
     meta = json.loads((out / "csc_finetune.json").read_text())
     assert meta["recipe_source"] == str(recipe) and meta["framework"] == "csc"
+    assert meta["prompt"] == "compact" and "(compact prompt)" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["compact", "full"])
+def test_finetuned_supporter_sends_the_prompts_it_was_trained_on(
+    variant: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """export --prompt V, train a recipe with `prompt: V`, then `finetuned:RUN` from the run's
+    metadata: the messages the supporter sends are the exported training prompts, byte for byte."""
+    from datasets import load_from_disk
+
+    from csc.data.io import read_dialogues
+    from csc.eval.examples import supporter_examples
+    from csc.eval.harness import supporter_from_spec
+
+    sft, out = tmp_path / "sft", tmp_path / "run"
+    exported = runner.invoke(
+        app,
+        ["finetune", "export", "--data", str(SAMPLE), "--out", str(sft), "--prompt", variant],
+    )  # fmt: skip
+    assert exported.exit_code == 0, exported.output
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**tiny_recipe_dict(tiny_model_dir), "prompt": variant}))
+    result = runner.invoke(
+        app,
+        ["finetune", "run", "--data", str(sft), "--recipe", str(recipe), "--out", str(out),
+         "--max-steps", "1", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    meta = json.loads((out / "csc_finetune.json").read_text())
+    assert meta["prompt"] == variant and meta["cpu_time_s"] > 0
+    program = supporter_from_spec(f"finetuned:{out}").program
+    assert program.prompt == variant
+    rows = [r for r in load_from_disk(str(sft))["train"] if r["turn"] == 4]
+    by_task = {r["task"]: r for r in rows if r["dialogue_id"] == rows[0]["dialogue_id"]}
+    dialogue = next(d for d in read_dialogues(SAMPLE) if d.id == rows[0]["dialogue_id"])
+    example = next(e for e in supporter_examples([dialogue]) if e.turn_index == 4)
+    gold = by_task["strategy"]["strategy"]
+    # The LM answers the gold strategy, so the responder is asked for the exported response row.
+    lm = dspy.utils.DummyLM([{"strategy": gold}, {"response": "Could you tell me more?"}])
+    with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
+        assert program(history=example.history).strategy == gold
+    sent = [
+        [{"role": m["role"], "content": m["content"]} for m in call["messages"]]
+        for call in lm.history
+    ]
+    assert sent == [by_task["strategy"]["messages"][:-1], by_task["response"]["messages"][:-1]]
+    assert ("strategy_definition" in sent[1][0]["content"]) == (variant == "full")
 
 
 def test_compare_cli_writes_table_and_chart(

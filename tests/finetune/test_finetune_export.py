@@ -25,6 +25,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, result.metadata
 
 
+@pytest.fixture(scope="module")
+def exported_full(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("sft-full")
+    result = export_sft(SAMPLE, out, task="joint", seed=0, progress=False, prompt="full")
+    return out, result.metadata
+
+
 def test_export_writes_messages_datasetdict_with_counts(exported: tuple[Path, dict]) -> None:
     out, _meta = exported
     dsd = load_from_disk(str(out))
@@ -68,9 +75,14 @@ def test_split_is_seeded_and_changes_with_seed() -> None:
         split_dialogues(dialogues, val_fraction=0.5, test_fraction=0.5)
 
 
-def test_prompts_are_what_the_supporter_sends_at_inference(exported: tuple[Path, dict]) -> None:
-    """Run the real Supporter on a recording LM and compare its messages with the export."""
-    out, _meta = exported
+@pytest.mark.parametrize("variant", ["compact", "full"])
+def test_prompts_are_what_the_supporter_sends_at_inference(
+    variant: str, exported: tuple[Path, dict], exported_full: tuple[Path, dict]
+) -> None:
+    """Run the real Supporter of each prompt variant on a recording LM and compare its messages
+    with the export of that variant, byte for byte."""
+    out, meta = exported if variant == "compact" else exported_full
+    assert meta["prompt"] == variant
     dsd = load_from_disk(str(out))
     dialogues = {d.id: d for d in read_dialogues(SAMPLE)}
     rows = [r for r in dsd["train"] if r["turn"] > 2][:2]  # one strategy and one response row
@@ -84,7 +96,7 @@ def test_prompts_are_what_the_supporter_sends_at_inference(exported: tuple[Path,
         [{"strategy": row["strategy"]}, {"response": "Sure, let me check that."}]
     )
     with dspy.context(lm=lm, adapter=dspy.ChatAdapter()):
-        Supporter("csc", "en")(history=example.history)
+        Supporter("csc", "en", prompt=variant)(history=example.history)
     sent = [entry["messages"] for entry in lm.history]
     by_task = {r["task"]: r["messages"] for r in rows}
     assert by_task["strategy"][:-1] == [
@@ -93,12 +105,18 @@ def test_prompts_are_what_the_supporter_sends_at_inference(exported: tuple[Path,
     assert by_task["response"][:-1] == [
         {"role": m["role"], "content": m["content"]} for m in sent[1]
     ]
+    # Only the full prompt carries the framework: definitions, stage rules, definition field.
+    strategy_text = "".join(m["content"] for m in by_task["strategy"])
+    response_text = "".join(m["content"] for m in by_task["response"])
+    assert ("Acknowledge and soothe" in strategy_text) == (variant == "full")
+    assert ("stage order" in strategy_text) == (variant == "full")
+    assert ("strategy_definition" in response_text) == (variant == "full")
 
 
 def test_targets_parse_back_to_the_gold_outputs(exported: tuple[Path, dict]) -> None:
     out, _ = exported
     ds = load_from_disk(str(out))["train"]
-    program = Supporter("csc", "en")
+    program = Supporter("csc", "en", prompt="compact")
     adapter = dspy.ChatAdapter()
     dialogues = {d.id: d for d in read_dialogues(SAMPLE)}
     for row in ds.select(range(6)):

@@ -51,3 +51,13 @@ def test_recipe_file_errors(tmp_path: Path) -> None:
     bad.write_text("lora: {r: 8}\ntrainer: {max_step: 3}\n")
     with pytest.raises(RecipeError, match=rf"{bad}: trainer\.max_step .*max_steps"):
         Recipe.load(bad)
+
+
+def test_recipe_prompt_variant() -> None:
+    # The shipped recipes train small students on the compact prompt.
+    for name in builtin_recipes():
+        assert Recipe.load(name).prompt == "compact"
+    assert Recipe.from_dict({}).prompt is None  # None: whatever the export used
+    assert Recipe.from_dict({"prompt": "full"}).to_dict()["prompt"] == "full"
+    with pytest.raises(RecipeError, match=r"r\.yaml: invalid recipe: prompt"):
+        Recipe.from_dict({"prompt": "short"}, source="r.yaml")

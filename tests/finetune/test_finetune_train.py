@@ -178,3 +178,18 @@ def test_loss_covers_only_the_assistant_reply(
         [t for t, label in zip(row["input_ids"], row["labels"]) if label == -100]
     )
     assert "charged twice" in prompt and target not in prompt
+
+
+def test_recipe_prompt_must_match_the_export(sft_dir: Path, tiny_model_dir: Path) -> None:
+    from csc.finetune.train import export_prompt_variant
+
+    # An export without a recorded variant (made before the choice existed) used the full one.
+    meta = json.loads((sft_dir / "export.json").read_text())
+    any_variant = Recipe.from_dict(tiny_recipe_dict(tiny_model_dir))
+    assert export_prompt_variant(sft_dir, meta, any_variant) == "full"
+    compact = Recipe.from_dict(
+        {**tiny_recipe_dict(tiny_model_dir), "prompt": "compact"}, source="tiny.yaml"
+    )
+    assert export_prompt_variant(sft_dir, {**meta, "prompt": "compact"}, compact) == "compact"
+    with pytest.raises(FinetuneError, match=r"full prompt, but tiny\.yaml .*--prompt compact"):
+        train(sft_dir, compact, sft_dir.parent / "never", device="cpu")

@@ -128,3 +128,56 @@ def program_history():
     from csc.signatures.types import DialogueHistory
 
     return DialogueHistory.of(HISTORY)
+
+
+# ---------------------------------------------------------------------------- compact variant
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_compact_signatures_keep_inputs_and_typed_codes_but_drop_the_framework(language):
+    csc = Framework.load("csc")
+    full = strategy_prediction_signature(csc, language, "full")
+    compact = strategy_prediction_signature(csc, language, "compact")
+    # Same inputs, same Literal of codes: constrained decoding still yields a valid code.
+    assert list(compact.input_fields) == list(full.input_fields) == ["history"]
+    assert _literal_codes(compact) == _literal_codes(full) == csc.codes
+    for strategy in csc.strategies:
+        assert strategy.definition not in compact.instructions
+        assert strategy.definition_zh not in compact.instructions
+        assert strategy.name not in compact.instructions
+        assert strategy.name_zh not in compact.instructions
+    assert len(compact.instructions) < len(full.instructions) / 10
+    responder = response_generation_signature(csc, language, "compact")
+    assert list(responder.input_fields) == ["history", "strategy"]
+    assert list(responder.output_fields) == ["response"]
+
+
+def test_compact_programs_send_their_compact_prompts_and_return_the_same_predictions():
+    lm = RecordingLM(
+        [
+            {"strategy": "EM"},
+            {"response": "I am so sorry, let me fix this now."},
+            {"response": "Sorry!"},
+            {"strategy": "EM"},
+            {"strategy": "PR"},
+        ]
+    )
+    supporter = Supporter(prompt="compact")
+    direct = DirectSupporter(prompt="compact")
+    predictor = StrategyPredictor(prompt="compact")
+    with dspy.context(lm=lm):
+        pred = supporter(history=HISTORY)
+        assert direct(history=HISTORY).strategy == "EM"
+        assert predictor(history=HISTORY).strategy == "PR"
+    assert (pred.strategy, pred.response) == ("EM", "I am so sorry, let me fix this now.")
+    strategy_call, response_call = lm.calls[:2]
+    assert strategy_prediction_messages(supporter, HISTORY) == strategy_call
+    assert response_generation_messages(supporter, HISTORY, "EM") == response_call
+    assert response_generation_messages(direct, HISTORY) == lm.calls[2]
+    assert strategy_prediction_messages(predictor, HISTORY) == lm.calls[4]
+    sent = "".join(m["content"] for call in lm.calls for m in call)
+    assert "strategy_definition" not in sent and "Emotion Management" not in sent
+    # The prompt is shorter than the full one, and the variant is on the program.
+    full = strategy_prediction_messages(Supporter(), HISTORY)
+    assert len(strategy_call[0]["content"]) * 3 < len(full[0]["content"])
+    assert (supporter.prompt, direct.prompt, predictor.prompt) == ("compact",) * 3
+    with pytest.raises(ValueError, match="unknown prompt variant"):
+        Supporter(prompt="tiny")
