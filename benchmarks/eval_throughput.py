@@ -136,7 +136,8 @@ def main() -> None:
 
     import torch
 
-    from csc.eval.metrics import BertScorer, corpus_bleu_orders, rouge_l, strategy_scores
+    from csc.eval.strategy_metrics import strategy_scores
+    from csc.eval.text_metrics import BertScorer, corpus_bleu_orders, rouge_l
 
     rng = random.Random(args.seed)
     data = {lang: make_pairs(args.pairs, lang, rng) for lang in ("en", "zh")}

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eval_throughput import make_pairs  # noqa: E402
+from eval_throughput import make_pairs
 
 
 class CharacterTokenizer:
