@@ -7,7 +7,7 @@ character tokenizer for Chinese (its default tokenizer deletes non-ASCII text); 
 the offline all-MiniLM-L6-v2 with ``num_layers=6``. Model loading and imports are timed
 separately and not counted in the comparison.
 
-    python benchmarks/metrics_vs_libraries.py [--pairs 10000] [--seed 0] [--no-bertscore]
+    python benchmarks/metrics_vs_libraries.py [--pairs 10000] [--bertscore-pairs N] [--no-bertscore]
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=10_000, help="pairs per language")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-bertscore", action="store_true", help="only ROUGE-L")
+    parser.add_argument(
+        "--bertscore-pairs", type=int, default=None, help="BERTScore on the first N pairs only"
+    )
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -96,9 +99,11 @@ def main() -> None:
             )
         )
         print(f"model load: ours {t_ours:.2f} s, library {t_lib:.2f} s (not counted)")
-        for lang, (hyps, refs) in data.items():
+        n = args.bertscore_pairs or args.pairs
+        for lang, (all_hyps, all_refs) in data.items():
+            hyps, refs = all_hyps[:n], all_refs[:n]
             compare(
-                f"BERTScore ({lang})",
+                f"BERTScore ({lang}, {n})",
                 timed(lambda h=hyps, r=refs: ours.score(h, r)),
                 timed(lambda h=hyps, r=refs: lib.score(h, r)[2].tolist()),
             )
