@@ -17,79 +17,15 @@ import argparse
 import random
 import time
 
-EN_WORDS = [
-    "thank",
-    "you",
-    "for",
-    "contacting",
-    "us",
-    "i",
-    "have",
-    "checked",
-    "your",
-    "account",
-    "the",
-    "transfer",
-    "card",
-    "payment",
-    "please",
-    "wait",
-    "a",
-    "moment",
-    "while",
-    "verify",
-    "identity",
-    "details",
-    "sorry",
-    "to",
-    "hear",
-    "that",
-    "problem",
-    "we",
-    "will",
-    "help",
-    "resolve",
-    "this",
-    "today",
-    "can",
-    "try",
-    "again",
-    "restart",
-    "app",
-    "update",
-    "bank",
-    "branch",
-    "phone",
-    "number",
-    "email",
-    "receive",
-    "refund",
-    "within",
-    "three",
-    "working",
-    "days",
-    "is",
-    "there",
-    "anything",
-    "else",
-    "may",
-    "assist",
-    "with",
-    "policy",
-    "fee",
-    "interest",
-    "rate",
-    "loan",
-    "limit",
-    "security",
-    "code",
-    "password",
-    "reset",
-    "online",
-    "service",
-    "closed",
-    "opened",
-]
+# Vocabulary of the English replies (one string: a 71-item list takes 71 lines once formatted).
+EN_VOCABULARY = """
+    thank you for contacting us i have checked your account the transfer card payment please
+    wait a moment while verify identity details sorry to hear that problem we will help
+    resolve this today can try again restart app update bank branch phone number email
+    receive refund within three working days is there anything else may assist with policy
+    fee interest rate loan limit security code password reset online service closed opened
+"""
+EN_WORDS = EN_VOCABULARY.split()
 ZH_CHARS = (
     "您好感谢来电请问有什么可以帮您我已经为查询账户转账银行卡支付稍等核实身份信息很抱歉"
     "听到这个问题们会尽快解决今天再试一次重启应用更新网点手机号码邮箱退款三个工作日内"
