@@ -2,8 +2,7 @@
 
 Scores N synthetic reference/prediction pairs in English and N in Chinese (default 50,000 each)
 with corpus BLEU-2 and BLEU-4 (one pass), ROUGE-L, BERTScore (offline all-MiniLM-L6-v2) and the strategy
-scores, and prints the time per metric. Target: all metrics together within 120 s on a 2-core
-CPU.
+scores, and prints the time per metric.
 
     python benchmarks/eval_throughput.py [--pairs 50000] [--seed 0] [--no-bertscore]
 
@@ -18,79 +17,15 @@ import argparse
 import random
 import time
 
-EN_WORDS = [
-    "thank",
-    "you",
-    "for",
-    "contacting",
-    "us",
-    "i",
-    "have",
-    "checked",
-    "your",
-    "account",
-    "the",
-    "transfer",
-    "card",
-    "payment",
-    "please",
-    "wait",
-    "a",
-    "moment",
-    "while",
-    "verify",
-    "identity",
-    "details",
-    "sorry",
-    "to",
-    "hear",
-    "that",
-    "problem",
-    "we",
-    "will",
-    "help",
-    "resolve",
-    "this",
-    "today",
-    "can",
-    "try",
-    "again",
-    "restart",
-    "app",
-    "update",
-    "bank",
-    "branch",
-    "phone",
-    "number",
-    "email",
-    "receive",
-    "refund",
-    "within",
-    "three",
-    "working",
-    "days",
-    "is",
-    "there",
-    "anything",
-    "else",
-    "may",
-    "assist",
-    "with",
-    "policy",
-    "fee",
-    "interest",
-    "rate",
-    "loan",
-    "limit",
-    "security",
-    "code",
-    "password",
-    "reset",
-    "online",
-    "service",
-    "closed",
-    "opened",
-]
+# Vocabulary of the English replies (one string: a 71-item list takes 71 lines once formatted).
+EN_VOCABULARY = """
+    thank you for contacting us i have checked your account the transfer card payment please
+    wait a moment while verify identity details sorry to hear that problem we will help
+    resolve this today can try again restart app update bank branch phone number email
+    receive refund within three working days is there anything else may assist with policy
+    fee interest rate loan limit security code password reset online service closed opened
+"""
+EN_WORDS = EN_VOCABULARY.split()
 ZH_CHARS = (
     "您好感谢来电请问有什么可以帮您我已经为查询账户转账银行卡支付稍等核实身份信息很抱歉"
     "听到这个问题们会尽快解决今天再试一次重启应用更新网点手机号码邮箱退款三个工作日内"
@@ -136,7 +71,8 @@ def main() -> None:
 
     import torch
 
-    from csc.eval.metrics import BertScorer, corpus_bleu_orders, rouge_l, strategy_scores
+    from csc.eval.strategy_metrics import strategy_scores
+    from csc.eval.text_metrics import BertScorer, corpus_bleu_orders, rouge_l
 
     rng = random.Random(args.seed)
     data = {lang: make_pairs(args.pairs, lang, rng) for lang in ("en", "zh")}
@@ -171,7 +107,7 @@ def main() -> None:
                 lambda h=hyps, r=refs: 100 * sum(scorer.score(h, r, progress=True)) / len(h),
             )
     total = sum(s for _, s in timings)
-    print(f"{'total':<22} {total:8.2f} s   (target <= 120 s)")
+    print(f"{'total':<22} {total:8.2f} s")
 
 
 if __name__ == "__main__":

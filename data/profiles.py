@@ -1,5 +1,5 @@
 """Customer profiles for RoleCS: the schema, sampling diverse attribute combinations, second-person
-descriptions (by an LM through ``ProfileDescriber``, or a template), embedding de-duplication, and
+descriptions (by an LM through :mod:`csc.programs.profiles`, or a template), embedding de-duplication, and
 reading/writing profile pools as JSONL.
 
 A profile file is JSONL, one profile per line, with at least a ``description`` (the
@@ -202,31 +202,6 @@ def usable_description(text: str, language: Language = "en") -> bool:
 Describer = Callable[[dict[str, str]], str]
 
 
-def lm_describer(
-    language: Language = "en", temperature: float | None = None, max_tokens: int | None = None
-) -> Describer:
-    """A describer that asks the current DSPy LM through ``ProfileDescriber``."""
-    import dspy
-
-    from csc.signatures.rolecs import rolecs_signatures
-
-    predict = dspy.Predict(rolecs_signatures("csc", language).profile_describer)
-
-    def describe(attrs: dict[str, str]) -> str:
-        lines = "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in attrs.items())
-        # A rollout id from the attributes keeps sampling reproducible per profile.
-        config: dict[str, Any] = {
-            "rollout_id": int(hashlib.sha256(lines.encode()).hexdigest()[:12], 16)
-        }
-        if temperature is not None:
-            config["temperature"] = temperature
-        if max_tokens is not None:
-            config["max_tokens"] = max_tokens
-        return predict(attributes=lines, config=config).description
-
-    return describe
-
-
 @dataclass
 class GeneratedPool:
     """The result of :func:`generate_profiles`: kept profiles and what was dropped."""
@@ -265,12 +240,12 @@ def generate_profiles(
         return text
 
     if describer is not None and concurrency > 1:
-        from dspy.utils.parallelizer import ParallelExecutor
+        import dspy
 
-        # Concurrent requests let the embedded engine batch them.
-        texts = ParallelExecutor(
-            num_threads=concurrency, max_errors=n + 1, disable_progress_bar=True, timeout=0
-        ).execute(describe, combos)
+        # Concurrent requests let the embedded engine batch them; timeout=0: no straggler resends.
+        texts = dspy.Parallel(concurrency, max_errors=n + 1, disable_progress_bar=True, timeout=0)(
+            [(describe, (attrs,)) for attrs in combos]
+        )
     else:
         texts = [describe(attrs) for attrs in combos]
     profiles: list[CustomerProfile] = []

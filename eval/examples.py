@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import dspy
 
 from csc.dialogue import Dialogue
-from csc.eval.metrics import detect_language
+from csc.eval.text_metrics import detect_language
 from csc.signatures.types import DialogueHistory
 
 __all__ = [

@@ -12,15 +12,14 @@ handed to ``SFTTrainer``, and the output folder gets the layout ``finetuned:<dir
 ``prompt`` is the supporter prompt variant (``compact`` or ``full``) the rows were exported with;
 ``finetuned:<dir>`` runs the supporter with that variant, so it sees the prompts it learned.
 
-Run it through ``csc finetune run`` or, for several GPUs, through accelerate::
+Run it through ``csc finetune run``; for several GPUs, the same command under accelerate::
 
     accelerate launch --config_file finetune/recipes/accelerate/multi_gpu.yaml \\
-        -m csc.finetune.train --data sft/ --recipe smollm2-135m-lora --out runs/ft
+        -m csc finetune run --data sft/ --recipe smollm2-135m-lora --out runs/ft
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import platform
@@ -524,45 +523,3 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-# ---------------------------------------------------------------------------- entry point
-def build_arg_parser() -> argparse.ArgumentParser:
-    """Arguments of ``python -m csc.finetune.train`` (same flags as ``csc finetune run``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m csc.finetune.train",
-        description="LoRA SFT of a supporter (use under `accelerate launch` for several GPUs).",
-    )
-    parser.add_argument("--data", required=True, help="folder written by `csc finetune export`")
-    parser.add_argument("--recipe", default="smollm2-135m-lora", help="recipe YAML or shipped name")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    parser.add_argument("--max-steps", type=int, default=None, help="override trainer.max_steps")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Console entry: train and print a one-line summary (errors name the file and the fix)."""
-    args = build_arg_parser().parse_args(argv)
-    try:
-        result = train(
-            args.data,
-            args.recipe,
-            args.out,
-            resume=args.resume,
-            max_steps=args.max_steps,
-            device=args.device,
-        )
-    except (FinetuneError, RecipeError) as exc:
-        print(f"error: {exc}")
-        return 1
-    print(
-        f"trained {result.steps} steps on {result.device} in {result.wall_time_s:.1f}s "
-        f"({result.steps_per_second:.3f} steps/s); adapter: {result.adapter_dir}"
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
             f"evaluating {supporter} on {data} ({len(dialogues)} dialogues, {language}) with "
             f"{lm_name(client)}; contexts: {', '.join(contexts)}"
         )
-        from csc.eval.metrics import default_bertscore_model
+        from csc.eval.text_metrics import default_bertscore_model
 
         info = {
             "supporter": supporter,

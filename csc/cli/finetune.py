@@ -171,7 +171,7 @@ def register(app: typer.Typer) -> None:
         Writes OUT/adapter/, OUT/train_log.jsonl and OUT/csc_finetune.json.
 
         For several GPUs use `accelerate launch --config_file
-        finetune/recipes/accelerate/multi_gpu.yaml -m csc.finetune.train` with the same flags.
+        finetune/recipes/accelerate/multi_gpu.yaml -m csc finetune run` with the same flags.
         """
         from csc.finetune.recipes import Recipe, RecipeError
         from csc.finetune.train import FinetuneError, train

@@ -47,11 +47,11 @@ def register(app: typer.Typer) -> None:
         from csc.data.profiles import (
             ProfileError,
             generate_profiles,
-            lm_describer,
             max_pairwise_similarity,
             write_profiles,
         )
         from csc.lm import LMConfigError, lm_for_role
+        from csc.programs.profiles import lm_describer
 
         if language not in ("en", "zh"):
             fail(f"--lang must be en or zh, got {language!r}")
