@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "lm",
     "optimize",
     "profiles",
+    "serve",
     "stats",
     "synthesize",
 ]

@@ -72,6 +72,10 @@ SUPPORTED_PARAMS = frozenset(
 _SEEN_REQUESTS = 100_000
 
 
+class ContextLengthError(ValueError):
+    """A request needs more tokens (prompt + max_tokens) than the model's context holds."""
+
+
 class LocalEngine:
     """DSPy engine (``complete(Request) -> Response``) over the shared in-process :class:`Engine`.
 
@@ -176,8 +180,15 @@ class LocalEngine:
         )
         engine = self.engine
         prompt_ids = engine.encode_messages(messages)
+        max_tokens = int(config.max_tokens or DEFAULT_MAX_TOKENS)
+        if len(prompt_ids) + max_tokens > engine.context_length:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt_ids)} tokens and max_tokens is {max_tokens}, more "
+                f"than the model's {engine.context_length}-token context; shorten the messages "
+                "or lower max_tokens"
+            )
         sampling = Sampling(
-            max_tokens=int(config.max_tokens or DEFAULT_MAX_TOKENS),
+            max_tokens=max_tokens,
             temperature=float(config.temperature or 0.0),
             top_p=float(config.top_p if config.top_p is not None else 1.0),
             seed=self.seed_for(request, prompt_ids) if (config.temperature or 0) > 0 else None,
