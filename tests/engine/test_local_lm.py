@@ -177,8 +177,8 @@ def test_json_response_format_follows_schema(lm: LocalLM) -> None:
 
 @local_lm
 def test_greedy_is_deterministic(lm: LocalLM) -> None:
-    msgs = [{"role": "user", "content": "Name one way to calm an angry customer."}]
-    assert lm(messages=msgs) == lm(messages=msgs)
+    msgs = "Name one way to calm an angry customer."
+    assert lm(msgs) == lm(msgs)
 
 
 @local_lm
@@ -267,13 +267,11 @@ def test_streaming_yields_the_answer_in_pieces(lm: LocalLM) -> None:
 @local_lm
 def test_concurrent_threads_get_their_own_answers(lm: LocalLM) -> None:
     prompts = [f"Reply with only the number {n}." for n in (3, 17, 42, 99)]
-    alone = [lm(messages=[{"role": "user", "content": p}])[0] for p in prompts]
-    engine = lm.engine
+    alone = [lm(p)[0] for p in prompts]
+    engine = lm.batch_engine
     before = engine.largest_batch
     with ThreadPoolExecutor(max_workers=4) as pool:
-        together = list(
-            pool.map(lambda p: lm(messages=[{"role": "user", "content": p}])[0], prompts)
-        )
+        together = list(pool.map(lambda p: lm(p)[0], prompts))
     assert together == alone
     assert engine.largest_batch >= 2 or before >= 2
 
@@ -284,18 +282,18 @@ def test_cache_hit_has_no_usage() -> None:
 
     cached = LocalLM(cache=True, max_tokens=8)
     # DSPy's cache lives on disk across runs: a fresh prompt makes the first call a miss.
-    msgs = [{"role": "user", "content": f"Cache probe {uuid.uuid4().hex}"}]
-    first = cached(messages=msgs)
+    msgs = f"Cache probe {uuid.uuid4().hex}"
+    first = cached(msgs)
     assert cached.history[-1]["usage"]["completion_tokens"] > 0
-    assert cached(messages=msgs) == first
+    assert cached(msgs) == first
     assert cached.history[-1]["usage"] == {}
-    assert cached(messages=msgs, rollout_id=5, temperature=1.0) is not None
+    assert cached(msgs, rollout_id=5, temperature=1.0) is not None
     assert cached.history[-1]["usage"]  # a different rollout is a new request
     same = LocalLM(cache=True, max_tokens=8)
-    same(messages=msgs)  # same model, options and request: DSPy's cache answers
+    same(msgs)  # same model, options and request: DSPy's cache answers
     assert same.history[-1]["usage"] == {}
     other = LocalLM(cache=True, max_tokens=8, repetition_penalty=1.0)
-    other(messages=msgs)  # another decoding option is another answer
+    other(msgs)  # another decoding option is another answer
     assert other.history[-1]["usage"]
 
 
@@ -332,16 +330,16 @@ def test_from_finetuned_loads_a_lora_adapter(tmp_path: Path) -> None:
 
     tuned = LocalLM.from_finetuned(run, cache=False, max_tokens=5)
     assert tuned.model == "finetuned/run"
-    assert type(tuned.engine.model).__name__.startswith("Peft")
-    assert len(tuned(messages=[{"role": "user", "content": "hi"}])) == 1
+    assert type(tuned.batch_engine.model).__name__.startswith("Peft")
+    assert len(tuned("hi")) == 1
 
     merged = LocalLM.from_finetuned(run, merge_adapter=True, cache=False, max_tokens=5)
-    assert merged.engine is not tuned.engine
+    assert merged.batch_engine is not tuned.batch_engine
     base = LlamaForCausalLM.from_pretrained(base_dir)
     q_base = base.model.layers[0].self_attn.q_proj.weight
-    q_merged = merged.engine.model.model.layers[0].self_attn.q_proj.weight
+    q_merged = merged.batch_engine.model.model.layers[0].self_attn.q_proj.weight
     assert not torch.allclose(q_base, q_merged)  # the adapter changed the weights
-    assert merged(messages=[{"role": "user", "content": "hi"}])
+    assert merged("hi")
 
 
 @local_lm
@@ -349,7 +347,7 @@ def test_async_calls_share_batches(lm: LocalLM) -> None:
     import asyncio
 
     async def main() -> list:
-        calls = [lm.acall(messages=[{"role": "user", "content": f"Say {w}."}]) for w in "abc"]
+        calls = [lm.acall(f"Say {w}.") for w in "abc"]
         return await asyncio.gather(*calls)
 
     outputs = asyncio.run(main())
