@@ -425,8 +425,7 @@ def serve_vs_in_process(args: Any, report: dict[str, Any]) -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    lm = LocalLM(cache=False, max_batch_size=32)
-    _ = lm.batch_engine
+    lm = LocalLM(cache=False)  # the engine main() loaded: same options as the server's
     lm("Hello", max_tokens=4)
     lm.history.clear()
     start = time.perf_counter()
@@ -496,8 +495,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64, help="completion length (throughput)")
     parser.add_argument(
         "--only",
-        default=",".join(s for s in SCENARIOS if s != "readme"),
-        help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all but readme)",
+        default=None,
+        help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all; readme "
+        "only with --baseline-rev)",
     )
     parser.add_argument(
         "--baseline-rev",
@@ -511,7 +511,10 @@ def main() -> None:
     parser.add_argument("--serve-clients", type=int, default=32, help="serve scenario clients")
     parser.add_argument("--readme-trials", type=int, default=1, help="README command trials")
     args = parser.parse_args()
-    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    if args.only is None:
+        chosen = [s for s in SCENARIOS if s != "readme" or args.baseline_rev]
+    else:
+        chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = set(chosen) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose among {', '.join(SCENARIOS)}")
@@ -599,6 +602,8 @@ def main() -> None:
         serve_vs_in_process(args, report)
     if "readme" in chosen:
         readme_command(args, report)
+    if "readme" not in chosen:
+        print("README command    : not run; add --baseline-rev REV (or --only readme) to time it")
     print(f"load average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

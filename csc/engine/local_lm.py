@@ -116,6 +116,19 @@ class LocalEngine:
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> LocalEngine:
+        # Copies of a program (optimizers deepcopy them) share the engine, like a connection.
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_seen_lock", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._seen_lock = threading.Lock()
+
     @property
     def engine(self) -> Engine:
         """The shared engine of this model (loaded on first access)."""
@@ -249,6 +262,9 @@ class AsyncLocalEngine:
     supports_reasoning = False
     supports_response_schema = True
     supported_params = SUPPORTED_PARAMS
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> AsyncLocalEngine:
+        return self
 
     async def complete(self, request: Request) -> Response:
         """Answer one canonical request without blocking the event loop."""

@@ -378,3 +378,19 @@ def test_dump_and_load_state_round_trip() -> None:
     again = LocalLM.load_state(state)
     assert again.model == lm.model and again.kwargs == lm.kwargs
     assert again.local_engine.max_batch_size == 4
+
+
+def test_copies_of_a_program_share_the_engine() -> None:
+    import copy
+    import pickle
+
+    try:
+        lm = LocalLM(cache=False)
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    predict = dspy.Predict("question -> answer")
+    predict.lm = lm
+    clone = copy.deepcopy(predict)
+    assert clone.lm is not lm and clone.lm.local_engine is lm.local_engine
+    again = pickle.loads(pickle.dumps(lm.local_engine))
+    assert again.options() == lm.local_engine.options()

@@ -235,3 +235,54 @@ def test_served_response_format_is_constrained(served: str) -> None:
     assert isinstance(value["polite"], bool) and isinstance(value["reason"], str)
     status, answer = post(f"{served}/v1/chat/completions", chat(max_tokens=100_000))
     assert status == 400 and answer["error"]["code"] == "context_length_exceeded"
+
+
+def dialogue_ids(out: Any) -> list[str]:
+    ids = []
+    for name in ("dialogues.jsonl", "rejected.jsonl"):
+        path = out / name
+        if path.exists():
+            ids += [json.loads(line)["id"] for line in path.read_text().splitlines() if line]
+    return ids
+
+
+@pytest.mark.slow
+@pytest.mark.local_lm
+def test_killing_csc_serve_mid_run_then_rerun_resumes_cleanly(tmp_path) -> None:
+    from csc.engine import ModelNotFoundError, model_store
+
+    try:
+        model_store.embedded_gguf()
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = tmp_path / "out"
+    env = {**os.environ, "DSPY_CACHEDIR": str(tmp_path / "dspy-cache"), "CSC_TEST_SERVE_KEY": KEY}
+    command = [sys.executable, "-m", "csc", "synthesize", "--dialogues", "2", "--concurrency", "2"]
+    command += ["--max-utterances", "4", "--lm", f"openai/{MODEL}", "--api-base", f"{url}/v1"]
+    command += ["--out", str(out)]
+    env["OPENAI_API_KEY"] = KEY  # what the LiteLLM path sends as its bearer token
+
+    server = start_serve(port)
+    try:
+        wait_healthy(url, server)
+        client = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        time.sleep(20)  # the run is under way (a dialogue takes minutes here)
+        server.kill()  # SIGKILL: no goodbye to the clients
+        server.wait(timeout=30)
+        first_output, _ = client.communicate(timeout=900)
+        first = dialogue_ids(out)
+        assert (out / "failures.jsonl").exists(), first_output.decode()[-2000:]
+        assert len(first) < 2  # the dialogues in flight failed and were not written
+        server = start_serve(port)
+        wait_healthy(url, server)
+        rerun = subprocess.run(command, env=env, capture_output=True, timeout=1800)
+        assert rerun.returncode == 0, rerun.stdout.decode()[-2000:] + rerun.stderr.decode()[-2000:]
+    finally:
+        stop(server)
+    final = dialogue_ids(out)
+    assert sorted(set(final)) == sorted(final) and len(final) == 2  # nothing lost, nothing twice
+    assert set(first) <= set(final)
