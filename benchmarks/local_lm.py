@@ -251,7 +251,9 @@ if engine is not None:
 else:
     import torch
     out["threads"] = torch.get_num_threads()
-print("RESULT " + json.dumps(out))
+print("RESULT " + json.dumps(out), flush=True)
+import os
+os._exit(0)  # skip interpreter teardown: an engine worker thread may still hold torch
 """
 
 

@@ -42,6 +42,11 @@ DEFAULT_PREFIX_CACHE_MB = 1024.0
 MAX_GATHER_FACTOR = 8
 MIN_SHARED_PREFIX = 16  # below this, a separate prefix pass costs more than it saves
 _GROW = 64  # KV buffer growth step (tokens) of the running batch
+# Prefill grouping: uncached parts up to PREFILL_SHORT tokens always share a forward (the
+# weights' memory traffic dominates there); longer ones only with parts at most PREFILL_SPREAD
+# times the group's shortest (padding is computed too).
+PREFILL_SHORT = 64
+PREFILL_SPREAD = 1.25
 
 
 @dataclass
@@ -71,7 +76,7 @@ class _Row:
     job: _Job
     decoder: RowDecoder
     cached_tokens: int
-    next_token: int = 0
+    pending: list[int] = field(default_factory=list)  # tokens to feed at the next step
     sent: str = ""  # streamed text so far
     hold: int = field(default=0)  # characters held back from streaming (stop strings)
 
@@ -199,6 +204,21 @@ class PrefixCache:
             if len(keys) == 1:
                 return pos, keys[0], values[0]
             return pos, torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+    def match_length(self, ids: list[int]) -> int:
+        """How many leading tokens of ``ids`` are cached (no tensors, no statistics)."""
+        with self._lock:
+            node, pos = self.root, 0
+            while pos < len(ids):
+                child = node.children.get(ids[pos])
+                if child is None:
+                    break
+                common = _common_length(child.tokens, ids, pos)
+                pos += common
+                if common < len(child.tokens):
+                    break
+                node = child
+            return pos
 
     def insert(self, ids: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
         """Remember the KV tensors ([L, H, len(ids), D]) of a whole token sequence."""
@@ -513,6 +533,36 @@ class Engine:
         self.batches_run += 1
         self.requests_served += len(live)
         self._share_prefixes([job.prompt_ids for job, _ in live])
+        for group in self._prefill_groups(live):
+            self._admit_group(group)
+        self.largest_batch = max(self.largest_batch, len(self._rows))
+
+    def _prefill_groups(
+        self, live: list[tuple[_Job, RowDecoder]]
+    ) -> list[list[tuple[_Job, RowDecoder]]]:
+        """Split requests into prefill groups of similar uncached length.
+
+        Rows of one forward are padded to its longest uncached part; grouping by length keeps
+        that waste small, while short prompts still share one forward.
+        """
+        sized = sorted(
+            live,
+            key=lambda item: (
+                len(item[0].prompt_ids) - self.prefix_cache.match_length(item[0].prompt_ids)
+            ),
+        )
+        groups: list[list[tuple[_Job, RowDecoder]]] = []
+        low = 0
+        for item in sized:
+            n = len(item[0].prompt_ids) - self.prefix_cache.match_length(item[0].prompt_ids)
+            if groups and (n <= PREFILL_SHORT or n <= low * PREFILL_SPREAD):
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+                low = n
+        return groups
+
+    def _admit_group(self, live: list[tuple[_Job, RowDecoder]]) -> None:
         start = time.perf_counter()
         keys, values, mask, positions, logits, cached = self._prefill(
             [job.prompt_ids for job, _ in live]
@@ -525,8 +575,7 @@ class Engine:
             row.hold = max((len(s) for s in job.sampling.stop), default=1) - 1
             self.prompt_tokens += len(job.prompt_ids)
             self.cached_tokens += cached[b]
-            row.next_token = decoder.step(logits[b])
-            self._stream(row)
+            self._advance(row, logits[b])
             if decoder.done:
                 self._finish(row)
             else:
@@ -540,7 +589,6 @@ class Engine:
             values = [v.index_select(0, index) for v in values]
             mask, positions = mask[index], positions[index]
         self._merge(new_rows, keys, values, mask, positions)
-        self.largest_batch = max(self.largest_batch, len(self._rows))
 
     def _share_prefixes(self, prompts: list[list[int]]) -> None:
         """Compute once, into the prefix cache, the prefixes that new requests share."""
@@ -694,31 +742,55 @@ class Engine:
         assert self._mask is not None and self._positions is not None
         self.decode_steps += 1
         device = self.device
-        tokens = torch.tensor([[row.next_token] for row in self._rows], device=device)
-        self._mask = torch.cat([self._mask, self._mask.new_ones((len(self._rows), 1))], dim=1)
+        rows = self._rows
+        # Each row feeds its pending tokens: one sampled token, or a run of forced ones (section
+        # headers) in a single step. Shorter rows are left-padded; the mask hides the padding.
+        width = max(len(row.pending) for row in rows)
+        tokens = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        lengths = torch.tensor([len(row.pending) for row in rows], dtype=torch.long)
+        for b, row in enumerate(rows):
+            n = len(row.pending)
+            tokens[b, width - n :] = torch.tensor(row.pending, dtype=torch.long)
+            new_mask[b, width - n :] = 1
+        start = self._positions.cpu()
+        offsets = (new_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = start.unsqueeze(1) + offsets
+        self._mask = torch.cat([self._mask, new_mask.to(device)], dim=1)
         out = self.model(
-            input_ids=tokens,
+            input_ids=tokens.to(device),
             attention_mask=self._mask,
-            position_ids=self._positions.unsqueeze(1),
+            position_ids=positions.to(device),
             past_key_values=self._cache,
             use_cache=True,
+            logits_to_keep=1,
         )
         logits = out.logits[:, -1, :].float().cpu()
-        self._positions = self._positions + 1
+        self._positions = self._positions + lengths.to(self._positions.device)
         keep: list[int] = []
-        for b, row in enumerate(self._rows):
+        for b, row in enumerate(rows):
             try:
-                row.next_token = row.decoder.step(logits[b])
+                self._advance(row, logits[b])
             except Exception as exc:  # a decoding error (grammar...) fails its own request
                 row.job.future.set_exception(exc)
                 continue
-            self._stream(row)
             if row.decoder.done:
                 self._finish(row)
             else:
                 keep.append(b)
-        if len(keep) < len(self._rows):
+        if len(keep) < len(rows):
             self._select(keep)
+
+    def _advance(self, row: _Row, logits: torch.Tensor) -> None:
+        """Choose a row's next token, then take every forced token after it at once."""
+        decoder = row.decoder
+        row.pending = [decoder.step(logits)]
+        # Jump forward over forced text: it needs no logits, only its KV for what follows (and
+        # none at all when the answer ends with it, e.g. "[[ ## completed ## ]]").
+        while not decoder.done and decoder.forced_token() is not None:
+            row.pending.append(decoder.step(None))
+        self._stream(row)
 
     def _select(self, keep: list[int]) -> None:
         """Keep only the rows ``keep`` and drop leading columns no remaining row uses."""
