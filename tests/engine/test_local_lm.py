@@ -394,3 +394,24 @@ def test_copies_of_a_program_share_the_engine() -> None:
     assert clone.lm is not lm and clone.lm.local_engine is lm.local_engine
     again = pickle.loads(pickle.dumps(lm.local_engine))
     assert again.options() == lm.local_engine.options()
+
+
+def test_no_deprecation_warning_with_warnings_as_errors() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import csc.engine, csc.engine.server, csc.cli\n"
+        "from csc.engine import LocalLM, ModelNotFoundError\n"
+        "try:\n"
+        "    lm = LocalLM(cache=False)\n"
+        "except ModelNotFoundError:\n"
+        "    raise SystemExit(0)\n"
+        "lm.copy(temperature=0.5).dump_state()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
