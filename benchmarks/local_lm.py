@@ -298,7 +298,9 @@ def stage_revision(rev: str, into: str) -> str:
     return stage
 
 
-def prefix_heavy(args: Any, report: dict[str, Any], raw2: float | None) -> None:
+def prefix_heavy(
+    args: Any, report: dict[str, Any], raw2: float | None, raws: dict[str, float] | None = None
+) -> None:
     """32 strategy predictions over growing histories, 8 in flight, prompt tokens/s."""
     here = run_snippet(PREFIX_SNIPPET, [str(args.requests), str(args.concurrency)])
     report["prefix"] = here
@@ -317,6 +319,9 @@ def prefix_heavy(args: Any, report: dict[str, Any], raw2: float | None) -> None:
         line = f"  uncached part   : {uncached:.0f} tokens/s prefilled"
         if raw2:
             line += f" = {uncached / raw2:.2f} of the raw 2-thread forward (target >= 0.8)"
+        same = (raws or {}).get(str(here["threads"]))
+        if same and here["threads"] != 2:
+            line += f", {uncached / same:.2f} of the raw forward at {here['threads']} thread(s)"
         print(line)
     if args.baseline_rev:
         with tempfile.TemporaryDirectory(prefix="csc-bench-rev-") as tmp:
@@ -597,7 +602,7 @@ def main() -> None:
             f"{warm['engine_seconds']:.1f} s, the rest imports)"
         )
     if "prefix" in chosen:
-        prefix_heavy(args, report, raw2)
+        prefix_heavy(args, report, raw2, report.get("raw"))
     if "threads" in chosen:
         threads_comparison(args, report)
     if "serve" in chosen:
