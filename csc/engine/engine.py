@@ -220,8 +220,11 @@ class PrefixCache:
                 node = child
             return pos
 
-    def insert(self, ids: list[int], keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Remember the KV tensors ([L, H, len(ids), D]) of a whole token sequence."""
+    def insert(
+        self, ids: list[int], keys: torch.Tensor, values: torch.Tensor, offset: int = 0
+    ) -> None:
+        """Remember the KV tensors of a token sequence: ``keys``/``values`` ([L, H, n, D]) hold
+        tokens ``ids[offset:]``; ``ids[:offset]`` must be cached already (``match_length``)."""
         if self.max_bytes <= 0 or not ids:
             return
         with self._lock:
@@ -230,10 +233,12 @@ class PrefixCache:
             while pos < len(ids):
                 child = node.children.get(ids[pos])
                 if child is None:
+                    if pos < offset:  # the prefix was evicted meanwhile: nothing to attach to
+                        break
                     leaf = _Node(
                         tuple(ids[pos:]),
-                        keys[:, :, pos:].clone(),
-                        values[:, :, pos:].clone(),
+                        keys[:, :, pos - offset :].clone(),
+                        values[:, :, pos - offset :].clone(),
                         node,
                     )
                     leaf.last_used = now
@@ -669,10 +674,15 @@ class Engine:
         values = [layer.values for layer in cache.layers]
         # Remember every prompt: its columns are the unmasked ones, in order.
         for b, ids in enumerate(prompts):
-            columns = mask[b].nonzero().squeeze(1).to(keys[0].device)
+            if self.prefix_cache.max_bytes <= 0:
+                break
+            known = self.prefix_cache.match_length(ids)  # copy only what the cache lacks
+            if known >= len(ids):
+                continue
+            columns = mask[b].nonzero().squeeze(1)[known:].to(keys[0].device)
             k = torch.stack([layer[b].index_select(1, columns) for layer in keys])
             v = torch.stack([layer[b].index_select(1, columns) for layer in values])
-            self.prefix_cache.insert(ids, k, v)
+            self.prefix_cache.insert(ids, k, v, offset=known)
         logits = out.logits[:, -1, :].float().cpu() if want_logits else torch.empty(0)
         next_positions = torch.tensor([len(ids) for ids in prompts], dtype=torch.long)
         cached = [n for n, _, _ in matches]

@@ -89,6 +89,11 @@ def test_prefix_cache_returns_the_longest_cached_prefix_and_evicts_lru() -> None
     assert cache.match([*system, 5, 6])[0] == 4  # [5, 6] evicted, the shared part kept
     assert cache.match([*system, 7])[0] == 5
 
+    grown = PrefixCache(max_bytes=per_token * 100)
+    grown.insert([1, 2, 3], *kv([1, 2, 3]))
+    grown.insert([1, 2, 3, 4, 5], *kv([4, 5]), offset=3)  # only the new tail is passed
+    assert grown.match([1, 2, 3, 4, 5])[1][0, 0, :, 0].tolist() == [1, 2, 3, 4, 5]
+
 
 def test_deprecation_warnings_from_csc_fail_the_tests() -> None:
     import warnings
