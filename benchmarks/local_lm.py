@@ -526,10 +526,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown scenarios {sorted(unknown)}; choose among {', '.join(SCENARIOS)}")
 
+    import logging
+
     import torch
 
     from csc.engine import LocalLM
 
+    # DSPy logs every completion cut at max_tokens; the throughput runs cut all of them.
+    logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
     print(
         f"cpu cores: {os.cpu_count()}, load average at start: "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
