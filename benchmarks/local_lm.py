@@ -423,11 +423,13 @@ def serve_vs_in_process(args: Any, report: dict[str, Any]) -> None:
         with ThreadPoolExecutor(max_workers=clients) as pool:
             futures = [pool.submit(http_call, p) for p in prompts]
         tokens = 0
+        first_error = ""
         for f in futures:
             try:
                 tokens += f.result()
-            except Exception:
+            except Exception as exc:
                 errors += 1
+                first_error = first_error or repr(exc)[:200]
         served = tokens / (time.perf_counter() - start)
     finally:
         server.terminate()
@@ -443,6 +445,7 @@ def serve_vs_in_process(args: Any, report: dict[str, Any]) -> None:
     print(
         f"csc serve         : {clients} concurrent clients {served:.1f} tokens/s over HTTP, "
         f"{local:.1f} in-process -> {served / local:.2f} (target >= 0.85), {errors} errors"
+        + (f" (first: {first_error})" if errors else "")
     )
 
 

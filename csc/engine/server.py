@@ -69,6 +69,8 @@ class ChatServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default listen backlog is 5: a burst of clients got connection resets.
+    request_queue_size = 256
 
     def __init__(
         self,

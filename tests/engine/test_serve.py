@@ -94,6 +94,17 @@ def test_answer_has_openai_shape_and_usage(fake_server) -> None:
     assert status == 200 and models["data"][0]["id"] == MODEL
 
 
+def test_a_burst_of_concurrent_clients_is_all_answered(fake_server) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, _ = fake_server
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        statuses = list(
+            pool.map(lambda _: post(f"{server.url}/chat/completions", chat())[0], range(64))
+        )
+    assert statuses == [200] * 64
+
+
 @pytest.mark.parametrize(
     ("body", "key", "status", "code"),
     [
