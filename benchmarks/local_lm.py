@@ -1,16 +1,30 @@
 """Benchmark of the embedded local LM engine (csc.engine.LocalLM on SmolLM2-135M-Instruct).
 
-Run:  python benchmarks/local_lm.py [--quick]
+Run:  python benchmarks/local_lm.py [--quick] [--only SCENARIOS] [--baseline-rev REV]
 
-Prints:
-* aggregate completion tokens/s at 1, 4 and 16 concurrent requests, and the 16:1 ratio
-  (target >= 6);
-* structured-output parse success of a strategy-prediction signature (dspy.Predict, default
-  ChatAdapter, varied histories; target >= 99 % over 100 calls);
-* load time cold (GGUF conversion into a fresh temporary cache) and warm (target <= 10 s), each in
-  a fresh subprocess so nothing is shared with this one.
+Scenarios (``--only``, comma-separated; default all but ``readme``):
 
-All measurements use cache=False. ``--quick`` runs fewer requests and skips the cold load.
+* ``load``: load time cold (GGUF conversion into a fresh temporary cache) and warm (target
+  <= 10 s), each in a fresh subprocess;
+* ``throughput``: aggregate completion tokens/s at 1, 4 and 16 concurrent requests and the
+  16:1 ratio (target >= 6);
+* ``parse``: parse success of a strategy-prediction signature (dspy.Predict, ChatAdapter,
+  varied histories; target >= 99 % over 100 calls);
+* ``raw``: the raw forward limit, a plain ``model(input_ids)`` prefill with 1 and 2 threads;
+* ``prefix``: 32 strategy predictions of the CSC supporter program (StrategyPredictor) over
+  growing dialogue histories, 8 in flight: effective prompt tokens/s, and the rate of the
+  uncached part as a ratio to the raw 2-thread forward (target >= 0.8); with
+  ``--baseline-rev`` also the same run on that revision (target >= 3x its effective rate);
+* ``threads``: the same DSPy workload with 1 thread and with every core, interleaved, in
+  fresh processes, and what ``default_threads()`` picks now;
+* ``serve``: 32 concurrent clients over HTTP to ``csc serve`` vs the same requests in-process
+  (target: within 15 %, no errors);
+* ``readme``: the README's main command end to end with a fresh DSPy cache; with
+  ``--baseline-rev`` also on that revision (target <= 40 % of its wall time).
+
+A revision is run from a staged copy of its tree (``git archive``), so the comparison needs no
+second install. All measurements use cache=False. The machine's load average is printed at the
+start and the end: compare ratios measured within one run.
 """
 
 # No `from __future__ import annotations`: the signature below is built from runtime types.
@@ -40,13 +54,13 @@ import json, time
 start = time.perf_counter()
 from csc.engine import LocalLM
 lm = LocalLM(cache=False)
-engine = lm.engine
+engine = lm.batch_engine
 print(json.dumps({"seconds": time.perf_counter() - start, "engine_seconds": engine.load_seconds}))
 """
 
 
 def measure_load(cache_dir: str) -> dict[str, float]:
-    """Time ``LocalLM().engine`` (imports included) in a fresh process with ``cache_dir``."""
+    """Time ``LocalLM().batch_engine`` (imports included) in a fresh process with ``cache_dir``."""
     env = {**os.environ, "CSC_CACHE_DIR": cache_dir}
     out = subprocess.run(
         [sys.executable, "-c", LOAD_SNIPPET], env=env, capture_output=True, text=True, check=True
@@ -62,7 +76,7 @@ def throughput(lm: Any, concurrency: int, rounds: int, max_tokens: int) -> dict[
     ]
 
     def call(prompt: str) -> None:
-        lm(messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens)
+        lm(prompt, max_tokens=max_tokens)
 
     tokens_before = _completion_tokens(lm)
     start = time.perf_counter()
@@ -154,75 +168,457 @@ def parse_success(lm: Any, calls: int, threads: int) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- raw forward limit
+def raw_prefill(engine: Any, threads: int, tokens: int = 512, trials: int = 3) -> float:
+    """Prompt tokens/s of a plain ``model(input_ids)`` forward (batch 1) with ``threads``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ids = torch.randint(100, 40000, (1, tokens))
+        best = float("inf")
+        with torch.inference_mode():
+            engine.model(input_ids=ids[:, :32])  # warm-up
+            for _ in range(trials):
+                start = time.perf_counter()
+                engine.model(input_ids=ids)
+                best = min(best, time.perf_counter() - start)
+        return tokens / best
+    finally:
+        torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- prefix-heavy
+# Runs in this process, or (for --baseline-rev) in a subprocess on another revision's code: it
+# uses only what both the old and the new LocalLM offer.
+PREFIX_SNIPPET = r"""
+import json, sys, time
+import dspy
+from csc.dialogue import Speaker, Turn
+from csc.engine import LocalLM
+from csc.programs.supporter import StrategyPredictor
+from csc.signatures.types import DialogueHistory
+
+requests, concurrency = int(sys.argv[1]), int(sys.argv[2])
+topics = ["a blocked bank card", "a delayed refund", "a password reset that does not arrive",
+          "a double charge on a credit card", "an app that crashes at login",
+          "a loan interest question", "a missing loyalty bonus", "a suspicious transaction"]
+replies = ["Hello, thank you for contacting us. How can I help you today?",
+           "Could you please confirm your account number and full name?",
+           "So the problem is that {t}, is that right?",
+           "I understand how frustrating this is. Let me check it for you.",
+           "When did you first notice {t}?",
+           "Thank you. I can see the case in our system now."]
+customer = ["Hi, I need help with {t}.", "Sure, it is 4411-2290, Maria Lopez.",
+            "Yes, exactly. It has been going on for days!", "Please hurry, I need it today.",
+            "Since Monday morning.", "Great, what happens next?"]
+
+def history(dialogue, turns):
+    # Each dialogue's histories grow turn by turn, as in a synthesis run.
+    t = topics[dialogue % len(topics)]
+    out = [Turn(speaker=Speaker.CUSTOMER, text=customer[0].format(t=t))]
+    for k in range(turns):
+        out.append(Turn(speaker=Speaker.SUPPORTER, text=replies[k].format(t=t)))
+        out.append(Turn(speaker=Speaker.CUSTOMER, text=customer[k + 1].format(t=t)))
+    return DialogueHistory.of(out)
+
+per = max(1, requests // 8)
+examples = [dspy.Example(history=history(d, k)).with_inputs("history")
+            for d in range(8) for k in range(per)][:requests]
+lm = LocalLM(cache=False, max_tokens=32)
+program = StrategyPredictor("csc")
+adapter = dspy.ChatAdapter(use_json_adapter_fallback=False)
+with dspy.context(lm=lm, adapter=adapter):
+    program(history=history(99, 0))  # load and warm up (a history of no dialogue below)
+engine = getattr(lm, "batch_engine", None)
+before = {k: getattr(engine, k, 0) for k in ("prefill_tokens", "prefill_seconds", "cached_tokens")}
+lm.history.clear()
+start = time.perf_counter()
+with dspy.context(lm=lm, adapter=adapter):
+    results = program.batch(examples, num_threads=concurrency, disable_progress_bar=True,
+                            max_errors=requests, timeout=3600)
+seconds = time.perf_counter() - start
+usage = [e.get("usage") or {} for e in lm.history]
+out = {"requests": requests, "concurrency": concurrency, "seconds": seconds,
+       "ok": sum(1 for r in results if r is not None),
+       "prompt_tokens": sum(u.get("prompt_tokens", 0) for u in usage),
+       "completion_tokens": sum(u.get("completion_tokens", 0) for u in usage)}
+if engine is not None:
+    out.update({k: getattr(engine, k) - v for k, v in before.items()})
+    import torch
+    out["threads"] = torch.get_num_threads()
+else:
+    import torch
+    out["threads"] = torch.get_num_threads()
+print("RESULT " + json.dumps(out), flush=True)
+import os
+os._exit(0)  # skip interpreter teardown: an engine worker thread may still hold torch
+"""
+
+
+def run_snippet(snippet: str, args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run a benchmark snippet in a fresh process; its last ``RESULT {...}`` line."""
+    out = subprocess.run(
+        [sys.executable, "-c", snippet, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(f"benchmark subprocess failed: {out.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def stage_revision(rev: str, into: str) -> str:
+    """A PYTHONPATH folder holding the ``csc`` package of git revision ``rev``.
+
+    The repository maps top-level folders into ``csc`` (``programs`` -> ``csc.programs``...,
+    see pyproject's package-dir); the staged copy is laid out as installed.
+    """
+    import re
+    import shutil
+
+    repo = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    src = os.path.join(into, "src")
+    os.makedirs(src)
+    archive = subprocess.run(["git", "-C", repo, "archive", rev], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", src], input=archive.stdout, check=True)
+    stage = os.path.join(into, "stage")
+    shutil.copytree(os.path.join(src, "csc"), os.path.join(stage, "csc"))
+    with open(os.path.join(src, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = f.read()
+    section = pyproject.split("[tool.setuptools.package-dir]", 1)[-1].split("\n[", 1)[0]
+    for package, folder in re.findall(r'^"(csc\.[\w.]+)"\s*=\s*"([^"]+)"', section, re.M):
+        target = os.path.join(stage, *package.split("."))
+        shutil.copytree(os.path.join(src, folder), target, dirs_exist_ok=True)
+    return stage
+
+
+def prefix_heavy(
+    args: Any, report: dict[str, Any], raw2: float | None, raws: dict[str, float] | None = None
+) -> None:
+    """32 strategy predictions over growing histories, 8 in flight, prompt tokens/s."""
+    here = run_snippet(PREFIX_SNIPPET, [str(args.requests), str(args.concurrency)])
+    report["prefix"] = here
+    eff = here["prompt_tokens"] / here["seconds"]
+    print(
+        f"prefix-heavy      : {here['requests']} StrategyPredictor calls, {here['concurrency']} "
+        f"in flight, {here['ok']} ok, {here['seconds']:.1f} s, threads {here['threads']}"
+    )
+    print(
+        f"  prompt tokens   : {here['prompt_tokens']} ({here.get('cached_tokens', 0)} from the "
+        f"prefix cache, {here.get('prefill_tokens', 0)} computed)"
+    )
+    print(f"  effective       : {eff:.0f} prompt tokens/s")
+    if here.get("prefill_seconds"):
+        uncached = here["prefill_tokens"] / here["prefill_seconds"]
+        line = f"  uncached part   : {uncached:.0f} tokens/s prefilled"
+        if raw2:
+            line += f" = {uncached / raw2:.2f} of the raw 2-thread forward (target >= 0.8)"
+        same = (raws or {}).get(str(here["threads"]))
+        if same and here["threads"] != 2:
+            line += f", {uncached / same:.2f} of the raw forward at {here['threads']} thread(s)"
+        print(line)
+    if args.baseline_rev:
+        with tempfile.TemporaryDirectory(prefix="csc-bench-rev-") as tmp:
+            stage = stage_revision(args.baseline_rev, tmp)
+            base = run_snippet(
+                PREFIX_SNIPPET,
+                [str(args.requests), str(args.concurrency)],
+                env={"PYTHONPATH": stage},
+            )
+        report["prefix_baseline"] = base
+        base_eff = base["prompt_tokens"] / base["seconds"]
+        print(
+            f"  baseline {args.baseline_rev}: {base['seconds']:.1f} s, {base_eff:.0f} prompt "
+            f"tokens/s, threads {base['threads']} -> {eff / base_eff:.2f}x (target >= 3x)"
+        )
+
+
+def threads_comparison(args: Any, report: dict[str, Any]) -> None:
+    """The same DSPy workload with 1 and with all cores' threads, interleaved, fresh processes."""
+    cores = os.cpu_count() or 1
+    results: dict[int, list[float]] = {1: [], cores: []}
+    for _ in range(args.thread_trials):
+        for threads in (1, cores):
+            snippet = PREFIX_SNIPPET.replace(
+                "LocalLM(cache=False, max_tokens=32)",
+                f"LocalLM(cache=False, max_tokens=32, num_threads={threads})",
+            )
+            r = run_snippet(snippet, [str(args.thread_requests), str(args.concurrency)])
+            results[threads].append(r["seconds"])
+    best = {t: min(v) for t, v in results.items()}
+    report["threads"] = results
+    from csc.engine.engine import default_threads
+
+    faster = min(best, key=best.get)  # type: ignore[arg-type]
+    print(
+        f"threads (DSPy)    : {args.thread_requests} StrategyPredictor calls: 1 thread "
+        f"{best[1]:.1f} s, {cores} threads {best[cores]:.1f} s (best of {args.thread_trials}) "
+        f"-> {faster} faster; default_threads() now picks {default_threads()} "
+        f"(load average {os.getloadavg()[0]:.1f})"
+    )
+
+
+# --------------------------------------------------------------------------- csc serve
+def serve_vs_in_process(args: Any, report: dict[str, Any]) -> None:
+    """Completion tokens/s of 32 concurrent clients: over HTTP to ``csc serve`` vs in-process."""
+    import socket
+    import urllib.request
+
+    from csc.engine import LocalLM
+
+    clients = args.serve_clients
+    prompts = [
+        f"Write a friendly, detailed paragraph a support agent could send about "
+        f"{TOPICS[i % len(TOPICS)]} (case {i})."
+        for i in range(clients)
+    ]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "csc",
+            "serve",
+            "--port",
+            str(port),
+            "--quiet",
+            "--max-batch-size",
+            "32",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+
+        def http_call(prompt: str) -> int:
+            body = json.dumps(
+                {
+                    "model": "local/smollm2-135m-instruct",
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": args.max_tokens,
+                }
+            ).encode()
+            req = urllib.request.Request(url, data=body, method="POST")
+            with urllib.request.urlopen(req, timeout=3600) as r:
+                return json.loads(r.read())["usage"]["completion_tokens"]
+
+        http_call("Hello")  # warm-up
+        errors = 0
+        start = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=clients) as pool:
+            futures = [pool.submit(http_call, p) for p in prompts]
+        tokens = 0
+        first_error = ""
+        for f in futures:
+            try:
+                tokens += f.result()
+            except Exception as exc:
+                errors += 1
+                first_error = first_error or repr(exc)[:200]
+        served = tokens / (time.perf_counter() - start)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    lm = LocalLM(cache=False)  # the engine main() loaded: same options as the server's
+    lm("Hello", max_tokens=4)
+    lm.history.clear()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        list(pool.map(lambda p: lm(p, max_tokens=args.max_tokens), prompts))
+    local = _completion_tokens(lm) / (time.perf_counter() - start)
+    report["serve"] = {"served_tps": served, "in_process_tps": local, "errors": errors}
+    print(
+        f"csc serve         : {clients} concurrent clients {served:.1f} tokens/s over HTTP, "
+        f"{local:.1f} in-process -> {served / local:.2f} (target >= 0.85), {errors} errors"
+        + (f" (first: {first_error})" if errors else "")
+    )
+
+
+# --------------------------------------------------------------------------- README command
+README_COMMAND = [
+    "synthesize",
+    "--dialogues",
+    "3",
+    "--concurrency",
+    "3",
+    "--max-utterances",
+    "12",
+    "--lm",
+    "local",
+]
+
+
+def readme_command(args: Any, report: dict[str, Any]) -> None:
+    """Wall time of the README's main command with a fresh DSPy cache (and on a baseline rev)."""
+
+    def run(pythonpath: str | None) -> float:
+        with tempfile.TemporaryDirectory(prefix="csc-bench-readme-") as tmp:
+            env = {**os.environ, "DSPY_CACHEDIR": os.path.join(tmp, "dspy-cache")}
+            if pythonpath:
+                env["PYTHONPATH"] = pythonpath
+            command = [sys.executable, "-m", "csc", *README_COMMAND, "--out", f"{tmp}/out"]
+            start = time.perf_counter()
+            subprocess.run(command, env=env, check=True, capture_output=True)
+            return time.perf_counter() - start
+
+    runs: dict[str, float] = {}
+    for _ in range(args.readme_trials):
+        runs.setdefault("this", float("inf"))
+        runs["this"] = min(runs["this"], run(None))
+        if args.baseline_rev:
+            with tempfile.TemporaryDirectory(prefix="csc-bench-rev-") as tmp:
+                stage = stage_revision(args.baseline_rev, tmp)
+                runs.setdefault("baseline", float("inf"))
+                runs["baseline"] = min(runs["baseline"], run(stage))
+    report["readme"] = runs
+    line = f"README command    : csc {' '.join(README_COMMAND)}: {runs['this']:.0f} s"
+    if "baseline" in runs:
+        line += (
+            f"; {args.baseline_rev}: {runs['baseline']:.0f} s -> "
+            f"{runs['this'] / runs['baseline']:.0%} of its time (target <= 40%)"
+        )
+    print(line)
+
+
+SCENARIOS = ("load", "throughput", "parse", "raw", "prefix", "threads", "serve", "readme")
+
+
 def main() -> None:
     """Run the benchmark and print a report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests, no cold load")
     parser.add_argument("--max-tokens", type=int, default=64, help="completion length (throughput)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all; readme "
+        "only with --baseline-rev)",
+    )
+    parser.add_argument(
+        "--baseline-rev",
+        default=None,
+        help="git revision to compare with (prefix and readme scenarios), e.g. HEAD~3",
+    )
+    parser.add_argument("--requests", type=int, default=32, help="prefix-heavy requests")
+    parser.add_argument("--concurrency", type=int, default=8, help="prefix-heavy concurrency")
+    parser.add_argument("--thread-requests", type=int, default=16, help="threads scenario size")
+    parser.add_argument("--thread-trials", type=int, default=2, help="threads scenario trials")
+    parser.add_argument("--serve-clients", type=int, default=32, help="serve scenario clients")
+    parser.add_argument("--readme-trials", type=int, default=1, help="README command trials")
     args = parser.parse_args()
+    if args.only is None:
+        chosen = [s for s in SCENARIOS if s != "readme" or args.baseline_rev]
+    else:
+        chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = set(chosen) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios {sorted(unknown)}; choose among {', '.join(SCENARIOS)}")
+
+    import logging
 
     import torch
 
     from csc.engine import LocalLM
 
-    print(f"torch threads: {torch.get_num_threads()}, cpu cores: {os.cpu_count()}")
+    # DSPy logs every completion cut at max_tokens; the throughput runs cut all of them.
+    logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
+    print(
+        f"cpu cores: {os.cpu_count()}, load average at start: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     report: dict[str, Any] = {}
-    if not args.quick:
-        with tempfile.TemporaryDirectory(prefix="csc-bench-cache-") as tmp:
-            report["load_cold"] = measure_load(tmp)
-            report["load_warm"] = measure_load(tmp)
-    else:
-        report["load_warm"] = measure_load(str(_default_cache()))
+    if "load" in chosen:
+        if not args.quick:
+            with tempfile.TemporaryDirectory(prefix="csc-bench-cache-") as tmp:
+                report["load_cold"] = measure_load(tmp)
+                report["load_warm"] = measure_load(tmp)
+        else:
+            report["load_warm"] = measure_load(str(_default_cache()))
 
     lm = LocalLM(cache=False)
-    _ = lm.engine  # load before timing anything
-    lm(messages=[{"role": "user", "content": "Hello"}], max_tokens=4)  # warm-up
-    # The machine may be shared: run the levels interleaved, several times, and keep each
-    # level's best trial (the least disturbed one).
-    trials = 2 if args.quick else 3
-    best: dict[int, dict[str, float]] = {}
-    for _ in range(trials):
-        for c in (1, 4, 16):
-            lm.history.clear()
-            r = throughput(lm, c, 2 if c == 1 else 1, args.max_tokens)
-            if c not in best or r["tps"] > best[c]["tps"]:
-                best[c] = r
-    for c, r in best.items():
-        report[f"tps_{c}"] = r
+    engine = lm.batch_engine  # load before timing anything
+    print(f"torch threads: {torch.get_num_threads()} (engine default)")
+    raw2 = None
+    if "raw" in chosen or "prefix" in chosen:
+        raw1 = raw_prefill(engine, 1)
+        raw2 = raw_prefill(engine, 2)
+        report["raw"] = {"1": raw1, "2": raw2}
+        print(f"raw forward       : {raw1:.0f} prompt tokens/s with 1 thread, {raw2:.0f} with 2")
+    if "throughput" in chosen:
+        lm("Hello", max_tokens=4)  # warm-up
+        # The machine may be shared: run the levels interleaved, several times, and keep each
+        # level's best trial (the least disturbed one).
+        trials = 2 if args.quick else 3
+        best: dict[int, dict[str, float]] = {}
+        for _ in range(trials):
+            for c in (1, 4, 16):
+                lm.history.clear()
+                r = throughput(lm, c, 2 if c == 1 else 1, args.max_tokens)
+                if c not in best or r["tps"] > best[c]["tps"]:
+                    best[c] = r
+        for c, r in best.items():
+            report[f"tps_{c}"] = r
+            print(
+                f"concurrency {c:>2}: {r['tps']:7.1f} tokens/s "
+                f"({r['tokens']} tokens, {r['requests']} requests, {r['seconds']:.1f} s; "
+                f"best of {trials})"
+            )
         print(
-            f"concurrency {c:>2}: {r['tps']:7.1f} tokens/s "
-            f"({r['tokens']} tokens, {r['requests']} requests, {r['seconds']:.1f} s; "
-            f"best of {trials})"
+            f"batches           : {engine.batches_run} admissions for {engine.requests_served} "
+            f"requests (largest batch {engine.largest_batch}, {engine.joined_running} joined "
+            "a running batch)"
         )
-    engine = lm.engine
-    print(
-        f"batches           : {engine.batches_run} for {engine.requests_served} requests "
-        f"(largest {engine.largest_batch})"
-    )
-    ratio = report["tps_16"]["tps"] / report["tps_1"]["tps"]
-    print(f"ratio 16:1        : {ratio:.2f}x (target >= 6)")
-
-    lm.history.clear()
-    parse_lm = LocalLM(cache=False, max_tokens=32)
-    calls = 20 if args.quick else 100
-    p = parse_success(parse_lm, calls, threads=16)
-    print(
-        f"parse success     : {p['ok']}/{p['calls']} = {100 * p['rate']:.1f}% "
-        f"(target >= 99%) in {p['seconds']:.1f} s; strategies {p['distribution']}"
-    )
-    if p["errors"]:
-        print(f"  first errors: {p['errors']}")
-    if "load_cold" in report:
+        ratio = report["tps_16"]["tps"] / report["tps_1"]["tps"]
+        print(f"ratio 16:1        : {ratio:.2f}x (target >= 6)")
+    if "parse" in chosen:
+        lm.history.clear()
+        parse_lm = LocalLM(cache=False, max_tokens=32)
+        calls = 20 if args.quick else 100
+        p = parse_success(parse_lm, calls, threads=16)
         print(
-            f"load cold         : {report['load_cold']['seconds']:.1f} s "
-            f"(GGUF conversion into a fresh cache, imports included; engine "
-            f"{report['load_cold']['engine_seconds']:.1f} s)"
+            f"parse success     : {p['ok']}/{p['calls']} = {100 * p['rate']:.1f}% "
+            f"(target >= 99%) in {p['seconds']:.1f} s; strategies {p['distribution']}"
         )
-    warm = report["load_warm"]
-    print(
-        f"load warm         : {warm['seconds']:.1f} s (target <= 10 s; of which weights "
-        f"{warm['engine_seconds']:.1f} s, the rest imports)"
-    )
+        if p["errors"]:
+            print(f"  first errors: {p['errors']}")
+    if "load" in chosen:
+        if "load_cold" in report:
+            print(
+                f"load cold         : {report['load_cold']['seconds']:.1f} s "
+                f"(GGUF conversion into a fresh cache, imports included; engine "
+                f"{report['load_cold']['engine_seconds']:.1f} s)"
+            )
+        warm = report["load_warm"]
+        print(
+            f"load warm         : {warm['seconds']:.1f} s (target <= 10 s; of which weights "
+            f"{warm['engine_seconds']:.1f} s, the rest imports)"
+        )
+    if "prefix" in chosen:
+        prefix_heavy(args, report, raw2, report.get("raw"))
+    if "threads" in chosen:
+        threads_comparison(args, report)
+    if "serve" in chosen:
+        serve_vs_in_process(args, report)
+    if "readme" in chosen:
+        readme_command(args, report)
+    if "readme" not in chosen:
+        print("README command    : not run; add --baseline-rev REV (or --only readme) to time it")
+    print(f"load average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def _default_cache() -> Any:

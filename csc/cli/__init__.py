@@ -140,6 +140,7 @@ COMMAND_MODULES = [
     "profiles",
     "review",
     "rewrite",
+    "serve",
     "stats",
     "synthesize",
     "view",

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
             fail(str(exc))
         start = time.perf_counter()
         try:
-            outputs = client(messages=[{"role": "user", "content": prompt}])
+            outputs = client(prompt)
         except Exception as exc:
             fail(f"LM call to {spec.model} failed: {type(exc).__name__}: {exc}")
         latency = time.perf_counter() - start

@@ -1,21 +1,31 @@
-"""The batching generation engine: one per (model, adapter, device) per process.
+"""The generation engine: one per (model, adapter, device) per process.
 
-Requests from any thread (dspy.Parallel, Module.batch, Evaluate, async calls) are put on a queue.
-A single daemon worker takes a request, waits a few milliseconds for more (up to
-``max_batch_size``), left-pads the prompts and decodes them together with a shared KV cache. Rows
-that finish are dropped from the cache so the rest run faster. Each row keeps its own output plan,
-sampling options and random generator, so batching changes throughput, not answers.
+Requests from any thread (dspy.Parallel, Module.batch, Evaluate, async calls, ``csc serve``) are
+put on a queue. A single daemon worker runs a **continuous batch**: between two decode steps it
+admits the requests that have arrived, prefills them, and adds their rows to the running batch,
+so a request never waits for a whole batch to finish. Finished rows leave at once.
+
+Prefill reuses a **prefix cache** (:class:`PrefixCache`, a radix tree of token sequences with
+their KV tensors, LRU-evicted under a memory bound): the system message of every signature, and
+the dialogue history of the previous turn, are computed once and then only the new tokens of a
+prompt are prefilled. Requests admitted together that share a prefix not cached yet have it
+computed once before their own suffixes.
+
+Each row keeps its own output plan, sampling options and random generator, so batching and
+caching change throughput, not answers.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -28,8 +38,15 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_MS = 15.0
+DEFAULT_PREFIX_CACHE_MB = 1024.0
 MAX_GATHER_FACTOR = 8
 MIN_SHARED_PREFIX = 16  # below this, a separate prefix pass costs more than it saves
+_GROW = 64  # KV buffer growth step (tokens) of the running batch
+# Prefill grouping: uncached parts up to PREFILL_SHORT tokens always share a forward (the
+# weights' memory traffic dominates there); longer ones only with parts at most PREFILL_SPREAD
+# times the group's shortest (padding is computed too).
+PREFILL_SHORT = 64
+PREFILL_SPREAD = 1.25
 
 
 @dataclass
@@ -40,6 +57,7 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
 
 @dataclass
@@ -48,11 +66,38 @@ class _Job:
     plan: OutputPlan | None
     sampling: Sampling
     future: Future
+    on_text: Callable[[str], None] | None = None
+
+
+@dataclass
+class _Row:
+    """A request in the running batch."""
+
+    job: _Job
+    decoder: RowDecoder
+    cached_tokens: int
+    pending: list[int] = field(default_factory=list)  # tokens to feed at the next step
+    sent: str = ""  # streamed text so far
+    hold: int = field(default=0)  # characters held back from streaming (stop strings)
 
 
 def default_threads() -> int:
-    """CPU threads for the engine: half the cores (at least one)."""
-    return max(1, (os.cpu_count() or 2) // 2)
+    """CPU threads for the engine: every core the machine leaves free, at least one.
+
+    On an idle machine all cores run fastest (SmolLM2 prefill about 470 tokens/s with 2 threads
+    and 250 with 1 on the 2-core development machine). On a machine busy with other processes,
+    PyTorch's OpenMP threads spin-wait for each other: with the load average at 8-9 on those 2
+    cores, a decode step took 2.95 s with 2 threads and 0.52 s with 1. So the default counts the
+    cores that the 1-minute load average leaves free when the engine loads (our own process is
+    not running yet, and up to one core of load is tolerated). ``num_threads`` overrides it;
+    ``benchmarks/local_lm.py --threads`` measures both settings under a DSPy workload.
+    """
+    cores = max(1, os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return cores
+    return max(1, min(cores, int(cores + 1 - load)))
 
 
 def resolve_device(device: str | None) -> str:
@@ -76,8 +121,228 @@ def resolve_dtype(device: str, dtype: str | torch.dtype | None) -> torch.dtype:
     return torch.float32
 
 
+# --------------------------------------------------------------------------- prefix cache
+class _Node:
+    __slots__ = ("children", "keys", "last_used", "parent", "tokens", "values")
+
+    def __init__(
+        self,
+        tokens: tuple[int, ...],
+        keys: torch.Tensor | None,
+        values: torch.Tensor | None,
+        parent: _Node | None,
+    ) -> None:
+        self.tokens = tokens  # the edge label: tokens this node adds to its parent's sequence
+        self.keys = keys  # [layers, kv_heads, len(tokens), head_dim]
+        self.values = values
+        self.parent = parent
+        self.children: dict[int, _Node] = {}
+        self.last_used = 0.0
+
+    @property
+    def nbytes(self) -> int:
+        if self.keys is None or self.values is None:
+            return 0
+        return self.keys.numel() * self.keys.element_size() * 2
+
+
+def _common_length(a: tuple[int, ...] | list[int], b: list[int], start: int) -> int:
+    n = min(len(a), len(b) - start)
+    i = 0
+    while i < n and a[i] == b[start + i]:
+        i += 1
+    return i
+
+
+class PrefixCache:
+    """KV tensors of prompt prefixes kept across requests: a radix tree over token ids.
+
+    Like SGLang's radix cache: each edge holds the keys and values of its tokens for every
+    layer, so any prompt that starts like an earlier one (the same system message, a history
+    that grew by one turn) gets the longest cached prefix back. Least recently used leaves are
+    evicted once the tensors exceed ``max_bytes``.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max(0, int(max_bytes))
+        self.root = _Node((), None, None, None)
+        self.bytes = 0
+        self.lookups = 0
+        self.hit_tokens = 0
+        self.evictions = 0
+        self._clock = 0.0
+        self._lock = threading.Lock()
+
+    def _tick(self) -> float:
+        self._clock += 1.0
+        return self._clock
+
+    def match(self, ids: list[int]) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
+        """(length, keys, values) of the longest cached prefix of ``ids`` (tensors [L, H, n, D])."""
+        with self._lock:
+            self.lookups += 1
+            node, pos = self.root, 0
+            keys: list[torch.Tensor] = []
+            values: list[torch.Tensor] = []
+            now = self._tick()
+            while pos < len(ids):
+                child = node.children.get(ids[pos])
+                if child is None:
+                    break
+                common = _common_length(child.tokens, ids, pos)
+                child.last_used = now
+                assert child.keys is not None and child.values is not None
+                keys.append(child.keys[:, :, :common])
+                values.append(child.values[:, :, :common])
+                pos += common
+                if common < len(child.tokens):
+                    break
+                node = child
+            self.hit_tokens += pos
+            if pos == 0:
+                return 0, None, None
+            if len(keys) == 1:
+                return pos, keys[0], values[0]
+            return pos, torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+    def match_length(self, ids: list[int]) -> int:
+        """How many leading tokens of ``ids`` are cached (no tensors, no statistics)."""
+        with self._lock:
+            node, pos = self.root, 0
+            while pos < len(ids):
+                child = node.children.get(ids[pos])
+                if child is None:
+                    break
+                common = _common_length(child.tokens, ids, pos)
+                pos += common
+                if common < len(child.tokens):
+                    break
+                node = child
+            return pos
+
+    def insert(
+        self, ids: list[int], keys: torch.Tensor, values: torch.Tensor, offset: int = 0
+    ) -> None:
+        """Remember the KV tensors of a token sequence: ``keys``/``values`` ([L, H, n, D]) hold
+        tokens ``ids[offset:]``; ``ids[:offset]`` must be cached already (``match_length``)."""
+        if self.max_bytes <= 0 or not ids:
+            return
+        with self._lock:
+            node, pos = self.root, 0
+            now = self._tick()
+            while pos < len(ids):
+                child = node.children.get(ids[pos])
+                if child is None:
+                    if pos < offset:  # the prefix was evicted meanwhile: nothing to attach to
+                        break
+                    leaf = _Node(
+                        tuple(ids[pos:]),
+                        keys[:, :, pos - offset :].clone(),
+                        values[:, :, pos - offset :].clone(),
+                        node,
+                    )
+                    leaf.last_used = now
+                    node.children[ids[pos]] = leaf
+                    self.bytes += leaf.nbytes
+                    break
+                common = _common_length(child.tokens, ids, pos)
+                child.last_used = now
+                if common < len(child.tokens):
+                    self._split(child, common)
+                pos += common
+                node = child
+            self._evict()
+
+    def _split(self, node: _Node, at: int) -> None:
+        """Cut ``node``'s edge after ``at`` tokens: the rest becomes its only child."""
+        assert node.keys is not None and node.values is not None
+        rest = _Node(
+            node.tokens[at:],
+            node.keys[:, :, at:].clone(),
+            node.values[:, :, at:].clone(),
+            node,
+        )
+        rest.children = node.children
+        for grandchild in rest.children.values():
+            grandchild.parent = rest
+        rest.last_used = node.last_used
+        node.tokens = node.tokens[:at]
+        node.keys = node.keys[:, :, :at].clone()
+        node.values = node.values[:, :, :at].clone()
+        node.children = {rest.tokens[0]: rest}
+
+    def _evict(self) -> None:
+        while self.bytes > self.max_bytes:
+            leaves = []
+            stack = list(self.root.children.values())
+            while stack:
+                n = stack.pop()
+                if n.children:
+                    stack.extend(n.children.values())
+                else:
+                    leaves.append(n)
+            if not leaves:
+                break
+            victim = min(leaves, key=lambda n: n.last_used)
+            assert victim.parent is not None
+            del victim.parent.children[victim.tokens[0]]
+            self.bytes -= victim.nbytes
+            self.evictions += 1
+
+    @property
+    def tokens(self) -> int:
+        """Tokens held (sum of edge lengths)."""
+        total, stack = 0, list(self.root.children.values())
+        while stack:
+            n = stack.pop()
+            total += len(n.tokens)
+            stack.extend(n.children.values())
+        return total
+
+    def clear(self) -> None:
+        """Forget every cached prefix."""
+        with self._lock:
+            self.root = _Node((), None, None, None)
+            self.bytes = 0
+
+
+# --------------------------------------------------------------------------- batch KV storage
+def _buffer_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        """A cache layer over a preallocated buffer: a decode step writes one column in place
+        instead of copying the whole cache (DynamicLayer concatenates on every step)."""
+
+        def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
+            super().__init__()
+            self.buf_k, self.buf_v, self.length = keys, values, length
+            self.dtype, self.device = keys.dtype, keys.device
+            self.is_initialized = True
+            self._views()
+
+        def _views(self) -> None:
+            self.keys = self.buf_k[:, :, : self.length]
+            self.values = self.buf_v[:, :, : self.length]
+
+        def update(self, key_states, value_states, *args, **kwargs):  # type: ignore[override]
+            n = key_states.shape[-2]
+            if self.length + n > self.buf_k.shape[2]:
+                extra = max(_GROW, n, self.buf_k.shape[2] // 2)
+                pad = (0, 0, 0, extra)
+                self.buf_k = torch.nn.functional.pad(self.buf_k[:, :, : self.length], pad)
+                self.buf_v = torch.nn.functional.pad(self.buf_v[:, :, : self.length], pad)
+            self.buf_k[:, :, self.length : self.length + n] = key_states
+            self.buf_v[:, :, self.length : self.length + n] = value_states
+            self.length += n
+            self._views()
+            return self.keys, self.values
+
+    return BufferLayer
+
+
 class Engine:
-    """Weights, tokenizer and the batching worker of one model on one device."""
+    """Weights, tokenizer, prefix cache and the continuous-batching worker of one model."""
 
     def __init__(
         self,
@@ -87,6 +352,7 @@ class Engine:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
         num_threads: int | None = None,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ) -> None:
         self.source = source
         self.num_threads = num_threads
@@ -94,16 +360,28 @@ class Engine:
         self.dtype = dtype
         self.max_batch_size = max(1, int(max_batch_size))
         self.batch_wait_s = max(0.0, float(batch_wait_ms)) / 1000.0
+        self.prefix_cache = PrefixCache(int(max(0.0, float(prefix_cache_mb)) * 2**20))
         self.model: Any = None
         self.tokenizer: Any = None
         self.vocab: Vocabulary | None = None
         self.load_seconds: float | None = None
-        self.batches_run = 0
+        # Counters for benchmarks and diagnostics.
+        self.batches_run = 0  # admissions (groups of requests prefilled together)
         self.requests_served = 0
         self.largest_batch = 0
+        self.joined_running = 0  # requests admitted while other rows were decoding
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+        self.prefill_tokens = 0  # prompt tokens actually computed
+        self.prefill_seconds = 0.0
+        self.decode_steps = 0
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._load_lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._rows: list[_Row] = []
+        self._cache: Any = None  # the running batch's KV cache
+        self._mask: torch.Tensor | None = None  # [rows, width]
+        self._positions: torch.Tensor | None = None  # [rows] position of each row's next token
 
     # ------------------------------------------------------------------ loading
     def load(self) -> Engine:
@@ -117,10 +395,7 @@ class Engine:
             if self.device == "cpu":
                 threads = self.num_threads if self.num_threads is not None else default_threads()
                 if threads > 0:
-                    # Process-wide in PyTorch. On a busy machine OpenMP threads spin-wait for each
-                    # other; we measured a decode step 28x slower with 2 threads than with 1 on a
-                    # loaded 2-core box, so the default leaves half the cores free.
-                    torch.set_num_threads(threads)
+                    torch.set_num_threads(threads)  # process-wide in PyTorch
             model, tokenizer = load_model(self.source, self.device, self.dtype)
             self.model, self.tokenizer = model, tokenizer
             self.vocab = Vocabulary(tokenizer, self._vocab_size(), self._stop_ids())
@@ -155,9 +430,15 @@ class Engine:
 
     @property
     def pad_id(self) -> int:
-        """The id used for left padding (masked out, so any id works)."""
+        """The id used for padding (masked out, so any id works)."""
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id or 0)
+
+    @property
+    def context_length(self) -> int:
+        """The longest sequence (prompt + completion) the model's positions allow."""
+        config = getattr(self.model, "config", None)
+        return int(getattr(config, "max_position_embeddings", 0) or 8192)
 
     # ------------------------------------------------------------------ requests
     def encode_messages(self, messages: list[dict[str, Any]]) -> list[int]:
@@ -169,133 +450,400 @@ class Engine:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def submit(
-        self, prompt_ids: list[int], plan: OutputPlan | None, sampling: Sampling
+        self,
+        prompt_ids: list[int],
+        plan: OutputPlan | None,
+        sampling: Sampling,
+        on_text: Callable[[str], None] | None = None,
     ) -> Future[Generation]:
-        """Queue one request; the future resolves to a :class:`Generation` or its error."""
+        """Queue one request; the future resolves to a :class:`Generation` or its error.
+
+        ``on_text`` (optional) receives the answer's text as it is generated, piece by piece,
+        from the worker thread.
+        """
         self.load()
         future: Future[Generation] = Future()
-        self._queue.put(_Job(prompt_ids, plan, sampling, future))
+        self._queue.put(_Job(list(prompt_ids), plan, sampling, future, on_text))
         return future
 
     # ------------------------------------------------------------------ worker
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            # Gather while requests keep arriving: callers released by the previous batch come
-            # back a few ms apart (DSPy bookkeeping, chat templating), and a batch closed too
-            # early makes the late ones wait a whole batch. The window restarts at each arrival,
+            jobs = self._take_jobs()
+            try:
+                if jobs:
+                    self._admit(jobs)
+                if self._rows:
+                    self._decode_step()
+            except BaseException as exc:  # every caller must hear about it, never hang
+                logger.exception("local LM step with %d rows failed", len(self._rows))
+                for job in [*jobs, *(row.job for row in self._rows)]:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                self._reset_batch()
+
+    def _take_jobs(self) -> list[_Job]:
+        room = self.max_batch_size - len(self._rows)
+        if room <= 0:
+            return []
+        jobs: list[_Job] = []
+        if not self._rows:
+            jobs.append(self._queue.get())  # idle: wait for work
+            # Gather while requests keep arriving: callers released together come back a few ms
+            # apart (DSPy bookkeeping, chat templating). The window restarts at each arrival,
             # capped at MAX_GATHER_FACTOR windows in all.
             start = time.monotonic()
             cap = start + self.batch_wait_s * MAX_GATHER_FACTOR
             deadline = start + self.batch_wait_s
-            while len(batch) < self.max_batch_size:
+            while len(jobs) < room:
                 timeout = min(deadline, cap) - time.monotonic()
                 try:
-                    if timeout > 0:
-                        job = self._queue.get(timeout=timeout)
-                    else:
-                        job = self._queue.get_nowait()
+                    job = (
+                        self._queue.get(timeout=timeout)
+                        if timeout > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
-                batch.append(job)
+                jobs.append(job)
                 deadline = time.monotonic() + self.batch_wait_s
-            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
+        else:
+            while len(jobs) < room:  # continuous batching: join between two decode steps
+                try:
+                    jobs.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self.joined_running += len(jobs)
+        return [job for job in jobs if job.future.set_running_or_notify_cancel()]
+
+    def _reset_batch(self) -> None:
+        self._rows, self._cache, self._mask, self._positions = [], None, None, None
+
+    # ------------------------------------------------------------------ prefill
+    def _admit(self, jobs: list[_Job]) -> None:
+        """Prefill new requests and add them to the running batch."""
+        assert self.vocab is not None
+        live: list[tuple[_Job, RowDecoder]] = []
+        for job in jobs:
             try:
-                results = self.generate_batch(live)
-            except BaseException as exc:  # every caller must hear about it, never hang
-                logger.exception("local LM batch of %d failed", len(live))
-                for job in live:
-                    job.future.set_exception(exc)
+                if not job.prompt_ids:
+                    raise ValueError("empty prompt")
+                decoder = RowDecoder(self.vocab, job.plan, job.sampling)
+            except Exception as exc:  # a bad request fails alone
+                job.future.set_exception(exc)
                 continue
-            for job, result in zip(live, results):
-                job.future.set_result(result)
+            live.append((job, decoder))
+        if not live:
+            return
+        self.batches_run += 1
+        self.requests_served += len(live)
+        self._share_prefixes([job.prompt_ids for job, _ in live])
+        for group in self._prefill_groups(live):
+            self._admit_group(group)
+        self.largest_batch = max(self.largest_batch, len(self._rows))
+
+    def _prefill_groups(
+        self, live: list[tuple[_Job, RowDecoder]]
+    ) -> list[list[tuple[_Job, RowDecoder]]]:
+        """Split requests into prefill groups of similar uncached length.
+
+        Rows of one forward are padded to its longest uncached part; grouping by length keeps
+        that waste small, while short prompts still share one forward.
+        """
+        sized = sorted(
+            live,
+            key=lambda item: (
+                len(item[0].prompt_ids) - self.prefix_cache.match_length(item[0].prompt_ids)
+            ),
+        )
+        groups: list[list[tuple[_Job, RowDecoder]]] = []
+        low = 0
+        for item in sized:
+            n = len(item[0].prompt_ids) - self.prefix_cache.match_length(item[0].prompt_ids)
+            if groups and (n <= PREFILL_SHORT or n <= low * PREFILL_SPREAD):
+                groups[-1].append(item)
+            else:
+                groups.append([item])
+                low = n
+        return groups
+
+    def _admit_group(self, live: list[tuple[_Job, RowDecoder]]) -> None:
+        start = time.perf_counter()
+        keys, values, mask, positions, logits, cached = self._prefill(
+            [job.prompt_ids for job, _ in live]
+        )
+        self.prefill_seconds += time.perf_counter() - start
+        new_rows: list[_Row] = []
+        keep: list[int] = []
+        for b, (job, decoder) in enumerate(live):
+            row = _Row(job, decoder, cached[b])
+            row.hold = max((len(s) for s in job.sampling.stop), default=1) - 1
+            self.prompt_tokens += len(job.prompt_ids)
+            self.cached_tokens += cached[b]
+            self._advance(row, logits[b])
+            if decoder.done:
+                self._finish(row)
+            else:
+                new_rows.append(row)
+                keep.append(b)
+        if not new_rows:
+            return
+        if len(keep) < len(live):
+            index = torch.tensor(keep, device=mask.device)
+            keys = [k.index_select(0, index) for k in keys]
+            values = [v.index_select(0, index) for v in values]
+            mask, positions = mask[index], positions[index]
+        self._merge(new_rows, keys, values, mask, positions)
+
+    def _share_prefixes(self, prompts: list[list[int]]) -> None:
+        """Compute once, into the prefix cache, the prefixes that new requests share."""
+        if len(prompts) < 2 or self.prefix_cache.max_bytes <= 0:
+            return
+        ordered = sorted(prompts)
+        shared: set[tuple[int, ...]] = set()
+        for a, b in itertools.pairwise(ordered):
+            n = _common_length(a, b, 0)
+            n = min(n, len(a) - 1, len(b) - 1)  # each request keeps >= 1 token to compute
+            if n >= MIN_SHARED_PREFIX:
+                shared.add(tuple(a[:n]))
+        for prefix in sorted(shared, key=len):
+            ids = list(prefix)
+            cached, _, _ = self.prefix_cache.match(ids)
+            if len(ids) - cached >= MIN_SHARED_PREFIX:
+                start = time.perf_counter()
+                self._prefill([ids], want_logits=False)
+                self.prefill_seconds += time.perf_counter() - start
 
     @torch.inference_mode()
-    def generate_batch(self, jobs: list[_Job]) -> list[Generation]:
-        """Decode a batch of requests together (left padding, shared KV cache)."""
+    def _prefill(
+        self, prompts: list[list[int]], want_logits: bool = True
+    ) -> tuple[
+        list[torch.Tensor], list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor, list[int]
+    ]:
+        """Run the uncached part of each prompt; store every prompt in the prefix cache.
+
+        Returns per-layer keys and values [B, H, W, D], the attention mask [B, W], each row's
+        next position, the last-token logits [B, V] and how many tokens came from the cache.
+        A row is laid out ``[pad | cached prefix | pad | new tokens]``; the mask hides the pads.
+        """
         from transformers import DynamicCache
 
-        assert self.vocab is not None
-        self.batches_run += 1
-        self.requests_served += len(jobs)
-        self.largest_batch = max(self.largest_batch, len(jobs))
-        rows = [RowDecoder(self.vocab, job.plan, job.sampling) for job in jobs]
+        matches = []
+        for ids in prompts:
+            n, k, v = self.prefix_cache.match(ids)
+            if n >= len(ids):  # the whole prompt is cached: recompute its last token for logits
+                n = len(ids) - 1
+                k = None if n == 0 else k[:, :, :n]  # type: ignore[index]
+                v = None if n == 0 else v[:, :, :n]  # type: ignore[index]
+            matches.append((n, k, v))
+        batch = len(prompts)
+        width_cached = max(n for n, _, _ in matches)
+        suffixes = [ids[n:] for ids, (n, _, _) in zip(prompts, matches)]
+        width_new = max(len(s) for s in suffixes)
+        self.prefill_tokens += sum(len(s) for s in suffixes)
+        mask = torch.zeros((batch, width_cached + width_new), dtype=torch.long)
+        input_ids = torch.full((batch, width_new), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((batch, width_new), dtype=torch.long)
+        for b, (suffix, (n, _, _)) in enumerate(zip(suffixes, matches)):
+            mask[b, width_cached - n : width_cached] = 1
+            mask[b, width_cached + width_new - len(suffix) :] = 1
+            input_ids[b, width_new - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
+            positions[b, width_new - len(suffix) :] = torch.arange(n, n + len(suffix))
         cache = DynamicCache()
-        # DSPy prompts of one signature share their system message: prefill the common prefix once
-        # and copy its KV cache to every row, then prefill only the per-row suffixes.
-        shared = _common_prefix_length([job.prompt_ids for job in jobs]) if len(jobs) > 1 else 0
-        if shared < MIN_SHARED_PREFIX:
-            shared = 0
-        shared = min(shared, min(len(job.prompt_ids) for job in jobs) - 1)  # keep >= 1 suffix token
-        if shared > 0:
-            prefix = torch.tensor([jobs[0].prompt_ids[:shared]], device=self.device)
-            self.model(input_ids=prefix, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache.batch_repeat_interleave(len(jobs))
-        suffixes = [job.prompt_ids[shared:] for job in jobs]
-        width = max(len(s) for s in suffixes)
-        input_ids = torch.full((len(jobs), width), self.pad_id, dtype=torch.long)
-        suffix_mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, suffix in enumerate(suffixes):
-            input_ids[i, width - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
-            suffix_mask[i, width - len(suffix) :] = 1
-        positions = (shared + suffix_mask.cumsum(-1) - 1).clamp(min=0)
-        attention = torch.cat([torch.ones((len(jobs), shared), dtype=torch.long), suffix_mask], 1)
-        input_ids, attention, positions = (
-            t.to(self.device) for t in (input_ids, attention, positions)
-        )
+        if width_cached > 0:
+            ref = next(k for n, k, _ in matches if n > 0)
+            layers, heads, _, dim = ref.shape
+            shape = (layers, batch, heads, width_cached, dim)
+            all_k = ref.new_zeros(shape)
+            all_v = ref.new_zeros(shape)
+            for b, (n, k, v) in enumerate(matches):
+                if n > 0:
+                    all_k[:, b, :, width_cached - n :] = k
+                    all_v[:, b, :, width_cached - n :] = v
+            cache = DynamicCache(ddp_cache_data=[(all_k[i], all_v[i]) for i in range(layers)])
+        device = self.device
         out = self.model(
-            input_ids=input_ids,
-            attention_mask=attention,
-            position_ids=positions,
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        logits = out.logits[:, -1, :].float().cpu()
-        next_pos = positions[:, -1] + 1
-        active = list(range(len(jobs)))  # row index of each batch position
-        while active:
-            tokens = [rows[r].step(logits[b]) for b, r in enumerate(active)]
-            keep = [b for b, r in enumerate(active) if not rows[r].done]
-            if not keep:
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        # Remember every prompt: its columns are the unmasked ones, in order.
+        for b, ids in enumerate(prompts):
+            if self.prefix_cache.max_bytes <= 0:
                 break
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                attention, next_pos = attention[index], next_pos[index]
-                active = [active[b] for b in keep]
-                tokens = [tokens[b] for b in keep]
-            attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=1)
-            out = self.model(
-                input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),
-                attention_mask=attention,
-                position_ids=next_pos.unsqueeze(1),
-                past_key_values=cache,
-                use_cache=True,
+            known = self.prefix_cache.match_length(ids)  # copy only what the cache lacks
+            if known >= len(ids):
+                continue
+            columns = mask[b].nonzero().squeeze(1)[known:].to(keys[0].device)
+            k = torch.stack([layer[b].index_select(1, columns) for layer in keys])
+            v = torch.stack([layer[b].index_select(1, columns) for layer in values])
+            self.prefix_cache.insert(ids, k, v, offset=known)
+        logits = out.logits[:, -1, :].float().cpu() if want_logits else torch.empty(0)
+        next_positions = torch.tensor([len(ids) for ids in prompts], dtype=torch.long)
+        cached = [n for n, _, _ in matches]
+        return keys, values, mask.to(device), next_positions.to(device), logits, cached
+
+    def _merge(
+        self,
+        rows: list[_Row],
+        keys: list[torch.Tensor],
+        values: list[torch.Tensor],
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+    ) -> None:
+        """Add prefilled rows to the running batch (left-padding the narrower side)."""
+        layer_class = _buffer_layer_class()
+        if not self._rows:
+            new_keys, new_values, new_mask = keys, values, mask
+            new_positions = positions
+        else:
+            old = self._cache.layers
+            width_old, width_new = self._mask.shape[1], mask.shape[1]
+            width = max(width_old, width_new)
+
+            def left_pad(t: torch.Tensor, to: int) -> torch.Tensor:
+                extra = to - t.shape[-2] if t.dim() == 4 else to - t.shape[-1]
+                if extra <= 0:
+                    return t
+                pad = (0, 0, extra, 0) if t.dim() == 4 else (extra, 0)
+                return torch.nn.functional.pad(t, pad)
+
+            new_keys = [
+                torch.cat([left_pad(layer.keys, width), left_pad(k, width)], 0)
+                for layer, k in zip(old, keys)
+            ]
+            new_values = [
+                torch.cat([left_pad(layer.values, width), left_pad(v, width)], 0)
+                for layer, v in zip(old, values)
+            ]
+            new_mask = torch.cat([left_pad(self._mask, width), left_pad(mask, width)], 0)
+            new_positions = torch.cat([self._positions, positions], 0)
+        self._rows = self._rows + rows
+        self._mask, self._positions = new_mask, new_positions
+        self._cache = self._batch_cache(layer_class, new_keys, new_values)
+
+    def _batch_cache(
+        self, layer_class: type, keys: list[torch.Tensor], values: list[torch.Tensor]
+    ) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        layers = []
+        for k, v in zip(keys, values):
+            length = k.shape[2]
+            pad = (0, 0, 0, _GROW)
+            layers.append(
+                layer_class(
+                    torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad), length
+                )
             )
-            logits = out.logits[:, -1, :].float().cpu()
-            next_pos = next_pos + 1
-        return [
+        cache.layers = layers
+        cache.layer_class_to_replicate = None
+        return cache
+
+    # ------------------------------------------------------------------ decode
+    @torch.inference_mode()
+    def _decode_step(self) -> None:
+        assert self._mask is not None and self._positions is not None
+        self.decode_steps += 1
+        device = self.device
+        rows = self._rows
+        # Each row feeds its pending tokens: one sampled token, or a run of forced ones (section
+        # headers) in a single step. Shorter rows are left-padded; the mask hides the padding.
+        width = max(len(row.pending) for row in rows)
+        tokens = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        new_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        lengths = torch.tensor([len(row.pending) for row in rows], dtype=torch.long)
+        for b, row in enumerate(rows):
+            n = len(row.pending)
+            tokens[b, width - n :] = torch.tensor(row.pending, dtype=torch.long)
+            new_mask[b, width - n :] = 1
+        start = self._positions.cpu()
+        offsets = (new_mask.cumsum(-1) - 1).clamp(min=0)
+        positions = start.unsqueeze(1) + offsets
+        self._mask = torch.cat([self._mask, new_mask.to(device)], dim=1)
+        out = self.model(
+            input_ids=tokens.to(device),
+            attention_mask=self._mask,
+            position_ids=positions.to(device),
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = out.logits[:, -1, :].float().cpu()
+        self._positions = self._positions + lengths.to(self._positions.device)
+        keep: list[int] = []
+        for b, row in enumerate(rows):
+            try:
+                self._advance(row, logits[b])
+            except Exception as exc:  # a decoding error (grammar...) fails its own request
+                row.job.future.set_exception(exc)
+                continue
+            if row.decoder.done:
+                self._finish(row)
+            else:
+                keep.append(b)
+        if len(keep) < len(rows):
+            self._select(keep)
+
+    def _advance(self, row: _Row, logits: torch.Tensor) -> None:
+        """Choose a row's next token, then take every forced token after it at once."""
+        decoder = row.decoder
+        row.pending = [decoder.step(logits)]
+        # Jump forward over forced text: it needs no logits, only its KV for what follows (and
+        # none at all when the answer ends with it, e.g. "[[ ## completed ## ]]").
+        while not decoder.done and decoder.forced_token() is not None:
+            row.pending.append(decoder.step(None))
+        self._stream(row)
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep only the rows ``keep`` and drop leading columns no remaining row uses."""
+        if not keep:
+            self._reset_batch()
+            return
+        assert self._mask is not None and self._positions is not None
+        index = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask[index]
+        used = mask.any(dim=0).nonzero()
+        lead = int(used[0]) if len(used) else 0
+        mask = mask[:, lead:]
+        keys = [layer.keys.index_select(0, index)[:, :, lead:] for layer in self._cache.layers]
+        values = [layer.values.index_select(0, index)[:, :, lead:] for layer in self._cache.layers]
+        self._rows = [self._rows[i] for i in keep]
+        self._mask, self._positions = mask, self._positions[index]
+        self._cache = self._batch_cache(_buffer_layer_class(), keys, values)
+
+    def _stream(self, row: _Row) -> None:
+        if row.job.on_text is None:
+            return
+        text = row.decoder.text()
+        if not row.decoder.done:
+            # Hold back what a stop string may still cut, and half-decoded characters.
+            text = text[: max(0, len(text) - row.hold)] if row.hold else text
+            text = text.rstrip("\ufffd")
+        if len(text) > len(row.sent) and text.startswith(row.sent):
+            try:
+                row.job.on_text(text[len(row.sent) :])
+            finally:
+                row.sent = text
+
+    def _finish(self, row: _Row) -> None:
+        decoder = row.decoder
+        row.job.future.set_result(
             Generation(
-                text=row.text(),
-                prompt_tokens=len(job.prompt_ids),
-                completion_tokens=len(row.ids),
-                finish_reason=row.finish_reason or "length",
+                text=decoder.text(),
+                prompt_tokens=len(row.job.prompt_ids),
+                completion_tokens=len(decoder.ids),
+                finish_reason=decoder.finish_reason or "length",
+                cached_tokens=row.cached_tokens,
             )
-            for job, row in zip(jobs, rows)
-        ]
-
-
-def _common_prefix_length(prompts: list[list[int]]) -> int:
-    first = prompts[0]
-    n = min(len(p) for p in prompts)
-    for i in range(n):
-        token = first[i]
-        if any(p[i] != token for p in prompts):
-            return i
-    return n
+        )
 
 
 _ENGINES: dict[tuple[Any, ...], Engine] = {}
@@ -309,10 +857,11 @@ def shared_engine(
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
     num_threads: int | None = None,
+    prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
 ) -> Engine:
     """The process-wide engine for a source on a device (created on first request, not loaded).
 
-    Batching options apply when the engine is created; later callers share it as it is.
+    Batching and cache options apply when the engine is created; later callers share it as it is.
     """
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(resolved_device, dtype)
@@ -327,7 +876,13 @@ def shared_engine(
         engine = _ENGINES.get(key)
         if engine is None:
             engine = Engine(
-                source, resolved_device, resolved_dtype, max_batch_size, batch_wait_ms, num_threads
+                source,
+                resolved_device,
+                resolved_dtype,
+                max_batch_size,
+                batch_wait_ms,
+                num_threads,
+                prefix_cache_mb,
             )
             _ENGINES[key] = engine
         return engine

@@ -6,6 +6,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import dspy
 import pydantic
@@ -13,7 +14,7 @@ import pytest
 
 from csc.engine import LocalLM, ModelNotFoundError, model_store
 from csc.engine.decoding import Sampling
-from csc.engine.engine import Engine
+from csc.engine.engine import Engine, PrefixCache
 from csc.engine.model_store import ModelSource
 from csc.framework import Framework
 
@@ -41,22 +42,82 @@ def test_finetuned_folder_errors(tmp_path) -> None:
         LocalLM.from_finetuned(tmp_path)
 
 
-def test_failing_batch_fails_its_callers_instead_of_hanging() -> None:
+def test_failing_step_fails_its_callers_instead_of_hanging() -> None:
     engine = Engine(ModelSource("/nonexistent"), "cpu", None)  # type: ignore[arg-type]
 
     def boom(jobs):
         raise RuntimeError("kernel exploded")
 
-    engine.generate_batch = boom  # type: ignore[method-assign]
+    engine._admit = boom  # type: ignore[method-assign]
     engine._worker = threading.Thread(target=engine._run, daemon=True)  # skip loading weights
     engine._worker.start()
     futures = [engine.submit([1, 2, 3], None, Sampling()) for _ in range(3)]
     for f in futures:
         with pytest.raises(RuntimeError, match="kernel exploded"):
             f.result(timeout=10)
-    # The worker survives and serves the next batch.
-    engine.generate_batch = lambda jobs: ["ok"] * len(jobs)  # type: ignore[method-assign]
+
+    # The worker survives and serves the next request.
+    def answer(jobs):
+        for job in jobs:
+            job.future.set_result("ok")
+
+    engine._admit = answer  # type: ignore[method-assign]
     assert engine.submit([1], None, Sampling()).result(timeout=10) == "ok"
+
+
+def test_prefix_cache_returns_the_longest_cached_prefix_and_evicts_lru() -> None:
+    import torch
+
+    def kv(ids):  # fake KV: value = token id, so slices can be checked
+        t = torch.tensor(ids, dtype=torch.float32).view(1, 1, -1, 1).expand(2, 1, -1, 1)
+        return t.clone(), (t + 0.5).clone()
+
+    per_token = 2 * 2 * 1 * 4  # keys + values, 2 layers, 1 head, dim 1, float32
+    cache = PrefixCache(max_bytes=per_token * 10)
+    system = [1, 2, 3, 4]
+    cache.insert([*system, 5, 6], *kv([*system, 5, 6]))
+    n, k, v = cache.match([*system, 5, 9])
+    assert n == 5 and k[0, 0, :, 0].tolist() == [1, 2, 3, 4, 5]
+    assert torch.equal(v, k + 0.5)
+    cache.insert([*system, 7], *kv([*system, 7]))  # splits the edge after the system prompt
+    assert cache.match([*system, 7, 8])[0] == 5
+    assert cache.match([9])[0] == 0
+    assert cache.tokens == 7 and cache.bytes == 7 * per_token
+    cache.match([*system, 7])  # [..., 7] is now more recent than [..., 5, 6]
+    cache.insert([20, 21, 22, 23], *kv([20, 21, 22, 23]))  # over budget: LRU leaf goes
+    assert cache.bytes <= cache.max_bytes and cache.evictions >= 1
+    assert cache.match([*system, 5, 6])[0] == 4  # [5, 6] evicted, the shared part kept
+    assert cache.match([*system, 7])[0] == 5
+
+    grown = PrefixCache(max_bytes=per_token * 100)
+    grown.insert([1, 2, 3], *kv([1, 2, 3]))
+    grown.insert([1, 2, 3, 4, 5], *kv([4, 5]), offset=3)  # only the new tail is passed
+    assert grown.match([1, 2, 3, 4, 5])[1][0, 0, :, 0].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_deprecation_warnings_from_csc_fail_the_tests() -> None:
+    import warnings
+
+    code = "import warnings\nwarnings.warn('old API', DeprecationWarning)"
+    with pytest.raises(DeprecationWarning):
+        exec(code, {"__name__": "csc.some_module"})
+    with warnings.catch_warnings(record=True):  # a third-party one is only reported
+        exec(code, {"__name__": "some_library"})
+
+
+def test_local_lm_is_a_dspy_lm_with_a_canonical_engine() -> None:
+    import inspect
+
+    import dspy
+
+    try:
+        lm = LocalLM(cache=False)
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    assert isinstance(lm, dspy.LM) and "forward" not in vars(LocalLM)
+    assert lm.supports_response_schema and not lm.supports_function_calling
+    assert not inspect.iscoroutinefunction(lm.engine.complete)
+    assert inspect.iscoroutinefunction(lm._async_engine_spec.complete)
 
 
 # --------------------------------------------------------------------------- real model
@@ -75,12 +136,13 @@ def lm() -> LocalLM:
 @local_lm
 def test_real_prompt_answered_with_usage(lm: LocalLM) -> None:
     with dspy.settings.context(track_usage=True):
-        outputs = lm(messages=[{"role": "user", "content": "Say hello to a customer."}])
+        outputs = lm("Say hello to a customer.")
     assert isinstance(outputs[0], str) and outputs[0].strip()
     usage = lm.history[-1]["usage"]
     assert usage["prompt_tokens"] > 5 and 0 < usage["completion_tokens"] <= 24
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    assert lm.history[-1]["response"].choices[0].finish_reason in ("stop", "length")
+    assert usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
+    assert lm.history[-1]["response"].finish_reason in ("stop", "length")
     assert lm.model == "local/smollm2-135m-instruct"
 
 
@@ -120,30 +182,101 @@ def test_json_response_format_follows_schema(lm: LocalLM) -> None:
 
 @local_lm
 def test_greedy_is_deterministic(lm: LocalLM) -> None:
-    msgs = [{"role": "user", "content": "Name one way to calm an angry customer."}]
-    assert lm(messages=msgs) == lm(messages=msgs)
+    msgs = "Name one way to calm an angry customer."
+    assert lm(msgs) == lm(msgs)
 
 
 @local_lm
-def test_seed_and_rollout_id_reproduce_samples(lm: LocalLM) -> None:
-    msgs = [{"role": "user", "content": "Write a short greeting for a bank customer."}]
-    hot = lm.copy(temperature=1.0)
-    first = hot(messages=msgs, seed=7, rollout_id=1)
-    assert hot(messages=msgs, seed=7, rollout_id=1) == first
-    others = {hot(messages=msgs, seed=7, rollout_id=r)[0] for r in (2, 3)}
-    assert first[0] not in others or len(others) > 1
+def test_seeded_samples_reproduce_and_repeated_asks_differ(lm: LocalLM) -> None:
+    prompt = "Write a short greeting for a bank customer."
+
+    def samples() -> list[str]:
+        hot = LocalLM(cache=False, max_tokens=24, temperature=1.0)  # fresh request counter
+        return [hot(prompt, seed=7)[0] for _ in range(3)]
+
+    first = samples()
+    assert samples() == first  # the k-th ask of a request is the same sample in every process
+    assert len(set(first)) > 1  # asking again (a new rollout, n > 1) gives a new sample
+
+
+@local_lm
+def test_same_seed_same_output_with_or_without_prefix_cache_batched_or_not(lm: LocalLM) -> None:
+    system = "You are a patient bank support agent. " * 12
+    prompts = [
+        [{"role": "system", "content": system}, {"role": "user", "content": f"Customer {i}: {q}"}]
+        for i, q in enumerate(["my card is blocked", "where is my refund", "app crashes", "fees?"])
+    ]
+    engine = lm.batch_engine
+    budget = engine.prefix_cache.max_bytes
+
+    def run(concurrent: bool) -> list[str]:
+        hot = LocalLM(cache=False, max_tokens=20, temperature=0.8, seed=3)
+        if not concurrent:
+            return [hot(messages=m)[0] for m in prompts]
+        with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+            return list(pool.map(lambda m: hot(messages=m)[0], prompts))
+
+    try:
+        engine.prefix_cache.clear()
+        engine.prefix_cache.max_bytes = 0
+        cached_before = engine.cached_tokens
+        plain = run(concurrent=False)
+        assert engine.cached_tokens == cached_before  # really computed without the cache
+        engine.prefix_cache.max_bytes = budget
+        warm_sequential = run(concurrent=False)
+        warm_batched = run(concurrent=True)
+        assert engine.cached_tokens > cached_before  # ...and here served from it
+    finally:
+        engine.prefix_cache.max_bytes = budget
+    assert warm_sequential == plain
+    assert warm_batched == plain
+
+
+@local_lm
+def test_requests_arriving_during_decode_join_the_running_batch(lm: LocalLM) -> None:
+    import time
+
+    engine = lm.batch_engine
+    joined = engine.joined_running
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        long = pool.submit(lambda: lm("Tell a long story about a bank.", max_tokens=60)[0])
+        time.sleep(1.0)
+        short = pool.submit(lambda: lm("Say hi.", max_tokens=4)[0])
+        assert short.result() and long.result()
+    assert engine.joined_running > joined
+
+
+@local_lm
+def test_streaming_yields_the_answer_in_pieces(lm: LocalLM) -> None:
+    import asyncio
+
+    program = dspy.streamify(
+        dspy.Predict("question -> answer"), include_final_prediction_in_output_stream=True
+    )
+
+    async def collect() -> tuple[list, Any]:
+        chunks, final = [], None
+        with dspy.context(lm=lm.copy(max_tokens=40)):
+            async for item in program(question="How do I reset my password?"):
+                if isinstance(item, dspy.Prediction):
+                    final = item
+                else:
+                    chunks.append(item)
+        return chunks, final
+
+    chunks, final = asyncio.run(collect())
+    assert final is not None and final.answer
+    assert len(chunks) >= 2
 
 
 @local_lm
 def test_concurrent_threads_get_their_own_answers(lm: LocalLM) -> None:
     prompts = [f"Reply with only the number {n}." for n in (3, 17, 42, 99)]
-    alone = [lm(messages=[{"role": "user", "content": p}])[0] for p in prompts]
-    engine = lm.engine
+    alone = [lm(p)[0] for p in prompts]
+    engine = lm.batch_engine
     before = engine.largest_batch
     with ThreadPoolExecutor(max_workers=4) as pool:
-        together = list(
-            pool.map(lambda p: lm(messages=[{"role": "user", "content": p}])[0], prompts)
-        )
+        together = list(pool.map(lambda p: lm(p)[0], prompts))
     assert together == alone
     assert engine.largest_batch >= 2 or before >= 2
 
@@ -154,13 +287,19 @@ def test_cache_hit_has_no_usage() -> None:
 
     cached = LocalLM(cache=True, max_tokens=8)
     # DSPy's cache lives on disk across runs: a fresh prompt makes the first call a miss.
-    msgs = [{"role": "user", "content": f"Cache probe {uuid.uuid4().hex}"}]
-    first = cached(messages=msgs)
+    msgs = f"Cache probe {uuid.uuid4().hex}"
+    first = cached(msgs)
     assert cached.history[-1]["usage"]["completion_tokens"] > 0
-    assert cached(messages=msgs) == first
+    assert cached(msgs) == first
     assert cached.history[-1]["usage"] == {}
-    assert cached(messages=msgs, rollout_id=5, temperature=1.0) is not None
+    assert cached(msgs, rollout_id=5, temperature=1.0) is not None
     assert cached.history[-1]["usage"]  # a different rollout is a new request
+    same = LocalLM(cache=True, max_tokens=8)
+    same(msgs)  # same model, options and request: DSPy's cache answers
+    assert same.history[-1]["usage"] == {}
+    other = LocalLM(cache=True, max_tokens=8, repetition_penalty=1.0)
+    other(msgs)  # another decoding option is another answer
+    assert other.history[-1]["usage"]
 
 
 @local_lm
@@ -196,16 +335,16 @@ def test_from_finetuned_loads_a_lora_adapter(tmp_path: Path) -> None:
 
     tuned = LocalLM.from_finetuned(run, cache=False, max_tokens=5)
     assert tuned.model == "finetuned/run"
-    assert type(tuned.engine.model).__name__.startswith("Peft")
-    assert len(tuned(messages=[{"role": "user", "content": "hi"}])) == 1
+    assert type(tuned.batch_engine.model).__name__.startswith("Peft")
+    assert len(tuned("hi")) == 1
 
     merged = LocalLM.from_finetuned(run, merge_adapter=True, cache=False, max_tokens=5)
-    assert merged.engine is not tuned.engine
+    assert merged.batch_engine is not tuned.batch_engine
     base = LlamaForCausalLM.from_pretrained(base_dir)
     q_base = base.model.layers[0].self_attn.q_proj.weight
-    q_merged = merged.engine.model.model.layers[0].self_attn.q_proj.weight
+    q_merged = merged.batch_engine.model.model.layers[0].self_attn.q_proj.weight
     assert not torch.allclose(q_base, q_merged)  # the adapter changed the weights
-    assert merged(messages=[{"role": "user", "content": "hi"}])
+    assert merged("hi")
 
 
 @local_lm
@@ -213,7 +352,7 @@ def test_async_calls_share_batches(lm: LocalLM) -> None:
     import asyncio
 
     async def main() -> list:
-        calls = [lm.acall(messages=[{"role": "user", "content": f"Say {w}."}]) for w in "abc"]
+        calls = [lm.acall(f"Say {w}.") for w in "abc"]
         return await asyncio.gather(*calls)
 
     outputs = asyncio.run(main())
@@ -243,4 +382,41 @@ def test_dump_and_load_state_round_trip() -> None:
     json.dumps(state)
     again = LocalLM.load_state(state)
     assert again.model == lm.model and again.kwargs == lm.kwargs
-    assert again.max_batch_size == 4
+    assert again.local_engine.max_batch_size == 4
+
+
+def test_copies_of_a_program_share_the_engine() -> None:
+    import copy
+    import pickle
+
+    try:
+        lm = LocalLM(cache=False)
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    predict = dspy.Predict("question -> answer")
+    predict.lm = lm
+    clone = copy.deepcopy(predict)
+    assert clone.lm is not lm and clone.lm.local_engine is lm.local_engine
+    again = pickle.loads(pickle.dumps(lm.local_engine))
+    assert again.options() == lm.local_engine.options()
+
+
+def test_no_deprecation_warning_with_warnings_as_errors() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import csc.engine, csc.engine.server, csc.cli\n"
+        "from csc.engine import LocalLM, ModelNotFoundError\n"
+        "try:\n"
+        "    lm = LocalLM(cache=False)\n"
+        "except ModelNotFoundError:\n"
+        "    raise SystemExit(0)\n"
+        "lm.copy(temperature=0.5).dump_state()\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
