@@ -27,6 +27,7 @@ from typing import Any
 import dspy
 from pydantic import BaseModel, Field
 
+from csc.engine.calibration import calibrate_plan
 from csc.engine.decoding import Sampling
 from csc.engine.engine import (
     DEFAULT_BATCH_WAIT_MS,
@@ -51,7 +52,11 @@ SUPPORTED_PARAMS = {
     "n",
     "response_format",
     "rollout_id",
+    "calibrate_choices",
 }
+# Contextual calibration of Literal choices (csc.engine.calibration); see docs/engine.md for
+# the measurement behind the default.
+DEFAULT_CALIBRATE_CHOICES = False
 
 
 class ChatMessage(BaseModel):
@@ -107,6 +112,9 @@ class LocalLM(dspy.BaseLM):
             torch's own setting). PyTorch's setting is process-wide.
         repetition_penalty: penalty on tokens a request already generated (1.0 turns it off);
             the default keeps the 135M model from looping on one phrase.
+        calibrate_choices: contextual calibration of Literal / Enum outputs (divide each
+            option's probability by its probability on a content-free input); counters the
+            small model's bias towards one label.
         **kwargs: further default request options (``top_p``, ``seed``, ``stop``,
             ``multiline_text=True`` to let free-text fields span several paragraphs...).
     """
@@ -126,6 +134,7 @@ class LocalLM(dspy.BaseLM):
         num_threads: int | None = None,
         source: ModelSource | None = None,
         repetition_penalty: float = 1.15,
+        calibrate_choices: bool = DEFAULT_CALIBRATE_CHOICES,
         **kwargs: Any,
     ) -> None:
         self.source = source or local_source(model_path)
@@ -143,6 +152,7 @@ class LocalLM(dspy.BaseLM):
             max_tokens=max_tokens,
             cache=cache,
             repetition_penalty=repetition_penalty,
+            calibrate_choices=calibrate_choices,
             **kwargs,
         )
 
@@ -280,6 +290,8 @@ class LocalLM(dspy.BaseLM):
         plan: OutputPlan | None = plan_for_request(
             messages, request.get("response_format"), max_string_chars=self.max_string_chars
         )
+        if plan is not None and request.get("calibrate_choices"):
+            plan = calibrate_plan(engine, messages, plan)  # hook: csc.engine.calibration
         prompt_ids = engine.encode_messages(messages)
         n = int(request.get("n") or 1)
         futures = []
