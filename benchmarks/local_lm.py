@@ -6,7 +6,8 @@ Prints:
 * aggregate completion tokens/s at 1, 4 and 16 concurrent requests, and the 16:1 ratio
   (target >= 6);
 * structured-output parse success of a strategy-prediction signature (dspy.Predict, default
-  ChatAdapter, varied histories; target >= 99 % over 100 calls);
+  ChatAdapter, varied histories; target >= 99 % over 100 calls), with the entropy of the
+  predicted-label distribution (0 bits = the same strategy for every history);
 * load time cold (GGUF conversion into a fresh temporary cache) and warm (target <= 10 s), each in
   a fresh subprocess so nothing is shared with this one.
 
@@ -16,6 +17,7 @@ All measurements use cache=False. ``--quick`` runs fewer requests and skips the 
 # No `from __future__ import annotations`: the signature below is built from runtime types.
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -151,7 +153,14 @@ def parse_success(lm: Any, calls: int, threads: int) -> dict[str, Any]:
         "errors": [repr(e)[:200] for e in errors[:3]],
         "seconds": elapsed,
         "distribution": counts,
+        "entropy": label_entropy(counts),
     }
+
+
+def label_entropy(counts: dict[str, int]) -> float:
+    """Entropy (bits) of a predicted-label distribution: 0 = one label for every request."""
+    total = sum(counts.values())
+    return -sum(c / total * math.log2(c / total) for c in counts.values() if c) if total else 0.0
 
 
 def main() -> None:
@@ -208,7 +217,9 @@ def main() -> None:
     p = parse_success(parse_lm, calls, threads=16)
     print(
         f"parse success     : {p['ok']}/{p['calls']} = {100 * p['rate']:.1f}% "
-        f"(target >= 99%) in {p['seconds']:.1f} s; strategies {p['distribution']}"
+        f"(target >= 99%) in {p['seconds']:.1f} s; strategies {p['distribution']}, "
+        f"entropy {p['entropy']:.2f} bits (max {math.log2(len(p['distribution']) or 1):.2f} "
+        f"for the labels seen, {math.log2(12):.2f} for 12)"
     )
     if p["errors"]:
         print(f"  first errors: {p['errors']}")
