@@ -37,7 +37,12 @@ from csc.engine.engine import (
     shared_engine,
 )
 from csc.engine.model_store import ModelSource, finetuned_source, local_source
-from csc.engine.structure import OutputPlan, message_text, plan_for_request
+from csc.engine.structure import (
+    DECODING_RULES_VERSION,
+    OutputPlan,
+    message_text,
+    plan_for_request,
+)
 
 DEFAULT_MAX_TOKENS = 512
 # Sampling options the engine understands; anything else in a request is ignored (with the same
@@ -268,6 +273,8 @@ class LocalLM(dspy.BaseLM):
             "model": self.model,
             # Two folders may share a name: the key names the weights, not only the label.
             "weights": [self.source.base_dir, self.source.adapter_dir, self.source.merge_adapter],
+            # Answers change when the decoding rules do: entries from older rules are not reused.
+            "decoding": DECODING_RULES_VERSION,
             **request,
         }
         return request, key

@@ -43,6 +43,10 @@ _OUTPUT_FIELDS_HEADER = "Your output fields are:"
 # parentheses (Literal[...]), so the description starts after the first "): ".
 _FIELD_LINE = re.compile(r"^\d+\. `(?P<name>\w+)` \(.*?\): (?P<desc>.*)$")
 
+# Bumped whenever a rule here or in decoding.py changes what an answer can be; LocalLM puts it in
+# its cache key so cached answers from older rules are not served.
+DECODING_RULES_VERSION = 2
+
 # Token reserves used when sharing the max_tokens budget between segments.
 JSON_RESERVE = 96
 NUMBER_RESERVE = 12
@@ -358,8 +362,8 @@ def writes_transcript(spec: FieldSpec) -> bool:
     return any(word in text for word in _TRANSCRIPT_WORDS)
 
 
-_META_WORDS = r"(?:response|reply|answer|message|utterance|output)"
-_ZH_META_WORDS = r"(?:回复|回答|答复|回应|输出)"
+_META_WORDS = r"(?:response|reply|answer|utterance)"
+_ZH_META_WORDS = r"(?:回复|回答|答复|回应)"
 
 
 @dataclass(frozen=True)

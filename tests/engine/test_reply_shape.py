@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Literal
 
 import dspy
@@ -283,3 +285,57 @@ def test_plan_marks_literals_not_bools_as_calibratable() -> None:
     assert plan is not None
     choices = [s for s in plan.segments if isinstance(s, Choice)]
     assert [c.calibratable for c in choices] == [True, False]
+
+
+# --------------------------------------------------------------------------- real model
+local_lm = pytest.mark.local_lm
+_SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
+# Independent of the engine's own patterns: the outcome, not the mechanism.
+_TRANSCRIPT = re.compile(
+    r"(?:^|\n|[.!?。！？]\s*)(?:Supporter|Customer|客服|客户)\s*(?:\[[^\]\n]*\])?\s*[:：]"
+    r"|next (?:response|reply)",
+    re.I,
+)
+
+
+@pytest.fixture(scope="module")
+def model_lm():
+    from csc.engine import LocalLM, model_store
+    from csc.engine.model_store import ModelNotFoundError
+
+    try:
+        model_store.embedded_gguf()
+    except ModelNotFoundError as exc:
+        pytest.skip(str(exc))
+    return LocalLM(cache=False)
+
+
+@local_lm
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_sample_replies_are_short_and_hold_no_transcript(model_lm, language: str) -> None:
+    from csc.data.io import read_dialogues
+    from csc.eval.examples import supporter_examples
+    from csc.programs.supporter import Supporter
+
+    dialogues = list(read_dialogues(_SAMPLES / f"sample_{language}.json"))[:1]
+    examples = supporter_examples(dialogues, language=language)[:6]
+    with dspy.context(lm=model_lm):
+        results = Supporter("csc", language).batch(examples, num_threads=6)
+    replies = [r.response for r in results]
+    assert all(reply.strip() for reply in replies)
+    assert not [r for r in replies if _TRANSCRIPT.search(r)]
+    longest_reference = max(len(ex.response) for ex in examples)
+    assert max(len(r) for r in replies) <= 2 * longest_reference
+
+
+@local_lm
+def test_content_free_prior_is_a_distribution_over_the_codes(model_lm) -> None:
+    from csc.engine.calibration import calibrate_plan
+
+    sig = strategy_prediction_signature(None, "en")
+    messages = dspy.ChatAdapter().format(sig, demos=[], inputs={"history": _history()})
+    plan = calibrate_plan(model_lm.engine, messages, plan_for_request(messages))
+    choice = plan.segments[1]
+    assert isinstance(choice, Choice) and choice.prior is not None
+    assert len(choice.prior) == 12 and abs(sum(choice.prior) - 1) < 1e-4
+    assert max(choice.prior) < 1.0
