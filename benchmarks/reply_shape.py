@@ -1,6 +1,6 @@
 """Shape of the embedded model's replies on the shipped samples (reference context).
 
-Run:  python benchmarks/reply_shape.py [--languages en,zh] [--limit N] [--out DIR]
+Run:  python benchmarks/reply_shape.py [--languages en,zh] [--stride K] [--gold-strategy] [--out DIR]
 
 Every supporter turn of ``data/samples/sample_<lang>.json`` is one request: the zero-shot
 ``Supporter`` (predict the strategy, then reply with it) on the embedded SmolLM2-135M
@@ -12,6 +12,10 @@ prints, per language:
   with meta-text such as "My next response will be:";
 * the median reply length against the references' (characters), and the longest reply;
 * a few replies for reading.
+
+``--stride K`` keeps every K-th supporter turn (spread over all dialogues) for a quicker run;
+``--gold-strategy`` replies with the reference turn's strategy instead of predicting one (half
+the LM calls; the reply's shape is what is measured).
 
 ``--out DIR`` writes every (reference, reply) pair to ``DIR/replies_<lang>.jsonl``.
 """
@@ -40,7 +44,7 @@ def has_transcript_line(reply: str) -> bool:
     return bool(TRANSCRIPT_LINE.search(reply))
 
 
-def run(language: str, limit: int | None, threads: int) -> dict[str, Any]:
+def run(language: str, stride: int, gold_strategy: bool, threads: int) -> dict[str, Any]:
     """Replies for one sample and their shape figures."""
     import dspy
 
@@ -50,7 +54,9 @@ def run(language: str, limit: int | None, threads: int) -> dict[str, Any]:
     from csc.programs.supporter import Supporter
 
     dialogues = list(read_dialogues(ROOT / f"data/samples/sample_{language}.json"))
-    examples = supporter_examples(dialogues, language=language)[:limit]
+    examples = supporter_examples(dialogues, language=language)[::stride]
+    if gold_strategy:
+        examples = [ex.copy().with_inputs("history", "strategy") for ex in examples]
     program = Supporter("csc", language)
     start = time.perf_counter()
     with dspy.context(lm=LocalLM(cache=False)):
@@ -77,15 +83,17 @@ def main() -> None:
     """Run each language and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--languages", default="en,zh")
-    parser.add_argument("--limit", type=int, default=None, help="first N supporter turns")
+    parser.add_argument("--stride", type=int, default=1, help="every K-th supporter turn")
+    parser.add_argument("--gold-strategy", action="store_true", help="reply with the gold strategy")
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     for language in [x for x in args.languages.split(",") if x]:
-        row = run(language, args.limit, args.threads)
+        row = run(language, args.stride, args.gold_strategy, args.threads)
         ratio = row["median_reply"] / max(1, row["median_reference"])
         print(
-            f"sample_{language}: {row['n']} replies in {row['seconds']:.0f} s; "
+            f"sample_{language} (stride {args.stride}, "
+            f"{'gold' if args.gold_strategy else 'predicted'} strategy): {row['n']} replies in {row['seconds']:.0f} s; "
             f"with a transcript line: {row['transcript']}; empty: {row['empty']}; "
             f"median length {row['median_reply']:.0f} chars vs reference "
             f"{row['median_reference']:.0f} ({ratio:.2f}x); longest {row['longest_reply']}"

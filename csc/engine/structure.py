@@ -45,7 +45,7 @@ _FIELD_LINE = re.compile(r"^\d+\. `(?P<name>\w+)` \(.*?\): (?P<desc>.*)$")
 
 # Bumped whenever a rule here or in decoding.py changes what an answer can be; LocalLM puts it in
 # its cache key so cached answers from older rules are not served.
-DECODING_RULES_VERSION = 2
+DECODING_RULES_VERSION = 3
 
 # Token reserves used when sharing the max_tokens budget between segments.
 JSON_RESERVE = 96
@@ -362,7 +362,9 @@ def writes_transcript(spec: FieldSpec) -> bool:
     return any(word in text for word in _TRANSCRIPT_WORDS)
 
 
-_META_WORDS = r"(?:response|reply|answer|utterance)"
+# "fields", "interactions", "objective": DSPy's own prompt ("Your output fields are:", "In
+# adhering to this structure, your objective is:"), which small models echo.
+_META_WORDS = r"(?:response|reply|answer|utterance|fields|interactions|objective)"
 _ZH_META_WORDS = r"(?:回复|回答|答复|回应)"
 
 
@@ -393,7 +395,8 @@ class ReplyGuard:
             rf"[^\n.!?。！？:：]{{0,60}}?\b{_META_WORDS}\b[^\n.!?。！？:：]{{0,40}}[:：]"
             rf"|[^\n。！？:：]{{0,20}}{_ZH_META_WORDS}[^\n。！？:：]{{0,10}}[:：]"
         )
-        opening = re.compile(rf"^\s*(?:{label}|{meta})", re.I)
+        # An echoed list item ("1. `response` (str): ...") counts as meta-text too.
+        opening = re.compile(rf"^\s*(?:\d{{1,2}}[.)]\s*|[-*•]\s+)?(?:{label}|{meta})", re.I)
         line = re.compile(rf"(?:(?<=\n)|(?<=[.!?。！？…]))[ \t\n]*(?:{label}|{meta})", re.I)
         return cls(opening, line)
 

@@ -38,7 +38,7 @@ class CharTokenizer:
     eos_token_id = 0
 
     def __init__(self) -> None:
-        self.vocab = ["<eos>", "[[", " ## ", "GT", "ID", "IDX", "\n\n", " My"]
+        self.vocab = ["<eos>", "[[", " ## ", "GT", "ID", "IDX", "\n\n", " My", " We"]
         self.vocab += [chr(c) for c in range(32, 127)] + ["\n"]
         self.vocab += sorted(set(ZH_TEXT) - set(self.vocab))
         self.index = {t: i for i, t in enumerate(self.vocab)}
@@ -192,6 +192,13 @@ def test_reply_drops_speaker_label_and_meta_text_and_stops_at_the_next_turn(voca
     text = _scripted(decoder, vocab, script)
     assert _response(text) == "I am sorry about that!"
     assert decoder.finish_reason == "stop"
+
+
+def test_reply_drops_an_echo_of_the_dspy_prompt(vocab) -> None:
+    plan = plan_for_request(_reply_messages("en"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    script = "Your output fields are:\n1. `response` (str): We fix it. Then more. And more."
+    assert _response(_scripted(decoder, vocab, script)) == "We fix it. Then more."
 
 
 def test_reply_ends_after_its_sentence_limit(vocab) -> None:
