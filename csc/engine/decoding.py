@@ -174,6 +174,9 @@ class RowDecoder:
         self._field_ids: list[int] = []  # ids of the current free-text segment kept so far
         self._guard: ReplyGuard | None = None
         self._dropped_openings = 0
+        # First tokens of dropped openings: banned at the next opening, so the model (which
+        # has read what was dropped) cannot start the same label or echo again.
+        self._dropped_first: list[int] = []
         self._choice_ids: list[int] = []  # ids chosen so far inside the current Choice
         self._advance()
 
@@ -233,6 +236,7 @@ class RowDecoder:
             self._text = ""
             self._field_ids = []
             self._dropped_openings = 0
+            self._dropped_first = []
             speakers = seg.speakers if isinstance(seg, Text) else ()
             self._guard = ReplyGuard.build(speakers, seg.field) if speakers else None
             if self._text_budget == 0:
@@ -293,7 +297,10 @@ class RowDecoder:
                 self._advance()
                 continue
             if not self._field_ids:
-                token = self._sample(logits, banned=self.vocab.opening_banned_ids)
+                banned = self.vocab.opening_banned_ids
+                if self._dropped_first:
+                    banned = torch.cat([banned, torch.tensor(self._dropped_first)])
+                token = self._sample(logits, banned=banned)
             else:
                 token = self._sample(logits)
             piece = self.vocab.texts[token]
@@ -387,6 +394,7 @@ class RowDecoder:
         assert self._guard is not None
         if self._dropped_openings < MAX_DROPPED_OPENINGS and self._guard.opening.match(self._text):
             self._dropped_openings += 1
+            self._dropped_first.append(self._field_ids[0])
             self._drop_field_tokens(len(self._field_ids))
             return
         match = self._guard.line.search(self._text)

@@ -45,7 +45,7 @@ _FIELD_LINE = re.compile(r"^\d+\. `(?P<name>\w+)` \(.*?\): (?P<desc>.*)$")
 
 # Bumped whenever a rule here or in decoding.py changes what an answer can be; LocalLM puts it in
 # its cache key so cached answers from older rules are not served.
-DECODING_RULES_VERSION = 3
+DECODING_RULES_VERSION = 4
 
 # Token reserves used when sharing the max_tokens budget between segments.
 JSON_RESERVE = 96
@@ -364,7 +364,7 @@ def writes_transcript(spec: FieldSpec) -> bool:
 
 # "fields", "interactions", "objective": DSPy's own prompt ("Your output fields are:", "In
 # adhering to this structure, your objective is:"), which small models echo.
-_META_WORDS = r"(?:response|reply|answer|utterance|fields|interactions|objective)"
+_META_WORDS = r"(?:response|reply|answer|utterance|fields?|interactions|objective)"
 _ZH_META_WORDS = r"(?:回复|回答|答复|回应)"
 
 

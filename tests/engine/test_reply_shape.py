@@ -201,6 +201,14 @@ def test_reply_drops_an_echo_of_the_dspy_prompt(vocab) -> None:
     assert _response(_scripted(decoder, vocab, script)) == "We fix it. Then more."
 
 
+def test_a_dropped_opening_cannot_start_again(vocab) -> None:
+    plan = plan_for_request(_reply_messages("en"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    text = _scripted(decoder, vocab, "Your output field is: Your output fields are: We fix it.")
+    reply = _response(text)
+    assert reply and "output field" not in reply and not reply.startswith("Y")
+
+
 def test_reply_ends_after_its_sentence_limit(vocab) -> None:
     plan = plan_for_request(_reply_messages("en"))
     decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
