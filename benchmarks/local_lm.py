@@ -160,7 +160,9 @@ def parse_success(lm: Any, calls: int, threads: int) -> dict[str, Any]:
 def label_entropy(counts: dict[str, int]) -> float:
     """Entropy (bits) of a predicted-label distribution: 0 = one label for every request."""
     total = sum(counts.values())
-    return -sum(c / total * math.log2(c / total) for c in counts.values() if c) if total else 0.0
+    if not total:
+        return 0.0
+    return max(0.0, -sum(c / total * math.log2(c / total) for c in counts.values() if c))
 
 
 def main() -> None:

@@ -31,7 +31,7 @@ def entropy_bits(labels: list[Any]) -> float:
     """Shannon entropy (bits) of the empirical distribution of ``labels``."""
     counts = Counter(labels)
     n = sum(counts.values())
-    return -sum(c / n * math.log2(c / n) for c in counts.values()) if n else 0.0
+    return max(0.0, -sum(c / n * math.log2(c / n) for c in counts.values())) if n else 0.0
 
 
 def predict(program: Any, examples: list[Any], lm: Any, threads: int) -> tuple[list[Any], float]:
