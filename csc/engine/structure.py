@@ -45,7 +45,7 @@ _FIELD_LINE = re.compile(r"^\d+\. `(?P<name>\w+)` \(.*?\): (?P<desc>.*)$")
 
 # Bumped whenever a rule here or in decoding.py changes what an answer can be; LocalLM puts it in
 # its cache key so cached answers from older rules are not served.
-DECODING_RULES_VERSION = 4
+DECODING_RULES_VERSION = 5
 
 # Token reserves used when sharing the max_tokens budget between segments.
 JSON_RESERVE = 96
@@ -396,7 +396,9 @@ class ReplyGuard:
             rf"|[^\n。！？:：]{{0,20}}{_ZH_META_WORDS}[^\n。！？:：]{{0,10}}[:：]"
         )
         # An echoed list item ("1. `response` (str): ...") counts as meta-text too.
-        opening = re.compile(rf"^\s*(?:\d{{1,2}}[.)]\s*|[-*•]\s+)?(?:{label}|{meta})", re.I)
+        # A bare strategy tag ("1. [GT]: ...") is a transcript label without its name.
+        tag = r"[\[【][^\]】\n]{1,40}[\]】]\s*[:：]"
+        opening = re.compile(rf"^\s*(?:\d{{1,2}}[.)]\s*|[-*•]\s+)?(?:{label}|{tag}|{meta})", re.I)
         line = re.compile(rf"(?:(?<=\n)|(?<=[.!?。！？…]))[ \t\n]*(?:{label}|{meta})", re.I)
         return cls(opening, line)
 

@@ -232,6 +232,9 @@ def test_chinese_reply_drops_label_and_keeps_two_sentences(vocab) -> None:
         "您好，非常理解您的心情。我们马上为您处理。"
     )
     decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    script = "1. [GT]：您好。客户：好的"
+    assert _response(_scripted(decoder, vocab, script), "zh") == "您好。"
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
     script = "回复：您好。客户：好的"
     assert _response(_scripted(decoder, vocab, script), "zh") == "您好。"
 
