@@ -9,7 +9,8 @@ Scenarios (``--only``, comma-separated; default all but ``readme``):
 * ``throughput``: aggregate completion tokens/s at 1, 4 and 16 concurrent requests and the
   16:1 ratio (target >= 6);
 * ``parse``: parse success of a strategy-prediction signature (dspy.Predict, ChatAdapter,
-  varied histories; target >= 99 % over 100 calls);
+  varied histories; target >= 99 % over 100 calls), with the entropy of the predicted-label
+  distribution (0 bits = the same strategy for every history);
 * ``raw``: the raw forward limit, a plain ``model(input_ids)`` prefill with 1 and 2 threads;
 * ``prefix``: 32 strategy predictions of the CSC supporter program (StrategyPredictor) over
   growing dialogue histories, 8 in flight: effective prompt tokens/s, and the rate of the
@@ -30,6 +31,7 @@ start and the end: compare ratios measured within one run.
 # No `from __future__ import annotations`: the signature below is built from runtime types.
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -124,6 +126,14 @@ def histories(n: int) -> list[Any]:
     return out
 
 
+def label_entropy(counts: dict[str, int]) -> float:
+    """Entropy (bits) of a predicted-label distribution: 0 = one label for every request."""
+    total = sum(counts.values())
+    if not total:
+        return 0.0
+    return max(0.0, -sum(c / total * math.log2(c / total) for c in counts.values() if c))
+
+
 def parse_success(lm: Any, calls: int, threads: int) -> dict[str, Any]:
     """Parse success of ``dspy.Predict`` on a strategy-prediction signature over ``calls`` calls."""
     import dspy
@@ -165,6 +175,7 @@ def parse_success(lm: Any, calls: int, threads: int) -> dict[str, Any]:
         "errors": [repr(e)[:200] for e in errors[:3]],
         "seconds": elapsed,
         "distribution": counts,
+        "entropy": label_entropy(counts),
     }
 
 
@@ -592,7 +603,8 @@ def main() -> None:
         p = parse_success(parse_lm, calls, threads=16)
         print(
             f"parse success     : {p['ok']}/{p['calls']} = {100 * p['rate']:.1f}% "
-            f"(target >= 99%) in {p['seconds']:.1f} s; strategies {p['distribution']}"
+            f"(target >= 99%) in {p['seconds']:.1f} s; strategies {p['distribution']}, "
+            f"entropy {p['entropy']:.2f} bits (max {math.log2(12):.2f} for 12 labels)"
         )
         if p["errors"]:
             print(f"  first errors: {p['errors']}")

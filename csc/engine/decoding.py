@@ -13,15 +13,28 @@ its closing marker before the limit.
 
 from __future__ import annotations
 
+import math
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from csc.engine.structure import Choice, Fixed, Grammar, OutputPlan, Segment
+from csc.engine.structure import Choice, Fixed, Grammar, OutputPlan, ReplyGuard, Segment, Text
 
 _NEG_INF = float("-inf")
+# How many times one free-text value may lose an opening label ("Supporter [IV]:", "My next
+# response will be:") before the rest is kept as it is.
+MAX_DROPPED_OPENINGS = 3
+_SENTENCE_CLOSERS = "\"'”’)]」』）"
+# A sentence ends at ., !, ?, … followed by whitespace, or at a full-width 。！？ (no space in
+# Chinese). Closing quotes and brackets stay with their sentence.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|[。！？]+[\"'”’」』)）]*")
+_ENDS_SENTENCE = re.compile(r"(?:[.!?…]+|[。！？!?]+)[\"'”’)\]」』）]*$")
+_ABBREVIATION = re.compile(
+    r"(?:^|\s)(?:mr|mrs|ms|dr|st|no|vs|etc|e\.g|i\.e|approx)\.[\"'”’)\]]*\s?$", re.I
+)
 
 
 class Vocabulary:
@@ -157,7 +170,14 @@ class RowDecoder:
         self._bitmask: torch.Tensor | None = None
         self._text_budget = 0
         self._text_used = 0
-        self._text = ""  # text of the current free-text segment
+        self._text = ""  # text of the current free-text segment (decoded from _field_ids)
+        self._field_ids: list[int] = []  # ids of the current free-text segment kept so far
+        self._guard: ReplyGuard | None = None
+        self._dropped_openings = 0
+        # First tokens of dropped openings: banned at the next opening, so the model (which
+        # has read what was dropped) cannot start the same label or echo again.
+        self._dropped_first: list[int] = []
+        self._choice_ids: list[int] = []  # ids chosen so far inside the current Choice
         self._advance()
 
     # ------------------------------------------------------------------ segments
@@ -194,6 +214,7 @@ class RowDecoder:
         seg = self._segments[self._index]
         self._trie = None
         self._matcher = None
+        self._choice_ids = []
         if isinstance(seg, Fixed):
             self._forced = list(self.vocab.encode(seg.text))
             if not self._forced:
@@ -213,6 +234,11 @@ class RowDecoder:
             self._text_budget = max(0, free - later_texts * floor)
             self._text_used = 0
             self._text = ""
+            self._field_ids = []
+            self._dropped_openings = 0
+            self._dropped_first = []
+            speakers = seg.speakers if isinstance(seg, Text) else ()
+            self._guard = ReplyGuard.build(speakers, seg.field) if speakers else None
             if self._text_budget == 0:
                 self._advance()
 
@@ -248,12 +274,15 @@ class RowDecoder:
                 if end is not None and end not in allowed:
                     # One option is a prefix of another ("ID" / "IDX"): the model may stop here,
                     # which it signals by starting the next segment's text.
-                    token = self._sample(logits, allowed=[*allowed, end])
+                    candidates = [*allowed, end]
+                    token = self._sample(
+                        logits, allowed=candidates, bias=self._prior_bias(seg, allowed, end)
+                    )
                     if token == end:
                         self._advance()
                         continue
                     return token
-                return self._sample(logits, allowed=allowed)
+                return self._sample(logits, allowed=allowed, bias=self._prior_bias(seg, allowed))
             if isinstance(seg, Grammar):
                 token = self._sample_grammar(logits)
                 if token in self.vocab.stop_ids:
@@ -267,13 +296,17 @@ class RowDecoder:
             if self._text_used >= self._text_budget:
                 self._advance()
                 continue
-            if self._text_used == 0:
-                token = self._sample(logits, banned=self.vocab.opening_banned_ids)
+            if not self._field_ids:
+                banned = self.vocab.opening_banned_ids
+                if self._dropped_first:
+                    banned = torch.cat([banned, torch.tensor(self._dropped_first)])
+                token = self._sample(logits, banned=banned)
             else:
                 token = self._sample(logits)
             piece = self.vocab.texts[token]
             if (
                 token in self.vocab.stop_ids
+                or self._sentences_complete(seg, piece)
                 or "[[" in piece
                 or (self._text.endswith("[") and piece.startswith("["))
                 or (self._text.endswith("\n") and piece.lstrip(" ")[:1] in ("[", "#"))
@@ -311,20 +344,102 @@ class RowDecoder:
                 self._forced.pop(0)
                 if not self._forced:
                     self._advance()
-            elif isinstance(seg, Choice):
-                assert self._trie is not None
-                self._trie = self._trie.children[token]
-                if self._trie.terminal and not self._trie.children:
-                    self._advance()
             elif isinstance(seg, Grammar):
                 self._matcher.accept_token(token)
                 if self._matcher.is_terminated():
                     self._advance()
+            elif isinstance(seg, Choice):
+                assert self._trie is not None
+                self._choice_ids.append(token)
+                self._trie = self._trie.children[token]
+                if self._trie.terminal and not self._trie.children:
+                    self._advance()
             else:
                 self._text_used += 1
-                self._text += self.vocab.texts[token]
+                self._field_ids.append(token)
+                self._text = self.vocab.tokenizer.decode(self._field_ids, skip_special_tokens=True)
+                if self._guard is not None:
+                    self._police_transcript()
         if not self.done and len(self.ids) >= self.sampling.max_tokens:
             self.finish_reason = "length"
+
+    # ------------------------------------------------------------------ reply shape
+    def _sentences_complete(self, seg: Segment, piece: str) -> bool:
+        """Whether the field already holds its ``max_sentences`` and ``piece`` starts another."""
+        limit = seg.max_sentences if isinstance(seg, Text) else None
+        if not limit:
+            return False
+        text = self._text.rstrip(" \t")
+        match = _ENDS_SENTENCE.search(text)
+        if match is None or _ABBREVIATION.search(text):
+            return False
+        if piece[:1] in _SENTENCE_CLOSERS or piece[:1] in ".!?…。！？":
+            return False  # the same sentence end goes on ("..." or a closing quote)
+        full_width = any(c in "。！？" for c in match.group())
+        if not (full_width or text != self._text or piece[:1].isspace()):
+            return False  # "3." followed by "5": not a sentence end
+        padded = text + " "
+        ends = [
+            m for m in _SENTENCE_END.finditer(padded) if not _ABBREVIATION.search(padded[: m.end()])
+        ]
+        return len(ends) >= limit
+
+    def _police_transcript(self) -> None:
+        """Keep a free-text value from turning into transcript or meta-text (after each token).
+
+        A value that so far is only a speaker label or meta-text ("Supporter [IV]:", "My next
+        response will be:") loses it, and the model goes on to write the value itself; a later
+        line or sentence in that format ends the value before it.
+        """
+        assert self._guard is not None
+        if self._dropped_openings < MAX_DROPPED_OPENINGS and self._guard.opening.match(self._text):
+            self._dropped_openings += 1
+            self._dropped_first.append(self._field_ids[0])
+            self._drop_field_tokens(len(self._field_ids))
+            return
+        match = self._guard.line.search(self._text)
+        if match is not None:
+            keep = len(self._field_ids)
+            while keep > 0 and len(self._decode(self._field_ids[:keep])) > match.start():
+                keep -= 1
+            self._drop_field_tokens(len(self._field_ids) - keep)
+            self._advance()
+
+    def _drop_field_tokens(self, count: int) -> None:
+        """Remove the last ``count`` tokens of the current free-text value from the output.
+
+        The model has already read them (they stay in its KV cache), but the answer omits them.
+        """
+        if count <= 0:
+            return
+        del self.ids[len(self.ids) - count :]
+        del self._field_ids[len(self._field_ids) - count :]
+        self._text = self._decode(self._field_ids)
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.vocab.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _prior_bias(
+        self, seg: Choice, allowed: list[int], end: int | None = None
+    ) -> torch.Tensor | None:
+        """Contextual calibration: ``-log prior`` of each candidate token at this trie node.
+
+        The prior of a token is the content-free probability mass of the options it leads to,
+        so adding it to the logits picks by ``p(option | input) / p(option | content-free)``
+        (exactly for one-token options, node by node for longer ones).
+        """
+        if seg.prior is None:
+            return None
+        depth = len(self._choice_ids)
+        mass: dict[int | None, float] = {}
+        for option, prob in zip(seg.options, seg.prior):
+            ids = self.vocab.encode(option)
+            if ids[:depth] != self._choice_ids:
+                continue
+            key = ids[depth] if len(ids) > depth else None
+            mass[key] = mass.get(key, 0.0) + prob
+        keys: list[int | None] = [*allowed, None] if end is not None else list(allowed)
+        return torch.tensor([-math.log(max(mass.get(k, 0.0), 1e-12)) for k in keys])
 
     def _hit_stop(self) -> bool:
         tail = self.vocab.tokenizer.decode(self.ids[-64:], skip_special_tokens=True)
@@ -345,6 +460,7 @@ class RowDecoder:
         logits: torch.Tensor,
         allowed: list[int] | None = None,
         banned: torch.Tensor | None = None,
+        bias: torch.Tensor | None = None,
     ) -> int:
         logits = logits.float()
         if banned is not None and len(banned):
@@ -352,8 +468,10 @@ class RowDecoder:
             logits[banned] = _NEG_INF
         if allowed is not None:
             index = torch.tensor(allowed, device=logits.device)
-            sub = logits.index_select(0, index)
-            return int(allowed[self._pick(self._penalize(sub, index))])
+            sub = self._penalize(logits.index_select(0, index), index)
+            if bias is not None:
+                sub = sub + bias.to(sub.device)
+            return int(allowed[self._pick(sub)])
         return self._pick(self._penalize(logits))
 
     def _penalize(self, logits: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:

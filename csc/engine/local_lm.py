@@ -43,6 +43,7 @@ from dspy.lm15 import (
     Usage,
 )
 
+from csc.engine.calibration import calibrate_plan
 from csc.engine.decoding import Sampling
 from csc.engine.engine import (
     DEFAULT_BATCH_WAIT_MS,
@@ -53,7 +54,7 @@ from csc.engine.engine import (
     shared_engine,
 )
 from csc.engine.model_store import ModelSource, finetuned_source, local_source
-from csc.engine.structure import OutputPlan, plan_for_request
+from csc.engine.structure import DECODING_RULES_VERSION, OutputPlan, plan_for_request
 
 DEFAULT_MAX_TOKENS = 512
 # Per-request options the engine honours (what DSPy's adapters may send).
@@ -70,6 +71,9 @@ SUPPORTED_PARAMS = frozenset(
 )
 # How many distinct requests the per-request sample counter remembers (see LocalEngine.seed_for).
 _SEEN_REQUESTS = 100_000
+# Contextual calibration of Literal choices (csc.engine.calibration): measured in docs/engine.md,
+# where it did not help the embedded model, so it is off unless asked for.
+DEFAULT_CALIBRATE_CHOICES = False
 
 
 class ContextLengthError(ValueError):
@@ -102,6 +106,7 @@ class LocalEngine:
         max_string_chars: int = 400,
         repetition_penalty: float = 1.15,
         multiline_text: bool = False,
+        calibrate_choices: bool = DEFAULT_CALIBRATE_CHOICES,
     ) -> None:
         self.source = source
         self.device = device
@@ -113,6 +118,7 @@ class LocalEngine:
         self.max_string_chars = max_string_chars
         self.repetition_penalty = repetition_penalty
         self.multiline_text = multiline_text
+        self.calibrate_choices = calibrate_choices
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
 
@@ -154,6 +160,7 @@ class LocalEngine:
             "max_string_chars": self.max_string_chars,
             "repetition_penalty": self.repetition_penalty,
             "multiline_text": self.multiline_text,
+            "calibrate_choices": self.calibrate_choices,
         }
 
     # ------------------------------------------------------------------ DSPy engine contract
@@ -192,6 +199,8 @@ class LocalEngine:
             max_string_chars=self.max_string_chars,
         )
         engine = self.engine
+        if plan is not None and self.calibrate_choices:
+            plan = calibrate_plan(engine, messages, plan)  # csc.engine.calibration
         prompt_ids = engine.encode_messages(messages)
         max_tokens = int(config.max_tokens or DEFAULT_MAX_TOKENS)
         if len(prompt_ids) + max_tokens > engine.context_length:
@@ -313,6 +322,9 @@ class LocalLM(dspy.LM):
         repetition_penalty: penalty on tokens a request already generated (1.0 turns it off);
             the default keeps the 135M model from looping on one phrase.
         multiline_text: let ChatAdapter ``str`` fields span several paragraphs.
+        calibrate_choices: contextual calibration of Literal / Enum outputs (divide each
+            option's probability by its probability on content-free inputs); off by default,
+            see docs/engine.md.
         num_retries: DSPy's retries of failed calls (local failures are not transient: 0).
         **kwargs: further default request options (``top_p``, ``seed``, ``stop``...).
     """
@@ -334,6 +346,7 @@ class LocalLM(dspy.LM):
         source: ModelSource | None = None,
         repetition_penalty: float = 1.15,
         multiline_text: bool = False,
+        calibrate_choices: bool = DEFAULT_CALIBRATE_CHOICES,
         num_retries: int = 0,
         **kwargs: Any,
     ) -> None:
@@ -350,6 +363,7 @@ class LocalLM(dspy.LM):
             max_string_chars=max_string_chars,
             repetition_penalty=repetition_penalty,
             multiline_text=multiline_text,
+            calibrate_choices=calibrate_choices,
         )
         # DSPy keys its response cache on the request options, and the engine ignores
         # `metadata`: it carries what else decides an answer (which weights, since two folders
@@ -459,6 +473,8 @@ def _answer_id(engine: LocalEngine) -> str:
             engine.max_string_chars,
             engine.repetition_penalty,
             engine.multiline_text,
+            engine.calibrate_choices,
+            DECODING_RULES_VERSION,  # answers change when the decoding rules do
         )
     )
     return hashlib.sha256(text.encode()).hexdigest()[:16]

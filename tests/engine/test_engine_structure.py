@@ -88,7 +88,9 @@ def test_chat_adapter_plan_segments() -> None:
     assert segs[3] == Choice(("True", "False"))
     assert isinstance(segs[5], Grammar) and segs[5].kind == "regex"
     assert isinstance(segs[9], Grammar) and json.loads(segs[9].spec)["items"]["maxLength"] == 400
-    assert segs[11] == Text("reply")
+    # A history input: the reply may not continue its transcript.
+    assert isinstance(segs[11], Text) and segs[11].field == "reply"
+    assert "Customer" in segs[11].speakers and segs[11].max_sentences is None
     assert segs[-1] == Fixed("\n\n[[ ## completed ## ]]")
 
 
