@@ -352,7 +352,7 @@ def test_content_free_prior_is_a_distribution_over_the_codes(model_lm) -> None:
 
     sig = strategy_prediction_signature(None, "en")
     messages = dspy.ChatAdapter().format(sig, demos=[], inputs={"history": _history()})
-    plan = calibrate_plan(model_lm.engine, messages, plan_for_request(messages))
+    plan = calibrate_plan(model_lm.batch_engine, messages, plan_for_request(messages))
     choice = plan.segments[1]
     assert isinstance(choice, Choice) and choice.prior is not None
     assert len(choice.prior) == 12 and abs(sum(choice.prior) - 1) < 1e-4
