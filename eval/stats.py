@@ -17,8 +17,8 @@ Definitions (also in docs/synthesis.md):
   description, against the same share for another dialogue's profile drawn at random (seeded);
   the own share should be higher;
 * diversity over supporter turns: distinct-1 and distinct-2 (distinct n-grams / all n-grams,
-  pooled) and self-BLEU (mean sacrebleu sentence BLEU of a turn against all other supporter turns,
-  on up to 200 sampled turns; lower is more diverse);
+  pooled) and self-BLEU (mean sacrebleu sentence BLEU of a turn against all other supporter turns;
+  beyond 200 turns, of 200 sampled turns against each other; lower is more diverse);
 * filter pass rate: per judge criterion, the share of judged dialogues that passed it.
 """
 
@@ -89,10 +89,13 @@ def self_bleu(texts: Sequence[str], sample: int = SELF_BLEU_SAMPLE, seed: int = 
     idx = list(range(len(texts)))
     if len(idx) > sample:
         idx = random.Random(seed).sample(idx, sample)
-    zh = any(_CJK.search(t) for t in texts)
+    # Beyond the sample, each sampled text is scored against the other sampled ones: against
+    # every text the cost grows with n x sample (hours for 10,000 dialogues), for the same mean.
+    pool = idx if len(texts) > sample else list(range(len(texts)))
+    zh = any(_CJK.search(texts[i]) for i in pool)
     scores = []
     for i in idx:
-        refs = texts[:i] + texts[i + 1 :]
+        refs = [texts[j] for j in pool if j != i]
         bleu = sacrebleu.sentence_bleu(texts[i], refs, tokenize="zh" if zh else "13a")
         scores.append(bleu.score)
     return sum(scores) / len(scores)
