@@ -163,6 +163,8 @@ class FakeServer:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass
+        except asyncio.CancelledError:  # the server is shutting down: drop the connection quietly
+            pass
         finally:
             writer.close()
 

@@ -57,7 +57,7 @@ class LMSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = DEFAULT_LM
-    api_base: str | None = None
+    api_base: str | list[str] | None = None  # a list: several endpoints (csc.endpoints)
     api_key_env: str | None = None  # name of the env var holding the key (never the key)
     temperature: float | None = None
     max_tokens: int | None = None
@@ -346,6 +346,12 @@ def build_lm(spec: str | LMSpec = DEFAULT_LM, **fields: Any) -> Any:
     if spec.max_tokens is not None:
         kwargs["max_tokens"] = spec.max_tokens
     kwargs.setdefault("num_retries", 5)  # LiteLLM retries rate limits/timeouts with backoff
+    if isinstance(spec.api_base, list) and len(spec.api_base) > 1:
+        from csc.endpoints import routed_lm
+
+        return routed_lm(model, spec.api_base, kwargs)
+    if isinstance(spec.api_base, list):
+        kwargs["api_base"] = spec.api_base[0] if spec.api_base else None
     return dspy.LM(model, **kwargs)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli.common import ConfigOption, LMOption, fail, resolve_lm_settings
 
 
 def register(app: typer.Typer) -> None:
@@ -101,7 +101,12 @@ def register(app: typer.Typer) -> None:
         ),
         lm_customer: str | None = typer.Option(None, "--lm-customer", help="LM of the customer."),
         lm_judge: str | None = typer.Option(None, "--lm-judge", help="LM of the quality judge."),
-        api_base: str | None = ApiBaseOption,
+        api_base: list[str] | None = typer.Option(
+            None,
+            "--api-base",
+            help="Base URL of an OpenAI-compatible server (vLLM, SGLang, Ollama); repeat it for "
+            "several servers of the same model, balanced with retry on another one.",
+        ),
         config: Path | None = ConfigOption,
         concurrency: int = typer.Option(
             4, "--concurrency", "-c", min=1, help="Dialogues synthesized at the same time."
@@ -201,7 +206,10 @@ def register(app: typer.Typer) -> None:
             "customer": lm_customer,
             "judge": lm_judge,
         }
-        settings = resolve_lm_settings(config, lm, api_base, temperature, roles)
+        bases = list(api_base or [])
+        settings = resolve_lm_settings(
+            config, lm, bases[0] if len(bases) == 1 else (bases or None), temperature, roles
+        )
         described = settings.describe()
         budgets = _token_budgets(turn_tokens, settings, no_filter)
         run_config = SynthesisConfig.build(
@@ -213,7 +221,9 @@ def register(app: typer.Typer) -> None:
             max_utterances=max_utterances,
             temperature=temperature,
             filter=not no_filter,
-            lms=described,
+            # The run key names the models, not the endpoints serving them: shards on machines
+            # that reach the same model through different servers still make one run.
+            lms={role: model.split(" @ ", 1)[0] for role, model in described.items()},
             token_budgets=budgets,
             min_utterances=min(min_utterances, max_utterances),
         )
