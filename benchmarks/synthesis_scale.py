@@ -226,7 +226,6 @@ def main() -> None:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
-    stats = server_stats  # noqa: F841  (the server is gone; figures are in the rows)
     print(f"load average after: {os.getloadavg()[0]:.1f}; run folders in {base}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
