@@ -80,7 +80,7 @@ def run_once(
         "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # no network fetch of the price list
         "OPENAI_API_KEY": "EMPTY",
         "PYTHONWARNINGS": "ignore",
-        "CSC_MEMOIZE_MODEL_METADATA": "0" if baseline else "1",
+        "CSC_THROUGHPUT_FIXES": "0" if baseline else "1",
     }
     cmd = [
         sys.executable,

@@ -12,6 +12,8 @@ synthesis run:
   in-memory cache. A synthesis call never repeats (each one carries its own rollout id), so the
   writes only cost time and make memory grow with the run. :func:`without_response_cache`
   turns the cache off for the LMs of one run.
+* **pydantic adapters**: DSPy's adapters build a ``TypeAdapter`` per field per call;
+  :func:`reuse_type_adapters` keeps one per type.
 """
 
 from __future__ import annotations
@@ -71,3 +73,40 @@ def without_response_cache(lm: Any) -> bool:
         lm.cache = False
         return True
     return False
+
+
+def reuse_type_adapters() -> bool:
+    """Let DSPy's adapters reuse one pydantic ``TypeAdapter`` per type.
+
+    ``dspy.adapters.utils`` builds a new ``TypeAdapter`` for every field of every call (to
+    serialize inputs and to parse outputs), which compiles a pydantic schema each time: about a
+    fifth of the driver's CPU per call. An adapter depends only on its type, and using one from
+    several threads is safe, so one per type is kept (types that cannot be hashed are built each
+    time, as before). Returns True when the adapters are reused (now or before).
+    """
+    with _patch_lock:
+        try:
+            from dspy.adapters import utils
+        except ImportError:
+            return False
+        original = getattr(utils, "TypeAdapter", None)
+        if original is None:
+            return False
+        if getattr(original, "_csc_cached", False):
+            return True
+
+        @functools.lru_cache(maxsize=512)
+        def cached(tp: Any) -> Any:
+            return original(tp)
+
+        def type_adapter(tp: Any, *args: Any, **kwargs: Any) -> Any:
+            if args or kwargs:
+                return original(tp, *args, **kwargs)
+            try:
+                return cached(tp)
+            except TypeError:  # an unhashable type (e.g. a parametrized one holding a list)
+                return original(tp)
+
+        type_adapter._csc_cached = True  # type: ignore[attr-defined]
+        utils.TypeAdapter = type_adapter
+        return True

@@ -509,7 +509,10 @@ class SynthesisRun:
                     disable_progress_bar=True,
                     timeout=0,
                 )
-                with dspy.context():
+                # No call history: DSPy keeps up to 10,000 calls (prompts and answers) on the LM,
+                # on every predictor and globally, so memory grew with the first thousand
+                # dialogues; the usage meters (csc.usage) do not need it.
+                with dspy.context(disable_history=True):
                     executor.execute(synthesize, todo)
         finally:
             if bar is not None:
@@ -524,7 +527,8 @@ class SynthesisRun:
         role_usage = {
             label: after - usage_before.get(label, Usage()) for label, after in usage_after.items()
         }
-        missing = sum(1 for item in items if item.key not in self.done_keys())
+        finished_keys = self.done_keys()  # once: per item it re-read the files (quadratic)
+        missing = sum(1 for item in items if item.key not in finished_keys)
         summary = self._summary(
             counts, wall, concurrency, missing, role_usage, cpu, shard=shard, planned=planned
         )
