@@ -14,11 +14,7 @@ from csc.cli.common import ConfigOption, LMOption, fail, resolve_lm_settings
 def register(app: typer.Typer) -> None:
     """Add ``csc synthesize`` to the app."""
 
-    synth_app = typer.Typer(
-        help="Synthesize dialogues with RoleCS (see `csc synthesize --help`); `merge` combines "
-        "run folders.",
-        add_completion=False,
-    )
+    synth_app = typer.Typer(add_completion=False)
     app.add_typer(synth_app, name="synthesize")
 
     @synth_app.command("merge")
@@ -159,6 +155,7 @@ def register(app: typer.Typer) -> None:
 
         Finished dialogues stream to OUT/dialogues.jsonl (judge-rejected ones to
         OUT/rejected.jsonl, failures to OUT/failures.jsonl); re-running the same command resumes.
+        `--shard I/N` runs one of N shards; `csc synthesize merge DIR... --out OUT` combines them.
         """
         if ctx.invoked_subcommand is not None:
             return
