@@ -400,10 +400,12 @@ class SynthesisRun:
         progress: bool = True,
         on_update: Callable[[RunCounts], None] | None = None,
         shard: tuple[int, int] | None = None,
+        keep_history: bool = True,
     ) -> dict[str, Any]:
         """Synthesize the first ``n`` grid items not yet done (only those of ``shard`` = (I, N)
         when given, see :func:`select_shard`); returns the summary (also written to
-        ``summary.json``)."""
+        ``summary.json``). ``keep_history=False`` runs without DSPy's call history (``csc
+        synthesize`` does, for flat memory)."""
         import dspy
 
         start = time.perf_counter()
@@ -509,10 +511,10 @@ class SynthesisRun:
                     disable_progress_bar=True,
                     timeout=0,
                 )
-                # No call history: DSPy keeps up to 10,000 calls (prompts and answers) on the LM,
-                # on every predictor and globally, so memory grew with the first thousand
+                # keep_history=False: DSPy keeps up to 10,000 calls (prompts and answers) on the
+                # LM, on every predictor and globally, so memory grows with the first ~600
                 # dialogues; the usage meters (csc.usage) do not need it.
-                with dspy.context(disable_history=True):
+                with dspy.context(disable_history=not keep_history):
                     executor.execute(synthesize, todo)
         finally:
             if bar is not None:

@@ -253,7 +253,9 @@ def register(app: typer.Typer) -> None:
             + ")"
         )
         try:
-            summary = run.run(dialogues, concurrency=concurrency, shard=shard_spec)
+            summary = run.run(
+                dialogues, concurrency=concurrency, shard=shard_spec, keep_history=False
+            )
         except RunConfigError as exc:
             fail(str(exc))
 
