@@ -211,6 +211,8 @@ def main() -> None:
                     "failed": len(failed_ids),
                     "lost": lost,
                     "load_average": round(os.getloadavg()[0], 1),
+                    # The most requests the server held at once so far (all runs of this process).
+                    "server_peak_in_flight": after.get("peak_in_flight"),
                 }
                 rows.append(row)
                 print(
@@ -226,6 +228,8 @@ def main() -> None:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+    peaks = ", ".join(str(r["server_peak_in_flight"]) for r in rows)
+    print(f"server peak requests in flight (cumulative max): {peaks}")
     print(f"load average after: {os.getloadavg()[0]:.1f}; run folders in {base}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
