@@ -71,8 +71,11 @@ def is_secret_name(name: str) -> bool:
     return name.lower() in _SECRET_KEYS or bool(_SECRET_NAME.search(name))
 
 
-def redact_url(url: str) -> str:
-    """A URL with any embedded password and key-like query values replaced by ``***``."""
+def redact_url(url: str | list[str]) -> str:
+    """A URL (or a list of endpoint URLs, comma-joined) with any embedded password and key-like
+    query values replaced by ``***``."""
+    if isinstance(url, list):
+        return ", ".join(redact_url(u) for u in url)
     url = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", url)
     return _URL_SECRET_QUERY.sub(lambda m: f"{m['name']}{REDACTED}", url)
 
@@ -128,7 +131,7 @@ class LMSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = DEFAULT_LM
-    api_base: str | None = None
+    api_base: str | list[str] | None = None  # a list: several endpoints (csc.endpoints)
     api_key_env: str | None = None  # name of the env var holding the key (never the key)
     temperature: float | None = None
     max_tokens: int | None = None
@@ -514,12 +517,17 @@ def build_lm(spec: str | LMSpec = DEFAULT_LM, **fields: Any) -> Any:
             "model string with a provider prefix (e.g. openai/gpt-4o-mini, "
             "ollama_chat/llama3.1, or openai/<served name> with --api-base for vLLM/SGLang)"
         )
+    if "litellm" not in sys.modules:
+        # LiteLLM otherwise fetches its price table over the network when first imported (3
+        # tries, then a warning): use the bundled one. Set the variable to False to fetch.
+        os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import dspy
 
     kwargs: dict[str, Any] = dict(spec.options)
     if spec.api_base:
         kwargs["api_base"] = spec.api_base
-        remember_secret(_url_password(spec.api_base))
+        for url in spec.api_base if isinstance(spec.api_base, list) else [spec.api_base]:
+            remember_secret(_url_password(url))
     if spec.api_key_env:
         key = os.environ.get(spec.api_key_env)
         if not key:
@@ -534,6 +542,12 @@ def build_lm(spec: str | LMSpec = DEFAULT_LM, **fields: Any) -> Any:
     if spec.max_tokens is not None:
         kwargs["max_tokens"] = spec.max_tokens
     kwargs.setdefault("num_retries", 5)  # LiteLLM retries rate limits/timeouts with backoff
+    if isinstance(spec.api_base, list) and len(spec.api_base) > 1:
+        from csc.endpoints import routed_lm
+
+        return routed_lm(model, spec.api_base, kwargs)
+    if isinstance(spec.api_base, list):
+        kwargs["api_base"] = spec.api_base[0] if spec.api_base else None
     return dspy.LM(model, **kwargs)
 
 

@@ -164,6 +164,44 @@ def plan_grid(
     return items
 
 
+class ShardError(ValueError):
+    """A ``--shard`` value that is not ``I/N`` with ``0 <= I < N``."""
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"1/3"`` -> ``(1, 3)``; None stays None; anything else is a :class:`ShardError`."""
+    if text is None:
+        return None
+    index, sep, count = str(text).partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or n < 1 or not 0 <= i < n:
+        raise ShardError(
+            f"--shard must be I/N with 0 <= I < N (e.g. 0/4 for the first of four), got {text!r}"
+        )
+    return i, n
+
+
+def shard_label(shard: tuple[int, int] | None) -> str | None:
+    """``(1, 3)`` -> ``"1/3"``."""
+    return None if shard is None else f"{shard[0]}/{shard[1]}"
+
+
+def select_shard(items: Sequence[GridItem], shard: tuple[int, int] | None) -> list[GridItem]:
+    """The grid items of one shard: every N-th item of the seeded grid, starting at I.
+
+    Round-robin over the planned order keeps shards equal in size and stable when ``n`` grows
+    (a larger run extends every shard), and the items' keys do not depend on the shard, so the
+    union of shards 0..N-1 is exactly the unsharded run.
+    """
+    if shard is None:
+        return list(items)
+    i, n = shard
+    return [item for pos, item in enumerate(items) if pos % n == i]
+
+
 # ----------------------------------------------------------------------------- files
 
 
@@ -296,8 +334,9 @@ class SynthesisRun:
         )
 
     # ------------------------------------------------------------------ folder
-    def prepare(self) -> None:
-        """Create the folder and write ``run.json``, or check it belongs to this configuration."""
+    def prepare(self, shard: tuple[int, int] | None = None) -> None:
+        """Create the folder and write ``run.json``, or check it belongs to this configuration
+        (and to the same shard: a shard folder resumes only as that shard)."""
         self.out.mkdir(parents=True, exist_ok=True)
         run_file = self.out / RUN_FILE
         if run_file.exists():
@@ -316,6 +355,14 @@ class SynthesisRun:
                     f"configuration (differs in: {', '.join(diff) or 'unknown'}); use another "
                     "--out folder, or delete this one to start over"
                 )
+            if existing.get("shard") != shard_label(shard):
+                was = existing.get("shard") or "unsharded"
+                raise RunConfigError(
+                    f"{self.out} holds {'shard ' + was if existing.get('shard') else 'an unsharded run'}"
+                    f", not {'shard ' + shard_label(shard) if shard else 'an unsharded run'}; "
+                    f"re-run with {'--shard ' + was if existing.get('shard') else 'no --shard'} or "
+                    "use another --out folder (combine shards with `csc synthesize merge`)"
+                )
             return
         if any(self.out.glob("*.jsonl")):
             raise RunConfigError(
@@ -326,6 +373,7 @@ class SynthesisRun:
                 {
                     "config_hash": self.key,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "shard": shard_label(shard),
                     "config": self.config.model_dump(mode="json"),
                 },
                 ensure_ascii=False,
@@ -352,16 +400,23 @@ class SynthesisRun:
         concurrency: int = 1,
         progress: bool = True,
         on_update: Callable[[RunCounts], None] | None = None,
+        shard: tuple[int, int] | None = None,
+        keep_history: bool = True,
     ) -> dict[str, Any]:
-        """Synthesize the first ``n`` grid items not yet done; returns the summary (also written
-        to ``summary.json``)."""
+        """Synthesize the first ``n`` grid items not yet done (only those of ``shard`` = (I, N)
+        when given, see :func:`select_shard`); returns the summary (also written to
+        ``summary.json``). ``keep_history=False`` runs without DSPy's call history (``csc
+        synthesize`` does, for flat memory)."""
         import dspy
 
         start = time.perf_counter()
-        self.prepare()
+        cpu_start = time.process_time()
+        self.prepare(shard)
         items = plan_grid(
             topics or self.config.topics, self.profiles, n, self.config.seed, self.key
         )
+        planned = len(items)
+        items = select_shard(items, shard)
         done = self.done_keys()
         todo = [item for item in items if item.key not in done]
         counts = RunCounts(requested=len(items), already_done=len(items) - len(todo))
@@ -457,7 +512,10 @@ class SynthesisRun:
                     disable_progress_bar=True,
                     timeout=0,
                 )
-                with dspy.context():
+                # keep_history=False: DSPy keeps up to 10,000 calls (prompts and answers) on the
+                # LM, on every predictor and globally, so memory grows with the first ~600
+                # dialogues; the usage meters (csc.usage) do not need it.
+                with dspy.context(disable_history=not keep_history):
                     executor.execute(synthesize, todo)
         finally:
             if bar is not None:
@@ -467,12 +525,16 @@ class SynthesisRun:
             failures.close()
 
         wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
         usage_after = labelled_usage_of(*lms)
         role_usage = {
             label: after - usage_before.get(label, Usage()) for label, after in usage_after.items()
         }
-        missing = sum(1 for item in items if item.key not in self.done_keys())
-        summary = self._summary(counts, wall, concurrency, missing, role_usage)
+        finished_keys = self.done_keys()  # once: per item it re-read the files (quadratic)
+        missing = sum(1 for item in items if item.key not in finished_keys)
+        summary = self._summary(
+            counts, wall, concurrency, missing, role_usage, cpu, shard=shard, planned=planned
+        )
         (self.out / SUMMARY_FILE).write_text(
             json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
         )
@@ -509,9 +571,11 @@ class SynthesisRun:
         concurrency: int,
         missing: int,
         role_usage: Mapping[str | None, Usage] | None = None,
+        cpu: float | None = None,
+        *,
+        shard: tuple[int, int] | None = None,
+        planned: int | None = None,
     ) -> dict[str, Any]:
-        kept_total = sum(1 for _ in _read_lines(self.out / KEPT_FILE))
-        rejected_total = sum(1 for _ in _read_lines(self.out / REJECTED_FILE))
         finished = counts.kept + counts.rejected
         role_usage = {k: v for k, v in (role_usage or {}).items() if v.calls or v.cached_calls}
         total = sum(role_usage.values(), Usage())
@@ -519,8 +583,28 @@ class SynthesisRun:
             total.cost_usd = (
                 None if any(u.cost_usd is None for u in role_usage.values()) else total.cost_usd
             )
+        this_run = {
+            "shard": shard_label(shard),
+            "dialogues": planned,
+            "requested": counts.requested,
+            "already_done": counts.already_done,
+            "kept": counts.kept,
+            "rejected": counts.rejected,
+            "failed": counts.failed,
+            # Every LM call of this invocation, per role and in total (csc.usage).
+            "tokens": {str(role): u.to_dict() for role, u in role_usage.items()},
+            "lm_usage": total.to_dict(),
+            "wall_seconds": round(wall, 2),
+            # CPU time of this process during the run (all threads): the driver's own cost.
+            "cpu_seconds": round(cpu, 2) if cpu is not None else None,
+            "dialogues_per_minute": round(finished / (wall / 60), 3) if wall > 0 else None,
+            "concurrency": concurrency,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        invocations = [*previous_invocations(self.out), this_run]
         return {
             "config_hash": self.key,
+            "shard": shard_label(shard),
             "framework": self.config.framework,
             "language": self.config.language,
             "seed": self.config.seed,
@@ -529,23 +613,10 @@ class SynthesisRun:
             "filter": self.config.filter,
             "concurrency": concurrency,
             "lms": {r: self.lm_names.get(r, "") for r in self.config.lms},
-            "this_run": {
-                "requested": counts.requested,
-                "already_done": counts.already_done,
-                "kept": counts.kept,
-                "rejected": counts.rejected,
-                "failed": counts.failed,
-                # Every LM call of this invocation, per role and in total (csc.usage).
-                "tokens": {str(role): u.to_dict() for role, u in role_usage.items()},
-                "lm_usage": total.to_dict(),
-                "wall_seconds": round(wall, 2),
-                "dialogues_per_minute": round(finished / (wall / 60), 3) if wall > 0 else None,
-            },
-            "totals": {
-                "kept": kept_total,
-                "rejected": rejected_total,
-                "missing": missing,
-            },
+            "this_run": this_run,
+            # The whole folder: every invocation (and, after a merge, every shard) so far.
+            "invocations": invocations,
+            "totals": {**folder_totals(self.out, invocations), "missing": missing},
             "files": {
                 "kept": KEPT_FILE,
                 "rejected": REJECTED_FILE,
@@ -554,3 +625,185 @@ class SynthesisRun:
                 "stats_all": STATS_ALL_FILE,
             },
         }
+
+
+def previous_invocations(out: str | Path) -> list[dict[str, Any]]:
+    """The invocations recorded in ``out/summary.json`` (an older summary without the list
+    counts as its one ``this_run``)."""
+    path = Path(out) / SUMMARY_FILE
+    if not path.exists():
+        return []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return []  # a summary is derived data: a damaged one is rebuilt from the next run
+    if isinstance(old.get("invocations"), list):
+        return list(old["invocations"])
+    return [old["this_run"]] if isinstance(old.get("this_run"), dict) else []
+
+
+def _sum_usage(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for entry in entries:
+        for k, v in entry.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                total[k] = round(total.get(k, 0) + v, 6)
+    if any(e.get("cost_usd") is None for e in entries if e):
+        total["cost_usd"] = None  # one unpriced call makes the total unknown, not smaller
+    return total
+
+
+def folder_totals(out: str | Path, invocations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts of the folder's files and the sums over its invocations."""
+    out = Path(out)
+    done = {obj.get("id") for name in (KEPT_FILE, REJECTED_FILE) for obj in _read_lines(out / name)}
+    failed = {obj.get("id") for obj in _read_lines(out / FAILURES_FILE)} - done
+    return {
+        "kept": sum(1 for _ in _read_lines(out / KEPT_FILE)),
+        "rejected": sum(1 for _ in _read_lines(out / REJECTED_FILE)),
+        # Dialogues whose latest attempt failed and that no later attempt finished.
+        "failed": len(failed),
+        "invocations": len(invocations),
+        "wall_seconds": round(sum(float(i.get("wall_seconds") or 0) for i in invocations), 2),
+        "lm_usage": _sum_usage([i.get("lm_usage") or {} for i in invocations]),
+    }
+
+
+def merge_runs(out_dir: str | Path, sources: Sequence[str | Path]) -> dict[str, Any]:
+    """Combine run folders of one configuration (typically shards ``0/N`` .. ``N-1/N``) into
+    ``out_dir``, an unsharded run folder that a later ``csc synthesize`` resumes as usual.
+
+    Every dialogue appears once (the first folder holding its id wins); a failure is kept only
+    when no folder finished that dialogue. ``summary.json`` lists every invocation of every
+    source. Returns the summary (statistics are written by the command).
+    """
+    out = Path(out_dir)
+    runs = []
+    for src in sources:
+        src = Path(src)
+        run_file = src / RUN_FILE
+        if not run_file.exists():
+            raise RunConfigError(f"{src} is not a synthesis run folder (no {RUN_FILE})")
+        try:
+            runs.append((src, json.loads(run_file.read_text(encoding="utf-8"))))
+        except json.JSONDecodeError:
+            raise RunConfigError(f"{run_file} is not valid JSON; restore it") from None
+    if not runs:
+        raise RunConfigError("give at least one run folder to merge")
+    key = runs[0][1].get("config_hash")
+    for src, info in runs[1:]:
+        if info.get("config_hash") != key:
+            raise RunConfigError(
+                f"{src} holds run {info.get('config_hash')}, {runs[0][0]} holds run {key}: only "
+                "folders of the same configuration (same flags and seed) can be merged"
+            )
+    if (out / RUN_FILE).exists():
+        existing = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
+        if existing.get("config_hash") != key or existing.get("shard"):
+            raise RunConfigError(
+                f"{out} holds another run ({existing.get('config_hash')}, shard "
+                f"{existing.get('shard') or 'none'}); merge into a new folder"
+            )
+        runs.insert(0, (out, existing))
+    elif out.exists() and any(out.iterdir()):
+        raise RunConfigError(f"{out} is not empty and not a run folder; merge into a new folder")
+
+    seen: set[str] = set()
+    kept: list[str] = []
+    rejected: list[str] = []
+    failures: dict[str, str] = {}
+    shards: dict[str, list[str]] = {}
+    for src, info in runs:
+        for name, bucket in ((KEPT_FILE, kept), (REJECTED_FILE, rejected)):
+            path = src / name
+            _repair_torn_line(path)
+            if not path.exists():
+                continue
+            with path.open(encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        dialogue_id = json.loads(line)["id"]
+                    except (json.JSONDecodeError, KeyError):
+                        raise RunConfigError(
+                            f"{path}:{lineno}: not a dialogue record; remove that line and re-run"
+                        ) from None
+                    if dialogue_id not in seen:
+                        seen.add(dialogue_id)
+                        bucket.append(line if line.endswith("\n") else line + "\n")
+        for record in _read_lines(src / FAILURES_FILE):
+            failures[record.get("id", "")] = json.dumps(record, ensure_ascii=False) + "\n"
+        if src != out:
+            shards.setdefault(info.get("shard") or "unsharded", []).append(str(src))
+
+    out.mkdir(parents=True, exist_ok=True)
+    contents = {
+        KEPT_FILE: kept,
+        REJECTED_FILE: rejected,
+        FAILURES_FILE: [line for i, line in failures.items() if i not in seen],
+    }
+    for name, lines in contents.items():
+        tmp = out / (name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            fh.writelines(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out / name)  # atomic: a kill leaves the old file or the new one
+    first = runs[0][1]
+    (out / RUN_FILE).write_text(
+        json.dumps(
+            {
+                "config_hash": key,
+                "created": first.get("created"),
+                "shard": None,
+                "merged_from": sorted({str(src) for src, _ in runs if src != out}),
+                "config": first.get("config"),
+            },
+            ensure_ascii=False,
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    invocations: list[dict[str, Any]] = []
+    missing = 0
+    old_summaries = []
+    for src, _ in runs:
+        path = src / SUMMARY_FILE
+        old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        old_summaries.append(old)
+        for inv in previous_invocations(src):
+            if inv not in invocations:
+                invocations.append(inv)
+        if src != out:
+            missing += int((old.get("totals") or {}).get("missing") or 0)
+    base = next((o for o in old_summaries if o), {})
+    labels = sorted(shards)
+    counts = [int(label.split("/")[1]) for label in labels if "/" in label]
+    complete = bool(counts) and len(set(counts)) == 1 and len(labels) == counts[0]
+    summary = {
+        **{k: base.get(k) for k in ("framework", "language", "seed", "temperature")},
+        **{k: base.get(k) for k in ("max_utterances", "filter", "lms")},
+        "config_hash": key,
+        "shard": None,
+        "merged": {
+            "shards": labels,
+            "sources": {label: shards[label] for label in labels},
+            # True when shards 0..N-1 of one N are all present: the union is the whole run.
+            "all_shards": complete,
+        },
+        "this_run": None,
+        "invocations": invocations,
+        "totals": {**folder_totals(out, invocations), "missing": missing},
+        "files": {
+            "kept": KEPT_FILE,
+            "rejected": REJECTED_FILE,
+            "failures": FAILURES_FILE,
+            "stats": STATS_FILE,
+            "stats_all": STATS_ALL_FILE,
+        },
+    }
+    (out / SUMMARY_FILE).write_text(
+        json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
+    )
+    return summary

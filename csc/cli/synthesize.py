@@ -3,22 +3,76 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli.common import ConfigOption, LMOption, fail, resolve_lm_settings
 
 
 def register(app: typer.Typer) -> None:
     """Add ``csc synthesize`` to the app."""
 
-    @app.command(
-        "synthesize",
+    synth_app = typer.Typer(add_completion=False)
+    app.add_typer(synth_app, name="synthesize")
+
+    @synth_app.command(
+        "merge", epilog="Example: csc synthesize merge runs/s0 runs/s1 runs/s2 --out runs/all"
+    )
+    def merge(
+        sources: list[Path] = typer.Argument(..., help="Run folders to combine (e.g. shards)."),
+        out: Path = typer.Option(..., "--out", help="The combined run folder (new, or a merge)."),
+        framework: str | None = typer.Option(
+            None, "--framework", help="Framework YAML, when the run used one (default: by name)."
+        ),
+    ) -> None:
+        """Combine shard folders of one run (same flags and seed) into one run folder.
+
+        Each dialogue appears once; summary.json lists every invocation of every shard, and
+        stats.json / stats_all.json are computed over the combined dialogues. The result is an
+        ordinary run folder: `csc synthesize --out OUT` with the same flags resumes it.
+        """
+        from rich.console import Console
+
+        from csc.framework import Framework, FrameworkError
+        from csc.programs.synthesis import RunConfigError, merge_runs
+
+        try:
+            summary = merge_runs(out, sources)
+        except RunConfigError as exc:
+            fail(str(exc))
+        run_info = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        config = run_info.get("config") or {}
+        try:
+            fw = Framework.load(framework or config.get("framework", "csc"))
+        except FrameworkError as exc:
+            fail(f"{exc}; pass the run's framework YAML with --framework")
+        from csc.programs.synthesis import _digest
+
+        if config.get("framework_digest") and _digest(fw.to_dict()) != config["framework_digest"]:
+            fail(
+                f"framework {fw.name!r} differs from the one the run used; pass the run's "
+                "framework YAML with --framework"
+            )
+        _write_stats(out, fw, not config.get("filter", True), int(config.get("seed", 0)))
+        totals, merged = summary["totals"], summary["merged"]
+        Console().print(
+            f"merged {len(sources)} folder(s) (shards {', '.join(merged['shards'])}"
+            f"{'' if merged['all_shards'] else '; NOT all shards of the run'}) -> {out}: "
+            f"{totals['kept']} kept, {totals['rejected']} rejected, {totals['failed']} failed, "
+            f"{totals['missing']} missing; {totals['invocations']} invocation(s)."
+        )
+
+    @synth_app.callback(
+        invoke_without_command=True,
         epilog="Example: csc synthesize -n 3 --lm local --max-utterances 12 --out runs/syn",
     )
     def synthesize(
-        out: Path = typer.Option(..., "--out", help="Run folder (created; re-run to resume)."),
+        ctx: typer.Context,
+        out: Path | None = typer.Option(
+            None, "--out", help="Run folder (created; re-run to resume). Required."
+        ),
         dialogues: int | None = typer.Option(
             None, "--dialogues", "-n", help="How many dialogues (default: the whole grid)."
         ),
@@ -48,7 +102,12 @@ def register(app: typer.Typer) -> None:
         ),
         lm_customer: str | None = typer.Option(None, "--lm-customer", help="LM of the customer."),
         lm_judge: str | None = typer.Option(None, "--lm-judge", help="LM of the quality judge."),
-        api_base: str | None = ApiBaseOption,
+        api_base: list[str] | None = typer.Option(
+            None,
+            "--api-base",
+            help="Base URL of an OpenAI-compatible server (vLLM, SGLang, Ollama); repeat it for "
+            "several servers of the same model, balanced with retry on another one.",
+        ),
         config: Path | None = ConfigOption,
         concurrency: int = typer.Option(
             4, "--concurrency", "-c", min=1, help="Dialogues synthesized at the same time."
@@ -77,6 +136,19 @@ def register(app: typer.Typer) -> None:
             help="Output format: jsonl (always written), or dianjin to also write DianJin JSON.",
         ),
         show: int = typer.Option(1, "--show", min=0, help="Print this many finished dialogues."),
+        shard: str | None = typer.Option(
+            None,
+            "--shard",
+            help="Run only shard I of N (I/N, 0-based) of the grid; N processes or machines with "
+            "the same flags and seed together make the unsharded run. Combine with "
+            "`csc synthesize merge`.",
+        ),
+        lm_cache: bool = typer.Option(
+            False,
+            "--lm-cache",
+            help="Keep DSPy's response cache for remote LMs (off by default: every synthesis call "
+            "is unique, and the cache's disk writes cost time on each call).",
+        ),
         turn_tokens: str = typer.Option(
             "auto",
             "--turn-tokens",
@@ -88,24 +160,28 @@ def register(app: typer.Typer) -> None:
 
         Finished dialogues stream to OUT/dialogues.jsonl (judge-rejected ones to
         OUT/rejected.jsonl, failures to OUT/failures.jsonl); re-running the same command resumes.
+        `--shard I/N` runs one of N shards; `csc synthesize merge DIR... --out OUT` combines them.
         """
+        if ctx.invoked_subcommand is not None:
+            return
+        if out is None:
+            fail("--out is required: the run folder (created; re-run the command to resume)")
         from rich.console import Console
         from rich.markup import escape
 
         from csc.data.profiles import ProfileError, default_profiles, read_profiles
         from csc.data.topics import TopicError, resolve_topics
-        from csc.eval.stats import dialogue_stats, render_stats
+        from csc.eval.stats import render_stats
         from csc.framework import Framework, FrameworkError
         from csc.lm import LMConfigError, lm_for_role, lm_name
         from csc.programs.rolecs import AGENT_ROLES
         from csc.programs.synthesis import (
             DIANJIN_FILE,
-            STATS_ALL_FILE,
-            STATS_FILE,
             RunConfigError,
+            ShardError,
             SynthesisConfig,
             SynthesisRun,
-            read_run_dialogues,
+            parse_shard,
         )
 
         if language not in ("en", "zh"):
@@ -114,6 +190,10 @@ def register(app: typer.Typer) -> None:
             fail(f"--to must be jsonl or dianjin, got {format!r}")
         if dialogues is not None and dialogues < 1:
             fail("--dialogues must be at least 1")
+        try:
+            shard_spec = parse_shard(shard)
+        except ShardError as exc:
+            fail(str(exc))
         try:
             fw = Framework.load(framework)
             pool = read_profiles(profiles) if profiles else default_profiles(language)  # type: ignore[arg-type]
@@ -128,7 +208,10 @@ def register(app: typer.Typer) -> None:
             "customer": lm_customer,
             "judge": lm_judge,
         }
-        settings = resolve_lm_settings(config, lm, api_base, temperature, roles)
+        bases = list(api_base or [])
+        settings = resolve_lm_settings(
+            config, lm, bases[0] if len(bases) == 1 else (bases or None), temperature, roles
+        )
         described = settings.describe()
         budgets = _token_budgets(turn_tokens, settings, no_filter)
         run_config = SynthesisConfig.build(
@@ -140,7 +223,9 @@ def register(app: typer.Typer) -> None:
             max_utterances=max_utterances,
             temperature=temperature,
             filter=not no_filter,
-            lms=described,
+            # The run key names the models, not the endpoints serving them: shards on machines
+            # that reach the same model through different servers still make one run.
+            lms={role: model.split(" @ ", 1)[0] for role, model in described.items()},
             token_budgets=budgets,
             min_utterances=min(min_utterances, max_utterances),
         )
@@ -152,26 +237,34 @@ def register(app: typer.Typer) -> None:
         except (LMConfigError, FileNotFoundError, ImportError) as exc:
             fail(f"cannot build the LM: {exc}")
         names = {role: lm_name(lms[role]) for role in active_roles}
+        from csc.throughput import (
+            memoize_model_metadata,
+            reuse_type_adapters,
+            without_response_cache,
+        )
+
+        # CSC_THROUGHPUT_FIXES=0 (benchmarks/synthesis_scale.py --baseline) measures without them.
+        if os.environ.get("CSC_THROUGHPUT_FIXES", "1") != "0":
+            memoize_model_metadata()
+            reuse_type_adapters()
+        if not lm_cache:
+            for role_lm in lms.values():
+                without_response_cache(role_lm)
         run = SynthesisRun(out, run_config, fw, pool, lms=lms, lm_names=names)
         console.print(
             f"run {run.key} -> {out}  ({fw.name}, {language}, {len(chosen_topics)} topics x "
-            f"{len(pool)} profiles, seed {seed}, concurrency {concurrency})"
+            f"{len(pool)} profiles, seed {seed}, concurrency {concurrency}"
+            + (f", shard {shard}" if shard_spec else "")
+            + ")"
         )
         try:
-            summary = run.run(dialogues, concurrency=concurrency)
+            summary = run.run(
+                dialogues, concurrency=concurrency, shard=shard_spec, keep_history=False
+            )
         except RunConfigError as exc:
             fail(str(exc))
 
-        kept = read_run_dialogues(out, "kept")
-        judged = read_run_dialogues(out, "all")
-        stats = dialogue_stats(kept, fw, judged=judged if not no_filter else None, seed=seed)
-        (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
-        # The same statistics over every finished dialogue, kept or rejected: with a weak judge
-        # (or LM) few pass the filter, and the rejected ones still say what the agents produce.
-        stats_all = dialogue_stats(judged, fw, judged=judged if not no_filter else None, seed=seed)
-        (out / STATS_ALL_FILE).write_text(
-            json.dumps(stats_all, ensure_ascii=False, indent=2), "utf-8"
-        )
+        kept, judged, stats, stats_all = _write_stats(out, fw, no_filter, seed)
         if format == "dianjin":
             from csc.data.io import write_dialogues
 
@@ -213,6 +306,23 @@ def register(app: typer.Typer) -> None:
                 who = "Supporter" if t.is_supporter else "Customer"
                 tag = f" [{t.strategy}]" if t.strategy else ""
                 console.print(f"[bold]{who}{escape(tag)}:[/bold] {escape(t.text)}", highlight=False)
+
+
+def _write_stats(out: Path, fw, no_filter: bool, seed: int):
+    """Write stats.json (kept) and stats_all.json (kept + rejected) of a run folder; returns
+    (kept, judged, stats, stats_all)."""
+    from csc.eval.stats import dialogue_stats
+    from csc.programs.synthesis import STATS_ALL_FILE, STATS_FILE, read_run_dialogues
+
+    kept = read_run_dialogues(out, "kept")
+    judged = read_run_dialogues(out, "all")
+    stats = dialogue_stats(kept, fw, judged=judged if not no_filter else None, seed=seed)
+    (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
+    # The same statistics over every finished dialogue, kept or rejected: with a weak judge
+    # (or LM) few pass the filter, and the rejected ones still say what the agents produce.
+    stats_all = dialogue_stats(judged, fw, judged=judged if not no_filter else None, seed=seed)
+    (out / STATS_ALL_FILE).write_text(json.dumps(stats_all, ensure_ascii=False, indent=2), "utf-8")
+    return kept, judged, stats, stats_all
 
 
 def _token_budgets(value: str, settings, no_filter: bool) -> dict[str, int]:

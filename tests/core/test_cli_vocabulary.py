@@ -22,8 +22,9 @@ RETIRED = {"--format", "--language", "--num-threads", "--n"}
 
 def _leaves(command, path=()):
     subs = getattr(command, "commands", None)
-    if not subs:
+    if not subs or (path and command.params):  # a group whose callback takes options too
         yield path, command
+    if not subs:
         return
     for name, sub in subs.items():
         yield from _leaves(sub, (*path, name))

@@ -1,0 +1,120 @@
+"""Several OpenAI-compatible endpoints behind one LM, balanced by LiteLLM's Router.
+
+A role's LM may name a list of servers (e.g. one vLLM per GPU machine)::
+
+    [lm]
+    model = "openai/Qwen2.5-7B-Instruct"
+    api_base = ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]
+
+or, on ``csc synthesize``, ``--api-base`` repeated. :func:`routed_lm` builds a ``dspy.LM`` whose
+engine sends each call through a ``litellm.Router`` over those endpoints: calls are spread
+across them, and a call that fails (connection error, 5xx, 429) is retried on another endpoint,
+while the failing one cools down for a while. Keys come from the environment as for one endpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ROUTER_GROUP = "csc-endpoints"
+
+
+def _engine_class() -> type:
+    from dspy.clients.engines.litellm_engine import LiteLLMEngine
+    from dspy.clients.engines.litellm_errors import litellm_errors
+
+    class RouterEngine(LiteLLMEngine):
+        """DSPy's LiteLLM engine with ``litellm.completion`` replaced by ``Router.completion``."""
+
+        def __init__(self, router: Any) -> None:
+            super().__init__(model_type="chat")
+            self.router = router
+
+        def complete(self, request: Any) -> Any:
+            data = self._arguments(request)
+            data["model"] = ROUTER_GROUP
+            # The router owns retries (on another endpoint) and the connection settings.
+            for key in ("num_retries", "api_base", "api_key"):
+                data.pop(key, None)
+            with litellm_errors(model=request.model):
+                raw = self.router.completion(**data)
+            return self._response(raw, request)
+
+        def complete_legacy(self, lm: Any, request: dict[str, Any], **context: Any) -> Any:
+            """DSPy's usual path for chat calls: a LiteLLM request dict, sent by the router."""
+            from dspy.clients.call_context import completed_legacy
+            from dspy.clients.call_result import CallResult
+
+            data = {
+                k: v
+                for k, v in request.items()
+                if k not in ("model", "rollout_id", "num_retries", "api_base", "api_key")
+            }
+            with litellm_errors(model=lm.model):
+                raw = self.router.completion(
+                    model=ROUTER_GROUP, cache={"no-cache": True, "no-store": True}, **data
+                )
+            completed_legacy(raw)
+            lm._check_truncation(raw)
+            return CallResult.legacy(lm, raw, kwargs=request)
+
+        def stream(self, request: Any) -> Any:  # pragma: no cover - synthesis does not stream
+            raise NotImplementedError("streaming through several endpoints is not supported")
+
+        def __repr__(self) -> str:
+            return f"RouterEngine({len(self.router.model_list)} endpoints)"
+
+    return RouterEngine
+
+
+def endpoint_router(
+    model: str,
+    api_bases: list[str],
+    *,
+    api_key: str | None = None,
+    num_retries: int = 3,
+    cooldown_seconds: float = 5.0,
+    timeout: float | None = None,
+) -> Any:
+    """A ``litellm.Router`` over ``api_bases``, all serving ``model`` (a LiteLLM model string)."""
+    from litellm import Router
+
+    params: dict[str, Any] = {"model": model}
+    if api_key:
+        params["api_key"] = api_key
+    if timeout:
+        params["timeout"] = timeout
+    model_list = [
+        {"model_name": ROUTER_GROUP, "litellm_params": {**params, "api_base": base}}
+        for base in api_bases
+    ]
+    return Router(
+        model_list=model_list,
+        routing_strategy="simple-shuffle",
+        num_retries=num_retries,
+        retry_after=0,
+        allowed_fails=1,  # one failure puts an endpoint in cool-down; retries go elsewhere
+        cooldown_time=cooldown_seconds,
+    )
+
+
+def routed_lm(model: str, api_bases: list[str], lm_kwargs: dict[str, Any]) -> Any:
+    """A ``dspy.LM`` for ``model`` whose calls are balanced over ``api_bases`` (see module).
+
+    ``lm_kwargs`` are the usual ``dspy.LM`` arguments; ``api_key`` goes to the endpoints,
+    ``num_retries`` to the router.
+    """
+    import dspy
+
+    if len(set(api_bases)) != len(api_bases):
+        raise ValueError(f"api_base lists the same endpoint twice: {api_bases}")
+    kwargs = dict(lm_kwargs)
+    kwargs.pop("api_base", None)
+    api_key = kwargs.pop("api_key", None)
+    retries = int(kwargs.pop("num_retries", 3))
+    router = endpoint_router(
+        model, list(api_bases), api_key=api_key, num_retries=max(retries, len(api_bases))
+    )
+    lm = dspy.LM(model, engine=_engine_class()(router), num_retries=0, **kwargs)
+    lm.endpoints = list(api_bases)  # for reports; no keys
+    return lm
