@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 from typing import Literal
 
@@ -342,8 +343,10 @@ def test_sample_replies_are_short_and_hold_no_transcript(model_lm, language: str
     replies = [r.response for r in results]
     assert all(reply.strip() for reply in replies)
     assert not [r for r in replies if _TRANSCRIPT.search(r)]
-    longest_reference = max(len(ex.response) for ex in examples)
-    assert max(len(r) for r in replies) <= 2 * longest_reference
+    # Issue #15's acceptance: the median reply is no longer than twice the references' median.
+    assert statistics.median(len(r) for r in replies) <= 2 * statistics.median(
+        len(ex.response) for ex in examples
+    )
 
 
 @local_lm
