@@ -274,8 +274,8 @@ def test_compare_report_html_from_the_cli(open_page, tmp_path, monkeypatch):
         app,
         [
             "compare", "--data", str(sample), "--lm", "fake/model", "--supporter", "zs=zero-shot",
-            "--supporter", "direct=direct", "--context", "ref", "--limit", "6",
-            "--no-bertscore", "--num-threads", "1", "--out", str(out),
+            "--supporter", "direct=direct", "--context", "ref", "--limit", "1",
+            "--no-bertscore", "--concurrency", "1", "--out", str(out),
         ],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -283,7 +283,9 @@ def test_compare_report_html_from_the_cli(open_page, tmp_path, monkeypatch):
     assert errors == []
     assert page.locator("#report table").count() == 1 and page.locator("#report img").count() == 1
     preds = page.locator(".preds")
-    assert preds.count() == 6 and page.locator(".pred").count() == 12  # 6 turns x 2 supporters
+    first = next(iter(read_dialogues(sample)))  # --limit 1: every supporter turn of one dialogue
+    n = sum(t.speaker == Speaker.SUPPORTER for t in first.turns)
+    assert preds.count() == n and page.locator(".pred").count() == 2 * n  # 2 supporters each
     names = preds.first.locator(".name").all_inner_texts()
     assert names == ["zs", "direct"]
     # The scripted LM always answers PS: a turn whose gold is PS is right, the others wrong.
