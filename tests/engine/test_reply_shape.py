@@ -10,6 +10,7 @@ from typing import Literal
 import dspy
 import pytest
 import torch
+from test_engine_structure import CharTokenizer as StructureCharTokenizer
 
 from csc.dialogue import Speaker, Turn
 from csc.engine.calibration import content_free_messages
@@ -33,38 +34,14 @@ from csc.signatures.types import DialogueHistory
 ZH_TEXT = "客服客户您好，非常理解您的心情。我们马上为您处理请稍等好的回复：【】"
 
 
-class CharTokenizer:
-    """One token per character (ASCII plus a few Chinese characters) and a few longer tokens."""
-
-    eos_token_id = 0
+class CharTokenizer(StructureCharTokenizer):
+    """The structure tests' tokenizer plus a few Chinese characters and word tokens."""
 
     def __init__(self) -> None:
-        self.vocab = ["<eos>", "[[", " ## ", "GT", "ID", "IDX", "\n\n", " My", " We"]
-        self.vocab += [chr(c) for c in range(32, 127)] + ["\n"]
+        super().__init__()
+        self.vocab[7:7] = [" My", " We"]
         self.vocab += sorted(set(ZH_TEXT) - set(self.vocab))
         self.index = {t: i for i, t in enumerate(self.vocab)}
-
-    def __len__(self) -> int:
-        return len(self.vocab)
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
-        ids, i = [], 0
-        while i < len(text):
-            for size in (4, 3, 2, 1):
-                piece = text[i : i + size]
-                if len(piece) == size and piece in self.index:
-                    ids.append(self.index[piece])
-                    i += size
-                    break
-            else:
-                raise ValueError(text[i])
-        return {"input_ids": ids}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return "".join(self.vocab[i] for i in ids if not (skip_special_tokens and i == 0))
-
-    def batch_decode(self, seqs: list[list[int]]) -> list[str]:
-        return [self.decode(s, skip_special_tokens=False) for s in seqs]
 
 
 @pytest.fixture(scope="module")
