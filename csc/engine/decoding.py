@@ -27,6 +27,15 @@ _NEG_INF = float("-inf")
 # How many times one free-text value may lose an opening label ("Supporter [IV]:", "My next
 # response will be:") before the rest is kept as it is.
 MAX_DROPPED_OPENINGS = 3
+# Echo of the prompt in a reply (transcript requests only). Widths count a CJK character as 2,
+# so one threshold fits English and Chinese. A value that opens with a copy of the prompt this
+# wide (or with a whole line of it: an input value, a strategy definition) loses that opening; a
+# copy this wide later on ends the value before it.
+COPIED_OPENING_WIDTH = 24
+COPIED_SPAN_WIDTH = 40
+# A free-text value whose description gives a sentence count ends after this width per
+# sentence even without a sentence end (a small model can run on without punctuation).
+SENTENCE_WIDTH = 90
 _SENTENCE_CLOSERS = "\"'”’)]」』）"
 # A sentence ends at ., !, ?, … followed by whitespace, or at a full-width 。！？ (no space in
 # Chinese). Closing quotes and brackets stay with their sentence.
@@ -35,6 +44,11 @@ _ENDS_SENTENCE = re.compile(r"(?:[.!?…]+|[。！？!?]+)[\"'”’)\]」』）
 _ABBREVIATION = re.compile(
     r"(?:^|\s)(?:mr|mrs|ms|dr|st|no|vs|etc|e\.g|i\.e|approx)\.[\"'”’)\]]*\s?$", re.I
 )
+
+
+def text_width(text: str) -> int:
+    """Display width of ``text``: a CJK character (or full-width sign) counts as 2."""
+    return len(text) + sum(1 for c in text if c >= "\u2e80")
 
 
 class Vocabulary:
@@ -141,9 +155,16 @@ class RowDecoder:
     """Decoding state of one request: current segment, budget, generated ids, stop reason."""
 
     def __init__(
-        self, vocab: Vocabulary, plan: OutputPlan | None, sampling: Sampling, device: str = "cpu"
+        self,
+        vocab: Vocabulary,
+        plan: OutputPlan | None,
+        sampling: Sampling,
+        device: str = "cpu",
+        prompt_text: str = "",
     ) -> None:
         self.vocab = vocab
+        # The rendered prompt: a reply to a transcript may not copy long stretches of it.
+        self.prompt_text = prompt_text
         self.plan = plan
         self.sampling = sampling
         self.ids: list[int] = []
@@ -173,6 +194,7 @@ class RowDecoder:
         self._text = ""  # text of the current free-text segment (decoded from _field_ids)
         self._field_ids: list[int] = []  # ids of the current free-text segment kept so far
         self._guard: ReplyGuard | None = None
+        self._copy_start = 0  # start of the value's longest suffix that is a copy of the prompt
         self._dropped_openings = 0
         # First tokens of dropped openings: banned at the next opening, so the model (which
         # has read what was dropped) cannot start the same label or echo again.
@@ -235,6 +257,7 @@ class RowDecoder:
             self._text_used = 0
             self._text = ""
             self._field_ids = []
+            self._copy_start = 0
             self._dropped_openings = 0
             self._dropped_first = []
             speakers = seg.speakers if isinstance(seg, Text) else ()
@@ -307,6 +330,7 @@ class RowDecoder:
             if (
                 token in self.vocab.stop_ids
                 or self._sentences_complete(seg, piece)
+                or self._too_wide(seg)
                 or "[[" in piece
                 or (self._text.endswith("[") and piece.startswith("["))
                 or (self._text.endswith("\n") and piece.lstrip(" ")[:1] in ("[", "#"))
@@ -384,6 +408,58 @@ class RowDecoder:
         ]
         return len(ends) >= limit
 
+    def _too_wide(self, seg: Segment) -> bool:
+        """Whether a value with a sentence count has run past its width without ending."""
+        limit = seg.max_sentences if isinstance(seg, Text) else None
+        return bool(limit) and text_width(self._text) >= limit * SENTENCE_WIDTH
+
+    def _police_copy(self) -> bool:
+        """Keep a reply from echoing the prompt; True if the value was cut or lost its opening.
+
+        Tracks the longest suffix of the value that occurs verbatim in the prompt. An opening
+        that is such a copy, at least ``COPIED_OPENING_WIDTH`` wide or a whole prompt line
+        (``(the conversation has not started yet)``, a strategy's definition), is dropped like
+        a speaker label; a copy of ``COPIED_SPAN_WIDTH`` later in the value ends it before the
+        copy.
+        """
+        prompt, text = self.prompt_text, self._text
+        if not prompt:
+            return False
+        start = self._copy_start
+        while start < len(text) and text[start:] not in prompt:
+            start += 1
+        self._copy_start = start
+        copied = text[start:]
+        if not copied.strip():
+            return False
+        if not text[:start].strip():  # the value so far is all copy
+            stripped = copied.strip()
+            whole_line = len(stripped) >= 4 and f"\n{stripped}\n" in prompt
+            if self._dropped_openings < MAX_DROPPED_OPENINGS and (
+                text_width(stripped) >= COPIED_OPENING_WIDTH or whole_line
+            ):
+                self._drop_opening()
+                return True
+            return False
+        if text_width(copied) >= COPIED_SPAN_WIDTH:
+            self._cut_at(start)
+            return True
+        return False
+
+    def _drop_opening(self) -> None:
+        self._dropped_openings += 1
+        self._dropped_first.append(self._field_ids[0])
+        self._drop_field_tokens(len(self._field_ids))
+        self._copy_start = 0
+
+    def _cut_at(self, chars: int) -> None:
+        """End the value before its character ``chars`` (dropping the tokens from there)."""
+        keep = len(self._field_ids)
+        while keep > 0 and len(self._decode(self._field_ids[:keep])) > chars:
+            keep -= 1
+        self._drop_field_tokens(len(self._field_ids) - keep)
+        self._advance()
+
     def _police_transcript(self) -> None:
         """Keep a free-text value from turning into transcript or meta-text (after each token).
 
@@ -393,17 +469,13 @@ class RowDecoder:
         """
         assert self._guard is not None
         if self._dropped_openings < MAX_DROPPED_OPENINGS and self._guard.opening.match(self._text):
-            self._dropped_openings += 1
-            self._dropped_first.append(self._field_ids[0])
-            self._drop_field_tokens(len(self._field_ids))
+            self._drop_opening()
             return
         match = self._guard.line.search(self._text)
         if match is not None:
-            keep = len(self._field_ids)
-            while keep > 0 and len(self._decode(self._field_ids[:keep])) > match.start():
-                keep -= 1
-            self._drop_field_tokens(len(self._field_ids) - keep)
-            self._advance()
+            self._cut_at(match.start())
+            return
+        self._police_copy()
 
     def _drop_field_tokens(self, count: int) -> None:
         """Remove the last ``count`` tokens of the current free-text value from the output.

@@ -32,7 +32,7 @@ import torch
 
 from csc.engine.decoding import RowDecoder, Sampling, Vocabulary
 from csc.engine.model_store import ModelSource, load_model
-from csc.engine.structure import OutputPlan
+from csc.engine.structure import OutputPlan, Text
 
 logger = logging.getLogger(__name__)
 
@@ -528,7 +528,9 @@ class Engine:
             try:
                 if not job.prompt_ids:
                     raise ValueError("empty prompt")
-                decoder = RowDecoder(self.vocab, job.plan, job.sampling)
+                decoder = RowDecoder(
+                    self.vocab, job.plan, job.sampling, prompt_text=self._guarded_prompt(job)
+                )
             except Exception as exc:  # a bad request fails alone
                 job.future.set_exception(exc)
                 continue
@@ -541,6 +543,15 @@ class Engine:
         for group in self._prefill_groups(live):
             self._admit_group(group)
         self.largest_batch = max(self.largest_batch, len(self._rows))
+
+    def _guarded_prompt(self, job: _Job) -> str:
+        """The prompt's text when a reply must not echo it (a transcript request), else ''."""
+        assert self.vocab is not None
+        if job.plan is None or not any(
+            isinstance(seg, Text) and seg.speakers for seg in job.plan.segments
+        ):
+            return ""
+        return self.vocab.tokenizer.decode(job.prompt_ids, skip_special_tokens=True)
 
     def _prefill_groups(
         self, live: list[tuple[_Job, RowDecoder]]

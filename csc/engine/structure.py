@@ -398,7 +398,12 @@ class ReplyGuard:
         # An echoed list item ("1. `response` (str): ...") counts as meta-text too.
         # A bare strategy tag ("1. [GT]: ...") is a transcript label without its name.
         tag = r"[\[【][^\]】\n]{1,40}[\]】]\s*[:：]"
-        opening = re.compile(rf"^\s*(?:\d{{1,2}}[.)]\s*|[-*•]\s+)?(?:{label}|{tag}|{meta})", re.I)
+        # Any short label closed by a colon before the first clause ends ("AC（感谢与告别）：",
+        # "Agent reply:"), the way a strategy code or a role is written in the prompt.
+        short = r"[^\n.!?。！？:：,，;；]{1,24}[:：]"
+        opening = re.compile(
+            rf"^\s*(?:\d{{1,2}}[.)]\s*|[-*•]\s+)?(?:{label}|{tag}|{meta}|{short})", re.I
+        )
         line = re.compile(rf"(?:(?<=\n)|(?<=[.!?。！？…]))[ \t\n]*(?:{label}|{meta})", re.I)
         return cls(opening, line)
 
