@@ -168,6 +168,10 @@ class RowDecoder:
         self.plan = plan
         self.sampling = sampling
         self.ids: list[int] = []
+        # What the model should have read of the answer: ``ids`` plus dropped speaker labels
+        # (a model that wrote "Supporter [IV]:" goes on with the reply itself), minus dropped
+        # echoes and cut-off transcript, which the engine rewinds out of its KV cache.
+        self.context: list[int] = []
         self.finish_reason: str | None = None
         self.paragraphs = not sampling.multiline_text
         self.generator: torch.Generator | None = None
@@ -195,6 +199,8 @@ class RowDecoder:
         self._field_ids: list[int] = []  # ids of the current free-text segment kept so far
         self._guard: ReplyGuard | None = None
         self._copy_start = 0  # start of the value's longest suffix that is a copy of the prompt
+        self._resampled = 0  # copies taken back inside the current value
+        self._banned_next: list[int] = []  # banned at the next free-text step only
         self._dropped_openings = 0
         # First tokens of dropped openings: banned at the next opening, so the model (which
         # has read what was dropped) cannot start the same label or echo again.
@@ -258,6 +264,8 @@ class RowDecoder:
             self._text = ""
             self._field_ids = []
             self._copy_start = 0
+            self._resampled = 0
+            self._banned_next = []
             self._dropped_openings = 0
             self._dropped_first = []
             speakers = seg.speakers if isinstance(seg, Text) else ()
@@ -324,8 +332,11 @@ class RowDecoder:
                 if self._dropped_first:
                     banned = torch.cat([banned, torch.tensor(self._dropped_first)])
                 token = self._sample(logits, banned=banned)
+            elif self._banned_next:
+                token = self._sample(logits, banned=torch.tensor(self._banned_next))
             else:
                 token = self._sample(logits)
+            self._banned_next = []
             piece = self.vocab.texts[token]
             if (
                 token in self.vocab.stop_ids
@@ -356,9 +367,11 @@ class RowDecoder:
         if self.done:
             return
         self.ids.append(token)
+        self.context.append(token)
         if self.plan is None:
             if token in self.vocab.stop_ids:
                 self.ids.pop()
+                self.context.pop()
                 self.finish_reason = "stop"
             elif self.sampling.stop and self._hit_stop():
                 self.finish_reason = "stop"
@@ -423,7 +436,7 @@ class RowDecoder:
         copy.
         """
         prompt, text = self.prompt_text, self._text
-        if not prompt:
+        if not prompt or text.endswith("\ufffd"):  # wait for a whole character
             return False
         start = self._copy_start
         while start < len(text) and text[start:] not in prompt:
@@ -442,22 +455,36 @@ class RowDecoder:
                 return True
             return False
         if text_width(copied) >= COPIED_SPAN_WIDTH:
-            self._cut_at(start)
+            keep = self._tokens_within(start)
+            if self._resampled < MAX_DROPPED_OPENINGS and keep < len(self._field_ids):
+                # Take the copy back (out of the model's view too) and make the model write
+                # something else from there: its first token is banned at that point.
+                self._resampled += 1
+                self._banned_next = [self._field_ids[keep]]
+                self._drop_field_tokens(len(self._field_ids) - keep)
+                self._copy_start = 0
+            else:
+                self._cut_at(start)
             return True
         return False
 
-    def _drop_opening(self) -> None:
+    def _tokens_within(self, chars: int) -> int:
+        """How many of the value's tokens decode to at most its first ``chars`` characters."""
+        keep = len(self._field_ids)
+        while keep > 0 and len(self._decode(self._field_ids[:keep])) > chars:
+            keep -= 1
+        return keep
+
+    def _drop_opening(self, forget: bool = True) -> None:
+        """Drop the value so far and start it again; ``forget``: also out of the model's view."""
         self._dropped_openings += 1
         self._dropped_first.append(self._field_ids[0])
-        self._drop_field_tokens(len(self._field_ids))
+        self._drop_field_tokens(len(self._field_ids), forget)
         self._copy_start = 0
 
     def _cut_at(self, chars: int) -> None:
         """End the value before its character ``chars`` (dropping the tokens from there)."""
-        keep = len(self._field_ids)
-        while keep > 0 and len(self._decode(self._field_ids[:keep])) > chars:
-            keep -= 1
-        self._drop_field_tokens(len(self._field_ids) - keep)
+        self._drop_field_tokens(len(self._field_ids) - self._tokens_within(chars))
         self._advance()
 
     def _police_transcript(self) -> None:
@@ -469,7 +496,7 @@ class RowDecoder:
         """
         assert self._guard is not None
         if self._dropped_openings < MAX_DROPPED_OPENINGS and self._guard.opening.match(self._text):
-            self._drop_opening()
+            self._drop_opening(forget=False)
             return
         match = self._guard.line.search(self._text)
         if match is not None:
@@ -477,14 +504,17 @@ class RowDecoder:
             return
         self._police_copy()
 
-    def _drop_field_tokens(self, count: int) -> None:
+    def _drop_field_tokens(self, count: int, forget: bool = True) -> None:
         """Remove the last ``count`` tokens of the current free-text value from the output.
 
-        The model has already read them (they stay in its KV cache), but the answer omits them.
+        ``forget``: also from :attr:`context`, so the engine takes them out of the KV cache;
+        otherwise the model keeps having read them (a dropped speaker label).
         """
         if count <= 0:
             return
         del self.ids[len(self.ids) - count :]
+        if forget:
+            del self.context[len(self.context) - count :]
         del self._field_ids[len(self._field_ids) - count :]
         self._text = self._decode(self._field_ids)
 
