@@ -278,3 +278,41 @@ def test_cli_exports_teacher_targets_and_reports_agreement(tmp_path: Path, monke
         res = CliRunner().invoke(app, bad)
         assert res.exit_code == 1 and needle in res.output, res.output
         assert "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_teacher_sft_adapter_shows_its_origin_and_cost_in_compare(
+    taught, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """export --teacher -> finetune run -> compare: the adapter's metadata carries the export's
+    targets, teacher and cost, and compare's knowledge column reads them."""
+    from conftest import tiny_recipe_dict
+
+    from csc.eval.compare import compare_supporters
+    from csc.finetune.recipes import Recipe
+    from csc.finetune.train import METADATA_FILE, train
+
+    out, result, _ = taught
+    recipe = Recipe.from_dict(tiny_recipe_dict(tiny_model_dir), source="tiny.yaml")
+    run = train(out, recipe, tmp_path / "run", max_steps=1, device="cpu")
+    meta = json.loads((tmp_path / "run" / METADATA_FILE).read_text())
+    assert meta["data"]["targets"] == "teacher"
+    assert meta["data"]["teacher"]["spec"] == "zero-shot"
+    assert meta["data"]["export_cost"] == result.metadata["cost"]
+    test_ids = set(result.metadata["split_dialogue_ids"]["test"])
+    comparison = compare_supporters(
+        [d for d in read_dialogues(SAMPLE) if d.id in test_ids],
+        {"student": f"finetuned:{tmp_path / 'run'}"},
+        context="reference",
+        limit=1,
+        num_threads=1,
+        with_bertscore=False,
+        lm_factory=lambda spec: FakeTeacherLM(),
+        progress=False,
+    )
+    row = comparison.rows[0]
+    cost = result.metadata["cost"]
+    assert row.knowledge == "teacher SFT"
+    assert row.making_tokens == cost["prompt_tokens"] + cost["completion_tokens"] > 0
+    assert row.making_s == pytest.approx(cost["wall_time_s"] + meta["wall_time_s"], abs=0.01)
+    assert run.wall_time_s > 0
