@@ -546,11 +546,10 @@ def export_sft(
         (final / EXPORT_METADATA).write_text(
             json.dumps(metadata, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
-        if teacher_run is not None:
-            # Copied, not moved: a crash before the swap still leaves them in OUT to resume.
-            outputs = Path(teacher_run.metadata["outputs"]).parent
-            if (out / outputs).is_dir():
-                shutil.copytree(out / outputs, final / outputs)
+        if (out / TEACHER_DIR).is_dir():
+            # Teacher outputs (this teacher's and any earlier one's) survive the swap. Copied,
+            # not moved: a crash before the swap still leaves them in OUT to resume from.
+            shutil.copytree(out / TEACHER_DIR, final / TEACHER_DIR)
         # Swap the finished export in; an earlier one (allowed by --overwrite) goes last.
         old = out.parent / f".{out.name}.replaced-{os.getpid()}"
         if out.exists():
