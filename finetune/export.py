@@ -580,6 +580,9 @@ def _export_cost(teacher_run: TeacherOutputs | None, seconds: float) -> dict[str
         "prompt_tokens": meta.get("prompt_tokens", 0),
         "completion_tokens": meta.get("completion_tokens", 0),
         "lm_calls_this_run": usage.get("calls", 0),
+        # Turns answered by an earlier, interrupted run: their tokens are in the sums above,
+        # their time is not in wall_time_s.
+        "teacher_turns_from_earlier_runs": meta.get("turns_from_earlier_runs", 0),
         "cost_usd_this_run": usage.get("cost_usd", 0.0),
     }
 
