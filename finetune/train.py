@@ -382,6 +382,11 @@ def train(
                 "dropped_overlong_rows": dropped,
                 # `csc evaluate` refuses to score this adapter on these dialogues.
                 "train_dialogue_ids": (export_meta.get("split_dialogue_ids") or {}).get("train"),
+                # Where the targets came from (gold | teacher | both) and what making them
+                # cost; `csc compare` shows both. Exports from before teachers were gold.
+                "targets": export_meta.get("targets", "gold"),
+                "teacher": _teacher_summary(export_meta.get("teacher")),
+                "export_cost": export_meta.get("cost"),
             },
             "recipe_source": recipe.source,
             "recipe": recipe.to_dict(),
@@ -413,6 +418,14 @@ def train(
         metadata=metadata,
         cpu_time_s=cpu_time,
     )
+
+
+def _teacher_summary(teacher: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The export's teacher, as the adapter's metadata keeps it: spec, LM, program, agreement."""
+    if not teacher:
+        return None
+    keep = ("spec", "lm", "program", "agreement", "prompt_tokens", "completion_tokens")
+    return {k: teacher.get(k) for k in keep}
 
 
 def _checkpoint_step(checkpoint: str | None) -> int:

@@ -69,7 +69,9 @@ def register(app: typer.Typer) -> None:
         """Compare supporters on the same examples: quality metrics and cost in one table.
 
         Reports B-2, B-4, R-L, BS, ACC, macro-F1, mean tokens and latency per supporter turn for
-        each supporter and context; writes compare.md, compare.csv, compare.json, compare.png.
+        each supporter and context, where its knowledge came from (none, prompt demos, gold SFT,
+        teacher SFT) and the tokens and seconds it took to make (optimization, or data export
+        plus training); writes compare.md, compare.csv, compare.json, compare.png.
         """
         from csc.eval.compare import (
             CompareError,
