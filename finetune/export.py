@@ -25,14 +25,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
+from csc.choices import PromptVariant, SftTask
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
-from csc.signatures.supporter import PROMPT_VARIANTS, PromptVariant
+from csc.signatures.supporter import PROMPT_VARIANTS
 
-Task = Literal["strategy", "response", "joint"]
-TASKS: tuple[str, ...] = ("strategy", "response", "joint")
+Task = SftTask
+TASKS: tuple[Task, ...] = get_args(SftTask)
 EXPORT_METADATA = "export.json"
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 # The prompt variant of exports that predate the choice (they have no "prompt" key).

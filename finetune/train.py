@@ -27,8 +27,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from csc.choices import Device
 from csc.finetune.recipes import Recipe, RecipeError
 
 METADATA_FILE = "csc_finetune.json"
@@ -36,8 +37,6 @@ ADAPTER_DIR = "adapter"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-Device = Literal["auto", "cpu", "cuda"]
 
 
 class FinetuneError(RuntimeError):

@@ -22,10 +22,11 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import dspy
 
+from csc.choices import Budget, MetricName, OptimizerName, ProgramKind
 from csc.eval.metrics import (
     strategy_accuracy_metric,
     strategy_and_bertscore_metric,
@@ -45,10 +46,6 @@ __all__ = [
     "project_lm_calls",
 ]
 
-ProgramKind = Literal["strategy", "supporter", "labeler"]
-OptimizerName = Literal["bootstrap", "mipro", "gepa"]
-Budget = Literal["light", "medium", "heavy"]
-MetricName = Literal["acc", "acc+bertscore"]
 
 # BootstrapFewShot settings per budget: (max bootstrapped demos, max labeled demos, rounds).
 # Histories are long, so demo counts stay small enough for an 8k-token context.

@@ -24,10 +24,11 @@ prompt)`` builders for any other combination.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, get_args
 
 import dspy
 
+from csc.choices import PromptVariant
 from csc.framework import Framework, Language
 from csc.signatures.types import DialogueHistory
 
@@ -45,8 +46,7 @@ __all__ = [
     "strategy_prediction_signature",
 ]
 
-PromptVariant = Literal["full", "compact"]
-PROMPT_VARIANTS: tuple[str, ...] = ("full", "compact")
+PROMPT_VARIANTS: tuple[PromptVariant, ...] = get_args(PromptVariant)
 
 _TEXT: dict[str, dict[str, str]] = {
     "en": {

@@ -235,7 +235,7 @@ def test_cli_errors_name_the_problem(tmp_path):
         app,
         ["optimize", "--train", str(data), "--optimizer", "sgd", "--out", str(tmp_path / "p.json")],
     )
-    assert res.exit_code == 1 and "--optimizer must be one of" in res.output
+    assert res.exit_code == 2 and "Invalid value for '--optimizer'" in res.output
 
 
 def test_supporter_program_optimization_keeps_both_predictors(tmp_path):
