@@ -7,10 +7,13 @@ imports nothing heavy (no dspy, torch), so ``csc --help`` stays fast.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 __all__ = [
+    "CONTEXTS",
+    "CONTEXT_NAMES",
     "Budget",
+    "Context",
     "Device",
     "EvalSplit",
     "MetricName",
@@ -33,3 +36,10 @@ Device = Literal["auto", "cpu", "cuda"]
 OutputFormat = Literal["jsonl", "dianjin"]
 """What ``csc synthesize`` and ``csc rewrite`` write."""
 EvalSplit = Literal["all", "test"]
+Context = Literal["reference", "generated"]
+"""What a supporter turn is scored on: the reference history or the simulated one."""
+CONTEXTS: tuple[Context, ...] = get_args(Context)
+CONTEXT_NAMES: dict[str, Context] = {"ref": "reference", "gen": "generated"} | {
+    c: c for c in CONTEXTS
+}
+"""``--context`` short names (and full names) -> context."""

@@ -27,6 +27,7 @@ from typing import Any
 import dspy
 
 from csc.choices import Budget, MetricName, OptimizerName, ProgramKind
+from csc.data.turns import as_framework
 from csc.eval.metrics import (
     strategy_accuracy_metric,
     strategy_and_bertscore_metric,
@@ -230,7 +231,7 @@ def optimize_program(
             instructions (MIPROv2) or reflects (GEPA); defaults to ``lm``.
         on_projection: called with the projected number of LM calls before anything runs.
     """
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    fw = as_framework(framework)
     if isinstance(kind, dspy.Module):
         program = kind
         kind_name = getattr(program, "kind", type(program).__name__)

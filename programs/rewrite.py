@@ -28,8 +28,9 @@ from typing import Any
 import dspy
 
 from csc.data.pii import PiiRedactor
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue, Speaker, Turn
-from csc.framework import Framework, Language
+from csc.framework import Framework, Language, check_language
 from csc.programs.rolecs import _raw_output, rollout_id
 from csc.programs.rule_filter import RuleFilterConfig, check_rules, clean_dialogue
 from csc.programs.supporter import StrategyLabeler
@@ -80,10 +81,6 @@ class RewriteFailure(RuntimeError):
         self.usage = dict(usage or {})
 
 
-def _framework(framework: Framework | str) -> Framework:
-    return framework if isinstance(framework, Framework) else Framework.load(framework)
-
-
 def _history(turns: list[Turn], language: str, show_strategies: bool = True) -> DialogueHistory:
     return DialogueHistory.of(turns, language=language, show_strategies=show_strategies)
 
@@ -96,7 +93,7 @@ class ConductFilter(dspy.Module):
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
         self.language: Language = language
-        self.screen = dspy.Predict(rewrite_signatures(_framework(framework), language).prefilter)
+        self.screen = dspy.Predict(rewrite_signatures(as_framework(framework), language).prefilter)
 
     def forward(self, dialogue: Dialogue, config: dict[str, Any] | None = None) -> dspy.Prediction:
         pred = self.screen(
@@ -136,7 +133,7 @@ class DialogueRewriter(dspy.Module):
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
-        self.framework = _framework(framework)
+        self.framework = as_framework(framework)
         self.language: Language = language
         self.rewrite = dspy.Predict(rewrite_signatures(self.framework, language).rewriter)
         self._definitions = self.framework.render(language)
@@ -189,7 +186,7 @@ class PostFilterJudge(dspy.Module):
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
-        self.framework = _framework(framework)
+        self.framework = as_framework(framework)
         self.language: Language = language
         self.judge = dspy.Predict(rewrite_signatures(self.framework, language).judge)
 
@@ -272,10 +269,8 @@ class RewritePipeline(dspy.Module):
         token_budgets: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
-        if language not in ("en", "zh"):
-            raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
-        self.framework = _framework(framework)
-        self.language: Language = language
+        self.framework = as_framework(framework)
+        self.language: Language = check_language(language)
         self.rules = rules or RuleFilterConfig()
         self.redactor = (redactor or PiiRedactor()) if redact else None
         self.conduct = ConductFilter(self.framework, language) if prefilter else None

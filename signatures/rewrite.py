@@ -14,7 +14,8 @@ from functools import lru_cache
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from csc.framework import Framework, Language
+from csc.data.turns import as_framework
+from csc.framework import Framework, Language, check_language
 from csc.signatures.types import DialogueHistory
 
 __all__ = [
@@ -196,7 +197,4 @@ def rewrite_signatures(
     framework: Framework | str = "csc", language: Language = "en"
 ) -> RewriteSignatures:
     """The pre-filter, rewriter and post-filter judge signatures for a framework and language."""
-    if language not in ("en", "zh"):
-        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
-    return _build(fw, language)
+    return _build(as_framework(framework), check_language(language))

@@ -14,7 +14,8 @@ from functools import lru_cache
 
 import dspy
 
-from csc.framework import Framework, Language
+from csc.data.turns import as_framework
+from csc.framework import Framework, Language, check_language
 from csc.signatures.types import DialogueHistory
 
 # ----------------------------------------------------------------------------- templates
@@ -266,7 +267,4 @@ def rolecs_signatures(
     framework: Framework | str = "csc", language: Language = "en"
 ) -> RoleCSSignatures:
     """The seven RoleCS signatures for a framework (object, name or YAML path) and language."""
-    if language not in ("en", "zh"):
-        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
-    return _build(fw, language)
+    return _build(as_framework(framework), check_language(language))
