@@ -37,8 +37,8 @@ from csc.data.profiles import CustomerProfile
 from csc.data.topics import Topic
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
-from csc.lm import redact_secrets
-from csc.programs.rolecs import AGENT_ROLES, DialogueFailure, RoleCS
+from csc.lm import AGENT_ROLES, redact_secrets
+from csc.programs.rolecs import DialogueFailure, RoleCS
 from csc.usage import Usage, labelled_usage_of
 
 KEPT_FILE = "dialogues.jsonl"

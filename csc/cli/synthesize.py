@@ -175,8 +175,7 @@ def register(app: typer.Typer) -> None:
         from csc.data.topics import TopicError, resolve_topics
         from csc.eval.stats import render_stats
         from csc.framework import Framework, FrameworkError
-        from csc.lm import LMConfigError, lm_for_role, lm_name
-        from csc.programs.rolecs import AGENT_ROLES
+        from csc.lm import AGENT_ROLES, LMConfigError, lm_for_role, lm_name
         from csc.programs.synthesis import (
             DIANJIN_FILE,
             RunConfigError,
@@ -325,8 +324,8 @@ def _write_stats(out: Path, fw, no_filter: bool, seed: int):
 
 def _token_budgets(value: str, settings, no_filter: bool) -> dict[str, int]:
     """Per-role ``max_tokens`` from ``--turn-tokens`` (see EMBEDDED_TOKEN_BUDGETS)."""
-    from csc.lm import split_scheme
-    from csc.programs.rolecs import AGENT_ROLES, EMBEDDED_TOKEN_BUDGETS
+    from csc.lm import AGENT_ROLES, split_scheme
+    from csc.programs.rolecs import EMBEDDED_TOKEN_BUDGETS
 
     roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
     if value == "none":
