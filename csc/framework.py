@@ -26,6 +26,7 @@ def check_language(language: str) -> Language:
         raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
     return language  # type: ignore[return-value]
 
+
 BUILTIN_FRAMEWORKS = ("csc", "esc")
 
 
