@@ -7,7 +7,7 @@ import typing
 
 import dspy
 import pytest
-from dspy.utils import DummyLM
+from scripted_lm import ScriptedLM
 
 from csc.dialogue import Speaker, Turn
 from csc.framework import Framework
@@ -31,19 +31,20 @@ HISTORY = [
 ]
 
 
-class RecordingLM(DummyLM):
+class RecordingLM(ScriptedLM):
     """Scripted answers (in order) that also records the messages of every call."""
 
     def __init__(self, answers):
-        super().__init__({}, follow_examples=True)
         self.queue = list(answers)
         self.calls: list[list[dict]] = []
         self.lock = threading.Lock()
 
-    def _use_example(self, messages):
-        with self.lock:
-            self.calls.append(messages)
-            return self._format_answer_fields(self.queue.pop(0))
+        def respond(messages):
+            with self.lock:
+                self.calls.append(messages)
+                return self.queue.pop(0)
+
+        super().__init__(respond)
 
 
 def _literal_codes(signature) -> tuple[str, ...]:
