@@ -133,7 +133,7 @@ class Supporter(_SupporterModule):
             strategy_prediction_signature(self.framework, language, self.prompt)
         )
         self.responder = dspy.Predict(
-            response_generation_signature(self.framework, language, self.prompt)
+            response_generation_signature(language, self.prompt)
         )
 
     def responder_inputs(self, history: DialogueHistory, code: str) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class DirectSupporter(_SupporterModule):
     ):
         super().__init__(framework, language, prompt)
         self.responder = dspy.Predict(
-            direct_response_signature(self.framework, language, self.prompt)
+            direct_response_signature(language, self.prompt)
         )
         self.labeler = dspy.Predict(
             strategy_labeling_signature(self.framework, language, self.prompt)
