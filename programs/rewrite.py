@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import dspy
@@ -36,7 +36,7 @@ from csc.programs.rule_filter import RuleFilterConfig, check_rules, clean_dialog
 from csc.programs.supporter import StrategyLabeler
 from csc.signatures.rewrite import POSTFILTER_CRITERIA, rewrite_signatures
 from csc.signatures.types import DialogueHistory
-from csc.usage import usage_label
+from csc.usage import add_role_usage, usage_label
 
 __all__ = [
     "EMBEDDED_TOKEN_BUDGETS",
@@ -281,7 +281,16 @@ class RewritePipeline(dspy.Module):
         )
         self.min_utterances = min_utterances
         self.max_utterances = max_utterances
-        self.lms = dict(lms or {})
+        # Each stage's predictors get their role's LM once; a role without one uses the LM of
+        # the current DSPy context.
+        for role, stage in (
+            ("prefilter", self.conduct),
+            ("rewriter", self.rewriter),
+            ("judge", self.judge),
+            ("labeler", self.labeler),
+        ):
+            if stage is not None and (lms or {}).get(role) is not None:
+                stage.set_lm(lms[role])
         self.temperature = temperature
         self.token_budgets = dict(token_budgets or {})
 
@@ -317,23 +326,17 @@ class RewritePipeline(dspy.Module):
 
     @contextmanager
     def _as_role(self, role: str, usage: dict[str, dict[str, int]]) -> Iterator[None]:
-        lm = self.lms.get(role)
+        # A tracker per stage call rather than Prediction.get_lm_usage(): DSPy attaches usage
+        # only to the outermost module call, and this pipeline is itself a module.
         try:
             with (
-                dspy.context(lm=lm) if lm is not None else nullcontext(),
                 usage_label(role),  # run-level meters see the role (csc.usage)
                 dspy.track_usage() as tracker,
             ):
                 try:
                     yield
                 finally:
-                    entry = usage.setdefault(
-                        role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
-                    )
-                    entry["calls"] += 1
-                    for u in tracker.get_total_tokens().values():
-                        entry["prompt_tokens"] += int(u.get("prompt_tokens") or 0)
-                        entry["completion_tokens"] += int(u.get("completion_tokens") or 0)
+                    add_role_usage(usage, role, tracker.get_total_tokens().values(), calls=1)
         except RewriteFailure:
             raise
         except Exception as exc:
