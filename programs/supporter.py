@@ -132,9 +132,7 @@ class Supporter(_SupporterModule):
         self.strategist = dspy.Predict(
             strategy_prediction_signature(self.framework, language, self.prompt)
         )
-        self.responder = dspy.Predict(
-            response_generation_signature(language, self.prompt)
-        )
+        self.responder = dspy.Predict(response_generation_signature(language, self.prompt))
 
     def responder_inputs(self, history: DialogueHistory, code: str) -> dict[str, Any]:
         """The responder's inputs for a history and strategy code: the full prompt adds the
@@ -170,9 +168,7 @@ class DirectSupporter(_SupporterModule):
         prompt: PromptVariant = "full",
     ):
         super().__init__(framework, language, prompt)
-        self.responder = dspy.Predict(
-            direct_response_signature(language, self.prompt)
-        )
+        self.responder = dspy.Predict(direct_response_signature(language, self.prompt))
         self.labeler = dspy.Predict(
             strategy_labeling_signature(self.framework, language, self.prompt)
         )
