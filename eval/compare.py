@@ -27,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from csc.choices import CONTEXT_NAMES
+from csc.eval.report import format_value
+
 # Column order of the table: quality metrics as in the paper, then cost.
 METRIC_COLUMNS: tuple[str, ...] = ("B-2", "B-4", "R-L", "BS", "ACC", "F1")
 COST_COLUMNS: tuple[str, ...] = (
@@ -38,12 +41,6 @@ COST_COLUMNS: tuple[str, ...] = (
 )
 # Where the knowledge came from and the one-time cost of making it (see knowledge_source).
 KNOWLEDGE_COLUMNS: tuple[str, ...] = ("knowledge", "made_tok", "made_s")
-CONTEXT_NAMES = {
-    "ref": "reference",
-    "gen": "generated",
-    "reference": "reference",
-    "generated": "generated",
-}
 # Harness metric keys -> table columns.
 _HARNESS_KEYS = {
     "B-2": "bleu2",
@@ -146,11 +143,7 @@ def parse_supporter_args(values: Sequence[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- output
 def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return format_value(value, digits, missing="–")
 
 
 def markdown_table(comparison: Comparison) -> str:
@@ -535,14 +528,14 @@ def compare_supporters(
 
     import dspy
 
+    from csc.data.turns import as_framework
     from csc.eval.examples import dialogue_language
     from csc.eval.harness import check_unseen, evaluate_supporter, supporter_from_spec
-    from csc.framework import Framework
     from csc.lm import LMSpec, build_lm, lm_name
 
     if not supporters:
         raise CompareError("give at least one supporter to compare")
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    fw = as_framework(framework)
     dialogues = list(dialogues)
     language = language or dialogue_language(dialogues)
     factory = lm_factory or build_lm

@@ -29,23 +29,24 @@ train/validation/test, seeded, so no conversation leaks across splits. The outpu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, get_args
 
+from csc.choices import PromptVariant, SftTargets, SftTask
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
-from csc.signatures.supporter import PROMPT_VARIANTS, PromptVariant
+from csc.signatures.supporter import PROMPT_VARIANTS
 
 if TYPE_CHECKING:
     from csc.finetune.teacher import TeacherOutputs
 
-Task = Literal["strategy", "response", "joint"]
-TASKS: tuple[str, ...] = ("strategy", "response", "joint")
-Targets = Literal["gold", "teacher", "both"]
-TARGETS: tuple[str, ...] = ("gold", "teacher", "both")
+Task = SftTask
+TASKS: tuple[Task, ...] = get_args(SftTask)
+Targets = SftTargets
+TARGETS: tuple[Targets, ...] = get_args(SftTargets)
 EXPORT_METADATA = "export.json"
 TEACHER_DIR = "teacher"  # the teacher's resumable outputs (csc.finetune.teacher)
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -81,47 +82,6 @@ class ExportResult:
     dropped_disagreeing_turns: int = 0
 
 
-# ---------------------------------------------------------------------------- splitting
-def split_dialogues(
-    dialogues: Sequence[Dialogue],
-    *,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.1,
-    seed: int = 0,
-) -> dict[str, list[Dialogue]]:
-    """Split whole dialogues into train/validation/test with a seeded shuffle.
-
-    Uses the evaluation's own :func:`csc.eval.examples.split_dialogues`, so with the default
-    fractions (0.8/0.1/0.1) the exported ``test`` split is exactly what
-    ``csc evaluate --split test --seed S`` scores: the fine-tuned model never saw it.
-    """
-    from csc.eval.examples import split_dialogues as eval_split
-
-    for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-        if not 0.0 <= value < 1.0:
-            raise ExportError(f"{name}={value}: must be in [0, 1)")
-    if val_fraction + test_fraction >= 1.0:
-        raise ExportError(
-            f"val_fraction + test_fraction = {val_fraction + test_fraction:.2f} leaves nothing to "
-            "train on; lower them"
-        )
-    ids = [d.id for d in dialogues]
-    if len(set(ids)) != len(ids):
-        repeated = sorted({i for i in ids if ids.count(i) > 1})
-        raise ExportError(
-            f"dialogue ids must be unique to split without leakage; repeated: {repeated[:5]}"
-        )
-    parts = eval_split(
-        dialogues, (1.0 - val_fraction - test_fraction, val_fraction, test_fraction), seed=seed
-    )
-    if not parts.train:
-        raise ExportError(
-            f"{len(dialogues)} dialogue(s) are too few for val_fraction={val_fraction} and "
-            f"test_fraction={test_fraction}; add data or lower the fractions"
-        )
-    return {"train": parts.train, "validation": parts.dev, "test": parts.test}
-
-
 # ---------------------------------------------------------------------------- rows
 class SFTRowBuilder:
     """Builds SFT rows with the supporter program's own prompts and the adapter's own targets."""
@@ -134,9 +94,7 @@ class SFTRowBuilder:
     ):
         from csc.programs.supporter import Supporter
 
-        self.framework = (
-            framework if isinstance(framework, Framework) else Framework.load(framework)
-        )
+        self.framework = as_framework(framework)
         self.language: Language = language
         # A zero-shot program: finetuned:DIR is evaluated with the same, demo-free program of
         # the same prompt variant.
@@ -249,13 +207,6 @@ def _with_answer(messages: list[dict[str, Any]], target: str) -> list[dict[str, 
 
 
 # ---------------------------------------------------------------------------- export
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a data file, or of every file in a dataset folder (sorted by path)."""
-    from csc.eval.splits import data_sha256
-
-    return data_sha256(path)
-
-
 def check_output_folder(data: str | Path, out_dir: str | Path, overwrite: bool = False) -> None:
     """Refuse an ``--out`` that would destroy data: the input itself, a folder holding the input
     or inside an input dataset folder (always), an existing file, a non-empty folder (unless
@@ -376,7 +327,7 @@ def export_sft(
             f"val_fraction + test_fraction = {val_fraction + test_fraction:.2f} leaves nothing to "
             "train on; lower them"
         )
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    fw = as_framework(framework)
     data, out = Path(data), Path(out_dir)
     check_output_folder(data, out, overwrite)
     sha = data_sha256(data)  # before anything is written, wherever --out points

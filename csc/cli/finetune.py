@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, echo_json, fail
+from csc.choices import Device, PromptVariant, SftTargets, SftTask
+from csc.cli.common import ApiBaseOption, ConfigOption, LangOption, echo_json, fail
+from csc.framework import Language
 
 
 def register(app: typer.Typer) -> None:
@@ -44,13 +46,13 @@ def register(app: typer.Typer) -> None:
             None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
         ),
         framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        task: str = typer.Option(
+        task: SftTask = typer.Option(
             "joint",
             "--task",
             help="strategy (predict the next strategy), response (reply given the gold "
             "strategy) or joint (both kinds of rows).",
         ),
-        prompt: str = typer.Option(
+        prompt: PromptVariant = typer.Option(
             "compact",
             "--prompt",
             help="Supporter prompt variant to train on: compact (short student prompt without "
@@ -69,9 +71,7 @@ def register(app: typer.Typer) -> None:
             "`csc evaluate --split test`).",
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the dialogue split."),
-        lang: str | None = typer.Option(
-            None, "--lang", help="en or zh (default: detected from the data)."
-        ),
+        lang: Language | None = LangOption,
         limit: int | None = typer.Option(
             None, "--limit", min=1, help="Read only the first N dialogues of the data file."
         ),
@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
             "zero-shot | direct | optimized:PATH.json | finetuned:DIR. It runs on the train "
             "split only; validation and test rows keep gold targets.",
         ),
-        targets: str | None = typer.Option(
+        targets: SftTargets | None = typer.Option(
             None,
             "--targets",
             help="gold (the dialogues' own), teacher (the teacher's outputs) or both (gold "
@@ -126,20 +126,9 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from csc.data.errors import DataFormatError
-        from csc.finetune.export import (
-            TARGETS,
-            TASKS,
-            ExportError,
-            export_sft,
-            write_split_dialogues,
-        )
+        from csc.finetune.export import ExportError, export_sft, write_split_dialogues
         from csc.framework import FrameworkError
-        from csc.signatures.supporter import PROMPT_VARIANTS
 
-        if task not in TASKS:
-            fail(f"--task must be one of {', '.join(TASKS)}")
-        if targets is not None and targets not in TARGETS:
-            fail(f"--targets must be one of {', '.join(TARGETS)}")
         teacher_spec = None
         if teacher is not None:
             from csc.cli.common import resolve_lm_settings
@@ -149,10 +138,6 @@ def register(app: typer.Typer) -> None:
             teacher_spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
         elif teacher_lm or api_base or drop_disagreeing:
             fail("--teacher-lm, --api-base and --drop-disagreeing need --teacher SPEC")
-        if prompt not in PROMPT_VARIANTS:
-            fail(f"--prompt must be one of {', '.join(PROMPT_VARIANTS)}")
-        if lang not in (None, "en", "zh"):
-            fail("--lang must be en or zh")
         if not data.exists():
             fail(f"{data}: no such file or folder")
         if test_out is not None and (
@@ -167,16 +152,16 @@ def register(app: typer.Typer) -> None:
                 out,
                 format=data_format,
                 framework=framework,
-                task=task,  # type: ignore[arg-type]
+                task=task,
                 val_fraction=val_fraction,
                 test_fraction=test_fraction,
                 seed=seed,
-                language=lang,  # type: ignore[arg-type]
+                language=lang,
                 limit=limit,
                 splits=splits,
                 overwrite=overwrite,
-                prompt=prompt,  # type: ignore[arg-type]
-                targets=targets,  # type: ignore[arg-type]
+                prompt=prompt,
+                targets=targets,
                 teacher=teacher,
                 teacher_lm=teacher_spec,
                 concurrency=concurrency,
@@ -273,7 +258,7 @@ def register(app: typer.Typer) -> None:
         max_steps: int | None = typer.Option(
             None, "--max-steps", min=1, help="Override trainer.max_steps of the recipe."
         ),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        device: Device = typer.Option("auto", "--device", help="auto: CUDA when a GPU is visible."),
     ) -> None:
         """Train a LoRA adapter with TRL's SFTTrainer (serve it as `finetuned:OUT`).
 
@@ -285,8 +270,6 @@ def register(app: typer.Typer) -> None:
         from csc.finetune.recipes import Recipe, RecipeError
         from csc.finetune.train import FinetuneError, train
 
-        if device not in ("auto", "cpu", "cuda"):
-            fail("--device must be auto, cpu or cuda")
         try:
             parsed = Recipe.load(recipe)
             result = train(
@@ -295,7 +278,7 @@ def register(app: typer.Typer) -> None:
                 out,
                 resume=resume,
                 max_steps=max_steps,
-                device=device,  # type: ignore[arg-type]
+                device=device,
             )
         except (FinetuneError, RecipeError) as exc:
             fail(str(exc))

@@ -88,7 +88,7 @@ def _history(language: str = "en") -> DialogueHistory:
 
 
 def _reply_messages(language: str = "en", history: DialogueHistory | None = None) -> list[dict]:
-    sig = response_generation_signature(None, language)
+    sig = response_generation_signature(language)
     inputs = {
         "history": history if history is not None else _history(language),
         "strategy": "EM",
@@ -98,7 +98,7 @@ def _reply_messages(language: str = "en", history: DialogueHistory | None = None
 
 
 def _response(text: str, language: str = "en") -> str:
-    return dspy.ChatAdapter().parse(response_generation_signature(None, language), text)["response"]
+    return dspy.ChatAdapter().parse(response_generation_signature(language), text)["response"]
 
 
 # --------------------------------------------------------------------------- plans

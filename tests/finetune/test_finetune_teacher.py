@@ -273,11 +273,13 @@ def test_cli_exports_teacher_targets_and_reports_agreement(tmp_path: Path, monke
     for bad, needle in (
         ([*args, "--targets", "teacher", "--overwrite"], "needs a teacher"),
         ([*args, "--teacher-lm", "fake-teacher", "--overwrite"], "need --teacher SPEC"),
-        ([*args, "--targets", "mine"], "--targets must be one of"),
     ):
         res = CliRunner().invoke(app, bad)
         assert res.exit_code == 1 and needle in res.output, res.output
         assert "Traceback" not in res.output
+    # A value outside the choice is Click's usage error (exit 2), listing the choices.
+    res = CliRunner().invoke(app, [*args, "--targets", "mine"])
+    assert res.exit_code == 2 and "gold" in res.output and "Traceback" not in res.output
 
 
 @pytest.mark.slow
