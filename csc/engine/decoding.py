@@ -26,7 +26,7 @@ from csc.engine.structure import Choice, Fixed, Grammar, OutputPlan, ReplyGuard,
 _NEG_INF = float("-inf")
 # How many times one free-text value may lose an opening label ("Supporter [IV]:", "My next
 # response will be:") before the rest is kept as it is.
-MAX_DROPPED_OPENINGS = 3
+MAX_DROPPED_OPENINGS = 6
 # Echo of the prompt in a reply (transcript requests only). Widths count a CJK character as 2,
 # so one threshold fits English and Chinese. A value that opens with a copy of the prompt this
 # wide (or with a whole line of it: an input value, a strategy definition) loses that opening; a
@@ -501,6 +501,13 @@ class RowDecoder:
         match = self._guard.line.search(self._text)
         if match is not None:
             self._cut_at(match.start())
+            return
+        talk = self._guard.task_talk.search(self._text)
+        if talk is not None:
+            if self._text[: talk.start()].strip():
+                self._cut_at(talk.start())
+            elif self._dropped_openings < MAX_DROPPED_OPENINGS:
+                self._drop_opening()
             return
         self._police_copy()
 

@@ -282,6 +282,16 @@ def test_a_long_copy_inside_a_reply_is_taken_back_and_rewritten(vocab) -> None:
     assert vocab.tokenizer.decode(decoder.context) == decoder.text()
 
 
+def test_sentences_about_the_task_are_not_replies(vocab) -> None:
+    plan = plan_for_request(_reply_messages("en"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    wishes = ["Your next reply will be in 1 sentence.", "We fix it."]
+    assert _response(_wishing(decoder, vocab, wishes)) == "We fix it."
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    text = _scripted(decoder, vocab, "Sure. The conversation so far is short.")
+    assert _response(text) == "Sure."
+
+
 def test_speaker_label_stays_in_the_models_view(vocab) -> None:
     """A dropped label is omitted from the answer but kept in what the model has read."""
     plan = plan_for_request(_reply_messages("en"))
