@@ -25,7 +25,7 @@ from csc.framework import Framework, Language
 from csc.programs.rolecs_judge import RoleCSJudge
 from csc.programs.rolecs_policy import StrategyPolicy, policy_definitions
 from csc.signatures.rolecs import rolecs_signatures
-from csc.signatures.types import DialogueHistory
+from csc.signatures.types import DialogueHistory, type_demo_histories
 from csc.usage import usage_label
 
 DEFAULT_MAX_UTTERANCES = 50
@@ -104,6 +104,8 @@ class RoleCS(dspy.Module):
         min_utterances: a customer's "finished" before this many utterances is ignored (and
             marked ``finish_ignored`` on the turn), so a weak customer model cannot end a dialogue
             right after the greeting; 0 turns the rule off.
+
+    ``RoleCS(...).load("P.json")`` runs compiled supporter agents (see :meth:`load_state`).
     """
 
     def __init__(
@@ -139,6 +141,21 @@ class RoleCS(dspy.Module):
         self.token_budgets = dict(token_budgets or {})
         self.min_utterances = min_utterances
         self._definitions = policy_definitions(self.framework, language)
+
+    def load_state(self, state: dict, **kwargs: Any) -> None:
+        """Load saved agent state (``program.load("P.json")``). A state that holds only some of
+        the agents — :class:`~csc.programs.rolecs_agents.RoleCSAgents`, saved by ``csc optimize
+        --program rolecs``, holds the supporter assistant and the supporter — replaces those and
+        leaves the others as they are; a state holding none of them is an error."""
+        own = self.dump_state()
+        present = [name for name in own if name in state]
+        if not present:
+            raise ValueError(
+                f"the saved state holds none of the RoleCS agents ({', '.join(own)}); save one "
+                "with `csc optimize --program rolecs`"
+            )
+        super().load_state({**own, **{name: state[name] for name in present}}, **kwargs)
+        type_demo_histories(self)
 
     # ------------------------------------------------------------------ calls
     def _call(

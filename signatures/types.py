@@ -51,3 +51,13 @@ class DialogueHistory(dspy.Type):
 
     def __len__(self) -> int:
         return len(self.turns)
+
+
+def type_demo_histories(module: dspy.Module) -> None:
+    """Turn the JSON histories of a loaded program's demos back into :class:`DialogueHistory`
+    values, so a demo renders like a live history (``program.load`` reads them as dicts)."""
+    for _, predictor in module.named_predictors():
+        for demo in predictor.demos:
+            value = demo.get("history") if hasattr(demo, "get") else None
+            if isinstance(value, dict):
+                demo["history"] = DialogueHistory.model_validate(value)
