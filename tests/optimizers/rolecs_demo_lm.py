@@ -118,3 +118,51 @@ def labelled_dialogues(n: int) -> list[Dialogue]:
         )
         for i in range(n)
     ]
+
+
+class RoleCSRecorder:
+    """Engine of a scripted RoleCS cast that records every prompt: the supporter assistant answers
+    GT, IV, PR, then AC by the number of supporter turns so far; the customer never ends."""
+
+    STRATEGIES = ("GT", "IV", "PR", "AC")
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, list[tuple[str, str]]]] = []
+
+    def complete(self, request):  # type: ignore[no-untyped-def]
+        system = (
+            request.system
+            if isinstance(request.system, str)
+            else "".join(p.text for p in request.system or [])
+        )
+        messages = [(m.role, m.text or "") for m in request.messages]
+        self.requests.append((system, messages))
+        history = field_value(messages[-1][1], "history") or ""
+        n_support = len(re.findall(r"^Supporter", history, re.M))
+        if "You plan a realistic" in system:
+            answers = {"scenario": "A customer lost a card.", "goal": "block the card"}
+        elif "You coach a customer-support agent" in system:
+            code = self.STRATEGIES[min(n_support, len(self.STRATEGIES) - 1)]
+            answers = {"stage": "connecting", "strategy": code}
+        elif "You are a professional customer-support agent" in system:
+            answers = {"reply": f"Supporter reply number {n_support + 1}."}
+        elif "You direct a simulated customer" in system:
+            answers = {"direction": "Ask what happens next."}
+        elif "You play the customer" in system:
+            answers = {"utterance": "What happens next?", "finished": "false", "reason": "waiting"}
+        else:
+            raise AssertionError(f"unexpected prompt: {system[:200]}")
+        text = "\n\n".join(f"[[ ## {k} ## ]]\n{v}" for k, v in answers.items())
+        return Response(
+            id=None,
+            model="rolecs-recorder",
+            message=Message.assistant([TextPart(text + "\n\n[[ ## completed ## ]]")]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=10, output_tokens=2, total_tokens=12),
+        )
+
+
+def rolecs_recorder_lm() -> tuple[dspy.LM, RoleCSRecorder]:
+    """The scripted RoleCS LM and its engine (whose ``requests`` record every prompt)."""
+    engine = RoleCSRecorder()
+    return dspy.LM("fake/rolecs-recorder", engine=engine, cache=False), engine

@@ -7,7 +7,13 @@ import json
 
 import dspy
 import pytest
-from rolecs_demo_lm import NO_STRATEGY_REPLY, agent_demo_lm, field_value, labelled_dialogues
+from rolecs_demo_lm import (
+    NO_STRATEGY_REPLY,
+    agent_demo_lm,
+    field_value,
+    labelled_dialogues,
+    rolecs_recorder_lm,
+)
 
 from csc.data.profiles import CustomerProfile
 from csc.eval.examples import split_dialogues
@@ -150,31 +156,14 @@ def _program_with_demo(tmp_path, reply: str):
     return save_program(program, tmp_path / "agents.json", meta)
 
 
-def _recording_script_lm(prompts: list):
-    """ScriptedLM that keeps every prompt it answers."""
-    from rolecs_fakes import Script, ScriptedLM
-
-    script = Script(strategies=["GT", "IV", "PR", "AC"])
-
-    def respond(messages):
-        prompts.append(messages)
-        return script(messages)
-
-    return ScriptedLM(respond)
-
-
 @pytest.fixture()
 def fake_lms(monkeypatch):
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parents[1] / "programs"))  # rolecs_fakes
+    """Every LM the CLI builds is the scripted RoleCS cast; yields the prompts it answered."""
     import csc.lm
 
-    prompts: list = []
-    monkeypatch.setattr(csc.lm, "build_lm", lambda spec, **kw: _recording_script_lm(prompts))
-    yield prompts
-    sys.path.remove(str(Path(__file__).parents[1] / "programs"))
+    lm, engine = rolecs_recorder_lm()
+    monkeypatch.setattr(csc.lm, "build_lm", lambda spec, **kw: lm)
+    return engine.requests
 
 
 def _synthesize(out, *extra):
@@ -193,13 +182,15 @@ def test_synthesize_sends_the_saved_demos(tmp_path, fake_lms):
     result = _synthesize(tmp_path / "with", "--program", str(program))
     assert result.exit_code == 0, result.output
     supporter_prompts = [
-        m for m in fake_lms if "You are a professional customer-support agent" in m[0]["content"]
+        messages
+        for system, messages in fake_lms
+        if "You are a professional customer-support agent" in system
     ]
     assert supporter_prompts
     # The demo reaches the supporter as a conversation turn before every question.
     assert all(
-        any(field_value(m["content"], "reply") == marker for m in p[1:-1])
-        for p in supporter_prompts
+        any(field_value(text, "reply") == marker for _, text in messages[:-1])
+        for messages in supporter_prompts
     )
     summary = json.loads((tmp_path / "with" / "summary.json").read_text())
     assert summary["program"] == {"path": str(program), "sha256": data_sha256(program)}
@@ -210,7 +201,7 @@ def test_synthesize_sends_the_saved_demos(tmp_path, fake_lms):
     fake_lms.clear()
     result = _synthesize(tmp_path / "without")
     assert result.exit_code == 0, result.output
-    assert fake_lms and not any(marker in m["content"] for p in fake_lms for m in p)
+    assert fake_lms and not any(marker in text for _, messages in fake_lms for _, text in messages)
     summary = json.loads((tmp_path / "without" / "summary.json").read_text())
     assert summary["program"] is None
     assert (
