@@ -140,19 +140,14 @@ def train_and_evaluate(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Export, train and evaluate every (language, variant); returns the results."""
-    from transformers import AutoTokenizer
-
+    from csc.engine.model_store import base_source, load_tokenizer
     from csc.finetune.export import export_sft
-    from csc.finetune.train import resolve_base_model
 
     out = Path(args.out)
     if out.exists() and args.fresh:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    ref = resolve_base_model("local")
-    tokenizer = AutoTokenizer.from_pretrained(
-        ref.path, **({"gguf_file": ref.gguf_file} if ref.gguf_file else {})
-    )
+    tokenizer = load_tokenizer(base_source("local"))  # what training and serving use
     results: dict[str, Any] = {
         "load_before": os.getloadavg(),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

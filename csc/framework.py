@@ -11,12 +11,21 @@ import unicodedata
 from functools import cached_property, lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 Language = Literal["en", "zh"]
+LANGUAGES: tuple[Language, ...] = get_args(Language)
+
+
+def check_language(language: str) -> Language:
+    """``language`` itself if it is ``en`` or ``zh``, else a ValueError naming both."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
+    return language  # type: ignore[return-value]
+
 
 BUILTIN_FRAMEWORKS = ("csc", "esc")
 

@@ -35,17 +35,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROLES: tuple[str, ...] = (
+AGENT_ROLES: tuple[str, ...] = (
     "planner",
     "supporter_assistant",
     "supporter",
     "customer_assistant",
     "customer",
     "judge",
-    "rewriter",
-    "prefilter",
-    "labeler",
 )
+"""The LM roles RoleCS synthesis uses."""
+ROLES: tuple[str, ...] = (*AGENT_ROLES, "rewriter", "prefilter", "labeler")
+"""Every role an LM can be configured for (the rewriting pipeline adds three)."""
 DEFAULT_LM = "local"
 CONFIG_FILES = ("csc.toml", "csc.yaml", "csc.yml")
 CONFIG_SECTIONS = ("lm",)  # top-level sections of csc.toml / csc.yaml

@@ -41,7 +41,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -53,11 +53,13 @@ from dspy.utils.usage_tracker import UsageTracker
 __all__ = [
     "Usage",
     "UsageMeter",
+    "add_role_usage",
     "format_usage",
     "labelled_usage_of",
     "litellm_cost",
     "meter",
     "meters_of",
+    "reported_tokens",
     "usage_label",
     "usage_of",
 ]
@@ -104,6 +106,34 @@ class Usage:
         data["cost_usd"] = None if self.cost_usd is None else round(self.cost_usd, 6)
         data["total_tokens"] = self.total_tokens
         return data
+
+
+def reported_tokens(entries: Iterable[Mapping[str, Any]]) -> Usage:
+    """Token totals of usage entries as DSPy reports them: per call (a usage tracker's entries)
+    or per LM (``Prediction.get_lm_usage()``, ``track_usage().get_total_tokens()``) alike."""
+    usage = Usage()
+    for entry in entries:
+        usage.prompt_tokens += _int(entry.get("prompt_tokens"))
+        usage.completion_tokens += _int(entry.get("completion_tokens"))
+        details = entry.get("prompt_tokens_details") or {}
+        if isinstance(details, dict):
+            usage.cached_prompt_tokens += _int(details.get("cached_tokens"))
+    return usage
+
+
+def add_role_usage(
+    totals: dict[str, dict[str, int]],
+    role: str,
+    entries: Iterable[Mapping[str, Any]],
+    calls: int,
+) -> None:
+    """Add ``calls`` and the tokens of ``entries`` to ``totals[role]``, the per-role
+    ``{calls, prompt_tokens, completion_tokens}`` record a generated dialogue carries."""
+    tokens = reported_tokens(entries)
+    entry = totals.setdefault(role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0})
+    entry["calls"] += calls
+    entry["prompt_tokens"] += tokens.prompt_tokens
+    entry["completion_tokens"] += tokens.completion_tokens
 
 
 class _CallTracker(UsageTracker):
@@ -167,19 +197,14 @@ class UsageMeter(BaseCallback):
             # ValueError: a different context (should not happen); leave it be.
             with contextlib.suppress(ValueError):
                 thread_local_overrides.reset(call.token)
-        usage = Usage(lm_seconds=end - call.start)
+        usage = reported_tokens(call.tracker.entries)
+        usage.lm_seconds = end - call.start
         if exception is not None:
             usage.failed_calls = 1
         elif call.tracker.entries:
             usage.calls = 1
         else:
             usage.cached_calls = 1  # DSPy reports no usage for a response from its cache
-        for entry in call.tracker.entries:
-            usage.prompt_tokens += _int(entry.get("prompt_tokens"))
-            usage.completion_tokens += _int(entry.get("completion_tokens"))
-            details = entry.get("prompt_tokens_details") or {}
-            if isinstance(details, dict):
-                usage.cached_prompt_tokens += _int(details.get("cached_tokens"))
         key = (call.model, call.label)
         with self._lock:
             self._totals[key] = self._totals.get(key, Usage()) + usage

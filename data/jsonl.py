@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from csc.data.errors import Hint, RecordLocation
 from csc.data.records import iter_jsonl
@@ -88,12 +90,50 @@ def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> int:
     return count
 
 
-class JsonlWriter:
-    """Append dialogues to a JSONL file one line at a time, durable after each ``write``.
+def drop_torn_line(path: str | Path) -> int:
+    """Cut an incomplete last line (no final newline) left by a process killed mid-write.
 
-    Every line is flushed and fsynced, so a process killed mid-run loses at most the dialogue it
-    was writing. Opening in append mode repairs such a kill: a trailing partial line (no final
-    newline) is cut off with a warning, so the file stays valid JSONL and the run can resume::
+    Every append-only JSONL file of csc (run outputs, failure logs, resume caches, training logs)
+    is repaired this way before it is read or appended to, so it stays valid JSONL and the work of
+    that line is redone. Warns and returns the number of bytes cut (0 when the file is whole or
+    missing).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        # Walk back to the last newline; everything after it is an interrupted write.
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            f.seek(pos - step)
+            cut = f.read(step).rfind(b"\n")
+            if cut >= 0:
+                pos = pos - step + cut + 1
+                break
+            pos -= step
+        f.truncate(pos)
+    warnings.warn(
+        f"{path}: dropped an incomplete last line ({size - pos} bytes) left by an interrupted "
+        "write; its work will be redone",
+        stacklevel=2,
+    )
+    return size - pos
+
+
+class JsonlWriter:
+    """Append records to a JSONL file one line at a time, durable after each ``write``.
+
+    A record is a :class:`Dialogue` (or any pydantic model) or a JSON-ready dict. Every line is
+    flushed and fsynced, so a process killed mid-run loses at most the record it was writing.
+    Opening in append mode repairs such a kill with :func:`drop_torn_line`, so the file stays
+    valid JSONL and the run can resume::
 
         with JsonlWriter("out/rolecs.jsonl") as out:
             for dialogue in simulate():
@@ -105,49 +145,29 @@ class JsonlWriter:
         self.append = append
         self.written = 0
         self._file: Any = None
+        self._lock = threading.Lock()
 
     def open(self) -> JsonlWriter:
         """Open the file (also done by ``with``)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.append and self.path.exists():
-            self._drop_partial_line()
+        if self.append:
+            drop_torn_line(self.path)
         self._file = self.path.open("a" if self.append else "w", encoding="utf-8")
         return self
 
-    def _drop_partial_line(self) -> None:
-        with self.path.open("rb+") as f:
-            size = f.seek(0, os.SEEK_END)
-            if size == 0:
-                return
-            f.seek(size - 1)
-            if f.read(1) == b"\n":
-                return
-            # Walk back to the last newline; everything after it is an interrupted write.
-            pos = size
-            while pos > 0:
-                step = min(65536, pos)
-                f.seek(pos - step)
-                chunk = f.read(step)
-                cut = chunk.rfind(b"\n")
-                if cut >= 0:
-                    pos = pos - step + cut + 1
-                    break
-                pos -= step
-            warnings.warn(
-                f"{self.path}: dropped an incomplete last line ({size - pos} bytes) left by an "
-                "interrupted write",
-                stacklevel=3,
-            )
-            f.truncate(pos)
-
-    def write(self, dialogue: Dialogue) -> None:
-        """Append one dialogue as a line, then flush and fsync."""
+    def write(self, record: BaseModel | dict[str, Any]) -> None:
+        """Append one record as a line, then flush and fsync (safe from several threads)."""
         if self._file is None:
             raise RuntimeError("JsonlWriter is not open; use it as a context manager")
-        self._file.write(dialogue.model_dump_json() + "\n")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self.written += 1
+        if isinstance(record, BaseModel):
+            line = record.model_dump_json()
+        else:
+            line = json.dumps(record, ensure_ascii=False, default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self.written += 1
 
     def close(self) -> None:
         """Close the file."""

@@ -9,6 +9,12 @@ reference and/or generated context, and :func:`write_comparison` writes::
     compare.json  the numbers plus what produced them (data, LM, limits, timings)
     compare.png   grouped bar chart of the quality metrics
     report.html   the table and chart plus every supporter's turns side by side (csc.eval.viewer)
+
+Next to quality and per-turn cost, every row says where the supporter's knowledge came from
+(:func:`knowledge_source`: ``none`` for zero-shot, ``prompt demos`` / ``prompt instructions`` for
+an optimized program, ``gold SFT`` / ``teacher SFT`` / ``gold+teacher SFT`` for a fine-tuned
+adapter) and the one-time cost of making it (LM tokens and wall time of optimization, or of the
+data export plus training), read from the program's or adapter's metadata.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from csc.choices import CONTEXT_NAMES
+from csc.eval.report import format_value
+
 # Column order of the table: quality metrics as in the paper, then cost.
 METRIC_COLUMNS: tuple[str, ...] = ("B-2", "B-4", "R-L", "BS", "ACC", "F1")
 COST_COLUMNS: tuple[str, ...] = (
@@ -30,12 +39,8 @@ COST_COLUMNS: tuple[str, ...] = (
     "cost_usd",
     "latency_s",
 )
-CONTEXT_NAMES = {
-    "ref": "reference",
-    "gen": "generated",
-    "reference": "reference",
-    "generated": "generated",
-}
+# Where the knowledge came from and the one-time cost of making it (see knowledge_source).
+KNOWLEDGE_COLUMNS: tuple[str, ...] = ("knowledge", "made_tok", "made_s")
 # Harness metric keys -> table columns.
 _HARNESS_KEYS = {
     "B-2": "bleu2",
@@ -69,6 +74,12 @@ class ComparisonRow:
     lm_usage: dict[str, Any] | None = None  # this invocation's calls (csc.usage), uncached turns
     # Supporter prompt variant (full | compact, see csc.signatures.supporter); None: unknown.
     prompt: str | None = None
+    # Where the supporter's knowledge came from, and the one-time cost of making it: LM tokens
+    # and wall seconds (None: not recorded), with the breakdown (see knowledge_source).
+    knowledge: str | None = None
+    making_tokens: int | None = None
+    making_s: float | None = None
+    making: dict[str, Any] | None = None
 
     def cells(self) -> dict[str, Any]:
         """The row as flat table cells, in column order."""
@@ -84,6 +95,9 @@ class ComparisonRow:
             "cost_usd": self.cost_usd,
             "latency_s": self.latency_s,
             "prompt": self.prompt,
+            "knowledge": self.knowledge,
+            "made_tok": self.making_tokens,
+            "made_s": self.making_s,
         }
 
 
@@ -129,16 +143,20 @@ def parse_supporter_args(values: Sequence[str]) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- output
 def _fmt(value: Any, digits: int = 2) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
+    return format_value(value, digits, missing="–")
 
 
 def markdown_table(comparison: Comparison) -> str:
     """The comparison as a Markdown table, best value per context and metric in bold."""
-    header = ["supporter", "context", "turns", *METRIC_COLUMNS, *COST_COLUMNS, "prompt"]
+    header = [
+        "supporter",
+        "context",
+        "turns",
+        *METRIC_COLUMNS,
+        *COST_COLUMNS,
+        "prompt",
+        *KNOWLEDGE_COLUMNS,
+    ]
     values: dict[tuple[str, str], list[float]] = {}
     for row in comparison.rows:
         for name in METRIC_COLUMNS:
@@ -164,6 +182,9 @@ def markdown_table(comparison: Comparison) -> str:
             _fmt(cells["cost_usd"], 6),
             _fmt(cells["latency_s"], 2),
             _fmt(cells["prompt"]),
+            _fmt(cells["knowledge"]),
+            _fmt(cells["made_tok"]),
+            _fmt(cells["made_s"], 1),
         ]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
@@ -179,6 +200,7 @@ def write_csv(comparison: Comparison, path: Path) -> None:
         *METRIC_COLUMNS,
         *COST_COLUMNS,
         "prompt",
+        *KNOWLEDGE_COLUMNS,
     ]
     with path.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
@@ -255,7 +277,12 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
         "price); latency_s: mean seconds per supporter turn. Turns answered from DSPy's response "
         "cache cost 0 tokens; prompt: the supporter's prompt variant (full, or compact: the "
         "student prompt without the framework's definitions that a fine-tuned supporter was "
-        "trained on).\n"
+        "trained on); knowledge: where the supporter's knowledge came from (none: zero-shot; "
+        "prompt demos / prompt instructions: an optimized program; gold SFT / teacher SFT / "
+        "gold+teacher SFT: an adapter fine-tuned on the dialogues' own targets or a teacher's "
+        "outputs); made_tok / made_s: the one-time cost of making it, LM tokens and wall seconds "
+        "(optimization; or the data export, its teacher's optimization if recorded, and "
+        "training; – where not recorded); the breakdown is in compare.json.\n"
     )
     paths["md"].write_text(
         "# Supporter comparison\n\n" + "\n".join(notes) + "\n" + markdown_table(comparison),
@@ -275,10 +302,15 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
 
 
 def rows_from_result(
-    name: str, spec: str, result: Any, lm: str = "", prompt: str | None = None
+    name: str,
+    spec: str,
+    result: Any,
+    lm: str = "",
+    prompt: str | None = None,
+    knowledge: KnowledgeSource | None = None,
 ) -> list[ComparisonRow]:
     """Comparison rows (one per context) from a harness ``EvaluationResult``; ``prompt`` is the
-    supporter's prompt variant."""
+    supporter's prompt variant, ``knowledge`` where its knowledge came from."""
     from csc.usage import Usage, litellm_cost
 
     rows: list[ComparisonRow] = []
@@ -306,9 +338,145 @@ def rows_from_result(
                 cost_usd=_per_turn(cost, n),
                 lm_usage=metrics.get("lm_usage"),
                 prompt=prompt,
+                knowledge=knowledge.label if knowledge else None,
+                making_tokens=knowledge.tokens if knowledge else None,
+                making_s=knowledge.seconds if knowledge else None,
+                making=knowledge.parts if knowledge else None,
             )
         )
     return rows
+
+
+# ---------------------------------------------------------------------------- knowledge
+@dataclass
+class KnowledgeSource:
+    """Where a supporter's knowledge came from and the one-time cost of making it.
+
+    ``tokens`` are LM tokens (prompt + completion) spent making it: the optimizer's calls, or a
+    teacher's calls while exporting its data (0 for gold targets); ``seconds`` is wall time
+    (optimization, or export plus training). Either is None where the metadata does not record
+    it. ``parts`` holds the breakdown (``optimization``, ``teacher_optimization``, ``data``,
+    ``training``).
+    """
+
+    label: str
+    tokens: int | None = None
+    seconds: float | None = None
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+_TARGET_LABELS = {"gold": "gold SFT", "teacher": "teacher SFT", "both": "gold+teacher SFT"}
+
+
+def knowledge_source(
+    spec: str, metadata: dict[str, Any] | None = None, program: Any = None
+) -> KnowledgeSource:
+    """Where the supporter ``spec`` got its knowledge, from its metadata.
+
+    * ``zero-shot`` / ``direct`` — ``none``, nothing to make;
+    * ``optimized:P.json`` — ``prompt demos`` (the compiled program has few-shot demos) or
+      ``prompt instructions`` (none: only instructions were rewritten); the optimization's
+      tokens and seconds from the sidecar (``metadata``, else ``P.meta.json``);
+    * ``finetuned:DIR`` — ``gold SFT``, ``teacher SFT`` or ``gold+teacher SFT`` from the targets
+      its export used (``DIR/csc_finetune.json``, else the export's ``export.json``); the cost
+      is the export's (teacher tokens and wall time), the teacher's own optimization when the
+      teacher was an optimized program whose sidecar is still there, and training's wall time.
+    """
+    head, _, arg = spec.partition(":")
+    if head == "optimized" and arg:
+        return _optimized_knowledge(arg, metadata, program)
+    if head == "finetuned" and arg:
+        return _finetuned_knowledge(Path(arg))
+    return KnowledgeSource("none", 0, 0.0)
+
+
+def _optimization_cost(meta: dict[str, Any]) -> dict[str, Any]:
+    usage = meta.get("lm_usage") or {}
+    tokens = usage.get("total_tokens")
+    if tokens is None and ("prompt_tokens" in meta or "completion_tokens" in meta):
+        tokens = int(meta.get("prompt_tokens") or 0) + int(meta.get("completion_tokens") or 0)
+    seconds = meta.get("seconds", meta.get("wall_time_s"))
+    return {
+        "optimizer": meta.get("optimizer"),
+        "lm": meta.get("lm"),
+        "tokens": None if tokens is None else int(tokens),
+        "wall_time_s": None if seconds is None else float(seconds),
+    }
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _optimized_knowledge(
+    path: str, metadata: dict[str, Any] | None, program: Any
+) -> KnowledgeSource:
+    from csc.optimizers.store import sidecar_path
+
+    meta = metadata or _read_json(sidecar_path(path))
+    if program is not None:
+        demos = sum(len(p.demos) for p in program.predictors())
+    else:
+        state = _read_json(Path(path))
+        demos = sum(len(v.get("demos") or []) for v in state.values() if isinstance(v, dict))
+    cost = _optimization_cost(meta)
+    label = "prompt demos" if demos else "prompt instructions"
+    return KnowledgeSource(
+        label, cost["tokens"], cost["wall_time_s"], {"optimization": {**cost, "demos": demos}}
+    )
+
+
+def _finetuned_knowledge(run_dir: Path) -> KnowledgeSource:
+    meta = _read_json(run_dir / "csc_finetune.json")
+    data = meta.get("data") or {}
+    export = _read_json(Path(str(data["dir"])) / "export.json") if data.get("dir") else {}
+    targets = data.get("targets") or export.get("targets") or "gold"
+    export_cost = data.get("export_cost") or export.get("cost") or {}
+    teacher = data.get("teacher") or export.get("teacher") or None
+    parts: dict[str, Any] = {}
+    tokens: int | None = 0
+    seconds: float | None = 0.0
+
+    def add(part: str, part_tokens: Any, part_seconds: Any, **extra: Any) -> None:
+        nonlocal tokens, seconds
+        parts[part] = {"tokens": part_tokens, "wall_time_s": part_seconds, **extra}
+        tokens = None if tokens is None or part_tokens is None else tokens + int(part_tokens)
+        seconds = None if seconds is None or part_seconds is None else seconds + part_seconds
+
+    if teacher:
+        file = (teacher.get("program") or {}).get("file")
+        if file and str(teacher.get("spec", "")).startswith("optimized:"):
+            from csc.optimizers.store import sidecar_path
+
+            sidecar = _read_json(sidecar_path(file))
+            if sidecar:
+                cost = _optimization_cost(sidecar)
+                add("teacher_optimization", cost["tokens"], cost["wall_time_s"], file=file)
+    if export_cost:
+        add(
+            "data",
+            int(export_cost.get("prompt_tokens") or 0)
+            + int(export_cost.get("completion_tokens") or 0),
+            export_cost.get("wall_time_s"),
+            targets=targets,
+            teacher=(teacher or {}).get("spec"),
+        )
+    else:  # an export from before its cost was recorded: gold targets made no LM calls
+        add("data", 0 if targets == "gold" else None, None, targets=targets)
+    add(
+        "training",
+        0,
+        meta.get("wall_time_s"),
+        steps=meta.get("steps"),
+        device=meta.get("device"),
+        resumed_from=meta.get("resumed_from"),
+    )
+    label = _TARGET_LABELS.get(str(targets), f"{targets} SFT")
+    return KnowledgeSource(label, tokens, None if seconds is None else round(seconds, 2), parts)
 
 
 def _per_turn(total: Any, n: int) -> float | None:
@@ -360,14 +528,14 @@ def compare_supporters(
 
     import dspy
 
+    from csc.data.turns import as_framework
     from csc.eval.examples import dialogue_language
     from csc.eval.harness import check_unseen, evaluate_supporter, supporter_from_spec
-    from csc.framework import Framework
     from csc.lm import LMSpec, build_lm, lm_name
 
     if not supporters:
         raise CompareError("give at least one supporter to compare")
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    fw = as_framework(framework)
     dialogues = list(dialogues)
     language = language or dialogue_language(dialogues)
     factory = lm_factory or build_lm
@@ -412,7 +580,12 @@ def compare_supporters(
             )
         rows.extend(
             rows_from_result(
-                name, spec, result, lm=lm_name(client), prompt=getattr(sup.program, "prompt", None)
+                name,
+                spec,
+                result,
+                lm=lm_name(client),
+                prompt=getattr(sup.program, "prompt", None),
+                knowledge=knowledge_source(spec, sup.metadata, sup.program),
             )
         )
         if on_result is not None:

@@ -26,10 +26,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dspy
 
+from csc.choices import CONTEXT_NAMES, CONTEXTS, Context
+from csc.data.jsonl import JsonlWriter, drop_torn_line
 from csc.dialogue import Dialogue, Speaker, Turn
 from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
@@ -53,15 +55,6 @@ __all__ = [
     "score_records",
     "supporter_from_spec",
 ]
-
-Context = Literal["reference", "generated"]
-CONTEXTS: tuple[Context, ...] = ("reference", "generated")
-_ALIASES = {
-    "ref": "reference",
-    "gen": "generated",
-    "reference": "reference",
-    "generated": "generated",
-}
 
 
 @dataclass
@@ -132,8 +125,8 @@ def normalize_contexts(context: str | Sequence[str]) -> list[Context]:
     for item in items:
         if item == "both":
             out.extend(CONTEXTS)
-        elif item in _ALIASES:
-            out.append(_ALIASES[item])  # type: ignore[arg-type]
+        elif item in CONTEXT_NAMES:
+            out.append(CONTEXT_NAMES[item])
         else:
             raise ValueError(f"unknown context {item!r}; use ref, gen or both")
     return list(dict.fromkeys(out))
@@ -147,14 +140,15 @@ class _RecordCache:
         self.path = path
         self.lock = threading.Lock()
         self.done: dict[tuple[str, int], PredictionRecord] = {}
+        self.writer: JsonlWriter | None = None
         if path is not None and path.exists():
+            drop_torn_line(path)  # a line cut short by a kill: recompute that example
             for line in path.read_text(encoding="utf-8").splitlines():
                 if not line.strip():
                     continue
                 try:
                     rec = PredictionRecord.from_dict(json.loads(line))
-                except (json.JSONDecodeError, TypeError):
-                    # A line cut short by an interruption: recompute that example.
+                except (json.JSONDecodeError, TypeError):  # an edited line: recompute it
                     continue
                 if rec.error is None:
                     self.done[(rec.dialogue_id, rec.turn_index)] = rec
@@ -167,9 +161,8 @@ class _RecordCache:
             return
         with self.lock:
             self.done[(record.dialogue_id, record.turn_index)] = record
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+            self.writer = self.writer or JsonlWriter(self.path).open()
+        self.writer.write(record.to_dict())
 
 
 # ---------------------------------------------------------------------------- running

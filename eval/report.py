@@ -9,15 +9,24 @@ predicted columns), ``strategy_f1_<context>.png`` (per-strategy F1) and
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from csc.eval.harness import ContextResult, EvaluationResult
+if TYPE_CHECKING:  # the writers only read results; importing the harness would pull in dspy
+    from csc.eval.harness import ContextResult, EvaluationResult
 
-__all__ = ["plot_context", "write_metrics", "write_predictions", "write_report"]
+__all__ = [
+    "HEADLINE_METRICS",
+    "format_value",
+    "plot_context",
+    "write_metrics",
+    "write_predictions",
+    "write_report",
+]
 
-_HEADLINE = [
+HEADLINE_METRICS: list[tuple[str, str]] = [
     ("bleu2", "BLEU-2"),
     ("bleu4", "BLEU-4"),
     ("rougeL", "ROUGE-L"),
@@ -113,11 +122,12 @@ def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "n/a"
+def format_value(value: Any, digits: int = 2, missing: str = "n/a") -> str:
+    """A report cell: a float to ``digits`` places, None or NaN as ``missing``, else the text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
     if isinstance(value, float):
-        return f"{value:.2f}"
+        return f"{value:.{digits}f}"
     return str(value)
 
 
@@ -145,18 +155,18 @@ def write_report(
         f"- Examples: {info.get('selection', 'all supporter turns')}; "
         f"{result.info.get('n_dialogues')} dialogues",
         f"- BERTScore model: `{info.get('bertscore_model')}`",
-        f"- Date: {info.get('date')}; total time {_fmt(info.get('seconds'))} s",
+        f"- Date: {info.get('date')}; total time {format_value(info.get('seconds'))} s",
         "",
         "## Metrics (%)",
         "",
         "| context | "
-        + " | ".join(label for _, label in _HEADLINE)
+        + " | ".join(label for _, label in HEADLINE_METRICS)
         + " | strategy fallbacks | n | errors | time (s) |",
-        "|---|" + "---:|" * (len(_HEADLINE) + 4),
+        "|---|" + "---:|" * (len(HEADLINE_METRICS) + 4),
     ]
     for name, res in result.contexts.items():
         m = res.metrics
-        cells = [_fmt(m.get(key)) for key, _ in _HEADLINE]
+        cells = [format_value(m.get(key)) for key, _ in HEADLINE_METRICS]
         fallbacks = (
             f"{m.get('strategy_fallbacks', 0)} + {m.get('strategy_parse_errors', 0)} unparsed"
         )

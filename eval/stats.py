@@ -36,6 +36,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.framework import Framework
 
@@ -237,7 +238,7 @@ def dialogue_stats(
     ``judged``: the dialogues the filter's pass rates are computed over (default: ``dialogues``;
     the runner passes kept + rejected, since kept ones all passed).
     """
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    fw = as_framework(framework)
     fallback = fw.fallback.code if fw.fallback else None
     n_dialogues = total_turns = min_turns = max_turns = 0
     supporter_turns = labelled_turns = using = 0

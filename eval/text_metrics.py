@@ -18,15 +18,15 @@ import re
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-MetricLanguage = Literal["en", "zh"]
+from csc.framework import Language
 
 # CJK Unified Ideographs (+ extension A and compatibility ideographs), kana and hangul.
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
 
-def detect_language(texts: Iterable[str], sample: int = 2000) -> MetricLanguage:
+def detect_language(texts: Iterable[str], sample: int = 2000) -> Language:
     """``"zh"`` when at least 20% of the non-space characters (of up to ``sample`` texts) are CJK."""
     cjk = total = 0
     for i, text in enumerate(texts):
@@ -128,7 +128,7 @@ def sentence_bleu(
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
-def rouge_tokens(text: str, language: MetricLanguage) -> list[str]:
+def rouge_tokens(text: str, language: Language) -> list[str]:
     """ROUGE tokens: characters for Chinese; for English the rules of rouge-score's default
     tokenizer (lower-case, every run of non-[a-z0-9] characters separates tokens, no stemming),
     re-implemented here because importing rouge_score (and nltk) costs seconds."""
@@ -171,7 +171,7 @@ def rouge_l_scores(
 ) -> list[float]:
     """Per-pair ROUGE-L F1 in [0, 1]."""
     check_pairs(hypotheses, references)
-    lang: MetricLanguage = "zh" if (language or detect_language(references)) == "zh" else "en"
+    lang: Language = "zh" if (language or detect_language(references)) == "zh" else "en"
     return [
         _lcs_f1(rouge_tokens(h, lang), rouge_tokens(r, lang))
         for h, r in zip(hypotheses, references)

@@ -31,9 +31,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from csc.choices import CONTEXT_NAMES
 from csc.data.errors import DataFormatError
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
-from csc.framework import Framework, FrameworkError
+from csc.eval.report import HEADLINE_METRICS, format_value
+from csc.framework import LANGUAGES, Framework, FrameworkError
 
 __all__ = [
     "VIEWER_FILE",
@@ -172,10 +175,8 @@ def framework_legend(framework: Framework, language: str) -> dict[str, Any]:
 
 
 def _load_framework(name: str | Path | Framework) -> Framework:
-    if isinstance(name, Framework):
-        return name
     try:
-        return Framework.load(name)
+        return as_framework(name)
     except FrameworkError as exc:
         raise ViewerError(str(exc)) from None
 
@@ -371,7 +372,7 @@ def _language(dialogues: Iterable[Dialogue]) -> str:
     dialogues = list(dialogues)
     for d in dialogues:
         lang = (d.metadata or {}).get("language")
-        if lang in ("en", "zh"):
+        if lang in LANGUAGES:
             return lang
     from csc.eval.metrics import detect_language
 
@@ -440,12 +441,12 @@ def _run_page(folder: Path, framework: Any, language: str | None, limit: int | N
         except json.JSONDecodeError:
             summary = {}
     lang = language or config.get("language")
-    if lang not in ("en", "zh"):
+    if lang not in LANGUAGES:
         lang = next(
             (
                 i["lang"]
                 for i in ({"lang": _item_language(it)} for it in items[:50])
-                if i["lang"] in ("en", "zh")
+                if i["lang"] in LANGUAGES
             ),
             "en",
         )
@@ -551,7 +552,7 @@ def _evaluation_page(
         }
         items.append(item)
     lang = language or info.get("language")
-    if lang not in ("en", "zh"):
+    if lang not in LANGUAGES:
         lang = _language(dialogues) if dialogues else "en"
     if kind == "compare":
         report = _comparison_report(folder, compare, supporters)
@@ -619,24 +620,6 @@ def _image(path: Path) -> dict[str, str] | None:
     }
 
 
-def _num(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-_METRICS = [
-    ("bleu2", "BLEU-2"),
-    ("bleu4", "BLEU-4"),
-    ("rougeL", "ROUGE-L"),
-    ("bertscore", "BERTScore"),
-    ("acc", "ACC"),
-    ("macro_f1", "Macro-F1"),
-]
-
-
 def _evaluation_report(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Tables and plots of ``csc evaluate``: metrics per context, per-strategy scores (each
     strategy links to its turns in the viewer)."""
@@ -644,13 +627,13 @@ def _evaluation_report(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
     tables = [
         {
             "title": "Metrics (%)",
-            "columns": ["context", *(label for _, label in _METRICS), "n", "errors"],
+            "columns": ["context", *(label for _, label in HEADLINE_METRICS), "n", "errors"],
             "rows": [
                 [
                     {"text": name, "filter": {"context": name}},
-                    *(_num(m.get(key)) for key, _ in _METRICS),
-                    _num(m.get("n_examples")),
-                    {"text": _num(m.get("n_errors")), "filter": {"context": name}},
+                    *(format_value(m.get(key)) for key, _ in HEADLINE_METRICS),
+                    format_value(m.get("n_examples")),
+                    {"text": format_value(m.get("n_errors")), "filter": {"context": name}},
                 ]
                 for name, m in contexts.items()
             ],
@@ -666,11 +649,11 @@ def _evaluation_report(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
                 "rows": [
                     [
                         {"text": code, "filter": {"context": name, "strategy": code}},
-                        _num(v.get("precision"), 1),
-                        _num(v.get("recall"), 1),
-                        _num(v.get("f1"), 1),
-                        _num(v.get("support")),
-                        _num(v.get("predicted")),
+                        format_value(v.get("precision"), 1),
+                        format_value(v.get("recall"), 1),
+                        format_value(v.get("f1"), 1),
+                        format_value(v.get("support")),
+                        format_value(v.get("predicted")),
                         {
                             "text": "show",
                             "filter": {"context": name, "strategy": code, "result": "wrong"},
@@ -715,9 +698,9 @@ def _comparison_report(
                     },
                 },
                 _full_context(row.get("context")),
-                _num(row.get("turns")),
-                *(_num((row.get("metrics") or {}).get(m)) for m in metric_names),
-                _num(row.get("latency_s")),
+                format_value(row.get("turns")),
+                *(format_value((row.get("metrics") or {}).get(m)) for m in metric_names),
+                format_value(row.get("latency_s")),
             ]
             for row in rows
         ],
@@ -727,7 +710,7 @@ def _comparison_report(
 
 
 def _full_context(name: Any) -> str:
-    return {"ref": "reference", "gen": "generated"}.get(str(name), str(name))
+    return CONTEXT_NAMES.get(str(name), str(name))
 
 
 # ---------------------------------------------------------------------------- HTML

@@ -35,6 +35,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from csc.choices import PromptVariant
+
 DEFAULT_RECIPE = "smollm2-135m-lora"
 
 # Keys the trainer section may not set: the training script owns where outputs go.
@@ -81,7 +83,7 @@ class Recipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: Literal["compact", "full"] | None = None
+    prompt: PromptVariant | None = None
     model: ModelSection = Field(default_factory=ModelSection)
     lora: dict[str, Any] = Field(default_factory=dict)
     data: DataSection = Field(default_factory=DataSection)

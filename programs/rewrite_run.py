@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from csc.data.jsonl import JsonlWriter
+from csc.data.jsonl import JsonlWriter, drop_torn_line
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
 from csc.programs.rewrite import RewriteFailure, RewritePipeline
@@ -42,9 +42,7 @@ from csc.programs.rule_filter import RULES, RuleFilterConfig
 from csc.programs.synthesis import (
     RunConfigError,
     _digest,
-    _FailureLog,
     _read_lines,
-    _repair_torn_line,
 )
 
 __all__ = ["RewriteConfig", "RewriteRun", "RunConfigError"]
@@ -174,7 +172,7 @@ class RewriteRun:
         keys: set[str] = set()
         for name in (KEPT_FILE, REJECTED_FILE, DROPPED_FILE):
             path = self.out / name
-            _repair_torn_line(path)
+            drop_torn_line(path)
             for obj in _read_lines(path):
                 key = obj.get("key") or (obj.get("metadata") or {}).get("key")
                 if key:
@@ -212,8 +210,8 @@ class RewriteRun:
 
         kept = JsonlWriter(self.out / KEPT_FILE).open()
         rejected = JsonlWriter(self.out / REJECTED_FILE).open()
-        dropped = _FailureLog(self.out / DROPPED_FILE)
-        failures = _FailureLog(self.out / FAILURES_FILE)
+        dropped = JsonlWriter(self.out / DROPPED_FILE).open()
+        failures = JsonlWriter(self.out / FAILURES_FILE).open()
 
         def process(item: _Item) -> str:
             record: dict[str, Any] | None = None

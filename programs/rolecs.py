@@ -29,15 +29,6 @@ from csc.signatures.types import DialogueHistory, type_demo_histories
 from csc.usage import usage_label
 
 DEFAULT_MAX_UTTERANCES = 50
-AGENT_ROLES: tuple[str, ...] = (
-    "planner",
-    "supporter_assistant",
-    "supporter",
-    "customer_assistant",
-    "customer",
-    "judge",
-)
-"""The LM roles RoleCS uses (a subset of :data:`csc.lm.ROLES`)."""
 
 EMBEDDED_TOKEN_BUDGETS: dict[str, int] = {
     "planner": 160,

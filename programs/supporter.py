@@ -22,6 +22,7 @@ from typing import Any
 
 import dspy
 
+from csc.data.turns import as_framework
 from csc.dialogue import Turn
 from csc.framework import Framework, Language
 from csc.signatures.supporter import (
@@ -47,10 +48,6 @@ __all__ = [
 HistoryLike = DialogueHistory | Sequence[Turn]
 
 
-def _framework(framework: Framework | str) -> Framework:
-    return framework if isinstance(framework, Framework) else Framework.load(framework)
-
-
 def as_history(history: HistoryLike | Mapping[str, Any], language: Language) -> DialogueHistory:
     """A :class:`DialogueHistory` from a history, a list of turns or its JSON form."""
     if isinstance(history, DialogueHistory):
@@ -72,7 +69,7 @@ class _SupporterModule(dspy.Module):
         prompt: PromptVariant = "full",
     ):
         super().__init__()
-        self.framework = _framework(framework)
+        self.framework = as_framework(framework)
         self.language: Language = language
         self.prompt: PromptVariant = check_prompt_variant(prompt)
 
@@ -131,9 +128,7 @@ class Supporter(_SupporterModule):
         self.strategist = dspy.Predict(
             strategy_prediction_signature(self.framework, language, self.prompt)
         )
-        self.responder = dspy.Predict(
-            response_generation_signature(self.framework, language, self.prompt)
-        )
+        self.responder = dspy.Predict(response_generation_signature(language, self.prompt))
 
     def responder_inputs(self, history: DialogueHistory, code: str) -> dict[str, Any]:
         """The responder's inputs for a history and strategy code: the full prompt adds the
@@ -169,9 +164,7 @@ class DirectSupporter(_SupporterModule):
         prompt: PromptVariant = "full",
     ):
         super().__init__(framework, language, prompt)
-        self.responder = dspy.Predict(
-            direct_response_signature(self.framework, language, self.prompt)
-        )
+        self.responder = dspy.Predict(direct_response_signature(language, self.prompt))
         self.labeler = dspy.Predict(
             strategy_labeling_signature(self.framework, language, self.prompt)
         )

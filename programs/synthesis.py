@@ -24,7 +24,6 @@ import os
 import random
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,13 +32,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from csc.data.jsonl import JsonlWriter
+from csc.data.jsonl import JsonlWriter, drop_torn_line
 from csc.data.profiles import CustomerProfile
 from csc.data.topics import Topic
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
-from csc.lm import redact_secrets
-from csc.programs.rolecs import AGENT_ROLES, DialogueFailure, RoleCS
+from csc.lm import AGENT_ROLES, redact_secrets
+from csc.programs.rolecs import DialogueFailure, RoleCS
 from csc.usage import Usage, labelled_usage_of
 
 KEPT_FILE = "dialogues.jsonl"
@@ -212,24 +211,6 @@ def select_shard(items: Sequence[GridItem], shard: tuple[int, int] | None) -> li
 # ----------------------------------------------------------------------------- files
 
 
-def _repair_torn_line(path: Path) -> bool:
-    """Cut an incomplete last line (left by a kill mid-write); True when something was cut."""
-    if not path.exists() or path.stat().st_size == 0:
-        return False
-    data = path.read_bytes()
-    if data.endswith(b"\n"):
-        return False
-    keep = data.rfind(b"\n") + 1
-    with path.open("rb+") as fh:
-        fh.truncate(keep)
-    warnings.warn(
-        f"{path}: dropped an incomplete last line ({len(data) - keep} bytes) left by an "
-        "interrupted run; its dialogue will be redone",
-        stacklevel=2,
-    )
-    return True
-
-
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
     """JSON objects of a JSONL file; a line that cannot be parsed is an error naming it."""
     if not path.exists():
@@ -255,23 +236,6 @@ def read_run_dialogues(out_dir: str | Path, which: str = "kept") -> list[Dialogu
     for name in names[which]:
         result.extend(Dialogue.model_validate(obj) for obj in _read_lines(out / name))
     return result
-
-
-class _FailureLog:
-    """Appends failure records as JSON lines, flushed and fsynced like the dialogue files."""
-
-    def __init__(self, path: Path) -> None:
-        _repair_torn_line(path)
-        self.path = path
-        self._fh = path.open("a", encoding="utf-8")
-
-    def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 # ----------------------------------------------------------------------------- the run
@@ -409,7 +373,7 @@ class SynthesisRun:
         keys: set[str] = set()
         for name in (KEPT_FILE, REJECTED_FILE):
             path = self.out / name
-            _repair_torn_line(path)
+            drop_torn_line(path)
             keys.update(obj["id"] for obj in _read_lines(path) if "id" in obj)
         return keys
 
@@ -457,7 +421,7 @@ class SynthesisRun:
 
         kept_writer = JsonlWriter(self.out / KEPT_FILE).open()
         rejected_writer = JsonlWriter(self.out / REJECTED_FILE).open()
-        failures = _FailureLog(self.out / FAILURES_FILE)
+        failures = JsonlWriter(self.out / FAILURES_FILE).open()
 
         utterances = [0]
 
@@ -742,7 +706,7 @@ def merge_runs(out_dir: str | Path, sources: Sequence[str | Path]) -> dict[str, 
     for src, info in runs:
         for name, bucket in ((KEPT_FILE, kept), (REJECTED_FILE, rejected)):
             path = src / name
-            _repair_torn_line(path)
+            drop_torn_line(path)
             if not path.exists():
                 continue
             with path.open(encoding="utf-8") as fh:

@@ -14,8 +14,9 @@ from functools import lru_cache
 import dspy
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from csc.framework import Framework, Language
-from csc.signatures.types import DialogueHistory
+from csc.data.turns import as_framework
+from csc.framework import Framework, Language, check_language
+from csc.signatures.types import ZH_REASON, ZH_VERDICT, DialogueHistory, localized
 
 __all__ = [
     "POSTFILTER_CRITERIA",
@@ -153,16 +154,14 @@ class RewriteSignatures:
 def _localize(sig: type[dspy.Signature], name: str, language: Language) -> type[dspy.Signature]:
     if language != "zh":
         return sig
-    sig = sig.with_instructions(_ZH_INSTRUCTIONS[name])
-    for field in list(sig.fields):
-        desc = _ZH_FIELD_DESCS.get(field)
-        if desc is None and field.endswith("_reason"):
-            desc = "一句话理由"
-        elif desc is None and field in POSTFILTER_CRITERIA:
-            desc = "通过为 true，不通过为 false"
-        if desc is not None:
-            sig = sig.with_updated_fields(field, desc=desc)
-    return sig
+    return localized(
+        sig,
+        _ZH_INSTRUCTIONS[name],
+        _ZH_FIELD_DESCS,
+        POSTFILTER_CRITERIA,
+        reason_desc=ZH_REASON,
+        verdict_desc=ZH_VERDICT,
+    )
 
 
 def exchange_model(framework: Framework) -> type[BaseModel]:
@@ -196,7 +195,4 @@ def rewrite_signatures(
     framework: Framework | str = "csc", language: Language = "en"
 ) -> RewriteSignatures:
     """The pre-filter, rewriter and post-filter judge signatures for a framework and language."""
-    if language not in ("en", "zh"):
-        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
-    return _build(fw, language)
+    return _build(as_framework(framework), check_language(language))

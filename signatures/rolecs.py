@@ -15,8 +15,9 @@ from functools import lru_cache
 
 import dspy
 
-from csc.framework import Framework, Language
-from csc.signatures.types import DialogueHistory
+from csc.data.turns import as_framework
+from csc.framework import Framework, Language, check_language
+from csc.signatures.types import ZH_REASON, ZH_VERDICT, DialogueHistory, localized
 
 # ----------------------------------------------------------------------------- templates
 
@@ -230,19 +231,16 @@ class RoleCSSignatures:
 
 
 def _localize(name: str, language: Language) -> type[dspy.Signature]:
-    sig = _TEMPLATES[name]
     if language != "zh":
-        return sig
-    sig = sig.with_instructions(_ZH_INSTRUCTIONS[name])
-    for field in list(sig.fields):
-        desc = _ZH_FIELD_DESCS.get(field)
-        if desc is None and field in {f"{c}_reason" for c in JUDGE_CRITERIA}:
-            desc = "一句话理由"
-        elif desc is None and field in JUDGE_CRITERIA:
-            desc = "通过为 true，不通过为 false"
-        if desc is not None:
-            sig = sig.with_updated_fields(field, desc=desc)
-    return sig
+        return _TEMPLATES[name]
+    return localized(
+        _TEMPLATES[name],
+        _ZH_INSTRUCTIONS[name],
+        _ZH_FIELD_DESCS,
+        JUDGE_CRITERIA,
+        reason_desc=ZH_REASON,
+        verdict_desc=ZH_VERDICT,
+    )
 
 
 @lru_cache(maxsize=16)
@@ -267,7 +265,4 @@ def rolecs_signatures(
     framework: Framework | str = "csc", language: Language = "en"
 ) -> RoleCSSignatures:
     """The seven RoleCS signatures for a framework (object, name or YAML path) and language."""
-    if language not in ("en", "zh"):
-        raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
-    return _build(fw, language)
+    return _build(as_framework(framework), check_language(language))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import dspy
 from pydantic import Field
 
 from csc.dialogue import Speaker, Turn
+
+# Chinese descriptions of a judge's per-criterion fields (RoleCS judge, rewrite post-filter).
+ZH_REASON = "一句话理由"
+ZH_VERDICT = "通过为 true，不通过为 false"
 
 _SPEAKER_NAMES = {
     "en": {Speaker.SUPPORTER: "Supporter", Speaker.CUSTOMER: "Customer"},
@@ -61,3 +65,31 @@ def type_demo_histories(module: dspy.Module) -> None:
             value = demo.get("history") if hasattr(demo, "get") else None
             if isinstance(value, dict):
                 demo["history"] = DialogueHistory.model_validate(value)
+
+
+def localized(
+    template: type[dspy.Signature],
+    instructions: str | None = None,
+    descs: Mapping[str, str] | None = None,
+    criteria: Sequence[str] = (),
+    *,
+    reason_desc: str = "",
+    verdict_desc: str = "",
+) -> type[dspy.Signature]:
+    """A signature class template in another language (or prompt variant): the same fields and
+    types, with other ``instructions`` and field descriptions.
+
+    ``descs`` maps field names to descriptions; a judge's ``<criterion>_reason`` and
+    ``<criterion>`` fields not named there get ``reason_desc`` and ``verdict_desc``. Every csc
+    signature is written as a class (its docstring the English prompt) and localized this way.
+    """
+    sig = template if instructions is None else template.with_instructions(instructions)
+    for field in list(sig.fields):
+        desc = (descs or {}).get(field)
+        if desc is None and reason_desc and field in {f"{c}_reason" for c in criteria}:
+            desc = reason_desc
+        elif desc is None and verdict_desc and field in criteria:
+            desc = verdict_desc
+        if desc is not None:
+            sig = sig.with_updated_fields(field, desc=desc)
+    return sig

@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 
 import typer
 
+from csc.choices import EvalSplit
+from csc.framework import Language
 from csc.lm import LMConfigError, LMSettings, load_lm_settings
 
 LM_HELP = (
@@ -28,7 +30,7 @@ ConfigOption = typer.Option(
 
 # Options shared by the commands that read an evaluation dataset (evaluate, compare).
 FrameworkOption = typer.Option("csc", "--framework", help="csc, esc or a framework YAML.")
-LangOption = typer.Option(None, "--lang", help="en or zh (default: detected from the data).")
+LangOption = typer.Option(None, "--lang", help="Default: detected from the data.")
 DataFormatOption = typer.Option(
     None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
 )
@@ -39,7 +41,7 @@ LimitOption = typer.Option(
 SplitOption = typer.Option(
     None,
     "--split",
-    help="all, or test: the held-out dialogues (those of --splits, else the seeded split "
+    help="test: the held-out dialogues (those of --splits, else the seeded split "
     "of --seed). Default: test with --splits, else all.",
 )
 SplitSeedOption = typer.Option(0, "--seed", help="Seed of the train/dev/test split.")
@@ -116,9 +118,9 @@ def load_evaluation_dialogues(
     data: Path,
     data_format: str | None,
     framework: str,
-    split: str | None,
+    split: EvalSplit | None,
     seed: int,
-    lang: str | None,
+    lang: Language | None,
     *,
     limit: int | None = None,
     splits: Path | None = None,
@@ -140,10 +142,6 @@ def load_evaluation_dialogues(
     from csc.framework import Framework, FrameworkError
 
     split = split or ("test" if splits is not None else "all")
-    if split not in ("all", "test"):
-        fail("--split must be all or test")
-    if lang not in (None, "en", "zh"):
-        fail("--lang must be en or zh")
     if not data.exists():
         fail(f"{data}: no such file or folder")
     if splits is not None and split != "test":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from csc.choices import EvalSplit
 from csc.cli.common import (
     AllowSeenOption,
     ApiBaseOption,
@@ -23,6 +24,7 @@ from csc.cli.common import (
     load_evaluation_dialogues,
     resolve_lm_settings,
 )
+from csc.framework import Language
 
 
 def register(app: typer.Typer) -> None:
@@ -46,11 +48,11 @@ def register(app: typer.Typer) -> None:
         api_base: str | None = ApiBaseOption,
         config: Path | None = ConfigOption,
         framework: str = FrameworkOption,
-        lang: str | None = LangOption,
+        lang: Language | None = LangOption,
         data_format: str | None = DataFormatOption,
         context: str = ContextOption,
         limit: int | None = LimitOption,
-        split: str | None = SplitOption,
+        split: EvalSplit | None = SplitOption,
         splits: Path | None = SplitsOption,
         seed: int = SplitSeedOption,
         allow_seen: bool = AllowSeenOption,
@@ -69,7 +71,9 @@ def register(app: typer.Typer) -> None:
         """Compare supporters on the same examples: quality metrics and cost in one table.
 
         Reports B-2, B-4, R-L, BS, ACC, macro-F1, mean tokens and latency per supporter turn for
-        each supporter and context; writes compare.md, compare.csv, compare.json, compare.png.
+        each supporter and context, where its knowledge came from (none, prompt demos, gold SFT,
+        teacher SFT) and the tokens and seconds it took to make (optimization, or data export
+        plus training); writes compare.md, compare.csv, compare.json, compare.png.
         """
         from csc.eval.compare import (
             CompareError,

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 
 from csc.cli.common import echo_json, fail, user_errors
+from csc.data.dianjin import LabelStyle
 
 FORMAT_HELP = "dianjin (.json/.parquet, released format), jsonl (ours), hf (saved dataset folder)"
 FrameworkOption = typer.Option(
@@ -51,10 +52,10 @@ def register(app: typer.Typer) -> None:
         ),
         framework: str = FrameworkOption,
         mapping: Path | None = MappingOption,
-        labels: str = typer.Option(
+        labels: LabelStyle = typer.Option(
             "official",
             "--labels",
-            help="Strategy labels in dianjin output: official (策略5 情感管理), name, or code.",
+            help="Strategy labels in dianjin output: official (策略5 情感管理), name or code.",
         ),
         with_ids: bool = typer.Option(
             False, "--with-ids", help="Add an 'id' field to dianjin output records."
@@ -71,8 +72,6 @@ def register(app: typer.Typer) -> None:
         from csc.data.io import DataFormatError, detect_format, read_dialogues, write_dialogues
         from csc.framework import FrameworkError
 
-        if labels not in ("official", "name", "code"):
-            fail(f"--labels must be official, name or code, got {labels!r}")
         if source.resolve() == target.resolve():
             fail(f"{target}: input and output are the same path; choose another output")
         if target.exists() and not overwrite:
@@ -100,7 +99,7 @@ def register(app: typer.Typer) -> None:
                     target,
                     to_format,
                     framework=framework,
-                    labels=labels,  # type: ignore[arg-type]
+                    labels=labels,
                     include_ids=with_ids,
                 )
         counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import typer
 
+from csc.choices import EvalSplit
 from csc.cli.common import (
     AllowSeenOption,
     ApiBaseOption,
@@ -27,6 +28,7 @@ from csc.cli.common import (
     load_evaluation_dialogues,
     resolve_lm_settings,
 )
+from csc.framework import Language
 
 
 def register(app: typer.Typer) -> None:
@@ -47,11 +49,11 @@ def register(app: typer.Typer) -> None:
         api_base: str | None = ApiBaseOption,
         config: Path | None = ConfigOption,
         framework: str = FrameworkOption,
-        lang: str | None = LangOption,
+        lang: Language | None = LangOption,
         data_format: str | None = DataFormatOption,
         context: str = ContextOption,
         limit: int | None = LimitOption,
-        split: str | None = SplitOption,
+        split: EvalSplit | None = SplitOption,
         splits: Path | None = SplitsOption,
         seed: int = SplitSeedOption,
         allow_seen: bool = AllowSeenOption,

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import echo_json, fail
+from csc.choices import Device, PromptVariant, SftTargets, SftTask
+from csc.cli.common import ApiBaseOption, ConfigOption, LangOption, echo_json, fail
+from csc.framework import Language
 
 
 def register(app: typer.Typer) -> None:
@@ -18,7 +20,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="finetune")
 
     @group.command(
-        "export", epilog="Example: csc finetune export --data data/samples/sample_en.json --out sft"
+        "export",
+        epilog="Example: csc finetune export --data data/samples/sample_en.json --out sft "
+        "--teacher optimized:program.json --teacher-lm openai/gpt-4o-mini --targets teacher",
     )
     def export(
         data: Path = typer.Option(
@@ -42,13 +46,13 @@ def register(app: typer.Typer) -> None:
             None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
         ),
         framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        task: str = typer.Option(
+        task: SftTask = typer.Option(
             "joint",
             "--task",
             help="strategy (predict the next strategy), response (reply given the gold "
             "strategy) or joint (both kinds of rows).",
         ),
-        prompt: str = typer.Option(
+        prompt: PromptVariant = typer.Option(
             "compact",
             "--prompt",
             help="Supporter prompt variant to train on: compact (short student prompt without "
@@ -67,14 +71,45 @@ def register(app: typer.Typer) -> None:
             "`csc evaluate --split test`).",
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the dialogue split."),
-        lang: str | None = typer.Option(
-            None, "--lang", help="en or zh (default: detected from the data)."
-        ),
+        lang: Language | None = LangOption,
         limit: int | None = typer.Option(
             None, "--limit", min=1, help="Read only the first N dialogues of the data file."
         ),
         test_out: Path | None = typer.Option(
             None, "--test-out", help="Also write the test split's dialogues to this JSONL file."
+        ),
+        teacher: str | None = typer.Option(
+            None,
+            "--teacher",
+            help="Teacher supporter whose strategy and reply become the train rows' targets: "
+            "zero-shot | direct | optimized:PATH.json | finetuned:DIR. It runs on the train "
+            "split only; validation and test rows keep gold targets.",
+        ),
+        targets: SftTargets | None = typer.Option(
+            None,
+            "--targets",
+            help="gold (the dialogues' own), teacher (the teacher's outputs) or both (gold "
+            "rows plus teacher rows). Default: teacher with --teacher, else gold.",
+        ),
+        teacher_lm: str | None = typer.Option(
+            None,
+            "--teacher-lm",
+            help="LM of the teacher: local, a LiteLLM model (openai/gpt-4o-mini) or a served "
+            "model with --api-base (default: the configured LM).",
+        ),
+        api_base: str | None = ApiBaseOption,
+        config: Path | None = ConfigOption,
+        max_tokens: int | None = typer.Option(
+            None, "--max-tokens", min=1, help="Completion limit per teacher call."
+        ),
+        concurrency: int = typer.Option(
+            4, "--concurrency", "-c", min=1, help="Concurrent teacher requests."
+        ),
+        drop_disagreeing: bool = typer.Option(
+            False,
+            "--drop-disagreeing",
+            help="Leave out the teacher rows of turns where the teacher's strategy differs from "
+            "the gold label (they are counted either way).",
         ),
     ) -> None:
         """Export dialogues as `messages` SFT data with the supporter's own inference prompts.
@@ -82,21 +117,27 @@ def register(app: typer.Typer) -> None:
         Also writes OUT/splits.json, the dialogue ids of each split: pass it to `csc evaluate`,
         `csc compare` and `csc optimize` with --splits so they never score or compile on the
         train dialogues.
+
+        With --teacher the train rows answer with a teacher supporter's outputs (distillation:
+        a prompt-optimized strong model teaches a small student); its calls are concurrent,
+        cached, and kept in OUT/teacher/ so an interrupted export resumes.
         """
         from rich.console import Console
         from rich.table import Table
 
         from csc.data.errors import DataFormatError
-        from csc.finetune.export import TASKS, ExportError, export_sft, write_split_dialogues
+        from csc.finetune.export import ExportError, export_sft, write_split_dialogues
         from csc.framework import FrameworkError
-        from csc.signatures.supporter import PROMPT_VARIANTS
 
-        if task not in TASKS:
-            fail(f"--task must be one of {', '.join(TASKS)}")
-        if prompt not in PROMPT_VARIANTS:
-            fail(f"--prompt must be one of {', '.join(PROMPT_VARIANTS)}")
-        if lang not in (None, "en", "zh"):
-            fail("--lang must be en or zh")
+        teacher_spec = None
+        if teacher is not None:
+            from csc.cli.common import resolve_lm_settings
+
+            # The LM a teacher without its own (finetuned:DIR brings one) runs on.
+            settings = resolve_lm_settings(config, teacher_lm, api_base)
+            teacher_spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
+        elif teacher_lm or api_base or drop_disagreeing:
+            fail("--teacher-lm, --api-base and --drop-disagreeing need --teacher SPEC")
         if not data.exists():
             fail(f"{data}: no such file or folder")
         if test_out is not None and (
@@ -111,22 +152,31 @@ def register(app: typer.Typer) -> None:
                 out,
                 format=data_format,
                 framework=framework,
-                task=task,  # type: ignore[arg-type]
+                task=task,
                 val_fraction=val_fraction,
                 test_fraction=test_fraction,
                 seed=seed,
-                language=lang,  # type: ignore[arg-type]
+                language=lang,
                 limit=limit,
                 splits=splits,
                 overwrite=overwrite,
-                prompt=prompt,  # type: ignore[arg-type]
+                prompt=prompt,
+                targets=targets,
+                teacher=teacher,
+                teacher_lm=teacher_spec,
+                concurrency=concurrency,
+                drop_disagreeing=drop_disagreeing,
+                progress=True,
             )
             if test_out is not None:
                 n = write_split_dialogues(result, "test", test_out)
                 typer.echo(f"wrote {n} test dialogues to {test_out}")
         except (ExportError, DataFormatError, FrameworkError) as exc:
             fail(str(exc))
-        table = Table(title=f"SFT export ({task}, {prompt} prompt) -> {out}")
+        meta = result.metadata
+        table = Table(
+            title=f"SFT export ({task}, {prompt} prompt, {meta['targets']} targets) -> {out}"
+        )
         for col in ("split", "dialogues", "rows", "strategy rows", "response rows"):
             table.add_column(col, justify="right" if col != "split" else "left")
         for split, c in result.counts.items():
@@ -140,12 +190,56 @@ def register(app: typer.Typer) -> None:
                 fg="yellow",
                 err=True,
             )
+        taught = meta.get("teacher")
+        if taught:
+            _echo_teacher_summary(taught, result)
         typer.echo(f"wrote {out} (metadata: {out / 'export.json'}, splits: {out / 'splits.json'})")
-        typer.echo(
-            "LM calls: 0 (the prompts are rendered locally); evaluate the fine-tuned supporter "
-            f"on the held-out dialogues with: csc evaluate --data {data} --splits "
-            f"{out / 'splits.json'} --supporter finetuned:RUN"
+        calls = (
+            "LM calls: 0 (the prompts are rendered locally)"
+            if not taught
+            else f"teacher LM calls this run: {(taught.get('lm_usage') or {}).get('calls', 0)}"
         )
+        typer.echo(
+            f"{calls}; evaluate the fine-tuned supporter on the held-out dialogues with: "
+            f"csc evaluate --data {data} --splits {out / 'splits.json'} --supporter finetuned:RUN"
+        )
+
+    def _echo_teacher_summary(taught: dict, result) -> None:  # type: ignore[no-untyped-def]
+        """One line per fact: what the teacher answered, agreement, dropped rows, cost."""
+        from csc.lm import redact_secrets
+
+        agreement = taught.get("agreement")
+        typer.echo(
+            redact_secrets(
+                f"teacher {taught['spec']} on {taught['lm']['description']}: "
+                f"{taught['answered_turns']}/{taught['turns']} train turns answered "
+                f"({taught['turns_from_earlier_runs']} resumed from {taught['outputs']}, "
+                f"{taught['failed_turns']} failed); strategy agrees with the gold label on "
+                f"{taught['agreeing_turns']}/{taught['labelled_turns']}"
+                + (f" ({agreement:.1f}%)" if agreement is not None else "")
+            )
+        )
+        action = "dropped (--drop-disagreeing)" if result.metadata["drop_disagreeing"] else "kept"
+        typer.echo(
+            f"disagreeing turns: {result.disagreeing_turns}, their teacher rows {action}; "
+            f"teacher tokens: {taught['prompt_tokens']} prompt + {taught['completion_tokens']} "
+            f"completion; teacher wall time {taught['wall_time_s']:.1f} s"
+        )
+        if taught["failed_turns"]:
+            typer.secho(
+                f"note: the teacher failed on {taught['failed_turns']} turn(s); they have no "
+                "teacher rows. Re-run the same command (with --overwrite) to retry only those",
+                fg="yellow",
+                err=True,
+            )
+        if taught.get("seen_held_out_dialogues"):
+            typer.secho(
+                f"note: the teacher was compiled or trained on {taught['seen_held_out_dialogues']} "
+                "of this export's validation/test dialogues; its outputs may carry them into "
+                "the student (re-split, or optimize the teacher on this export's splits.json)",
+                fg="yellow",
+                err=True,
+            )
 
     @group.command(
         "run", epilog="Example: csc finetune run --data sft --out runs/ft --max-steps 20"
@@ -164,7 +258,7 @@ def register(app: typer.Typer) -> None:
         max_steps: int | None = typer.Option(
             None, "--max-steps", min=1, help="Override trainer.max_steps of the recipe."
         ),
-        device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+        device: Device = typer.Option("auto", "--device", help="auto: CUDA when a GPU is visible."),
     ) -> None:
         """Train a LoRA adapter with TRL's SFTTrainer (serve it as `finetuned:OUT`).
 
@@ -176,8 +270,6 @@ def register(app: typer.Typer) -> None:
         from csc.finetune.recipes import Recipe, RecipeError
         from csc.finetune.train import FinetuneError, train
 
-        if device not in ("auto", "cpu", "cuda"):
-            fail("--device must be auto, cpu or cuda")
         try:
             parsed = Recipe.load(recipe)
             result = train(
@@ -186,7 +278,7 @@ def register(app: typer.Typer) -> None:
                 out,
                 resume=resume,
                 max_steps=max_steps,
-                device=device,  # type: ignore[arg-type]
+                device=device,
             )
         except (FinetuneError, RecipeError) as exc:
             fail(str(exc))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from csc.cli.common import fail
-from csc.framework import Framework, FrameworkError
+from csc.framework import Framework, FrameworkError, Language
 
 
 def register(app: typer.Typer) -> None:
@@ -17,16 +17,12 @@ def register(app: typer.Typer) -> None:
     @group.command("show", epilog="Example: csc framework show csc --lang zh")
     def show(
         name: str = typer.Argument("csc", help="csc, esc, or the path of a framework YAML file."),
-        lang: str = typer.Option(
-            "en", "--lang", help="Language of names and definitions: en or zh."
-        ),
+        lang: Language = typer.Option("en", "--lang", help="Language of names and definitions."),
         rules: bool = typer.Option(
             True, "--rules/--no-rules", help="Show the distinguishing rules."
         ),
     ) -> None:
         """List the stages and strategies of a framework."""
-        if lang not in ("en", "zh"):
-            raise typer.BadParameter("--lang must be en or zh")
         try:
             fw = Framework.load(name)
         except FrameworkError as exc:

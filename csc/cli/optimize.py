@@ -6,15 +6,18 @@ from pathlib import Path
 
 import typer
 
+from csc.choices import Budget, MetricName, OptimizerName, ProgramKind
 from csc.cli.common import (
     ApiBaseOption,
     ConfigOption,
+    LangOption,
     LimitOption,
     LMOption,
     check_unique_ids,
     fail,
     resolve_lm_settings,
 )
+from csc.framework import Language
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +26,7 @@ def register(app: typer.Typer) -> None:
         epilog="Example: csc optimize --train data/samples/sample_en.json --out p.json",
     )
     def optimize(
-        program: str = typer.Option(
+        program: ProgramKind = typer.Option(
             "strategy",
             "--program",
             help="strategy (strategy predictor), supporter (both steps), labeler (history + "
@@ -44,8 +47,8 @@ def register(app: typer.Typer) -> None:
             "its train dialogues, score on its validation ones, never touch its test ones.",
         ),
         limit: int | None = LimitOption,
-        optimizer: str = typer.Option("bootstrap", "--optimizer", help="bootstrap, mipro or gepa."),
-        budget: str = typer.Option("light", "--budget", help="light, medium or heavy."),
+        optimizer: OptimizerName = typer.Option("bootstrap", "--optimizer"),
+        budget: Budget = typer.Option("light", "--budget"),
         lm: str | None = LMOption,
         prompt_lm: str | None = typer.Option(
             None,
@@ -54,13 +57,11 @@ def register(app: typer.Typer) -> None:
         ),
         api_base: str | None = ApiBaseOption,
         config: Path | None = ConfigOption,
-        metric: str = typer.Option(
-            "acc", "--metric", help="acc (strategy accuracy) or acc+bertscore (half each)."
+        metric: MetricName = typer.Option(
+            "acc", "--metric", help="Strategy accuracy, or half accuracy half BERTScore."
         ),
         framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        lang: str | None = typer.Option(
-            None, "--lang", help="en or zh (default: detected from the data)."
-        ),
+        lang: Language | None = LangOption,
         seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
         num_threads: int = typer.Option(
             4, "--concurrency", "-c", min=1, help="Concurrent requests."
@@ -110,17 +111,6 @@ def register(app: typer.Typer) -> None:
             sidecar_path,
         )
 
-        choices = {
-            "--program": (program, ("strategy", "supporter", "labeler", "rolecs")),
-            "--optimizer": (optimizer, ("bootstrap", "mipro", "gepa")),
-            "--budget": (budget, ("light", "medium", "heavy")),
-            "--metric": (metric, ("acc", "acc+bertscore")),
-        }
-        for flag, (value, allowed) in choices.items():
-            if value not in allowed:
-                fail(f"{flag} must be one of {', '.join(allowed)}, got {value!r}")
-        if lang not in (None, "en", "zh"):
-            fail("--lang must be en or zh")
         if program != "rolecs" and (labeler or labeler_lm):
             fail(
                 "--labeler and --labeler-lm judge the RoleCS supporter: use them with --program rolecs"
@@ -208,9 +198,9 @@ def register(app: typer.Typer) -> None:
             if program == "rolecs":
                 result = optimize_rolecs(
                     trainset, devset, labeler=judge, labeler_lm=judge_lm, **common
-                )  # type: ignore[arg-type]
+                )
             else:
-                result = optimize_program(program, trainset, devset, metric=metric, **common)  # type: ignore[arg-type]
+                result = optimize_program(program, trainset, devset, metric=metric, **common)
         except ValueError as exc:
             fail(str(exc))
         dev_source = (

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.framework import Language
 
 
 def register(app: typer.Typer) -> None:
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(
             0.85, "--threshold", min=0.0, max=1.0, help="Drop profiles above this MiniLM cosine."
         ),
-        language: str = typer.Option("en", "--lang", help="Description language: en or zh."),
+        language: Language = typer.Option("en", "--lang", help="Description language."),
         template: bool = typer.Option(
             False, "--template", help="Describe profiles with templates only (no LM calls)."
         ),
@@ -53,8 +54,6 @@ def register(app: typer.Typer) -> None:
         from csc.lm import LMConfigError, lm_for_role
         from csc.programs.profiles import lm_describer
 
-        if language not in ("en", "zh"):
-            fail(f"--lang must be en or zh, got {language!r}")
         describer = None
         client = None
         if not template:
@@ -76,7 +75,7 @@ def register(app: typer.Typer) -> None:
                     pool = generate_profiles(
                         n,
                         seed=seed,
-                        language=language,  # type: ignore[arg-type]
+                        language=language,
                         describer=describer,
                         threshold=threshold,
                         progress=bar.update,
@@ -95,14 +94,14 @@ def register(app: typer.Typer) -> None:
     @group.command("show", epilog="Example: csc profiles show --lang zh --limit 3")
     def show(
         file: Path | None = typer.Argument(None, help="Profile JSONL (default: built-in pool)."),
-        language: str = typer.Option("en", "--lang", help="Built-in pool language: en or zh."),
+        language: Language = typer.Option("en", "--lang", help="Built-in pool language."),
         limit: int = typer.Option(5, "--limit", help="How many to print."),
     ) -> None:
         """Print profiles of a pool (the built-in one by default)."""
         from csc.data.profiles import ProfileError, default_profiles, read_profiles
 
         try:
-            pool = read_profiles(file) if file else default_profiles(language)  # type: ignore[arg-type]
+            pool = read_profiles(file) if file else default_profiles(language)
         except ProfileError as exc:
             fail(str(exc))
         typer.echo(f"{len(pool)} profiles" + (f" in {file}" if file else " (built-in)"))

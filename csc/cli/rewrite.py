@@ -6,7 +6,9 @@ from pathlib import Path
 
 import typer
 
+from csc.choices import OutputFormat
 from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.framework import Language
 
 _RULE_FLAGS = {
     "min_turns": "--min-turns",
@@ -36,14 +38,14 @@ def register(app: typer.Typer) -> None:
         mapping: Path | None = typer.Option(
             None, "--mapping", help="Mapping YAML for another corpus (implies --from generic)."
         ),
-        to: str = typer.Option(
+        to: OutputFormat = typer.Option(
             "jsonl",
             "--to",
             help="Also write kept dialogues as DianJin JSON (dianjin); jsonl is always written.",
         ),
-        format_alias: str | None = typer.Option(None, "--format", hidden=True),
-        lang: str | None = typer.Option(
-            None, "--lang", help="en or zh (default: detected from the first dialogues)."
+        format_alias: OutputFormat | None = typer.Option(None, "--format", hidden=True),
+        lang: Language | None = typer.Option(
+            None, "--lang", help="Default: detected from the first dialogues."
         ),
         framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
         limit: int | None = typer.Option(
@@ -149,10 +151,6 @@ def register(app: typer.Typer) -> None:
 
         if format_alias is not None:
             to = format_alias
-        if to not in ("jsonl", "dianjin"):
-            fail(f"--to must be jsonl or dianjin, got {to!r}")
-        if lang not in (None, "en", "zh"):
-            fail("--lang must be en or zh")
         if not data.exists():
             fail(f"{data}: no such file or folder")
         if min_utterances > max_utterances:
@@ -267,7 +265,7 @@ def register(app: typer.Typer) -> None:
             data=str(data.resolve()),
             framework=fw.name,
             framework_digest=RewriteConfig.framework_digest_of(fw),
-            language=language,  # type: ignore[arg-type]
+            language=language,
             rules=rules,
             redact=not no_redact,
             prefilter=not no_prefilter,
@@ -288,7 +286,7 @@ def register(app: typer.Typer) -> None:
             fail(f"cannot build the LM: {exc}")
         pipeline = RewritePipeline(
             fw,
-            language,  # type: ignore[arg-type]
+            language,
             rules=rules,
             redact=not no_redact,
             prefilter=not no_prefilter,

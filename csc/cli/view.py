@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from csc.cli.common import fail, user_errors
+from csc.framework import Language
 
 
 def register(app: typer.Typer) -> None:
@@ -38,8 +39,8 @@ def register(app: typer.Typer) -> None:
             "--framework",
             help="csc, esc or a framework YAML (default: the run's or evaluation's, else csc).",
         ),
-        lang: str | None = typer.Option(
-            None, "--lang", help="en or zh: language of strategy names (default: the data's)."
+        lang: Language | None = typer.Option(
+            None, "--lang", help="Language of strategy names (default: the data's)."
         ),
         limit: int | None = typer.Option(
             None, "--limit", min=1, help="Read only the first N dialogues (per file of a run)."
@@ -63,8 +64,6 @@ def register(app: typer.Typer) -> None:
         from csc.eval.viewer import VIEWER_FILE, ViewerError, build_page, write_viewer
         from csc.framework import FrameworkError
 
-        if lang not in (None, "en", "zh"):
-            fail("--lang must be en or zh")
         if not path.exists():
             fail(f"{path}: no such file or folder")
         with user_errors(DataFormatError, FrameworkError, ViewerError):

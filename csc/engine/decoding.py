@@ -26,7 +26,16 @@ from csc.engine.structure import Choice, Fixed, Grammar, OutputPlan, ReplyGuard,
 _NEG_INF = float("-inf")
 # How many times one free-text value may lose an opening label ("Supporter [IV]:", "My next
 # response will be:") before the rest is kept as it is.
-MAX_DROPPED_OPENINGS = 3
+MAX_DROPPED_OPENINGS = 6
+# Echo of the prompt in a reply (transcript requests only). Widths count a CJK character as 2,
+# so one threshold fits English and Chinese. A value that opens with a copy of the prompt this
+# wide (or with a whole line of it: an input value, a strategy definition) loses that opening; a
+# copy this wide later on ends the value before it.
+COPIED_OPENING_WIDTH = 24
+COPIED_SPAN_WIDTH = 40
+# A free-text value whose description gives a sentence count ends after this width per
+# sentence even without a sentence end (a small model can run on without punctuation).
+SENTENCE_WIDTH = 90
 _SENTENCE_CLOSERS = "\"'”’)]」』）"
 # A sentence ends at ., !, ?, … followed by whitespace, or at a full-width 。！？ (no space in
 # Chinese). Closing quotes and brackets stay with their sentence.
@@ -35,6 +44,11 @@ _ENDS_SENTENCE = re.compile(r"(?:[.!?…]+|[。！？!?]+)[\"'”’)\]」』）
 _ABBREVIATION = re.compile(
     r"(?:^|\s)(?:mr|mrs|ms|dr|st|no|vs|etc|e\.g|i\.e|approx)\.[\"'”’)\]]*\s?$", re.I
 )
+
+
+def text_width(text: str) -> int:
+    """Display width of ``text``: a CJK character (or full-width sign) counts as 2."""
+    return len(text) + sum(1 for c in text if c >= "\u2e80")
 
 
 class Vocabulary:
@@ -141,12 +155,23 @@ class RowDecoder:
     """Decoding state of one request: current segment, budget, generated ids, stop reason."""
 
     def __init__(
-        self, vocab: Vocabulary, plan: OutputPlan | None, sampling: Sampling, device: str = "cpu"
+        self,
+        vocab: Vocabulary,
+        plan: OutputPlan | None,
+        sampling: Sampling,
+        device: str = "cpu",
+        prompt_text: str = "",
     ) -> None:
         self.vocab = vocab
+        # The rendered prompt: a reply to a transcript may not copy long stretches of it.
+        self.prompt_text = prompt_text
         self.plan = plan
         self.sampling = sampling
         self.ids: list[int] = []
+        # What the model should have read of the answer: ``ids`` plus dropped speaker labels
+        # (a model that wrote "Supporter [IV]:" goes on with the reply itself), minus dropped
+        # echoes and cut-off transcript, which the engine rewinds out of its KV cache.
+        self.context: list[int] = []
         self.finish_reason: str | None = None
         self.paragraphs = not sampling.multiline_text
         self.generator: torch.Generator | None = None
@@ -173,6 +198,9 @@ class RowDecoder:
         self._text = ""  # text of the current free-text segment (decoded from _field_ids)
         self._field_ids: list[int] = []  # ids of the current free-text segment kept so far
         self._guard: ReplyGuard | None = None
+        self._copy_start = 0  # start of the value's longest suffix that is a copy of the prompt
+        self._resampled = 0  # copies taken back inside the current value
+        self._banned_next: list[int] = []  # banned at the next free-text step only
         self._dropped_openings = 0
         # First tokens of dropped openings: banned at the next opening, so the model (which
         # has read what was dropped) cannot start the same label or echo again.
@@ -235,6 +263,9 @@ class RowDecoder:
             self._text_used = 0
             self._text = ""
             self._field_ids = []
+            self._copy_start = 0
+            self._resampled = 0
+            self._banned_next = []
             self._dropped_openings = 0
             self._dropped_first = []
             speakers = seg.speakers if isinstance(seg, Text) else ()
@@ -301,12 +332,16 @@ class RowDecoder:
                 if self._dropped_first:
                     banned = torch.cat([banned, torch.tensor(self._dropped_first)])
                 token = self._sample(logits, banned=banned)
+            elif self._banned_next:
+                token = self._sample(logits, banned=torch.tensor(self._banned_next))
             else:
                 token = self._sample(logits)
+            self._banned_next = []
             piece = self.vocab.texts[token]
             if (
                 token in self.vocab.stop_ids
                 or self._sentences_complete(seg, piece)
+                or self._too_wide(seg)
                 or "[[" in piece
                 or (self._text.endswith("[") and piece.startswith("["))
                 or (self._text.endswith("\n") and piece.lstrip(" ")[:1] in ("[", "#"))
@@ -332,9 +367,11 @@ class RowDecoder:
         if self.done:
             return
         self.ids.append(token)
+        self.context.append(token)
         if self.plan is None:
             if token in self.vocab.stop_ids:
                 self.ids.pop()
+                self.context.pop()
                 self.finish_reason = "stop"
             elif self.sampling.stop and self._hit_stop():
                 self.finish_reason = "stop"
@@ -384,6 +421,72 @@ class RowDecoder:
         ]
         return len(ends) >= limit
 
+    def _too_wide(self, seg: Segment) -> bool:
+        """Whether a value with a sentence count has run past its width without ending."""
+        limit = seg.max_sentences if isinstance(seg, Text) else None
+        return bool(limit) and text_width(self._text) >= limit * SENTENCE_WIDTH
+
+    def _police_copy(self) -> bool:
+        """Keep a reply from echoing the prompt; True if the value was cut or lost its opening.
+
+        Tracks the longest suffix of the value that occurs verbatim in the prompt. An opening
+        that is such a copy, at least ``COPIED_OPENING_WIDTH`` wide or a whole prompt line
+        (``(the conversation has not started yet)``, a strategy's definition), is dropped like
+        a speaker label; a copy of ``COPIED_SPAN_WIDTH`` later in the value ends it before the
+        copy.
+        """
+        prompt, text = self.prompt_text, self._text
+        if not prompt or text.endswith("\ufffd"):  # wait for a whole character
+            return False
+        start = self._copy_start
+        while start < len(text) and text[start:] not in prompt:
+            start += 1
+        self._copy_start = start
+        copied = text[start:]
+        if not copied.strip():
+            return False
+        if not text[:start].strip():  # the value so far is all copy
+            stripped = copied.strip()
+            whole_line = len(stripped) >= 4 and f"\n{stripped}\n" in prompt
+            if self._dropped_openings < MAX_DROPPED_OPENINGS and (
+                text_width(stripped) >= COPIED_OPENING_WIDTH or whole_line
+            ):
+                self._drop_opening()
+                return True
+            return False
+        if text_width(copied) >= COPIED_SPAN_WIDTH:
+            keep = self._tokens_within(start)
+            if self._resampled < MAX_DROPPED_OPENINGS and keep < len(self._field_ids):
+                # Take the copy back (out of the model's view too) and make the model write
+                # something else from there: its first token is banned at that point.
+                self._resampled += 1
+                self._banned_next = [self._field_ids[keep]]
+                self._drop_field_tokens(len(self._field_ids) - keep)
+                self._copy_start = 0
+            else:
+                self._cut_at(start)
+            return True
+        return False
+
+    def _tokens_within(self, chars: int) -> int:
+        """How many of the value's tokens decode to at most its first ``chars`` characters."""
+        keep = len(self._field_ids)
+        while keep > 0 and len(self._decode(self._field_ids[:keep])) > chars:
+            keep -= 1
+        return keep
+
+    def _drop_opening(self, forget: bool = True) -> None:
+        """Drop the value so far and start it again; ``forget``: also out of the model's view."""
+        self._dropped_openings += 1
+        self._dropped_first.append(self._field_ids[0])
+        self._drop_field_tokens(len(self._field_ids), forget)
+        self._copy_start = 0
+
+    def _cut_at(self, chars: int) -> None:
+        """End the value before its character ``chars`` (dropping the tokens from there)."""
+        self._drop_field_tokens(len(self._field_ids) - self._tokens_within(chars))
+        self._advance()
+
     def _police_transcript(self) -> None:
         """Keep a free-text value from turning into transcript or meta-text (after each token).
 
@@ -393,26 +496,32 @@ class RowDecoder:
         """
         assert self._guard is not None
         if self._dropped_openings < MAX_DROPPED_OPENINGS and self._guard.opening.match(self._text):
-            self._dropped_openings += 1
-            self._dropped_first.append(self._field_ids[0])
-            self._drop_field_tokens(len(self._field_ids))
+            self._drop_opening(forget=False)
             return
         match = self._guard.line.search(self._text)
         if match is not None:
-            keep = len(self._field_ids)
-            while keep > 0 and len(self._decode(self._field_ids[:keep])) > match.start():
-                keep -= 1
-            self._drop_field_tokens(len(self._field_ids) - keep)
-            self._advance()
+            self._cut_at(match.start())
+            return
+        talk = self._guard.task_talk.search(self._text)
+        if talk is not None:
+            if self._text[: talk.start()].strip():
+                self._cut_at(talk.start())
+            elif self._dropped_openings < MAX_DROPPED_OPENINGS:
+                self._drop_opening()
+            return
+        self._police_copy()
 
-    def _drop_field_tokens(self, count: int) -> None:
+    def _drop_field_tokens(self, count: int, forget: bool = True) -> None:
         """Remove the last ``count`` tokens of the current free-text value from the output.
 
-        The model has already read them (they stay in its KV cache), but the answer omits them.
+        ``forget``: also from :attr:`context`, so the engine takes them out of the KV cache;
+        otherwise the model keeps having read them (a dropped speaker label).
         """
         if count <= 0:
             return
         del self.ids[len(self.ids) - count :]
+        if forget:
+            del self.context[len(self.context) - count :]
         del self._field_ids[len(self._field_ids) - count :]
         self._text = self._decode(self._field_ids)
 

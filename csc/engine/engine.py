@@ -32,7 +32,7 @@ import torch
 
 from csc.engine.decoding import RowDecoder, Sampling, Vocabulary
 from csc.engine.model_store import ModelSource, load_model
-from csc.engine.structure import OutputPlan
+from csc.engine.structure import OutputPlan, Text
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ class _Row:
     decoder: RowDecoder
     cached_tokens: int
     pending: list[int] = field(default_factory=list)  # tokens to feed at the next step
+    fed: list[int] = field(default_factory=list)  # answer tokens already in the KV cache
     sent: str = ""  # streamed text so far
     hold: int = field(default=0)  # characters held back from streaming (stop strings)
 
@@ -528,7 +529,9 @@ class Engine:
             try:
                 if not job.prompt_ids:
                     raise ValueError("empty prompt")
-                decoder = RowDecoder(self.vocab, job.plan, job.sampling)
+                decoder = RowDecoder(
+                    self.vocab, job.plan, job.sampling, prompt_text=self._guarded_prompt(job)
+                )
             except Exception as exc:  # a bad request fails alone
                 job.future.set_exception(exc)
                 continue
@@ -541,6 +544,15 @@ class Engine:
         for group in self._prefill_groups(live):
             self._admit_group(group)
         self.largest_batch = max(self.largest_batch, len(self._rows))
+
+    def _guarded_prompt(self, job: _Job) -> str:
+        """The prompt's text when a reply must not echo it (a transcript request), else ''."""
+        assert self.vocab is not None
+        if job.plan is None or not any(
+            isinstance(seg, Text) and seg.speakers for seg in job.plan.segments
+        ):
+            return ""
+        return self.vocab.tokenizer.decode(job.prompt_ids, skip_special_tokens=True)
 
     def _prefill_groups(
         self, live: list[tuple[_Job, RowDecoder]]
@@ -780,8 +792,9 @@ class Engine:
         self._positions = self._positions + lengths.to(self._positions.device)
         keep: list[int] = []
         for b, row in enumerate(rows):
+            row.fed.extend(row.pending)
             try:
-                self._advance(row, logits[b])
+                self._advance(row, logits[b], b)
             except Exception as exc:  # a decoding error (grammar...) fails its own request
                 row.job.future.set_exception(exc)
                 continue
@@ -792,15 +805,40 @@ class Engine:
         if len(keep) < len(rows):
             self._select(keep)
 
-    def _advance(self, row: _Row, logits: torch.Tensor) -> None:
-        """Choose a row's next token, then take every forced token after it at once."""
+    def _advance(self, row: _Row, logits: torch.Tensor, b: int | None = None) -> None:
+        """Choose a row's next token, then take every forced token after it at once.
+
+        ``b`` is the row's index in the running batch (None while it is being admitted).
+        """
         decoder = row.decoder
-        row.pending = [decoder.step(logits)]
+        chosen = decoder.step(logits)
         # Jump forward over forced text: it needs no logits, only its KV for what follows (and
         # none at all when the answer ends with it, e.g. "[[ ## completed ## ]]").
         while not decoder.done and decoder.forced_token() is not None:
-            row.pending.append(decoder.step(None))
+            decoder.step(None)
+        ids, fed = decoder.context, row.fed
+        kept = _common_length(fed, ids, 0)
+        if kept == len(fed):
+            row.pending = ids[kept:]
+        elif b is not None and kept > 0 and not decoder.done:
+            # The decoder took back tokens the model has already read (an echoed opening, a
+            # transcript line): forget them in the KV cache, so that what the model reads next
+            # is exactly what the answer holds. The last kept token is fed again to get the
+            # logits at that point (its old column is forgotten with the rest).
+            self._forget(b, len(fed) - kept + 1)
+            del fed[kept - 1 :]
+            row.pending = ids[kept - 1 :]
+        else:  # nothing left to rewind to (or the row is done): the model keeps what it read
+            row.pending = [] if decoder.done else [chosen]
+            row.fed = list(ids[:-1]) if ids and ids[-1] == chosen else list(ids)
         self._stream(row)
+
+    def _forget(self, b: int, count: int) -> None:
+        """Hide the last ``count`` tokens row ``b`` fed from attention, and rewind its position."""
+        assert self._mask is not None and self._positions is not None
+        columns = self._mask[b].nonzero().squeeze(1)[-count:]
+        self._mask[b, columns] = 0
+        self._positions[b] -= count
 
     def _select(self, keep: list[int]) -> None:
         """Keep only the rows ``keep`` and drop leading columns no remaining row uses."""

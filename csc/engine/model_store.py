@@ -121,6 +121,17 @@ class ModelSource:
             return embedded_model_dir()
         return Path(self.base_dir)
 
+    @property
+    def base_spec(self) -> str:
+        """The LM spec of the base model (``local`` or ``local:<folder>``), as a run records it."""
+        return "local" if self.base_dir is None else f"local:{self.base_dir}"
+
+
+def base_source(name: str) -> ModelSource:
+    """The base model a recipe or a fine-tuned run names: ``local``, ``local:<folder>`` or a
+    folder; checks the files exist."""
+    return local_source(None if name == "local" else name.removeprefix("local:"))
+
 
 def local_source(model_path: str | os.PathLike[str] | None) -> ModelSource:
     """The source for ``local`` (embedded) or ``local:<folder>``; checks the files exist."""
@@ -184,17 +195,32 @@ def finetuned_source(run_dir: str | os.PathLike[str], merge_adapter: bool = Fals
     )
 
 
-def load_model(source: ModelSource, device: str, dtype: Any) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for a source onto a device, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(source: ModelSource) -> Any:
+    """The tokenizer of a source, with the chat template prompts are rendered with.
 
-    base = source.resolve_base()
-    tokenizer_dir = base
+    Serving (:mod:`csc.engine`) and training (:mod:`csc.finetune.train`) both take it from here,
+    so a fine-tuned model is prompted at inference with exactly the text it was trained on.
+    """
+    from transformers import AutoTokenizer
+
+    folder = source.resolve_base()
     if source.adapter_dir and (Path(source.adapter_dir) / "tokenizer_config.json").exists():
-        tokenizer_dir = Path(source.adapter_dir)  # training may have added tokens or a template
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        folder = Path(source.adapter_dir)  # training may have added tokens or a template
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     ensure_chat_template(tokenizer)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    return tokenizer
+
+
+def load_model(
+    source: ModelSource, device: str, dtype: Any, *, trust_remote_code: bool = False
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) for a source onto a device, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(source)
+    model = AutoModelForCausalLM.from_pretrained(
+        source.resolve_base(), dtype=dtype, trust_remote_code=trust_remote_code
+    )
     if source.adapter_dir:
         from peft import PeftModel
 

@@ -366,6 +366,13 @@ def writes_transcript(spec: FieldSpec) -> bool:
 # adhering to this structure, your objective is:"), which small models echo.
 _META_WORDS = r"(?:response|reply|answer|utterance|fields?|interactions|objective)"
 _ZH_META_WORDS = r"(?:回复|回答|答复|回应)"
+# A sentence about the task rather than a reply in it ("Your next reply will be in 1 sentence",
+# "The conversation so far is: ...", "your input fields are"), with or without a colon.
+_TASK_TALK = (
+    r"\b(?:next (?:reply|response|utterance|message)|(?:input|output) fields?"
+    r"|your objective|the conversation so far)\b"
+    r"|下一句回复|下一轮回复|输入字段|输出字段|目前为止的对话"
+)
 
 
 @dataclass(frozen=True)
@@ -381,6 +388,10 @@ class ReplyGuard:
 
     opening: re.Pattern[str]
     line: re.Pattern[str]
+    # A sentence (at the start of the value or after a sentence end) that talks about the task.
+    task_talk: re.Pattern[str] = re.compile(
+        rf"(?:^|(?<=[.!?。！？…])|(?<=\n))\s*[^\n.!?。！？]{{0,80}}?(?:{_TASK_TALK})", re.I
+    )
 
     @classmethod
     @lru_cache(maxsize=64)
@@ -398,7 +409,12 @@ class ReplyGuard:
         # An echoed list item ("1. `response` (str): ...") counts as meta-text too.
         # A bare strategy tag ("1. [GT]: ...") is a transcript label without its name.
         tag = r"[\[【][^\]】\n]{1,40}[\]】]\s*[:：]"
-        opening = re.compile(rf"^\s*(?:\d{{1,2}}[.)]\s*|[-*•]\s+)?(?:{label}|{tag}|{meta})", re.I)
+        # Any short label closed by a colon before the first clause ends ("AC（感谢与告别）：",
+        # "Agent reply:"), the way a strategy code or a role is written in the prompt.
+        short = r"[^\n.!?。！？:：,，;；]{1,24}[:：]"
+        opening = re.compile(
+            rf"^\s*(?:\d{{1,2}}[.)]\s*|[-*•]\s+)?(?:{label}|{tag}|{meta}|{short})", re.I
+        )
         line = re.compile(rf"(?:(?<=\n)|(?<=[.!?。！？…]))[ \t\n]*(?:{label}|{meta})", re.I)
         return cls(opening, line)
 

@@ -7,8 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine
-from dspy.utils.dummies import DummyLM
+from scripted_lm import ScriptedLM
 
 
 def supporter_answer(messages: list[dict[str, Any]]) -> str:
@@ -18,38 +17,17 @@ def supporter_answer(messages: list[dict[str, Any]]) -> str:
     return f"[[ ## strategy ## ]]\n{code}\n\n[[ ## response ## ]]\nI understand.\n\n[[ ## completed ## ]]"
 
 
-class _CountingEngine(DummyEngine):
-    def _complete_messages(self, messages):
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
-        owner = self.owner
-        out = owner.respond(messages)
-        text = out if isinstance(out, str) else owner._format_answer_fields(out)
-        if owner.delay:
-            time.sleep(owner.delay)  # let worker threads overlap
-        prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
-        # The system message plays the part of a server's cached prefix.
-        cached = len(str(messages[0].get("content", "")).split()) if len(messages) > 1 else 0
-        completion = len(text.split())
-        with owner.lock:
-            owner.served += 1
-        return Response(
-            id=None,
-            model="counting",
-            message=Message.assistant([TextPart(text)]),
-            finish_reason="stop",
-            usage=Usage(
-                input_tokens=prompt,
-                output_tokens=completion,
-                total_tokens=prompt + completion,
-                cache_read_tokens=cached,
-            ),
-        )
+def word_usage(messages: list[dict[str, Any]], text: str) -> tuple[int, int, int]:
+    """Prompt tokens = words in the messages, cached = words in the system message (it plays
+    the part of a server's cached prefix), completion = words in the answer."""
+    prompt = sum(len(str(m.get("content", "")).split()) for m in messages)
+    cached = len(str(messages[0].get("content", "")).split()) if len(messages) > 1 else 0
+    return prompt, cached, len(text.split())
 
 
-class CountingLM(DummyLM):
-    """Answers with ``respond(messages)``; reports prompt tokens = words in the messages, cached
-    prompt tokens = words in the system message, completion tokens = words in the answer."""
+class CountingLM(ScriptedLM):
+    """Answers with ``respond(messages)``; reports usage by :func:`word_usage`, as a real server
+    reports usage that depends on each request. ``delay`` lets worker threads overlap."""
 
     def __init__(
         self,
@@ -57,14 +35,17 @@ class CountingLM(DummyLM):
         delay: float = 0.0,
         cache: bool = False,
     ):
-        super().__init__([])
-        self.respond = respond
-        self.delay = delay
-        self.cache = cache
         self.lock = threading.Lock()
         self.served = 0
-        self._engine_spec = _CountingEngine(self)
-        self._async_engine_spec = AsyncDummyEngine(self._engine_spec)
+
+        def serve(messages: list[dict[str, Any]]) -> dict[str, Any] | str:
+            if delay:
+                time.sleep(delay)
+            with self.lock:
+                self.served += 1
+            return respond(messages)
+
+        super().__init__(serve, model="dummy", meter=word_usage, cache=cache)
 
 
 def history_usage(lm: Any) -> dict[str, int]:

@@ -141,3 +141,18 @@ def test_library_errors_keep_both_forms(tmp_path) -> None:
     with pytest.raises(DataFormatError) as err:
         list(read_dialogues(_unlabelled(tmp_path)))
     assert "(allow_unlabelled=True / --allow-unlabelled)" in str(err.value)
+
+
+def test_choice_flags_list_their_values_and_fail_alike() -> None:
+    """Issue #11 item 4: choice flags are Typer choices, not hand-written checks."""
+    shown = runner.invoke(app, ["finetune", "run", "--help"], terminal_width=200).output
+    assert "auto|cpu|cuda" in shown
+    for args, value in (
+        (["finetune", "run", "--data", "d", "--out", "o", "--device", "tpu"], "tpu"),
+        (["synthesize", "--out", "o", "--lang", "fr"], "fr"),
+        (["data", "convert", "a.jsonl", "b.json", "--labels", "short"], "short"),
+        (["evaluate", "--data", "d", "--split", "dev"], "dev"),
+    ):
+        result = runner.invoke(app, args, terminal_width=200)
+        assert result.exit_code == 2, (args, result.output)
+        assert f"{value!r} is not one of" in result.output, result.output

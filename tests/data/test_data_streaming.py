@@ -148,3 +148,18 @@ def test_jsonl_writer_repairs_an_interrupted_line(tmp_path):
 def test_jsonl_writer_must_be_open(tmp_path):
     with pytest.raises(RuntimeError, match="not open"):
         JsonlWriter(tmp_path / "x.jsonl").write(_dialogue(0))
+
+
+def test_one_append_only_jsonl_for_records_too(tmp_path):
+    """Run files, failure logs, resume caches and training logs all append through JsonlWriter."""
+
+    from csc.data.jsonl import drop_torn_line
+
+    path = tmp_path / "failures.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b", "err', encoding="utf-8")
+    with pytest.warns(UserWarning, match="incomplete last line"), JsonlWriter(path) as out:
+        out.write({"id": "c", "note": "退款"})
+    text = path.read_text(encoding="utf-8")
+    assert [json.loads(line)["id"] for line in text.splitlines()] == ["a", "c"]
+    assert "退款" in text  # written as UTF-8, not \u escapes
+    assert drop_torn_line(path) == 0 and drop_torn_line(tmp_path / "missing.jsonl") == 0

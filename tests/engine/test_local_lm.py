@@ -12,11 +12,13 @@ import dspy
 import pydantic
 import pytest
 
+from csc.dialogue import Speaker, Turn
 from csc.engine import LocalLM, ModelNotFoundError, model_store
 from csc.engine.decoding import Sampling
 from csc.engine.engine import Engine, PrefixCache
 from csc.engine.model_store import ModelSource
 from csc.framework import Framework
+from csc.signatures.types import DialogueHistory
 
 
 # --------------------------------------------------------------------------- no model needed
@@ -228,6 +230,59 @@ def test_same_seed_same_output_with_or_without_prefix_cache_batched_or_not(lm: L
         assert engine.cached_tokens > cached_before  # ...and here served from it
     finally:
         engine.prefix_cache.max_bytes = budget
+    assert warm_sequential == plain
+    assert warm_batched == plain
+
+
+@local_lm
+def test_guarded_replies_are_the_same_with_or_without_prefix_cache_batched_or_not(
+    lm: LocalLM,
+) -> None:
+    """Supporter replies (transcript-guarded: echoes are rewound out of the KV cache) sampled
+    with a seed: the same with the cache off, on, and with the requests in one batch."""
+    from csc.signatures.supporter import response_generation_signature
+
+    sig = response_generation_signature("en")
+    turns = ["My card is blocked.", "Where is my refund?", "The app crashes.", "Any fees?"]
+    prompts = [
+        dspy.ChatAdapter().format(
+            sig,
+            demos=[],
+            inputs={
+                "history": DialogueHistory.of(
+                    [
+                        Turn(
+                            speaker=Speaker.SUPPORTER, text="Hello, how can I help?", strategy="GT"
+                        ),
+                        Turn(speaker=Speaker.CUSTOMER, text=t),
+                    ]
+                ),
+                "strategy": "EM",
+                "strategy_definition": "EM (Emotion Management): show empathy.",
+            },
+        )
+        for t in turns
+    ]
+    engine = lm.batch_engine
+    budget = engine.prefix_cache.max_bytes
+
+    def run(concurrent: bool) -> list[str]:
+        hot = LocalLM(cache=False, max_tokens=60, temperature=0.8, seed=5)
+        if not concurrent:
+            return [hot(messages=m)[0] for m in prompts]
+        with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
+            return list(pool.map(lambda m: hot(messages=m)[0], prompts))
+
+    try:
+        engine.prefix_cache.clear()
+        engine.prefix_cache.max_bytes = 0
+        plain = run(concurrent=False)
+        engine.prefix_cache.max_bytes = budget
+        warm_sequential = run(concurrent=False)
+        warm_batched = run(concurrent=True)
+    finally:
+        engine.prefix_cache.max_bytes = budget
+    assert all("[[ ## response ## ]]" in p for p in plain)
     assert warm_sequential == plain
     assert warm_batched == plain
 

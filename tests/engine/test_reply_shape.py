@@ -88,7 +88,7 @@ def _history(language: str = "en") -> DialogueHistory:
 
 
 def _reply_messages(language: str = "en", history: DialogueHistory | None = None) -> list[dict]:
-    sig = response_generation_signature(None, language)
+    sig = response_generation_signature(language)
     inputs = {
         "history": history if history is not None else _history(language),
         "strategy": "EM",
@@ -98,7 +98,7 @@ def _reply_messages(language: str = "en", history: DialogueHistory | None = None
 
 
 def _response(text: str, language: str = "en") -> str:
-    return dspy.ChatAdapter().parse(response_generation_signature(None, language), text)["response"]
+    return dspy.ChatAdapter().parse(response_generation_signature(language), text)["response"]
 
 
 # --------------------------------------------------------------------------- plans
@@ -217,6 +217,98 @@ def test_chinese_reply_drops_label_and_keeps_two_sentences(vocab) -> None:
     assert _response(_scripted(decoder, vocab, script), "zh") == "您好。"
 
 
+def _prompt_text(messages: list[dict]) -> str:
+    return "\n".join(m["content"] for m in messages)
+
+
+def _wishing(decoder: RowDecoder, vocab: Vocabulary, wishes: list[str]) -> str:
+    """Drive ``decoder`` with a fake model that writes the first of ``wishes`` it can.
+
+    Unlike :func:`_scripted`, the model reads back what the answer holds (as a model whose
+    KV cache was rewound would): each step it continues every wish that the value so far is a
+    prefix of, preferring earlier wishes, and ends the value when one is complete.
+    """
+    index = vocab.tokenizer.index
+    while not decoder.done:
+        if decoder.forced_token() is not None:
+            decoder.step(None)
+            continue
+        value = decoder.text().rsplit("]]\n", 1)[-1]
+        logits = torch.zeros(vocab.vocab_size)
+        for rank, wish in enumerate(wishes):
+            if wish.startswith(value) and len(wish) > len(value):
+                nxt = index[wish[len(value)]]
+                logits[nxt] = max(float(logits[nxt]), 10.0 - rank)
+        if value in wishes:
+            logits[0] = 20.0
+        decoder.step(logits)
+    return decoder.text()
+
+
+def _instructions_copy(messages: list[dict]) -> str:
+    """A stretch of the prompt's instructions at least 40 characters long."""
+    line = next(ln.strip() for ln in messages[0]["content"].splitlines() if len(ln.strip()) > 60)
+    return line[:50]
+
+
+def test_reply_that_opens_with_a_copy_of_the_prompt_loses_it(vocab) -> None:
+    messages = _reply_messages("en")
+    copy = _instructions_copy(messages)
+    plan = plan_for_request(messages)
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300), prompt_text=_prompt_text(messages))
+    reply = _response(_wishing(decoder, vocab, [copy, "Sorry about the card!"]))
+    assert reply == "Sorry about the card!"
+    # Taken out of what the model has read too (the engine rewinds its KV cache to this).
+    assert vocab.tokenizer.decode(decoder.context) == decoder.text()
+
+
+def test_a_whole_input_line_copied_is_dropped_however_short(vocab) -> None:
+    messages = _reply_messages("en", DialogueHistory.of([]))
+    text = _prompt_text(messages)
+    line = next(ln for ln in text.splitlines() if ln.startswith("(") and ln.endswith(")"))
+    decoder = RowDecoder(vocab, plan_for_request(messages), Sampling(300), prompt_text=text)
+    assert _response(_wishing(decoder, vocab, [line, "We fix it."])) == "We fix it."
+
+
+def test_a_long_copy_inside_a_reply_is_taken_back_and_rewritten(vocab) -> None:
+    messages = _reply_messages("en")
+    text = _prompt_text(messages)
+    copy = _instructions_copy(messages)
+    decoder = RowDecoder(vocab, plan_for_request(messages), Sampling(300), prompt_text=text)
+    # The model goes on copying the prompt after words of its own: the copy is taken back once
+    # 40 columns long, its first token banned there, and the model writes on differently.
+    reply = _response(_wishing(decoder, vocab, ["I see, so " + copy, "I see, so we fix it."]))
+    assert reply == "I see, so we fix it."
+    assert vocab.tokenizer.decode(decoder.context) == decoder.text()
+
+
+def test_sentences_about_the_task_are_not_replies(vocab) -> None:
+    plan = plan_for_request(_reply_messages("en"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    wishes = ["Your next reply will be in 1 sentence.", "We fix it."]
+    assert _response(_wishing(decoder, vocab, wishes)) == "We fix it."
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    text = _scripted(decoder, vocab, "Sure. The conversation so far is short.")
+    assert _response(text) == "Sure."
+
+
+def test_speaker_label_stays_in_the_models_view(vocab) -> None:
+    """A dropped label is omitted from the answer but kept in what the model has read."""
+    plan = plan_for_request(_reply_messages("en"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    _scripted(decoder, vocab, "Supporter [IV]: We fix it.")
+    seen = decoder.vocab.tokenizer.decode(decoder.context)
+    assert "Supporter [IV]:" in seen and "Supporter [IV]:" not in decoder.text()
+
+
+def test_reply_without_sentence_ends_stops_at_its_width(vocab) -> None:
+    plan = plan_for_request(_reply_messages("zh"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=600))
+    reply = _response(_scripted(decoder, vocab, "您好" * 200), "zh")
+    # Two sentences of at most 90 columns, a CJK character being two columns wide.
+    assert 80 <= len(reply) <= 91
+
+
 def test_unguarded_text_keeps_what_the_model_writes(vocab) -> None:
     plan = OutputPlan("chat_adapter", (Fixed("[[ ## a ## ]]\n"), Text("a"), Fixed("\n\nEND")))
     decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
@@ -320,13 +412,10 @@ def test_sample_replies_are_short_and_hold_no_transcript(model_lm, language: str
     replies = [r.response for r in results]
     assert all(reply.strip() for reply in replies)
     assert not [r for r in replies if _TRANSCRIPT.search(r)]
-    # Issue #15's acceptance: the median reply is no longer than twice the references' median.
+    # Issue #15's acceptance: the median reply is within 2x of the references' median.
     median = statistics.median(len(r) for r in replies)
-    bound = 2 * statistics.median(len(ex.response) for ex in examples)
-    if median > bound and language == "zh":
-        # Known and open (issue #15): measured 97.5 chars against a bound of 89 on these turns.
-        pytest.xfail(f"zh median reply {median} chars > {bound}: issue #15 is still open")
-    assert median <= bound
+    reference = statistics.median(len(ex.response) for ex in examples)
+    assert reference / 2 <= median <= 2 * reference, (median, reference, replies)
 
 
 @local_lm

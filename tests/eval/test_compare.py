@@ -210,10 +210,116 @@ def test_finetuned_supporters_run_and_show_the_prompt_variant_they_were_trained_
     assert "Emotion Management" not in sent[f"finetuned:{compact_run}"]
     assert "strategy_definition" not in sent[f"finetuned:{compact_run}"]
     table = markdown_table(comparison)
-    assert table.splitlines()[0].endswith("| latency_s | prompt |")
+    assert table.splitlines()[0].endswith("| latency_s | prompt | knowledge | made_tok | made_s |")
+    # A run without recorded export or training times: gold SFT, no LM tokens, time unknown.
     assert next(line for line in table.splitlines() if line.startswith("| ft |")).endswith(
-        "| compact |"
+        "| compact | gold SFT | 0 | – |"
     )
     paths = write_comparison(comparison, tmp_path / "out")
     with paths["csv"].open() as fh:
         assert [r["prompt"] for r in csv.DictReader(fh)] == ["full", "compact"]
+
+
+def test_compare_shows_where_knowledge_came_from_and_what_it_cost(tmp_path: Path) -> None:
+    """The knowledge column and the one-time cost come from the program's sidecar, the adapter's
+    csc_finetune.json and its export's export.json."""
+    from csc.optimizers.store import save_program
+    from csc.programs.supporter import Supporter
+
+    dialogues = list(read_dialogues(SAMPLE))[:1]
+    program = Supporter("csc", "en")
+    program.strategist.demos = [dspy.Example(history="h", strategy="GT")]
+    opt = save_program(
+        program,
+        tmp_path / "opt.json",
+        {
+            "kind": "supporter",
+            "framework": "csc",
+            "language": "en",
+            "optimizer": "bootstrap",
+            "seconds": 12.5,
+            "lm_usage": {"total_tokens": 3400, "prompt_tokens": 3000, "completion_tokens": 400},
+        },
+    )
+    # An instruction-only program (GEPA-like: no demos), with only the older token fields.
+    plain = save_program(
+        Supporter("csc", "en"),
+        tmp_path / "plain.json",
+        {
+            "kind": "supporter",
+            "framework": "csc",
+            "language": "en",
+            "seconds": 4.0,
+            "prompt_tokens": 90,
+            "completion_tokens": 10,
+        },
+    )
+    export = tmp_path / "sft"
+    export.mkdir()
+    (export / "export.json").write_text(
+        json.dumps(
+            {
+                "targets": "teacher",
+                "teacher": {"spec": f"optimized:{opt}", "program": {"file": str(opt)}},
+                "cost": {"wall_time_s": 30.0, "prompt_tokens": 5000, "completion_tokens": 600},
+            }
+        )
+    )
+    runs = {}
+    for name, data in (
+        ("teacher-ft", {"dir": str(export)}),  # read through the export folder
+        ("gold-ft", {"targets": "gold", "export_cost": {"wall_time_s": 2.0}}),
+    ):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        (runs[name] / "csc_finetune.json").write_text(
+            json.dumps(
+                {"base_model": "local", "prompt": "compact", "data": data, "wall_time_s": 100.0}
+            )
+        )
+    comparison = compare_supporters(
+        dialogues,
+        {
+            "zs": "zero-shot",
+            "opt": f"optimized:{opt}",
+            "plain": f"optimized:{plain}",
+            "tft": f"finetuned:{runs['teacher-ft']}",
+            "gft": f"finetuned:{runs['gold-ft']}",
+        },
+        lm="local",
+        context="reference",
+        limit=2,
+        num_threads=1,
+        with_bertscore=False,
+        lm_factory=_dummy_lm,
+        progress=False,
+        allow_seen=True,
+    )
+    got = {r.supporter: (r.knowledge, r.making_tokens, r.making_s) for r in comparison.rows}
+    assert got == {
+        "zs": ("none", 0, 0.0),
+        "opt": ("prompt demos", 3400, 12.5),
+        "plain": ("prompt instructions", 100, 4.0),
+        # The teacher's optimization + its outputs (export) + training.
+        "tft": ("teacher SFT", 3400 + 5600, 12.5 + 30.0 + 100.0),
+        "gft": ("gold SFT", 0, 102.0),
+    }
+    tft = next(r for r in comparison.rows if r.supporter == "tft")
+    assert set(tft.making) == {"teacher_optimization", "data", "training"}
+    assert tft.making["data"]["targets"] == "teacher"
+    table = markdown_table(comparison)
+    assert next(x for x in table.splitlines() if x.startswith("| tft |")).endswith(
+        "| teacher SFT | 9000 | 142.5 |"
+    )
+    paths = write_comparison(comparison, tmp_path / "out")
+    with paths["csv"].open() as fh:
+        assert [r["knowledge"] for r in csv.DictReader(fh)] == [
+            "none",
+            "prompt demos",
+            "prompt instructions",
+            "teacher SFT",
+            "gold SFT",
+        ]
+    assert "knowledge: where the supporter's knowledge came from" in paths["md"].read_text()
+    saved = json.loads(paths["json"].read_text())
+    assert Comparison.from_dict(saved).rows[3].making["training"]["wall_time_s"] == 100.0

@@ -8,7 +8,7 @@ import threading
 
 import dspy
 import pytest
-from dspy.utils import DummyLM
+from scripted_lm import ScriptedLM
 
 from csc.dialogue import Dialogue, Speaker, Turn
 from csc.eval.harness import PredictionRecord, evaluate_supporter, normalize_contexts
@@ -16,20 +16,20 @@ from csc.eval.metrics import corpus_bleu, strategy_accuracy
 from csc.programs.supporter import DirectSupporter, Supporter
 
 
-class ScriptedLM(DummyLM):
+class PromptLM(ScriptedLM):
     """Answers from a function of the last user message; records every prompt it saw."""
 
     def __init__(self, answer):
-        super().__init__({}, follow_examples=True)
-        self.answer = answer
         self.prompts: list[str] = []
         self.lock = threading.Lock()
 
-    def _use_example(self, messages):  # DummyLM's hook for computing the reply
-        prompt = messages[-1]["content"]
-        with self.lock:
-            self.prompts.append(prompt)
-        return self._format_answer_fields(self.answer(prompt))
+        def respond(messages):
+            prompt = messages[-1]["content"]
+            with self.lock:
+                self.prompts.append(prompt)
+            return answer(prompt)
+
+        super().__init__(respond)
 
 
 def _history(prompt: str) -> str:
@@ -61,7 +61,7 @@ def _dialogue(i: int) -> Dialogue:
 
 
 def test_reference_context_scores_match_records(tmp_path):
-    lm = ScriptedLM(supporter_answer)
+    lm = PromptLM(supporter_answer)
     dialogues = [_dialogue(i) for i in range(3)]
     with dspy.context(lm=lm):
         result = evaluate_supporter(
@@ -90,7 +90,7 @@ def test_reference_context_scores_match_records(tmp_path):
 
 
 def test_generated_context_feeds_own_turns_back(tmp_path):
-    lm = ScriptedLM(supporter_answer)
+    lm = PromptLM(supporter_answer)
     with dspy.context(lm=lm):
         result = evaluate_supporter(
             Supporter(),
@@ -117,7 +117,7 @@ def test_generated_context_feeds_own_turns_back(tmp_path):
 
 
 def test_limit_covers_same_turns_in_both_contexts():
-    lm = ScriptedLM(supporter_answer)
+    lm = PromptLM(supporter_answer)
     with dspy.context(lm=lm):
         result = evaluate_supporter(
             Supporter(),
@@ -141,7 +141,7 @@ def test_interrupted_run_resumes_from_cache(tmp_path):
     done = PredictionRecord("d0", 0, "reference", "GT", "GT", "Hello", "cached reply")
     lines = [json.dumps(done.to_dict()), '{"dialogue_id": "d0", "turn']
     (tmp_path / "reference.jsonl").write_text("\n".join(lines) + "\n")
-    lm = ScriptedLM(supporter_answer)
+    lm = PromptLM(supporter_answer)
     with dspy.context(lm=lm):
         result = evaluate_supporter(
             Supporter(),
@@ -166,7 +166,7 @@ def test_failed_turns_are_kept_as_error_rows():
             raise RuntimeError("server said no")
         return supporter_answer(prompt)
 
-    with dspy.context(lm=ScriptedLM(broken)):
+    with dspy.context(lm=PromptLM(broken)):
         result = evaluate_supporter(
             Supporter(),
             [_dialogue(0)],
@@ -192,7 +192,7 @@ def test_direct_supporter_labels_its_reply():
         assert "Sorry, let me check that for you." in prompt  # the labeler sees the reply
         return {"strategy": "EM"}
 
-    with dspy.context(lm=ScriptedLM(answer)):
+    with dspy.context(lm=PromptLM(answer)):
         pred = DirectSupporter()(history=_dialogue(0).turns[:3])
     assert pred.strategy == "EM"
     assert pred.response == "Sorry, let me check that for you."
@@ -223,7 +223,7 @@ def test_chinese_history_and_metrics_language():
             return {"response": "请您在手机银行中解冻。"}
         return {"strategy": "PS" if "客户：" in hist or "客户:" in hist else "GT"}
 
-    lm = ScriptedLM(answer)
+    lm = PromptLM(answer)
     with dspy.context(lm=lm):
         result = evaluate_supporter(
             Supporter(language="zh"),
@@ -257,7 +257,7 @@ class _WanderingStrategist(dspy.Module):
 def test_strategy_fallbacks_and_unparsed_outputs_are_counted_next_to_accuracy():
     program = Supporter()
     program.strategist = _WanderingStrategist()
-    with dspy.context(lm=ScriptedLM(supporter_answer)):
+    with dspy.context(lm=PromptLM(supporter_answer)):
         result = evaluate_supporter(
             program,
             [_dialogue(i) for i in range(4)],
@@ -277,7 +277,7 @@ def test_strategy_fallbacks_and_unparsed_outputs_are_counted_next_to_accuracy():
             return {"response": "ok"}
         return {"strategy": "banana"}
 
-    with dspy.context(lm=ScriptedLM(unparseable)):
+    with dspy.context(lm=PromptLM(unparseable)):
         result = evaluate_supporter(
             Supporter(),
             [_dialogue(i) for i in range(4)],
@@ -293,7 +293,7 @@ def test_strategy_fallbacks_and_unparsed_outputs_are_counted_next_to_accuracy():
     def no_reply(prompt):
         return {"strategy": "PS"}
 
-    with dspy.context(lm=ScriptedLM(no_reply)):
+    with dspy.context(lm=PromptLM(no_reply)):
         result = evaluate_supporter(
             Supporter(), [_dialogue(0)], context="ref", with_bertscore=False, progress=False
         )

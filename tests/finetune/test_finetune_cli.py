@@ -42,7 +42,7 @@ def test_export_cli_reports_counts_and_writes_test_split(tmp_path: Path) -> None
     bad = runner.invoke(
         app, ["finetune", "export", "--data", str(SAMPLE), "--out", "x", "--prompt", "tiny"]
     )
-    assert bad.exit_code == 1 and "--prompt must be one of full, compact" in bad.output
+    assert bad.exit_code == 2 and "Invalid value for '--prompt'" in bad.output
 
 
 def test_cli_errors_are_clean(tmp_path: Path) -> None:

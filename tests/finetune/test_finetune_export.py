@@ -12,7 +12,7 @@ from datasets import load_from_disk
 from csc.data.io import read_dialogues
 from csc.eval.examples import split_dialogues as eval_split
 from csc.eval.examples import supporter_examples
-from csc.finetune.export import ExportError, export_sft, split_dialogues
+from csc.finetune.export import ExportError, export_sft
 from csc.programs.supporter import Supporter
 
 SAMPLE = Path(__file__).resolve().parents[2] / "data" / "samples" / "sample_en.json"
@@ -64,15 +64,15 @@ def test_no_dialogue_leaks_between_splits(exported: tuple[Path, dict]) -> None:
     assert ids["test"] == {d.id for d in eval_split(dialogues, seed=0).test}
 
 
-def test_split_is_seeded_and_changes_with_seed() -> None:
+def test_split_is_seeded_and_changes_with_seed(tmp_path: Path) -> None:
     dialogues = list(read_dialogues(SAMPLE))
-    a = split_dialogues(dialogues, val_fraction=0.25, test_fraction=0.25, seed=1)
-    b = split_dialogues(dialogues, val_fraction=0.25, test_fraction=0.25, seed=1)
-    assert [d.id for d in a["test"]] == [d.id for d in b["test"]]
-    seeds = {tuple(d.id for d in split_dialogues(dialogues, seed=s)["test"]) for s in range(6)}
+    a = eval_split(dialogues, (0.5, 0.25, 0.25), seed=1)
+    b = eval_split(dialogues, (0.5, 0.25, 0.25), seed=1)
+    assert [d.id for d in a.test] == [d.id for d in b.test]
+    seeds = {tuple(d.id for d in eval_split(dialogues, seed=s).test) for s in range(6)}
     assert len(seeds) > 1
     with pytest.raises(ExportError, match="leaves nothing"):
-        split_dialogues(dialogues, val_fraction=0.5, test_fraction=0.5)
+        export_sft(SAMPLE, tmp_path / "o", val_fraction=0.5, test_fraction=0.5)
 
 
 @pytest.mark.parametrize("variant", ["compact", "full"])

@@ -180,6 +180,42 @@ def test_loss_covers_only_the_assistant_reply(
     assert "charged twice" in prompt and target not in prompt
 
 
+@pytest.mark.slow
+def test_training_prompts_are_the_prompts_the_engine_serves(
+    sft_dir: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """One loader for training and serving (#11): the prompt tokens TRL trains on are the tokens
+    the engine prompts with, also for a model folder without a chat template (both get ChatML)."""
+    import shutil
+
+    import torch
+    from trl import SFTTrainer
+
+    from csc.engine.engine import Engine
+    from csc.engine.model_store import local_source
+    from csc.finetune.train import build_sft_config, load_model_and_tokenizer
+
+    bare = shutil.copytree(tiny_model_dir, tmp_path / "bare")
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    tok_config = json.loads((bare / "tokenizer_config.json").read_text())
+    tok_config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    recipe = Recipe.from_dict(tiny_recipe_dict(bare))
+    train_ds, _, _ = load_sft_data(sft_dir, recipe)
+    model, tokenizer, _ = load_model_and_tokenizer(recipe, "cpu")
+    trainer = SFTTrainer(
+        model=model,
+        args=build_sft_config(recipe, tmp_path / "run", "cpu"),
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+    )
+    engine = Engine(local_source(bare), "cpu", torch.float32)
+    for row, shaped in zip(trainer.train_dataset, train_ds):
+        trained_prompt = [t for t, label in zip(row["input_ids"], row["labels"]) if label == -100]
+        assert engine.encode_messages(shaped["prompt"]) == trained_prompt
+    assert "<|im_start|>assistant" in tokenizer.decode(trained_prompt)
+
+
 def test_recipe_prompt_must_match_the_export(sft_dir: Path, tiny_model_dir: Path) -> None:
     from csc.finetune.train import export_prompt_variant
 

@@ -7,7 +7,7 @@ import threading
 
 import dspy
 import pytest
-from dspy.utils import DummyLM
+from scripted_lm import ScriptedLM
 from typer.testing import CliRunner
 
 from csc.cli import app
@@ -19,24 +19,23 @@ from csc.optimizers.store import ProgramStoreError, sidecar_path
 from csc.programs.supporter import StrategyPredictor, Supporter
 
 
-class RuleLM(DummyLM):
+class RuleLM(ScriptedLM):
     """A 'model' that knows part of the policy: GT on an empty history, else PS."""
 
     def __init__(self):
-        super().__init__({}, follow_examples=True)
-        self.model = "rule-lm"
         self.n_calls = 0
         self.lock = threading.Lock()
+        super().__init__(self.answer, model="rule-lm")
 
-    def _use_example(self, messages):
+    def answer(self, messages):
         with self.lock:
             self.n_calls += 1
         prompt = messages[-1]["content"]
         if "[[ ## strategy_definition ## ]]" in prompt:
-            return self._format_answer_fields({"response": "we will fix the card today"})
+            return {"response": "we will fix the card today"}
         hist = prompt.split("[[ ## history ## ]]")[1]
         started = "has not started" not in hist.split("[[ ##")[0]
-        return self._format_answer_fields({"strategy": "PS" if started else "GT"})
+        return {"strategy": "PS" if started else "GT"}
 
 
 def _dialogues(n: int = 10) -> list[Dialogue]:
@@ -113,16 +112,13 @@ def test_gepa_runs_with_feedback_metric():
     train, dev = supporter_examples(parts.train), supporter_examples(parts.dev)
     lm = RuleLM()
 
-    class Reflector(DummyLM):
-        def __init__(self):
-            super().__init__({}, follow_examples=True)
-            self.prompts = []
+    prompts = []
 
-        def _use_example(self, messages):
-            self.prompts.append(messages[-1]["content"])
-            return "```\nPick EM when the customer is upset; otherwise follow the stage order.\n```"
+    def reflect(messages):
+        prompts.append(messages[-1]["content"])
+        return "```\nPick EM when the customer is upset; otherwise follow the stage order.\n```"
 
-    reflector = Reflector()
+    reflector = ScriptedLM(reflect)
     dspy_gepa = dspy.GEPA
     result = optimize_program(
         "strategy", train, dev, optimizer="gepa", lm=lm, prompt_lm=reflector, seed=0
@@ -130,9 +126,7 @@ def test_gepa_runs_with_feedback_metric():
     assert dspy_gepa is dspy.GEPA
     assert result.lm_calls > 0
     # The reflection LM saw our feedback: gold vs predicted strategy with definitions.
-    assert any(
-        "Wrong strategy: predicted PS, but the expert chose EM" in p for p in reflector.prompts
-    )
+    assert any("Wrong strategy: predicted PS, but the expert chose EM" in p for p in prompts)
 
 
 def _write_jsonl(path, dialogues):
@@ -235,7 +229,7 @@ def test_cli_errors_name_the_problem(tmp_path):
         app,
         ["optimize", "--train", str(data), "--optimizer", "sgd", "--out", str(tmp_path / "p.json")],
     )
-    assert res.exit_code == 1 and "--optimizer must be one of" in res.output
+    assert res.exit_code == 2 and "Invalid value for '--optimizer'" in res.output
 
 
 def test_supporter_program_optimization_keeps_both_predictors(tmp_path):

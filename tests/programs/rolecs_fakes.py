@@ -7,8 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine
-from dspy.utils.dummies import DummyLM
+from scripted_lm import ScriptedLM as ScriptedLM  # re-exported for the RoleCS tests
 
 ROLE_MARKERS = {
     "planner": "You plan a realistic",
@@ -44,32 +43,6 @@ def field(messages: list[dict[str, Any]], name: str) -> str:
     text = messages[-1]["content"]
     m = re.search(rf"\[\[ ## {name} ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond with|\Z)", text, re.S)
     return m.group(1).strip() if m else ""
-
-
-class _Engine(DummyEngine):
-    def _complete_messages(self, messages):
-        out = self.owner.respond(messages)
-        text = out if isinstance(out, str) else self.owner._format_answer_fields(out)
-        from dspy.lm15 import Message, Response, TextPart, Usage
-
-        return Response(
-            id=None,
-            model="scripted",
-            message=Message.assistant([TextPart(text)]),
-            finish_reason="stop",
-            usage=Usage(input_tokens=10, output_tokens=5, total_tokens=15),
-        )
-
-
-class ScriptedLM(DummyLM):
-    """A fake LM whose answer is ``respond(messages)``: a dict of output fields, a raw string
-    (to test unparseable output), or an exception it raises (to test LM errors)."""
-
-    def __init__(self, respond: Callable[[list[dict[str, Any]]], dict[str, Any] | str]):
-        super().__init__([])
-        self.respond = respond
-        self._engine_spec = _Engine(self)
-        self._async_engine_spec = AsyncDummyEngine(self._engine_spec)
 
 
 class Script:

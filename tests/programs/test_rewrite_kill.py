@@ -19,7 +19,7 @@ HERE = Path(__file__).parent
 SCRIPT = textwrap.dedent(
     """
     import sys
-    sys.path.insert(0, {here!r})
+    sys.path[:0] = [{here!r}, {here!r} + "/.."]
     from rewrite_fakes import FIXTURES, RewriteScript, lm
     from csc.data.io import read_dialogues
     from csc.framework import Framework

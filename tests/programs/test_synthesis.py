@@ -13,6 +13,7 @@ from rolecs_fakes import Script, ScriptedLM
 from csc.data.profiles import CustomerProfile
 from csc.data.topics import resolve_topics
 from csc.framework import Framework
+from csc.lm import AGENT_ROLES
 from csc.programs.synthesis import (
     RunConfigError,
     SynthesisConfig,
@@ -47,17 +48,7 @@ def make_run(out: Path, script: Script, seed: int = 0, filter: bool = True) -> S
         config,
         FW,
         PROFILES,
-        lms=dict.fromkeys(
-            (
-                "planner",
-                "supporter_assistant",
-                "supporter",
-                "customer_assistant",
-                "customer",
-                "judge",
-            ),
-            lm,
-        ),
+        lms=dict.fromkeys(AGENT_ROLES, lm),
     )
 
 

@@ -18,7 +18,7 @@ HERE = Path(__file__).parent
 SCRIPT = textwrap.dedent(
     """
     import sys, time
-    sys.path.insert(0, {here!r})
+    sys.path[:0] = [{here!r}, {here!r} + "/.."]
     from rolecs_fakes import Script, ScriptedLM
     from csc.data.profiles import CustomerProfile
     from csc.data.topics import resolve_topics

@@ -161,7 +161,7 @@ def test_cli_writes_beside_the_input(tmp_path):
         app, ["view", str(tmp_path / "run" / "dialogues.jsonl"), "--out", str(tmp_path / "k.html")]
     )
     assert res.exit_code == 0 and len(page_data((tmp_path / "k.html").read_text())["items"]) == 4
-    assert runner.invoke(app, ["view", str(tmp_path / "run"), "--lang", "fr"]).exit_code == 1
+    assert runner.invoke(app, ["view", str(tmp_path / "run"), "--lang", "fr"]).exit_code == 2
 
 
 def test_page_is_smaller_than_three_times_the_jsonl(tmp_path):
