@@ -31,7 +31,8 @@ SftTask = Literal["strategy", "response", "joint"]
 """Rows of an SFT export: next strategy, reply given the gold strategy, or both."""
 SftTargets = Literal["gold", "teacher", "both"]
 """Targets of an SFT export's train rows: the dialogues', a teacher supporter's, or both."""
-ProgramKind = Literal["strategy", "supporter", "labeler"]
+ProgramKind = Literal["strategy", "supporter", "labeler", "rolecs"]
+"""What ``csc optimize`` compiles; ``rolecs``: RoleCS's supporter agents (optimize_rolecs)."""
 OptimizerName = Literal["bootstrap", "mipro", "gepa"]
 Budget = Literal["light", "medium", "heavy"]
 MetricName = Literal["acc", "acc+bertscore"]

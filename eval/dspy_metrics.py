@@ -113,3 +113,60 @@ def _describe(framework: Any, code: str, language: str) -> str:
         return framework.render_strategy(framework.normalize(code), language)
     except (ValueError, KeyError):
         return f"{code!r} is not a strategy of the {framework.name} framework."
+
+
+def strategy_adherence_metric(
+    labeler: Any,
+    *,
+    lm: Any = None,
+    framework: Any = None,
+    language: str = "en",
+    feedback: bool = False,
+) -> Callable[..., Any]:
+    """DSPy metric for a reply written to carry out a given strategy: does an independent
+    strategy labeler, reading the history and ``pred.response``, name ``example.strategy``?
+
+    ``labeler`` is a :class:`~csc.programs.supporter.StrategyLabeler` (zero-shot or compiled)
+    run on ``lm`` (default: the LM of the current context). Its call is kept out of the
+    optimizer's trace, so it never becomes a demo of the program being compiled. With
+    ``feedback`` the metric returns ``dspy.Prediction(score, feedback)`` for GEPA, naming the
+    strategy asked for and the one the labeler read, with both definitions (``framework``).
+    """
+    import dspy
+
+    if feedback and framework is None:
+        raise ValueError("strategy_adherence_metric(feedback=True) needs the framework")
+
+    def label(example: Any, pred: Any) -> str:
+        settings: dict[str, Any] = {"trace": None}
+        if lm is not None:
+            settings["lm"] = lm
+        with dspy.context(**settings):
+            return str(labeler(history=example.history, response=_text(pred, "response")).strategy)
+
+    def metric(
+        example: Any,
+        pred: Any,
+        trace: Any = None,
+        pred_name: str | None = None,
+        pred_trace: Any = None,
+    ) -> Any:
+        asked, read = _text(example, "strategy"), label(example, pred)
+        match = bool(asked) and read == asked
+        if not feedback:
+            return match if trace is not None else float(match)
+        if match:
+            text = f"Adherent: the reply reads as {asked}, the strategy it was asked to use."
+        else:
+            text = (
+                f"Not adherent: the reply was asked to carry out {asked}, but an independent "
+                f"labeler reads it as {read or 'nothing'}.\n"
+                f"Asked: {_describe(framework, asked, language)}\n"
+                f"Read as: {_describe(framework, read, language)}\n"
+                "Write the reply so that it does what the asked strategy defines and nothing that "
+                "belongs to another strategy."
+            )
+        return dspy.Prediction(score=float(match), feedback=text)
+
+    metric.__name__ = "strategy_adherence_feedback" if feedback else "strategy_adherence"
+    return metric

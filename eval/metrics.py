@@ -10,6 +10,7 @@ from csc.eval.dspy_metrics import (
     bleu_metric,
     rouge_l_metric,
     strategy_accuracy_metric,
+    strategy_adherence_metric,
     strategy_and_bertscore_metric,
     strategy_feedback_metric,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "sentence_bleu",
     "strategy_accuracy",
     "strategy_accuracy_metric",
+    "strategy_adherence_metric",
     "strategy_and_bertscore_metric",
     "strategy_feedback_metric",
     "strategy_scores",

@@ -14,6 +14,10 @@ Python use::
     result = optimize_program("strategy", train_examples, dev_examples,
                               optimizer="bootstrap", lm=build_lm("local"))
     result.program.save("strategy.json")   # or csc.optimizers.save_program(...)
+
+RoleCS's two supporter agents (``csc optimize --program rolecs``) are compiled by
+:func:`optimize_rolecs`: the supporter assistant against strategy accuracy, the supporter against
+strategy adherence judged by an independent strategy labeler.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "OptimizationResult",
     "build_metric",
     "optimize_program",
+    "optimize_rolecs",
     "project_lm_calls",
 ]
 
@@ -92,8 +97,26 @@ class CallProjection:
 def project_lm_calls(
     kind: str, optimizer: str, budget: str, n_train: int, n_dev: int
 ) -> CallProjection:
-    """How many LM calls a run will make, including the dev evaluations before and after."""
-    n_pred = len(PROGRAM_KINDS[kind]().predictors())
+    """How many LM calls a run will make, including the dev evaluations before and after.
+
+    ``rolecs`` compiles its two agents one after the other; every run of the reply agent is
+    scored by one strategy-labeler call, which doubles its calls.
+    """
+    if kind == "rolecs":
+        assistant = _projection(1, optimizer, budget, n_train, n_dev)
+        reply = _projection(1, optimizer, budget, n_train, n_dev)
+        return CallProjection(
+            assistant.task_calls + 2 * reply.task_calls,
+            assistant.prompt_calls + reply.prompt_calls,
+            f"supporter assistant: {assistant.detail}; supporter: the same, each run plus one "
+            "labeler call",
+        )
+    return _projection(len(PROGRAM_KINDS[kind]().predictors()), optimizer, budget, n_train, n_dev)
+
+
+def _projection(
+    n_pred: int, optimizer: str, budget: str, n_train: int, n_dev: int
+) -> CallProjection:
     evals = 2 * n_dev * n_pred
     if optimizer == "bootstrap":
         _, _, rounds = BUDGETS[budget]
@@ -203,6 +226,36 @@ def _compiler(
     raise ValueError(f"unknown optimizer {optimizer!r}; use bootstrap, mipro or gepa")
 
 
+def _compile_and_score(
+    program: dspy.Module,
+    trainset: Sequence[dspy.Example],
+    devset: Sequence[dspy.Example],
+    score_fn: Callable,
+    gepa_fn: Callable,
+    *,
+    optimizer: str,
+    budget: str,
+    lm: Any,
+    prompt_lm: Any,
+    seed: int,
+    num_threads: int,
+    finish: Callable[[dspy.Module], None] | None = None,
+) -> tuple[dspy.Module, float, float]:
+    """Score ``program`` on ``devset``, compile it on ``trainset``, let ``finish`` adjust the
+    compiled program, and score that: (compiled, dev before, dev after)."""
+    with dspy.context(lm=lm):
+        before = _evaluate(program, devset, score_fn, num_threads)
+        compiler = _compiler(optimizer, budget, score_fn, gepa_fn, lm, prompt_lm, seed, num_threads)
+        kwargs: dict[str, Any] = {"trainset": list(trainset)}
+        if optimizer in ("mipro", "gepa") and devset:
+            kwargs["valset"] = list(devset)
+        compiled = compiler.compile(program, **kwargs)
+        if finish is not None:
+            finish(compiled)
+        after = _evaluate(compiled, devset, score_fn, num_threads)
+    return compiled, before, after
+
+
 def optimize_program(
     kind: ProgramKind | dspy.Module,
     trainset: Sequence[dspy.Example],
@@ -236,6 +289,8 @@ def optimize_program(
         program = kind
         kind_name = getattr(program, "kind", type(program).__name__)
     else:
+        if kind == "rolecs":
+            raise ValueError("RoleCS's supporter agents compile with optimize_rolecs()")
         if kind not in ("strategy", "supporter", "labeler"):
             raise ValueError(f"unknown program {kind!r}; use strategy, supporter or labeler")
         program = PROGRAM_KINDS[kind](fw, language)
@@ -267,23 +322,19 @@ def optimize_program(
     meter(prompt_lm)
     usage_before = usage_of(lm, prompt_lm)
     start = time.perf_counter()
-    with dspy.context(lm=lm):
-        before = _evaluate(program, devset, score_fn, num_threads)
-        compiler = _compiler(
-            optimizer,
-            budget,
-            score_fn,
-            build_metric(metric, fw, language, for_gepa=True),
-            lm,
-            prompt_lm,
-            seed,
-            num_threads,
-        )
-        kwargs: dict[str, Any] = {"trainset": trainset}
-        if optimizer in ("mipro", "gepa") and devset:
-            kwargs["valset"] = devset
-        compiled = compiler.compile(program, **kwargs)
-        after = _evaluate(compiled, devset, score_fn, num_threads)
+    compiled, before, after = _compile_and_score(
+        program,
+        trainset,
+        devset,
+        score_fn,
+        build_metric(metric, fw, language, for_gepa=True),
+        optimizer=optimizer,
+        budget=budget,
+        lm=lm,
+        prompt_lm=prompt_lm,
+        seed=seed,
+        num_threads=num_threads,
+    )
     seconds = time.perf_counter() - start
     usage = usage_of(lm, prompt_lm) - usage_before
     metadata = {
@@ -310,6 +361,162 @@ def optimize_program(
         compiled,
         before,
         after,
+        usage.calls,
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        seconds,
+        projection,
+        metadata,
+        usage,
+    )
+
+
+def optimize_rolecs(
+    trainset: Sequence[dspy.Example],
+    devset: Sequence[dspy.Example],
+    *,
+    optimizer: OptimizerName = "bootstrap",
+    budget: Budget = "light",
+    lm: Any = None,
+    prompt_lm: Any = None,
+    labeler: dspy.Module | None = None,
+    labeler_lm: Any = None,
+    framework: Framework | str = "csc",
+    language: Language = "en",
+    seed: int = 0,
+    num_threads: int = 4,
+    on_projection: Callable[[CallProjection], None] | None = None,
+) -> OptimizationResult:
+    """Compile RoleCS's two supporter agents, each against its own metric, into one program.
+
+    * the supporter assistant (scenario, history -> next strategy) against strategy accuracy;
+    * the supporter (scenario, history, strategy -> reply) against strategy adherence: the
+      ``labeler`` (default: a zero-shot :class:`~csc.programs.supporter.StrategyLabeler`) run on
+      ``labeler_lm`` (default: ``lm``) reads the reply and must name the strategy it was given.
+
+    Args:
+        trainset / devset: examples from :func:`csc.programs.rolecs_agents.rolecs_examples`.
+        optimizer, budget, lm, prompt_lm, seed, num_threads, on_projection: as in
+            :func:`optimize_program`.
+
+    Returns an :class:`OptimizationResult` whose ``program`` is a
+    :class:`~csc.programs.rolecs_agents.RoleCSAgents`; ``dev_before``/``dev_after`` are the
+    supporter assistant's strategy accuracy, and ``metadata["agents"]`` has each agent's scores,
+    usage and time.
+    """
+    from csc.eval.metrics import strategy_adherence_metric
+    from csc.programs.rolecs_agents import (
+        RoleCSAgents,
+        SupporterAssistantAgent,
+        SupporterReplyAgent,
+        tidy_agent_demos,
+    )
+    from csc.programs.supporter import StrategyLabeler
+
+    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    lm = lm or dspy.settings.lm
+    if lm is None:
+        raise ValueError("no task LM: pass lm= or configure dspy.settings.lm")
+    prompt_lm = prompt_lm or lm
+    labeler_spec = "zero-shot" if labeler is None else type(labeler).__name__
+    labeler = labeler or StrategyLabeler(fw, language)
+    judge_lm = labeler_lm or lm
+    trainset = [ex for ex in trainset if ex.get("strategy")]
+    devset = [ex for ex in devset if ex.get("strategy")]
+    if not trainset:
+        raise ValueError("the training set has no supporter turns with a gold strategy")
+    projection = project_lm_calls("rolecs", optimizer, budget, len(trainset), len(devset))
+    if on_projection:
+        on_projection(projection)
+
+    lms = list({id(x): x for x in (lm, prompt_lm, judge_lm)}.values())
+    for each in lms:
+        meter(each)
+
+    def finish(program: dspy.Module) -> None:
+        tidy_agent_demos(program, fw, language)
+
+    agents: dict[str, dict[str, Any]] = {}
+    compiled: dict[str, dspy.Module] = {}
+    plan = [
+        (
+            "supporter_assistant",
+            SupporterAssistantAgent(fw, language),
+            ("scenario", "history"),
+            "acc",
+            strategy_accuracy_metric,
+            strategy_feedback_metric(fw, language),
+        ),
+        (
+            "supporter",
+            SupporterReplyAgent(fw, language),
+            ("scenario", "history", "strategy"),
+            "adherence",
+            strategy_adherence_metric(labeler, lm=judge_lm),
+            strategy_adherence_metric(
+                labeler, lm=judge_lm, framework=fw, language=language, feedback=True
+            ),
+        ),
+    ]
+    usage_start = usage_of(*lms)
+    start = time.perf_counter()
+    for name, program, inputs, metric_name, score_fn, gepa_fn in plan:
+        usage_before = usage_of(*lms)
+        began = time.perf_counter()
+        compiled[name], before, after = _compile_and_score(
+            program,
+            [ex.with_inputs(*inputs) for ex in trainset],
+            [ex.with_inputs(*inputs) for ex in devset],
+            score_fn,
+            gepa_fn,
+            optimizer=optimizer,
+            budget=budget,
+            lm=lm,
+            prompt_lm=prompt_lm,
+            seed=seed,
+            num_threads=num_threads,
+            finish=finish,
+        )
+        usage = usage_of(*lms) - usage_before
+        agents[name] = {
+            "metric": metric_name,
+            "dev_before": before,
+            "dev_after": after,
+            "demos": len(compiled[name].predictors()[0].demos),
+            "lm_usage": usage.to_dict(),
+            "seconds": round(time.perf_counter() - began, 2),
+        }
+    seconds = time.perf_counter() - start
+    usage = usage_of(*lms) - usage_start
+    program = RoleCSAgents.from_agents(compiled["supporter_assistant"], compiled["supporter"])
+    assistant = agents["supporter_assistant"]
+    metadata = {
+        "kind": "rolecs",
+        "framework": fw.name if fw.source.endswith(f"{fw.name}.yaml") else fw.source,
+        "language": language,
+        "optimizer": optimizer,
+        "budget": budget,
+        "metric": "acc (supporter_assistant), adherence (supporter)",
+        "seed": seed,
+        "lm": lm_name(lm),
+        "prompt_lm": lm_name(prompt_lm),
+        "labeler": labeler_spec,
+        "labeler_lm": lm_name(judge_lm),
+        "n_train": len(trainset),
+        "n_dev": len(devset),
+        "dev_before": assistant["dev_before"],
+        "dev_after": assistant["dev_after"],
+        "agents": agents,
+        "lm_calls": usage.calls,
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "lm_usage": usage.to_dict(),
+        "seconds": round(seconds, 2),
+    }
+    return OptimizationResult(
+        program,
+        assistant["dev_before"],
+        assistant["dev_after"],
         usage.calls,
         usage.prompt_tokens,
         usage.completion_tokens,

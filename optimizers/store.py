@@ -16,6 +16,7 @@ from typing import Any
 import dspy
 
 from csc.framework import Framework
+from csc.programs.rolecs_agents import RoleCSAgents
 from csc.programs.supporter import DirectSupporter, StrategyLabeler, StrategyPredictor, Supporter
 
 __all__ = ["PROGRAM_KINDS", "ProgramStoreError", "load_program", "save_program", "sidecar_path"]
@@ -25,6 +26,7 @@ PROGRAM_KINDS: dict[str, type[dspy.Module]] = {
     "supporter": Supporter,
     "direct": DirectSupporter,
     "labeler": StrategyLabeler,
+    "rolecs": RoleCSAgents,
 }
 # Keys whose values must never reach a saved program (LiteLLM / provider credentials).
 _SECRET_KEY = re.compile(
@@ -60,7 +62,8 @@ def _find_secrets(obj: Any, where: str = "") -> list[str]:
 def save_program(program: dspy.Module, path: str | Path, metadata: dict[str, Any]) -> Path:
     """Save ``program``'s JSON state to ``path`` and ``metadata`` to the sidecar.
 
-    ``metadata`` must hold ``kind`` (strategy|supporter|direct), ``framework`` and ``language``.
+    ``metadata`` must hold ``kind`` (a key of :data:`PROGRAM_KINDS`), ``framework`` and
+    ``language``.
     Raises :class:`ProgramStoreError` when the state would contain a credential.
     """
     path = Path(path)
@@ -128,7 +131,8 @@ def load_program(
 
 def as_supporter(program: dspy.Module) -> dspy.Module:
     """A full supporter from a saved program: a compiled strategy predictor gets a zero-shot
-    responder of the same framework and language."""
+    responder of the same framework and language; RoleCS agents (``rolecs``) choose the strategy
+    with the supporter assistant and reply with the supporter."""
     if isinstance(program, StrategyPredictor):
         supporter = Supporter(program.framework, program.language)
         supporter.strategist = program.strategist

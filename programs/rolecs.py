@@ -3,8 +3,9 @@
 Loop (arXiv 2508.04423, RoleCS): supporter assistant -> supporter -> (stop on the framework's
 closing strategy or at the utterance limit) -> customer assistant -> customer -> (stop when the
 customer ends it) -> repeat. The framework's conversation policy is enforced in code by
-:class:`StrategyPolicy`: a strategy choice that breaks it is re-asked once with feedback, then
-corrected; both are counted by kind in the dialogue's metadata.
+:class:`~csc.programs.rolecs_policy.StrategyPolicy`: a strategy choice that breaks it is re-asked
+once with feedback, then corrected; both are counted by kind in the dialogue's metadata. The
+quality filter is :class:`~csc.programs.rolecs_judge.RoleCSJudge`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import dspy
@@ -22,8 +22,10 @@ from csc.data.profiles import CustomerProfile
 from csc.data.topics import Topic
 from csc.dialogue import Dialogue, Speaker, Turn
 from csc.framework import Framework, Language
-from csc.signatures.rolecs import JUDGE_CRITERIA, rolecs_signatures
-from csc.signatures.types import DialogueHistory
+from csc.programs.rolecs_judge import RoleCSJudge
+from csc.programs.rolecs_policy import StrategyPolicy, policy_definitions
+from csc.signatures.rolecs import rolecs_signatures
+from csc.signatures.types import DialogueHistory, type_demo_histories
 from csc.usage import usage_label
 
 DEFAULT_MAX_UTTERANCES = 50
@@ -55,125 +57,6 @@ class DialogueFailure(RuntimeError):
         self.partial = partial
 
 
-@dataclass(frozen=True)
-class PolicyViolation:
-    """A strategy choice that breaks the policy: its kind and the feedback for a re-ask."""
-
-    kind: str  # "opening", "verification", "repeat" or "closing"
-    feedback: str
-
-
-class StrategyPolicy:
-    """The framework's conversation policy (``framework.policy``), checked and enforced in code.
-
-    Rules, each skipped when the framework's policy leaves its part unset:
-
-    * ``opening``: the first supporter turn uses the opening strategy, and no later turn does;
-    * ``verification``: the verification strategy is used within ``verification_within``
-      supporter turns after the opening, and before the closing strategy;
-    * ``max_repeat``: no strategy more than ``max_repeat`` times in a row;
-    * ``closing``: the dialogue ends with the closing strategy (enforced by :class:`RoleCS`).
-    """
-
-    def __init__(self, framework: Framework, language: Language = "en") -> None:
-        self.framework = framework
-        self.policy = framework.policy
-        self.language = language
-
-    def _name(self, code: str) -> str:
-        s = self.framework.strategy(code)
-        return f"{code} ({s.display_name(self.language)})"
-
-    def check(self, chosen: str, previous: list[str]) -> PolicyViolation | None:
-        """The first rule ``chosen`` breaks after the supporter strategies ``previous``, if any."""
-        p, k = self.policy, len(previous)
-        zh = self.language == "zh"
-        if p.opening:
-            if k == 0 and chosen != p.opening:
-                return PolicyViolation(
-                    "opening",
-                    f"第一句回复必须使用 {self._name(p.opening)}。"
-                    if zh
-                    else f"The first reply must use {self._name(p.opening)}.",
-                )
-            if k > 0 and chosen == p.opening:
-                return PolicyViolation(
-                    "opening",
-                    f"{self._name(p.opening)} 只用于开场，请选择其他策略。"
-                    if zh
-                    else f"{self._name(p.opening)} is only for the opening; choose another strategy.",
-                )
-        if p.verification and p.verification not in previous:
-            offset = 1 if p.opening else 0
-            position = k - offset + 1  # 1 = first supporter turn after the opening
-            due = k >= offset and position >= p.verification_within
-            if chosen != p.verification and (due or chosen == p.closing):
-                return PolicyViolation(
-                    "verification",
-                    f"现在必须使用 {self._name(p.verification)} 确认客户身份。"
-                    if zh
-                    else f"Now use {self._name(p.verification)}: the customer's identity must be "
-                    f"verified within {p.verification_within} replies after the opening.",
-                )
-        if (
-            p.max_repeat
-            and k >= p.max_repeat
-            and all(c == chosen for c in previous[-p.max_repeat :])
-        ):
-            return PolicyViolation(
-                "repeat",
-                f"{self._name(chosen)} 已连续使用 {p.max_repeat} 次，请换一个策略。"
-                if zh
-                else f"{self._name(chosen)} was used {p.max_repeat} times in a row; choose a "
-                "different strategy.",
-            )
-        return None
-
-    def correct(self, violation: PolicyViolation, chosen: str, previous: list[str]) -> str:
-        """A strategy that satisfies the rule ``violation`` names."""
-        p = self.policy
-        if violation.kind == "opening" and not previous and p.opening:
-            return p.opening
-        if violation.kind == "verification" and p.verification:
-            return p.verification
-        return self.alternative(chosen, previous)
-
-    def alternative(self, avoid: str, previous: list[str]) -> str:
-        """The most plausible other strategy: one of the current or the next stage, never the
-        opening, closing or fallback strategy, nor one that would repeat too often."""
-        fw, p = self.framework, self.policy
-        current = 0
-        for code in reversed(previous):
-            idx = fw.stage_index(code)
-            if idx is not None:
-                current = idx
-                break
-        banned = {avoid, p.opening, p.closing}
-        if (
-            p.max_repeat
-            and len(previous) >= p.max_repeat
-            and len(set(previous[-p.max_repeat :])) == 1
-        ):
-            banned.add(previous[-1])
-        candidates = [
-            s.code
-            for s in fw.strategies
-            if s.code not in banned and not s.fallback and s.stage is not None
-        ]
-        if not candidates:
-            candidates = [c for c in fw.codes if c not in banned] or [avoid]
-
-        def rank(code: str) -> tuple[int, int, int]:
-            idx = fw.stage_index(code) or 0
-            return (
-                0 if idx in (current, current + 1) else 1,
-                abs(idx - current),
-                fw.codes.index(code),
-            )
-
-        return min(candidates, key=rank)
-
-
 def rollout_id(seed: int, dialogue_key: str, role: str, step: int, attempt: int = 0) -> int:
     """A reproducible per-call rollout id: distinct for every dialogue, role, step and attempt,
     identical for the same seed, so runs are diverse yet repeatable (and cache-friendly)."""
@@ -195,34 +78,6 @@ def _raw_output(exc: BaseException) -> str | None:
     return None
 
 
-class RoleCSJudge(dspy.Module):
-    """The RoleCS quality filter: an LM judge scores a finished dialogue on five binary criteria
-    (strategy adherence, spotting unreasonable demands, natural replies, varied expression, role
-    consistency); a dialogue passes only with all five."""
-
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
-        super().__init__()
-        self.framework = (
-            framework if isinstance(framework, Framework) else Framework.load(framework)
-        )
-        self.language = language
-        self.judge = dspy.Predict(rolecs_signatures(self.framework, language).judge)
-
-    def forward(self, dialogue: Dialogue, config: dict[str, Any] | None = None) -> dspy.Prediction:
-        """Score ``dialogue``; returns ``criteria`` ({name: {"pass", "reason"}}) and ``passed``."""
-        pred = self.judge(
-            scenario=dialogue.scenario or "",
-            dialogue=DialogueHistory.of(dialogue.turns, language=self.language),
-            strategy_definitions=self.framework.render(self.language, with_rules=False),
-            config=config or {},
-        )
-        criteria = {
-            c: {"pass": bool(getattr(pred, c)), "reason": str(getattr(pred, f"{c}_reason"))}
-            for c in JUDGE_CRITERIA
-        }
-        return dspy.Prediction(criteria=criteria, passed=all(v["pass"] for v in criteria.values()))
-
-
 class RoleCS(dspy.Module):
     """Synthesize one strategy-labelled support dialogue with five role-playing agents.
 
@@ -240,6 +95,8 @@ class RoleCS(dspy.Module):
         min_utterances: a customer's "finished" before this many utterances is ignored (and
             marked ``finish_ignored`` on the turn), so a weak customer model cannot end a dialogue
             right after the greeting; 0 turns the rule off.
+
+    ``RoleCS(...).load("P.json")`` runs compiled supporter agents (see :meth:`load_state`).
     """
 
     def __init__(
@@ -274,31 +131,22 @@ class RoleCS(dspy.Module):
         self.max_utterances = max_utterances
         self.token_budgets = dict(token_budgets or {})
         self.min_utterances = min_utterances
-        self._definitions = self._render_definitions()
+        self._definitions = policy_definitions(self.framework, language)
 
-    def _render_definitions(self) -> str:
-        fw, p, zh = self.framework, self.framework.policy, self.language == "zh"
-        lines = [fw.render(self.language)]
-        rules = []
-        if p.opening:
-            rules.append(f"以 {p.opening} 开场" if zh else f"open with {p.opening}")
-        if p.verification:
-            rules.append(
-                f"开场后 {p.verification_within} 句内使用 {p.verification}"
-                if zh
-                else f"use {p.verification} within {p.verification_within} replies after the opening"
+    def load_state(self, state: dict, **kwargs: Any) -> None:
+        """Load saved agent state (``program.load("P.json")``). A state that holds only some of
+        the agents — :class:`~csc.programs.rolecs_agents.RoleCSAgents`, saved by ``csc optimize
+        --program rolecs``, holds the supporter assistant and the supporter — replaces those and
+        leaves the others as they are; a state holding none of them is an error."""
+        own = self.dump_state()
+        present = [name for name in own if name in state]
+        if not present:
+            raise ValueError(
+                f"the saved state holds none of the RoleCS agents ({', '.join(own)}); save one "
+                "with `csc optimize --program rolecs`"
             )
-        if p.closing:
-            rules.append(f"以 {p.closing} 结束" if zh else f"end with {p.closing}")
-        if p.max_repeat:
-            rules.append(
-                f"同一策略连续不超过 {p.max_repeat} 次"
-                if zh
-                else f"never the same strategy more than {p.max_repeat} times in a row"
-            )
-        if rules:
-            lines.append(("对话规范：" if zh else "Policy: ") + ("；" if zh else "; ").join(rules))
-        return "\n".join(lines)
+        super().load_state({**own, **{name: state[name] for name in present}}, **kwargs)
+        type_demo_histories(self)
 
     # ------------------------------------------------------------------ calls
     def _call(

@@ -33,7 +33,7 @@ from csc.signatures.supporter import (
     strategy_labeling_signature,
     strategy_prediction_signature,
 )
-from csc.signatures.types import DialogueHistory
+from csc.signatures.types import DialogueHistory, type_demo_histories
 
 __all__ = [
     "DirectSupporter",
@@ -76,11 +76,7 @@ class _SupporterModule(dspy.Module):
     def load_state(self, state: dict, **kwargs: Any) -> None:
         """Load saved state, turning the JSON histories of saved demos back into typed histories."""
         super().load_state(state, **kwargs)
-        for _, predictor in self.named_predictors():
-            for demo in predictor.demos:
-                value = demo.get("history") if isinstance(demo, Mapping) else None
-                if isinstance(value, Mapping):
-                    demo["history"] = DialogueHistory.model_validate(value)
+        type_demo_histories(self)
 
     def _code(self, raw: Any) -> tuple[str, bool]:
         """The strategy code of a model output and whether it is a substitute: the fallback

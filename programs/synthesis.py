@@ -77,6 +77,8 @@ class SynthesisConfig(BaseModel):
     lms: dict[str, str]
     token_budgets: dict[str, int] = {}
     min_utterances: int = 0
+    # SHA-256 of the compiled supporter agents (`csc synthesize --program`); None: default prompts.
+    program_sha256: str | None = None
 
     @classmethod
     def build(
@@ -93,6 +95,7 @@ class SynthesisConfig(BaseModel):
         lms: Mapping[str, str],
         token_budgets: Mapping[str, int] | None = None,
         min_utterances: int = 0,
+        program_sha256: str | None = None,
     ) -> SynthesisConfig:
         """A configuration from its parts; the framework and profiles enter by content digest."""
         fw_digest = _digest(framework.to_dict())
@@ -114,11 +117,15 @@ class SynthesisConfig(BaseModel):
             lms=roles,
             token_budgets=dict(token_budgets or {}),
             min_utterances=min_utterances,
+            program_sha256=program_sha256,
         )
 
     def digest(self) -> str:
         """The run key: a short hash of this configuration."""
-        return _digest(self.model_dump(mode="json"))[:12]
+        data = self.model_dump(mode="json")
+        if data["program_sha256"] is None:
+            del data["program_sha256"]  # runs with the default prompts keep their earlier keys
+        return _digest(data)[:12]
 
 
 def _digest(data: Any) -> str:
@@ -268,6 +275,8 @@ class SynthesisRun:
         profiles: the profile pool (its digest must match ``config``).
         lms: LM per agent role (see :class:`~csc.programs.rolecs.RoleCS`).
         lm_names: printable model name per role, for the summary (no keys).
+        program: compiled supporter agents to load into RoleCS (``csc optimize --program
+            rolecs``); its SHA-256 must be ``config.program_sha256``.
     """
 
     def __init__(
@@ -278,6 +287,7 @@ class SynthesisRun:
         profiles: Sequence[CustomerProfile],
         lms: Mapping[str, Any] | None = None,
         lm_names: Mapping[str, str] | None = None,
+        program: str | Path | None = None,
     ) -> None:
         self.out = Path(out_dir)
         self.config = config
@@ -296,6 +306,18 @@ class SynthesisRun:
             token_budgets=config.token_budgets,
             min_utterances=config.min_utterances,
         )
+        self.program_path = program
+        if program is not None:
+            from csc.eval.splits import data_sha256
+
+            if data_sha256(program) != config.program_sha256:
+                raise RunConfigError(
+                    f"{program}: its SHA-256 is not the program_sha256 of the configuration; "
+                    "build the configuration with SynthesisConfig.build(program_sha256=...)"
+                )
+            self.program.load(str(program))
+        elif config.program_sha256 is not None:
+            raise RunConfigError("the configuration names a program; pass it as program=")
 
     # ------------------------------------------------------------------ folder
     def prepare(self, shard: tuple[int, int] | None = None) -> None:
@@ -577,6 +599,10 @@ class SynthesisRun:
             "filter": self.config.filter,
             "concurrency": concurrency,
             "lms": {r: self.lm_names.get(r, "") for r in self.config.lms},
+            # The compiled supporter agents the run used (None: the default prompts).
+            "program": {"path": str(self.program_path), "sha256": self.config.program_sha256}
+            if self.program_path is not None
+            else None,
             "this_run": this_run,
             # The whole folder: every invocation (and, after a merge, every shard) so far.
             "invocations": invocations,
@@ -747,7 +773,7 @@ def merge_runs(out_dir: str | Path, sources: Sequence[str | Path]) -> dict[str, 
     complete = bool(counts) and len(set(counts)) == 1 and len(labels) == counts[0]
     summary = {
         **{k: base.get(k) for k in ("framework", "language", "seed", "temperature")},
-        **{k: base.get(k) for k in ("max_utterances", "filter", "lms")},
+        **{k: base.get(k) for k in ("max_utterances", "filter", "lms", "program")},
         "config_hash": key,
         "shard": None,
         "merged": {

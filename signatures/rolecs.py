@@ -1,5 +1,6 @@
-"""Signatures of the RoleCS agents: planner, supporter assistant, supporter, customer assistant,
-customer, profile describer and dialogue judge.
+"""Signatures of the RoleCS agents: planner, supporter assistant, supporter (``SupporterReply``:
+not to be confused with the supporter program :class:`csc.programs.supporter.Supporter`), customer
+assistant, customer, profile describer and dialogue judge.
 
 The class docstrings are the prompt seeds an optimizer rewrites, so they say what a support-quality
 expert would say. Strategy and stage fields are typed with the framework's own ``Literal`` codes, so
@@ -55,7 +56,7 @@ class SupporterAssistant(dspy.Signature):
     strategy: str = dspy.OutputField(desc="the strategy code of the next supporter reply")
 
 
-class Supporter(dspy.Signature):
+class SupporterReply(dspy.Signature):
     """You are a professional customer-support agent. Write your
     next reply using exactly the given communication strategy. Be polite, specific and concise:
     one or two sentences. Do not promise what the company cannot do: when the customer asks for
@@ -155,7 +156,7 @@ _ZH_INSTRUCTIONS: dict[str, str] = {
         "寻求解决方案，实施并确认解决，最后妥善结束。遵守定义后列出的对话规范，策略要有变化，"
         "不要反复使用同一个。只有在客户问题已解决或客户要离开时才结束对话。"
     ),
-    "Supporter": (
+    "SupporterReply": (
         "你是一名专业客服。严格使用给定的沟通策略写出你的下一句回复。"
         "礼貌、具体、简洁：一到两句话。不要承诺公司做不到的事：客户提出不合理或无法实现的要求时，"
         "委婉指出并提供可行的替代方案。用词要有变化，不要重复之前的句子。"
@@ -208,7 +209,7 @@ _ZH_FIELD_DESCS: dict[str, str] = {
 _TEMPLATES: dict[str, type[dspy.Signature]] = {
     "Planner": Planner,
     "SupporterAssistant": SupporterAssistant,
-    "Supporter": Supporter,
+    "SupporterReply": SupporterReply,
     "CustomerAssistant": CustomerAssistant,
     "Customer": Customer,
     "ProfileDescriber": ProfileDescriber,
@@ -252,7 +253,7 @@ def _build(framework: Framework, language: Language) -> RoleCSSignatures:
     return RoleCSSignatures(
         planner=_localize("Planner", language),
         supporter_assistant=assistant,
-        supporter=_localize("Supporter", language),
+        supporter=_localize("SupporterReply", language),
         customer_assistant=_localize("CustomerAssistant", language),
         customer=_localize("Customer", language),
         profile_describer=_localize("ProfileDescriber", language),

@@ -57,6 +57,16 @@ class DialogueHistory(dspy.Type):
         return len(self.turns)
 
 
+def type_demo_histories(module: dspy.Module) -> None:
+    """Turn the JSON histories of a loaded program's demos back into :class:`DialogueHistory`
+    values, so a demo renders like a live history (``program.load`` reads them as dicts)."""
+    for _, predictor in module.named_predictors():
+        for demo in predictor.demos:
+            value = demo.get("history") if hasattr(demo, "get") else None
+            if isinstance(value, dict):
+                demo["history"] = DialogueHistory.model_validate(value)
+
+
 def localized(
     template: type[dspy.Signature],
     instructions: str | None = None,

@@ -29,8 +29,9 @@ def register(app: typer.Typer) -> None:
         program: ProgramKind = typer.Option(
             "strategy",
             "--program",
-            help="strategy (strategy predictor), supporter (both steps) or labeler (history + "
-            "reply -> strategy, for csc rewrite --labeler).",
+            help="strategy (strategy predictor), supporter (both steps), labeler (history + "
+            "reply -> strategy, for csc rewrite --labeler) or rolecs (RoleCS's supporter "
+            "assistant and supporter, for csc synthesize --program).",
         ),
         train: Path = typer.Option(..., "--train", help="Training dialogues (any csc format)."),
         dev: Path | None = typer.Option(
@@ -74,11 +75,25 @@ def register(app: typer.Typer) -> None:
         max_tokens: int | None = typer.Option(
             None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
         ),
+        labeler: Path | None = typer.Option(
+            None,
+            "--labeler",
+            help="rolecs only: the strategy labeler that judges the supporter's adherence, a "
+            "program from `csc optimize --program labeler` (default: the zero-shot labeler).",
+        ),
+        labeler_lm: str | None = typer.Option(
+            None,
+            "--labeler-lm",
+            help="rolecs only: the LM of the adherence labeler (default: --lm); a different, "
+            "stronger model makes the judgement independent of the model being tuned.",
+        ),
         out: Path = typer.Option(..., "--out", help="Where to save the program (.json)."),
     ) -> None:
         """Optimize a supporter program; saves PROGRAM.json (JSON state) and PROGRAM.meta.json.
 
-        Load it with `csc evaluate --supporter optimized:PROGRAM.json`.
+        Load it with `csc evaluate --supporter optimized:PROGRAM.json`. `--program rolecs`
+        compiles RoleCS's supporter assistant (strategy accuracy) and supporter (strategy
+        adherence, judged by a strategy labeler) into one program for `csc synthesize --program`.
         """
         from itertools import islice
 
@@ -88,9 +103,23 @@ def register(app: typer.Typer) -> None:
         from csc.eval.splits import DatasetSplits, SplitsError
         from csc.framework import Framework, FrameworkError
         from csc.lm import LMConfigError, build_lm, lm_name
-        from csc.optimizers.optimize import optimize_program
-        from csc.optimizers.store import ProgramStoreError, save_program, sidecar_path
+        from csc.optimizers.optimize import optimize_program, optimize_rolecs
+        from csc.optimizers.store import (
+            ProgramStoreError,
+            load_program,
+            save_program,
+            sidecar_path,
+        )
 
+        if program != "rolecs" and (labeler or labeler_lm):
+            fail(
+                "--labeler and --labeler-lm judge the RoleCS supporter: use them with --program rolecs"
+            )
+        if program == "rolecs" and metric != "acc":
+            fail(
+                "--program rolecs has its own metrics (strategy accuracy for the supporter "
+                "assistant, strategy adherence for the supporter); leave --metric at acc"
+            )
         if out.suffix != ".json":
             fail(f"--out {out}: the program is saved as JSON state; give a .json path")
         for path in (train, dev):
@@ -118,15 +147,33 @@ def register(app: typer.Typer) -> None:
         except (DataFormatError, FrameworkError, SplitsError) as exc:
             fail(str(exc))
         language = lang or dialogue_language(train_dialogues)
-        trainset = supporter_examples(train_dialogues, language=language)[:max_train]
-        devset = supporter_examples(dev_dialogues, language=language)[:max_dev]
+        if program == "rolecs":
+            from csc.programs.rolecs_agents import rolecs_examples
+
+            trainset = rolecs_examples(train_dialogues, fw, language)[:max_train]
+            devset = rolecs_examples(dev_dialogues, fw, language)[:max_dev]
+        else:
+            trainset = supporter_examples(train_dialogues, language=language)[:max_train]
+            devset = supporter_examples(dev_dialogues, language=language)[:max_dev]
 
         settings = resolve_lm_settings(config, lm, api_base)
         try:
             task_lm = build_lm(settings.spec_for("supporter").merged({"max_tokens": max_tokens}))
             reflect_lm = build_lm(prompt_lm, api_base=api_base) if prompt_lm else task_lm
+            judge_lm = build_lm(labeler_lm, api_base=api_base) if labeler_lm else task_lm
         except (LMConfigError, FileNotFoundError, OSError) as exc:
             fail(f"cannot build the LM: {exc}")
+        judge = None
+        if labeler is not None:
+            try:
+                judge, judge_meta = load_program(labeler, framework=fw)
+            except ProgramStoreError as exc:
+                fail(str(exc))
+            if judge_meta["kind"] != "labeler":
+                fail(
+                    f"--labeler {labeler}: a {judge_meta['kind']} program; give one from "
+                    "`csc optimize --program labeler`"
+                )
 
         def show_projection(projection) -> None:  # type: ignore[no-untyped-def]
             typer.echo(
@@ -136,22 +183,24 @@ def register(app: typer.Typer) -> None:
                 f"{projection.detail}"
             )
 
+        common = dict(
+            optimizer=optimizer,
+            budget=budget,
+            lm=task_lm,
+            prompt_lm=reflect_lm,
+            framework=fw,
+            language=language,
+            seed=seed,
+            num_threads=num_threads,
+            on_projection=show_projection,
+        )
         try:
-            result = optimize_program(
-                program,
-                trainset,
-                devset,
-                optimizer=optimizer,
-                budget=budget,
-                metric=metric,
-                lm=task_lm,
-                prompt_lm=reflect_lm,
-                framework=fw,
-                language=language,
-                seed=seed,
-                num_threads=num_threads,
-                on_projection=show_projection,
-            )
+            if program == "rolecs":
+                result = optimize_rolecs(
+                    trainset, devset, labeler=judge, labeler_lm=judge_lm, **common
+                )
+            else:
+                result = optimize_program(program, trainset, devset, metric=metric, **common)
         except ValueError as exc:
             fail(str(exc))
         dev_source = (
@@ -167,6 +216,7 @@ def register(app: typer.Typer) -> None:
             "dev": dev_source,
             "splits": str(splits) if splits else None,
             "limit": limit,
+            **({"labeler": f"optimized:{labeler}"} if labeler else {}),
             # What the program was compiled on: `csc evaluate` refuses to score it on these.
             "train_dialogue_ids": sorted({str(ex.dialogue_id) for ex in trainset}),
             "dev_dialogue_ids": sorted({str(ex.dialogue_id) for ex in devset}),
@@ -178,9 +228,13 @@ def register(app: typer.Typer) -> None:
         from csc.usage import format_usage
 
         typer.echo(f"{format_usage(result.usage)}; {result.seconds:.1f} s wall")
-        typer.echo(
-            f"dev {metric}: before {result.dev_before:.2f} -> after {result.dev_after:.2f} "
-            f"({len(devset)} examples)"
-        )
+        for name, part in result.metadata.get("agents", {"": {"metric": metric}}).items():
+            before, after = (part.get(k, getattr(result, k)) for k in ("dev_before", "dev_after"))
+            typer.echo(
+                f"{name + ' ' if name else ''}dev {part['metric']}: before {before:.2f} -> after "
+                f"{after:.2f} ({len(devset)} examples)"
+            )
         typer.echo(f"saved {out} and {sidecar_path(out)}")
+        if program == "rolecs":
+            typer.echo(f"synthesize with it: csc synthesize --program {out} --out ...")
         typer.echo(f"evaluate it with: csc evaluate --supporter optimized:{out} --data ...")

@@ -157,12 +157,19 @@ def register(app: typer.Typer) -> None:
             help="Completion-token limits per role: auto (limits for embedded local/finetuned "
             "LMs only), none, or a number that caps every role.",
         ),
+        program: Path | None = typer.Option(
+            None,
+            "--program",
+            help="Compiled supporter agents (PROGRAM.json from `csc optimize --program rolecs`) "
+            "to run instead of the default prompts; its path and sha256 go to summary.json.",
+        ),
     ) -> None:
         """Synthesize strategy-labelled support dialogues with the five RoleCS agents.
 
         Finished dialogues stream to OUT/dialogues.jsonl (judge-rejected ones to
         OUT/rejected.jsonl, failures to OUT/failures.jsonl); re-running the same command resumes.
         `--shard I/N` runs one of N shards; `csc synthesize merge DIR... --out OUT` combines them.
+        `--program P.json` runs the supporter agents compiled by `csc optimize --program rolecs`.
         """
         if ctx.invoked_subcommand is not None:
             return
@@ -211,6 +218,7 @@ def register(app: typer.Typer) -> None:
         )
         described = settings.describe()
         budgets = _token_budgets(turn_tokens, settings, no_filter)
+        program_sha256 = _check_program(program, fw, language) if program else None
         run_config = SynthesisConfig.build(
             framework=fw,
             language=language,
@@ -225,6 +233,7 @@ def register(app: typer.Typer) -> None:
             lms={role: model.split(" @ ", 1)[0] for role, model in described.items()},
             token_budgets=budgets,
             min_utterances=min(min_utterances, max_utterances),
+            program_sha256=program_sha256,
         )
         console = Console()
         active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
@@ -247,11 +256,15 @@ def register(app: typer.Typer) -> None:
         if not lm_cache:
             for role_lm in lms.values():
                 without_response_cache(role_lm)
-        run = SynthesisRun(out, run_config, fw, pool, lms=lms, lm_names=names)
+        try:
+            run = SynthesisRun(out, run_config, fw, pool, lms=lms, lm_names=names, program=program)
+        except (RunConfigError, ValueError, KeyError) as exc:
+            fail(f"--program {program}: cannot load it into RoleCS: {exc}")
         console.print(
             f"run {run.key} -> {out}  ({fw.name}, {language}, {len(chosen_topics)} topics x "
             f"{len(pool)} profiles, seed {seed}, concurrency {concurrency}"
             + (f", shard {shard}" if shard_spec else "")
+            + (f", program {program}" if program else "")
             + ")"
         )
         try:
@@ -303,6 +316,34 @@ def register(app: typer.Typer) -> None:
                 who = "Supporter" if t.is_supporter else "Customer"
                 tag = f" [{t.strategy}]" if t.strategy else ""
                 console.print(f"[bold]{who}{escape(tag)}:[/bold] {escape(t.text)}", highlight=False)
+
+
+def _check_program(path: Path, fw, language: str) -> str:
+    """The SHA-256 of a saved RoleCS agents program, after checking it fits the run."""
+    from csc.eval.splits import data_sha256
+    from csc.optimizers.store import ProgramStoreError, read_metadata
+
+    try:
+        meta = read_metadata(path)
+    except ProgramStoreError as exc:
+        fail(str(exc))
+    if meta["kind"] != "rolecs":
+        fail(
+            f"--program {path}: a {meta['kind']} program; csc synthesize runs the RoleCS "
+            "supporter agents: compile them with `csc optimize --program rolecs`"
+        )
+    framework = str(meta.get("framework"))
+    if framework not in (fw.name, fw.source):
+        fail(
+            f"--program {path}: compiled for framework {framework!r}, the run uses {fw.name!r}; "
+            "pass the same --framework"
+        )
+    if meta.get("language") != language:
+        fail(
+            f"--program {path}: compiled for --lang {meta.get('language')}, the run uses "
+            f"--lang {language}; pass the same --lang"
+        )
+    return data_sha256(path)
 
 
 def _write_stats(out: Path, fw, no_filter: bool, seed: int):

@@ -9,7 +9,8 @@ from rolecs_fakes import Script, ScriptedLM
 from csc.data.profiles import CustomerProfile
 from csc.dialogue import Speaker
 from csc.framework import Framework
-from csc.programs.rolecs import DialogueFailure, RoleCS, StrategyPolicy, rollout_id
+from csc.programs.rolecs import DialogueFailure, RoleCS, rollout_id
+from csc.programs.rolecs_policy import StrategyPolicy
 from csc.signatures.rolecs import rolecs_signatures
 
 PROFILE = CustomerProfile(id="p1", description="You are a patient nurse who writes short messages.")
