@@ -291,6 +291,8 @@ def optimize_program(
         program = kind
         kind_name = getattr(program, "kind", type(program).__name__)
     else:
+        if kind == "rolecs":
+            raise ValueError("RoleCS's supporter agents compile with optimize_rolecs()")
         if kind not in ("strategy", "supporter", "labeler"):
             raise ValueError(f"unknown program {kind!r}; use strategy, supporter or labeler")
         program = PROGRAM_KINDS[kind](fw, language)
