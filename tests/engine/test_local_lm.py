@@ -201,18 +201,16 @@ def test_seeded_samples_reproduce_and_repeated_asks_differ(lm: LocalLM) -> None:
     assert len(set(first)) > 1  # asking again (a new rollout, n > 1) gives a new sample
 
 
-@local_lm
-def test_same_seed_same_output_with_or_without_prefix_cache_batched_or_not(lm: LocalLM) -> None:
-    system = "You are a patient bank support agent. " * 12
-    prompts = [
-        [{"role": "system", "content": system}, {"role": "user", "content": f"Customer {i}: {q}"}]
-        for i, q in enumerate(["my card is blocked", "where is my refund", "app crashes", "fees?"])
-    ]
+def _cold_warm_batched(lm: LocalLM, prompts: list[Any], **options: Any) -> tuple[list, list, list]:
+    """The answers to ``prompts``: prefix cache off, then on (sequential), then on and batched.
+
+    Checks that the first run really computed everything and the later ones used the cache.
+    """
     engine = lm.batch_engine
     budget = engine.prefix_cache.max_bytes
 
     def run(concurrent: bool) -> list[str]:
-        hot = LocalLM(cache=False, max_tokens=20, temperature=0.8, seed=3)
+        hot = LocalLM(cache=False, **options)
         if not concurrent:
             return [hot(messages=m)[0] for m in prompts]
         with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
@@ -230,8 +228,18 @@ def test_same_seed_same_output_with_or_without_prefix_cache_batched_or_not(lm: L
         assert engine.cached_tokens > cached_before  # ...and here served from it
     finally:
         engine.prefix_cache.max_bytes = budget
-    assert warm_sequential == plain
-    assert warm_batched == plain
+    return plain, warm_sequential, warm_batched
+
+
+@local_lm
+def test_same_seed_same_output_with_or_without_prefix_cache_batched_or_not(lm: LocalLM) -> None:
+    system = "You are a patient bank support agent. " * 12
+    prompts = [
+        [{"role": "system", "content": system}, {"role": "user", "content": f"Customer {i}: {q}"}]
+        for i, q in enumerate(["my card is blocked", "where is my refund", "app crashes", "fees?"])
+    ]
+    plain, warm, batched = _cold_warm_batched(lm, prompts, max_tokens=20, temperature=0.8, seed=3)
+    assert warm == plain and batched == plain
 
 
 @local_lm
@@ -243,48 +251,22 @@ def test_guarded_replies_are_the_same_with_or_without_prefix_cache_batched_or_no
     from csc.signatures.supporter import response_generation_signature
 
     sig = response_generation_signature("en")
-    turns = ["My card is blocked.", "Where is my refund?", "The app crashes.", "Any fees?"]
+    greeting = Turn(speaker=Speaker.SUPPORTER, text="Hello, how can I help?", strategy="GT")
+    inputs = {"strategy": "EM", "strategy_definition": "EM (Emotion Management): show empathy."}
     prompts = [
         dspy.ChatAdapter().format(
             sig,
             demos=[],
             inputs={
-                "history": DialogueHistory.of(
-                    [
-                        Turn(
-                            speaker=Speaker.SUPPORTER, text="Hello, how can I help?", strategy="GT"
-                        ),
-                        Turn(speaker=Speaker.CUSTOMER, text=t),
-                    ]
-                ),
-                "strategy": "EM",
-                "strategy_definition": "EM (Emotion Management): show empathy.",
+                **inputs,
+                "history": DialogueHistory.of([greeting, Turn(speaker=Speaker.CUSTOMER, text=t)]),
             },
         )
-        for t in turns
+        for t in ["My card is blocked.", "Where is my refund?", "The app crashes.", "Any fees?"]
     ]
-    engine = lm.batch_engine
-    budget = engine.prefix_cache.max_bytes
-
-    def run(concurrent: bool) -> list[str]:
-        hot = LocalLM(cache=False, max_tokens=60, temperature=0.8, seed=5)
-        if not concurrent:
-            return [hot(messages=m)[0] for m in prompts]
-        with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-            return list(pool.map(lambda m: hot(messages=m)[0], prompts))
-
-    try:
-        engine.prefix_cache.clear()
-        engine.prefix_cache.max_bytes = 0
-        plain = run(concurrent=False)
-        engine.prefix_cache.max_bytes = budget
-        warm_sequential = run(concurrent=False)
-        warm_batched = run(concurrent=True)
-    finally:
-        engine.prefix_cache.max_bytes = budget
+    plain, warm, batched = _cold_warm_batched(lm, prompts, max_tokens=60, temperature=0.8, seed=5)
     assert all("[[ ## response ## ]]" in p for p in plain)
-    assert warm_sequential == plain
-    assert warm_batched == plain
+    assert warm == plain and batched == plain
 
 
 @local_lm
