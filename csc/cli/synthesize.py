@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
             fw = Framework.load(framework or config.get("framework", "csc"))
         except FrameworkError as exc:
             fail(f"{exc}; pass the run's framework YAML with --framework")
-        from csc.programs.synthesis import _digest
+        from csc.programs.run_folder import digest as _digest
 
         if config.get("framework_digest") and _digest(fw.to_dict()) != config["framework_digest"]:
             fail(
