@@ -35,6 +35,7 @@ from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.lm import redact_secrets
+from csc.programs.run_folder import progress_bar, run_concurrently
 from csc.signatures.supporter import PromptVariant
 from csc.signatures.types import DialogueHistory
 from csc.usage import usage_of
@@ -235,16 +236,24 @@ def _run_turn(
     )
 
 
-def _executor(num_threads: int, progress: bool) -> Any:
-    from dspy.utils.parallelizer import ParallelExecutor
+def _run_all(
+    items: Sequence[Any], work: Callable[[Any], Any], num_threads: int, progress: bool, unit: str
+) -> dict[Any, Any]:
+    """``work`` over ``items`` on ``num_threads`` threads: item -> result (or the exception)."""
+    results: dict[Any, Any] = {}
+    bar = progress_bar(progress and bool(items), len(items), unit=unit, desc="evaluating")
 
-    # timeout=0: no straggler resubmission, which would run (and cache) a turn twice.
-    return ParallelExecutor(
-        num_threads=num_threads,
-        max_errors=10**9,
-        disable_progress_bar=not progress,
-        timeout=0,
-    )
+    def done(item: Any, result: Any) -> None:
+        results[item] = result
+        if bar is not None:
+            bar.update(1)
+
+    try:
+        run_concurrently(items, work, done, concurrency=num_threads)
+    finally:
+        if bar is not None:
+            bar.close()
+    return results
 
 
 def _reference_context(
@@ -255,20 +264,22 @@ def _reference_context(
     num_threads: int,
     progress: bool,
 ) -> list[PredictionRecord]:
-    todo = [ex for ex in examples if cache.get(ex.dialogue_id, ex.turn_index) is None]
+    todo = [
+        (ex.dialogue_id, ex.turn_index)
+        for ex in examples
+        if cache.get(ex.dialogue_id, ex.turn_index) is None
+    ]
+    by_key = {(ex.dialogue_id, ex.turn_index): ex for ex in examples}
 
-    def run(ex: dspy.Example) -> PredictionRecord:
+    def run(key: tuple[str, int]) -> PredictionRecord:
+        ex = by_key[key]
         gold = dialogues[ex.dialogue_id].turns[ex.turn_index]
         rec = _run_turn(program, ex.history, ex.dialogue_id, ex.turn_index, "reference", gold)
         cache.add(rec)
         return rec
 
-    fresh = _executor(num_threads, progress).execute(run, todo) if todo else []
-    by_key = {(r.dialogue_id, r.turn_index): r for r in fresh if isinstance(r, PredictionRecord)}
-    return [
-        cache.get(ex.dialogue_id, ex.turn_index) or by_key[(ex.dialogue_id, ex.turn_index)]
-        for ex in examples
-    ]
+    fresh = _run_all(todo, run, num_threads, progress, unit="turn")
+    return [cache.get(*key) or fresh[key] for key in by_key]
 
 
 def _generated_context(
@@ -306,9 +317,10 @@ def _generated_context(
                 )
         return out
 
-    results = _executor(num_threads, progress).execute(roll, list(wanted))
+    results = _run_all(list(wanted), roll, num_threads, progress, unit="dlg")
     records: list[PredictionRecord] = []
-    for dialogue_id, res in zip(wanted, results):
+    for dialogue_id in wanted:
+        res = results[dialogue_id]
         if isinstance(res, list):
             records.extend(res)
         else:  # the rollout itself failed: keep every turn as an error row

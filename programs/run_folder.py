@@ -20,6 +20,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -246,6 +247,22 @@ def previous_invocations(out: str | Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- the runner
+
+
+@contextmanager
+def result_logs(
+    out: Path, files: Mapping[str, str], bar: Any = None
+) -> Iterator[dict[str, RecordLog]]:
+    """Open one :class:`RecordLog` per outcome (``{"kept": "dialogues.jsonl", ...}``) for the
+    length of an invocation; closes them, and the progress ``bar``, however it ends."""
+    logs = {outcome: RecordLog(out / name) for outcome, name in files.items()}
+    try:
+        yield logs
+    finally:
+        if bar is not None:
+            bar.close()
+        for log in logs.values():
+            log.close()
 
 
 def progress_bar(enabled: bool, total: int | None, unit: str = "dlg", desc: str = "dialogues"):

@@ -35,7 +35,6 @@ from csc.lm import redact_secrets
 from csc.programs.rolecs import AGENT_ROLES, DialogueFailure, RoleCS
 from csc.programs.run_folder import (
     SUMMARY_FILE,
-    RecordLog,
     RunConfigError,
     RunFolder,
     ShardError,
@@ -47,6 +46,7 @@ from csc.programs.run_folder import (
     previous_invocations,
     progress_bar,
     read_records,
+    result_logs,
     run_concurrently,
     shard_label,
     write_json,
@@ -333,14 +333,6 @@ class SynthesisRun:
         lms = [*self.lms.values(), dspy.settings.lm]
         usage_before = labelled_usage_of(*lms)
         bar = progress_bar(progress and bool(todo), len(todo))
-        files = {
-            name: RecordLog(self.out / file)
-            for name, file in (
-                ("kept", KEPT_FILE),
-                ("rejected", REJECTED_FILE),
-                ("failed", FAILURES_FILE),
-            )
-        }
         utterances = [0]
 
         def show_progress() -> None:
@@ -377,22 +369,20 @@ class SynthesisRun:
             if bar is not None:
                 bar.update(1)
 
-        try:
-            # keep_history=False: DSPy keeps up to 10,000 calls (prompts and answers) on the
-            # LM, on every predictor and globally, so memory grows with the first ~600
-            # dialogues; the usage meters (csc.usage) do not need it.
-            with dspy.context(disable_history=not keep_history):
-                if outcomes is not None:
-                    for item, result in outcomes(todo, concurrency):
-                        write(item, result)
-                else:
-                    work = lambda item: self.synthesize(item, on_turn)  # noqa: E731
-                    run_concurrently(todo, work, write, concurrency=concurrency)
-        finally:
-            if bar is not None:
-                bar.close()
-            for log in files.values():
-                log.close()
+        names = {"kept": KEPT_FILE, "rejected": REJECTED_FILE, "failed": FAILURES_FILE}
+        # keep_history=False: DSPy keeps up to 10,000 calls (prompts and answers) on the LM, on
+        # every predictor and globally, so memory grows with the first ~600 dialogues; the
+        # usage meters (csc.usage) do not need it.
+        with (
+            result_logs(self.out, names, bar) as files,
+            dspy.context(disable_history=not keep_history),
+        ):
+            if outcomes is not None:
+                for item, result in outcomes(todo, concurrency):
+                    write(item, result)
+            else:
+                work = lambda item: self.synthesize(item, on_turn)  # noqa: E731
+                run_concurrently(todo, work, write, concurrency=concurrency)
 
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
