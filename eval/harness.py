@@ -241,18 +241,8 @@ def _run_all(
 ) -> dict[Any, Any]:
     """``work`` over ``items`` on ``num_threads`` threads: item -> result (or the exception)."""
     results: dict[Any, Any] = {}
-    bar = progress_bar(progress and bool(items), len(items), unit=unit, desc="evaluating")
-
-    def done(item: Any, result: Any) -> None:
-        results[item] = result
-        if bar is not None:
-            bar.update(1)
-
-    try:
-        run_concurrently(items, work, done, concurrency=num_threads)
-    finally:
-        if bar is not None:
-            bar.close()
+    with progress_bar(progress and bool(items), len(items), unit, "evaluating") as bar:
+        run_concurrently(items, work, results.__setitem__, concurrency=num_threads, bar=bar)
     return results
 
 

@@ -197,8 +197,7 @@ class RewriteRun:
             for item in self._items(dialogues, seen_keys, shard):
                 if item.key in done:
                     counts["already_done"] += 1
-                    if bar is not None:
-                        bar.update(1)
+                    bar.update(1)
                 else:
                     yield item
 
@@ -211,15 +210,13 @@ class RewriteRun:
             done.add(item.key)
             files[outcome].write(record)
             counts[outcome] += 1
-            if bar is not None:
-                bar.set_postfix(
-                    kept=counts["kept"],
-                    rejected=counts["rejected"],
-                    dropped=counts["dropped"],
-                    failed=counts["failed"],
-                    refresh=False,
-                )
-                bar.update(1)
+            bar.set_postfix(
+                kept=counts["kept"],
+                rejected=counts["rejected"],
+                dropped=counts["dropped"],
+                failed=counts["failed"],
+                refresh=False,
+            )
 
         names = {
             "kept": KEPT_FILE,
@@ -228,7 +225,7 @@ class RewriteRun:
             "failed": FAILURES_FILE,
         }
         with result_logs(self.out, names, bar) as files, dspy.context():
-            run_concurrently(todo(), self.process, write, concurrency=concurrency)
+            run_concurrently(todo(), self.process, write, concurrency=concurrency, bar=bar)
 
         wall = time.perf_counter() - start
         summary = self.summary(seen_keys, counts, wall, concurrency, shard)

@@ -266,12 +266,10 @@ def result_logs(
 
 
 def progress_bar(enabled: bool, total: int | None, unit: str = "dlg", desc: str = "dialogues"):
-    """A tqdm bar, or None when ``enabled`` is False."""
-    if not enabled:
-        return None
+    """A tqdm bar (a silent one when ``enabled`` is False)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=not enabled)
 
 
 def run_concurrently(
@@ -280,10 +278,11 @@ def run_concurrently(
     done: Callable[[T, R | BaseException], None],
     *,
     concurrency: int = 1,
+    bar: Any = None,
 ) -> None:
     """Call ``work(item)`` on worker threads, at most ``concurrency`` at a time, and
     ``done(item, result)`` on the calling thread as each finishes (the exception it raised in
-    place of a result when it failed).
+    place of a result when it failed), then advance the progress ``bar``.
 
     ``items`` is consumed lazily (a few beyond the ones running), so a stream of millions of
     records stays flat in memory. Each call runs in a copy of the caller's ``contextvars``
@@ -312,6 +311,8 @@ def run_concurrently(
                 item = pending.pop(future)
                 exc = future.exception()
                 done(item, exc if exc is not None else future.result())
+                if bar is not None:
+                    bar.update(1)
                 if more:
                     more = submit(pool)
     finally:

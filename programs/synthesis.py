@@ -336,15 +336,14 @@ class SynthesisRun:
         utterances = [0]
 
         def show_progress() -> None:
-            if bar is not None:
-                bar.set_postfix(
-                    utterances=utterances[0],
-                    kept=counts.kept,
-                    rejected=counts.rejected,
-                    failed=counts.failed,
-                    tokens=counts.tokens,
-                    refresh=True,
-                )
+            bar.set_postfix(
+                utterances=utterances[0],
+                kept=counts.kept,
+                rejected=counts.rejected,
+                failed=counts.failed,
+                tokens=counts.tokens,
+                refresh=True,
+            )
 
         def on_turn(_turn: Any) -> None:
             utterances[0] += 1  # a progress figure: a lost update under threads is harmless
@@ -366,8 +365,6 @@ class SynthesisRun:
             )
             setattr(counts, outcome, getattr(counts, outcome) + 1)
             show_progress()
-            if bar is not None:
-                bar.update(1)
 
         names = {"kept": KEPT_FILE, "rejected": REJECTED_FILE, "failed": FAILURES_FILE}
         # keep_history=False: DSPy keeps up to 10,000 calls (prompts and answers) on the LM, on
@@ -380,9 +377,10 @@ class SynthesisRun:
             if outcomes is not None:
                 for item, result in outcomes(todo, concurrency):
                     write(item, result)
+                    bar.update(1)
             else:
                 work = lambda item: self.synthesize(item, on_turn)  # noqa: E731
-                run_concurrently(todo, work, write, concurrency=concurrency)
+                run_concurrently(todo, work, write, concurrency=concurrency, bar=bar)
 
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
