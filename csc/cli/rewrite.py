@@ -283,7 +283,7 @@ def register(app: typer.Typer) -> None:
         )
         try:
             cache: dict = {}
-            lms = {r: lm_for_role(settings, r, cache) for r in active}
+            lms = {r: lm_for_role(settings, r, cache, connections=concurrency) for r in active}
         except (LMConfigError, FileNotFoundError, ImportError) as exc:
             fail(f"cannot build the LM: {exc}")
         pipeline = RewritePipeline(

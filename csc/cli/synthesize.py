@@ -233,7 +233,10 @@ def register(app: typer.Typer) -> None:
         active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
         try:
             cache: dict = {}
-            lms = {role: lm_for_role(settings, role, cache) for role in active_roles}
+            lms = {
+                role: lm_for_role(settings, role, cache, connections=concurrency)
+                for role in active_roles
+            }
         except (LMConfigError, FileNotFoundError, ImportError) as exc:
             fail(f"cannot build the LM: {exc}")
         names = {role: lm_name(lms[role]) for role in active_roles}
