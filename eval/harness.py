@@ -35,7 +35,7 @@ from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.lm import redact_secrets
-from csc.programs.run_folder import progress_bar, run_concurrently
+from csc.programs.run_folder import in_shard, progress_bar, run_concurrently
 from csc.signatures.supporter import PromptVariant
 from csc.signatures.types import DialogueHistory
 from csc.usage import usage_of
@@ -142,13 +142,24 @@ def normalize_contexts(context: str | Sequence[str]) -> list[Context]:
 
 # ---------------------------------------------------------------------------- caching
 class _RecordCache:
-    """Append-only JSONL of finished records, keyed by (dialogue id, turn index)."""
+    """Append-only JSONL of finished records, keyed by (dialogue id, turn index).
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    A shard writes ``<context>.shard-I-of-N.jsonl`` beside ``<context>.jsonl`` (so shards can
+    share one folder without sharing a file), and every cache reads all of them: an unsharded
+    run over a folder holding every shard's file scores the union without an LM call.
+    """
+
+    def __init__(self, folder: Path | None, context: str, shard: tuple[int, int] | None = None):
+        self.path = None
+        if folder is not None:
+            name = f"{context}.shard-{shard[0]}-of-{shard[1]}" if shard else context
+            self.path = folder / f"{name}.jsonl"
         self.lock = threading.Lock()
         self.done: dict[tuple[str, int], PredictionRecord] = {}
-        if path is not None and path.exists():
+        paths = sorted(folder.glob(f"{context}.*jsonl")) if folder is not None else []
+        for path in paths:
+            if path.name != f"{context}.jsonl" and not path.name.startswith(f"{context}.shard-"):
+                continue
             for line in path.read_text(encoding="utf-8").splitlines():
                 if not line.strip():
                     continue
@@ -393,6 +404,7 @@ def evaluate_supporter(
     with_bertscore: bool = True,
     progress: bool = True,
     on_context_done: Callable[[EvaluationResult], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> EvaluationResult:
     """Run ``program`` on every supporter turn of ``dialogues`` and score it.
 
@@ -412,8 +424,11 @@ def evaluate_supporter(
         progress: show progress bars.
         on_context_done: called with the results so far each time a context is scored (to
             write partial reports).
+        shard: ``(I, N)``: only every N-th dialogue from the I-th (whole dialogues, so a
+            generated-context rollout stays in one shard); its predictions go to a cache file
+            of its own (see ``_RecordCache``).
     """
-    dialogues = list(dialogues)
+    dialogues = [d for pos, d in enumerate(dialogues) if in_shard(pos, shard)]
     ids = [d.id for d in dialogues]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -431,7 +446,7 @@ def evaluate_supporter(
         info={"language": language, "n_dialogues": len({e.dialogue_id for e in examples})}
     )
     for ctx in normalize_contexts(context):
-        cache = _RecordCache(Path(cache_dir) / f"{ctx}.jsonl" if cache_dir else None)
+        cache = _RecordCache(Path(cache_dir) if cache_dir else None, ctx, shard)
         n_cached = sum(cache.get(e.dialogue_id, e.turn_index) is not None for e in examples)
         usage_before = usage_of(*lms)
         start = time.perf_counter()

@@ -299,3 +299,39 @@ def test_strategy_fallbacks_and_unparsed_outputs_are_counted_next_to_accuracy():
         )
     m = result.metrics["reference"]
     assert m["n_errors"] == m["n_examples"] > 0 and m["strategy_parse_errors"] == 0
+
+
+def test_shards_cache_their_own_files_and_an_unsharded_run_scores_the_union(tmp_path):
+    dialogues = [_dialogue(i) for i in range(5)]
+    seen: list[set[str]] = []
+    for i in range(2):
+        lm = ScriptedLM(supporter_answer)
+        with dspy.context(lm=lm):
+            result = evaluate_supporter(
+                Supporter(),
+                dialogues,
+                context="both",
+                cache_dir=tmp_path,
+                num_threads=2,
+                with_bertscore=False,
+                progress=False,
+                shard=(i, 2),
+            )
+        seen.append({r.dialogue_id for r in result.records})
+        assert (tmp_path / f"generated.shard-{i}-of-2.jsonl").exists()
+    assert seen == [{"d0", "d2", "d4"}, {"d1", "d3"}]
+
+    lm = ScriptedLM(supporter_answer)
+    with dspy.context(lm=lm):
+        whole = evaluate_supporter(
+            Supporter(),
+            dialogues,
+            context="both",
+            cache_dir=tmp_path,
+            num_threads=2,
+            with_bertscore=False,
+            progress=False,
+        )
+    assert lm.prompts == []  # every turn came from the shards' caches
+    for ctx in ("reference", "generated"):
+        assert whole.metrics[ctx]["n_from_cache"] == whole.metrics[ctx]["n_examples"] == 15
