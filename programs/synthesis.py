@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,7 @@ class RunCounts:
     rejected: int = 0
     failed: int = 0
     tokens: int = 0
+    usage: dict[str, Usage] = field(default_factory=dict)  # per role, from the records
 
 
 class SynthesisRun:
@@ -359,10 +360,15 @@ class SynthesisRun:
                 done.add(item.key)
             files[outcome].write(record)
             usage = (record.get("metadata") or {}).get("usage") or record.get("usage") or {}
-            counts.tokens += sum(
-                int(u.get("prompt_tokens", 0)) + int(u.get("completion_tokens", 0))
-                for u in usage.values()
-            )
+            for role, u in usage.items():
+                add = Usage(
+                    calls=int(u.get("calls", 0)),
+                    prompt_tokens=int(u.get("prompt_tokens", 0)),
+                    completion_tokens=int(u.get("completion_tokens", 0)),
+                    cost_usd=None,
+                )
+                counts.usage[role] = counts.usage.get(role, Usage()) + add
+                counts.tokens += add.total_tokens
             setattr(counts, outcome, getattr(counts, outcome) + 1)
             show_progress()
 
@@ -388,6 +394,8 @@ class SynthesisRun:
         role_usage = {
             label: after - usage_before.get(label, Usage()) for label, after in usage_after.items()
         }
+        if outcomes is not None:  # the calls ran elsewhere: add up what the records say
+            role_usage = counts.usage
         finished_keys = self.done_keys()  # once: per item it re-read the files (quadratic)
         missing = sum(1 for item in items if item.key not in finished_keys)
         summary = self._summary(

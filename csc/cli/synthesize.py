@@ -143,6 +143,18 @@ def register(app: typer.Typer) -> None:
             "the same flags and seed together make the unsharded run. Combine with "
             "`csc synthesize merge`.",
         ),
+        executor: str = typer.Option(
+            "local",
+            "--executor",
+            help="Where dialogues run: local (threads in this process) or ray (the grid's shards "
+            "as Ray tasks; results are written here). Ray: pip install 'dspy-csc[ray]'.",
+        ),
+        ray_address: str | None = typer.Option(
+            None,
+            "--ray-address",
+            help="With --executor ray: the cluster to use (e.g. 10.0.0.1:6379 from `ray start "
+            "--head`; default: a local one for the length of the run).",
+        ),
         lm_cache: bool = typer.Option(
             False,
             "--lm-cache",
@@ -194,6 +206,17 @@ def register(app: typer.Typer) -> None:
             shard_spec = parse_shard(shard)
         except ShardError as exc:
             fail(str(exc))
+        if executor not in ("local", "ray"):
+            fail(f"--executor must be local or ray, got {executor!r}")
+        if executor == "ray":
+            from csc.programs.ray_executor import RayUnavailableError, import_ray
+
+            try:
+                import_ray()
+            except RayUnavailableError as exc:
+                fail(str(exc))
+        elif ray_address:
+            fail("--ray-address goes with --executor ray")
         try:
             fw = Framework.load(framework)
             pool = read_profiles(profiles) if profiles else default_profiles(language)  # type: ignore[arg-type]
@@ -258,13 +281,40 @@ def register(app: typer.Typer) -> None:
             f"run {run.key} -> {out}  ({fw.name}, {language}, {len(chosen_topics)} topics x "
             f"{len(pool)} profiles, seed {seed}, concurrency {concurrency}"
             + (f", shard {shard}" if shard_spec else "")
+            + (
+                f", on Ray{' at ' + ray_address if ray_address else ''}"
+                if executor == "ray"
+                else ""
+            )
             + ")"
         )
+        outcomes = None
+        if executor == "ray":
+            from csc.programs.ray_executor import ray_outcomes
+
+            # What a worker needs to rebuild the run: no key travels (LMSettings names the
+            # variables that hold them; each worker reads its own environment).
+            recipe = {
+                "config": run_config.model_dump(mode="json"),
+                "framework": fw.to_dict(),
+                "profiles": [p.model_dump(mode="json", exclude_none=True) for p in pool],
+                "lm_settings": settings.model_dump(mode="json"),
+                "roles": active_roles,
+            }
+            outcomes = ray_outcomes(recipe, address=ray_address)
         try:
             summary = run.run(
-                dialogues, concurrency=concurrency, shard=shard_spec, keep_history=False
+                dialogues,
+                concurrency=concurrency,
+                shard=shard_spec,
+                keep_history=False,
+                outcomes=outcomes,
             )
         except RunConfigError as exc:
+            fail(str(exc))
+        except RuntimeError as exc:  # RayUnavailableError: the cluster cannot be reached
+            if type(exc).__name__ != "RayUnavailableError":
+                raise
             fail(str(exc))
 
         kept, judged, stats, stats_all = _write_stats(out, fw, no_filter, seed)
