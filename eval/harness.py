@@ -450,7 +450,8 @@ def evaluate_supporter(
         n_cached = sum(cache.get(e.dialogue_id, e.turn_index) is not None for e in examples)
         usage_before = usage_of(*lms)
         start = time.perf_counter()
-        with dspy.context(track_usage=True):
+        # trace=None: DSPy's optimizer trace would keep the last 10,000 calls' inputs.
+        with dspy.context(track_usage=True, trace=None):
             if ctx == "reference":
                 records = _reference_context(program, examples, by_id, cache, num_threads, progress)
             else:

@@ -75,7 +75,10 @@ def synthesize_shard(recipe: dict[str, Any], items: list[dict[str, Any]], thread
     ]
     exit_after = int(os.environ.get(FAULT_ENV, "0") or 0) if recipe["shard"] == 0 else 0
     yielded = 0
-    with dspy.context(disable_history=True), ThreadPoolExecutor(max(1, threads)) as pool:
+    with (
+        dspy.context(disable_history=True, trace=None),
+        ThreadPoolExecutor(max(1, threads)) as pool,
+    ):
         futures = {pool.submit(run.synthesize, item): item.key for item in grid}
         for future in as_completed(futures):
             yield futures[future], future.result()

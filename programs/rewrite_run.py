@@ -224,7 +224,8 @@ class RewriteRun:
             "dropped": DROPPED_FILE,
             "failed": FAILURES_FILE,
         }
-        with result_logs(self.out, names, bar) as files, dspy.context():
+        # trace=None: DSPy's optimizer trace would keep the last 10,000 calls' inputs.
+        with result_logs(self.out, names, bar) as files, dspy.context(trace=None):
             run_concurrently(todo(), self.process, write, concurrency=concurrency, bar=bar)
 
         wall = time.perf_counter() - start

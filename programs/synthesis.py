@@ -375,10 +375,11 @@ class SynthesisRun:
         names = {"kept": KEPT_FILE, "rejected": REJECTED_FILE, "failed": FAILURES_FILE}
         # keep_history=False: DSPy keeps up to 10,000 calls (prompts and answers) on the LM, on
         # every predictor and globally, so memory grows with the first ~600 dialogues; the
-        # usage meters (csc.usage) do not need it.
+        # usage meters (csc.usage) do not need it. trace=None: DSPy's trace (for optimizers)
+        # keeps the last 10,000 predictor calls with their inputs, i.e. whole histories.
         with (
             result_logs(self.out, names, bar) as files,
-            dspy.context(disable_history=not keep_history),
+            dspy.context(disable_history=not keep_history, trace=None),
         ):
             if outcomes is not None:
                 for item, result in outcomes(todo, concurrency):
