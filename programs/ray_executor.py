@@ -15,6 +15,7 @@ the next run of the same command to do.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import warnings
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,7 @@ def synthesize_shard(recipe: dict[str, Any], items: list[dict[str, Any]], thread
     lms = {r: lm_for_role(settings, r, cache, connections=threads) for r in recipe["roles"]}
     for lm in lms.values():
         without_response_cache(lm)
+    # The worker only calls synthesize(); the run folder is the driver's (no path here).
     run = SynthesisRun("/nonexistent", config, framework, list(profiles.values()), lms=lms)
     topics = {(t.code, t.name): t for t in config.topics}
     grid = [
@@ -79,7 +81,11 @@ def synthesize_shard(recipe: dict[str, Any], items: list[dict[str, Any]], thread
         dspy.context(disable_history=True, trace=None),
         ThreadPoolExecutor(max(1, threads)) as pool,
     ):
-        futures = {pool.submit(run.synthesize, item): item.key for item in grid}
+        # Each call in a copy of this context, so the settings above reach the pool's threads.
+        futures = {
+            pool.submit(contextvars.copy_context().run, run.synthesize, item): item.key
+            for item in grid
+        }
         for future in as_completed(futures):
             yield futures[future], future.result()
             yielded += 1
