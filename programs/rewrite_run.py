@@ -41,9 +41,11 @@ from csc.programs.run_folder import (
     RunConfigError,
     RunFolder,
     digest,
+    failure_fields,
     in_shard,
     merge_folders,
     now,
+    previous_invocations,
     progress_bar,
     read_records,
     result_logs,
@@ -230,7 +232,7 @@ class RewriteRun:
 
         wall = time.perf_counter() - start
         summary = self.summary(seen_keys, counts, wall, concurrency, shard)
-        folder.write_summary(summary)
+        write_json(self.out / SUMMARY_FILE, summary)
         return summary
 
     def _items(
@@ -256,12 +258,8 @@ class RewriteRun:
             "id": item.dialogue.id,
             "index": item.index,
             "run": self.key,
-            "role": role,
-            "error_type": type(cause).__name__,
-            "error": str(cause)[:4000],
-            "raw_output": raw_output,
+            **failure_fields(role, cause, raw_output),
             "usage": dict(usage or {}),
-            "time": now(),
         }
 
     # ------------------------------------------------------------------ summary
@@ -366,7 +364,7 @@ class RewriteRun:
             "this_run": this_run,
             # Every invocation of this folder (and, after a merge, of every shard).
             "invocations": [
-                *self.folder().previous_invocations(),
+                *previous_invocations(self.out),
                 *([this_run] if this_run else []),
             ],
             "files": {

@@ -147,6 +147,20 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
 
 
+def failure_fields(role: str, cause: BaseException, raw_output: str | None) -> dict[str, Any]:
+    """The part of a failure record every run writes: who failed, how, and the raw LM output
+    (secrets redacted from the message)."""
+    from csc.lm import redact_secrets
+
+    return {
+        "role": role,
+        "error_type": type(cause).__name__,
+        "error": redact_secrets(str(cause))[:4000],
+        "raw_output": raw_output,
+        "time": now(),
+    }
+
+
 def now() -> str:
     """The current UTC time, to the second, for run records."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -222,18 +236,10 @@ class RunFolder:
             keys.update(k for k in map(key_of, read_records(path)) if k)
         return keys
 
-    def previous_invocations(self) -> list[dict[str, Any]]:
-        """The invocations recorded in ``summary.json`` (an older summary without the list
-        counts as its one ``this_run``)."""
-        return previous_invocations(self.out)
-
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
-        """Write ``summary.json``."""
-        write_json(self.out / SUMMARY_FILE, summary)
-
 
 def previous_invocations(out: str | Path) -> list[dict[str, Any]]:
-    """The invocations recorded in ``out/summary.json`` (see :meth:`RunFolder.previous_invocations`)."""
+    """The invocations recorded in ``out/summary.json`` (an older summary without the list
+    counts as its one ``this_run``)."""
     path = Path(out) / SUMMARY_FILE
     if not path.exists():
         return []

@@ -19,6 +19,7 @@ replica). Re-running the same command skips keys already in ``dialogues.jsonl`` 
 from __future__ import annotations
 
 import random
+import resource
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ from csc.data.profiles import CustomerProfile
 from csc.data.topics import Topic
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
-from csc.lm import redact_secrets
 from csc.programs.rolecs import AGENT_ROLES, DialogueFailure, RoleCS
 from csc.programs.run_folder import (
     SUMMARY_FILE,
@@ -39,6 +39,7 @@ from csc.programs.run_folder import (
     RunFolder,
     ShardError,
     digest,
+    failure_fields,
     in_shard,
     merge_folders,
     now,
@@ -402,7 +403,7 @@ class SynthesisRun:
         summary = self._summary(
             counts, wall, concurrency, missing, role_usage, cpu, shard=shard, planned=planned
         )
-        folder.write_summary(summary)
+        write_json(self.out / SUMMARY_FILE, summary)
         return summary
 
     def _failure_record(
@@ -419,14 +420,10 @@ class SynthesisRun:
             "topic": item.topic.name,
             "profile_id": item.profile.id,
             "replica": item.replica,
-            "role": role,
-            "error_type": type(cause).__name__,
-            "error": redact_secrets(str(cause))[:4000],
-            "raw_output": raw_output,
+            **failure_fields(role, cause, raw_output),
             "partial_turns": len(partial.turns) if partial else 0,
             "partial": partial.model_dump(mode="json") if partial else None,
             "usage": partial.metadata.get("usage") if partial else None,
-            "time": now(),
         }
 
     def _summary(
@@ -462,6 +459,8 @@ class SynthesisRun:
             "wall_seconds": round(wall, 2),
             # CPU time of this process during the run (all threads): the driver's own cost.
             "cpu_seconds": round(cpu, 2) if cpu is not None else None,
+            # The process's peak memory so far (before the statistics written after the run).
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "dialogues_per_minute": round(finished / (wall / 60), 3) if wall > 0 else None,
             "concurrency": concurrency,
             "finished_at": now(),

@@ -365,10 +365,13 @@ def _write_stats(out: Path, fw, no_filter: bool, seed: int):
     """Write stats.json (kept) and stats_all.json (kept + rejected) of a run folder; returns
     (kept, judged, stats, stats_all)."""
     from csc.eval.stats import dialogue_stats
-    from csc.programs.synthesis import STATS_ALL_FILE, STATS_FILE, read_run_dialogues
+    from csc.programs.run_folder import read_records
+    from csc.programs.synthesis import KEPT_FILE, STATS_ALL_FILE, STATS_FILE, read_run_dialogues
 
-    kept = read_run_dialogues(out, "kept")
+    # One read: "all" is the kept file, then the rejected one (two reads held every kept
+    # dialogue twice, the largest part of a large run's peak memory).
     judged = read_run_dialogues(out, "all")
+    kept = judged[: sum(1 for _ in read_records(out / KEPT_FILE))]
     stats = dialogue_stats(kept, fw, judged=judged if not no_filter else None, seed=seed)
     (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
     # The same statistics over every finished dialogue, kept or rejected: with a weak judge
