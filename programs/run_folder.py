@@ -290,7 +290,7 @@ def run_concurrently(
     ``done(item, result)`` on the calling thread as each finishes (the exception it raised in
     place of a result when it failed), then advance the progress ``bar``.
 
-    ``items`` is consumed lazily (a few beyond the ones running), so a stream of millions of
+    ``items`` is consumed lazily (only as many as are running), so a stream of millions of
     records stays flat in memory. Each call runs in a copy of the caller's ``contextvars``
     context: ``dspy.context(...)`` settings made around this call apply in the workers too.
     """
