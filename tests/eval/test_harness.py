@@ -303,8 +303,8 @@ def test_strategy_fallbacks_and_unparsed_outputs_are_counted_next_to_accuracy():
 
 def test_shards_cache_their_own_files_and_an_unsharded_run_scores_the_union(tmp_path):
     dialogues = [_dialogue(i) for i in range(5)]
-    seen: list[set[str]] = []
-    for i in range(2):
+
+    def evaluate(shard):
         lm = ScriptedLM(supporter_answer)
         with dspy.context(lm=lm):
             result = evaluate_supporter(
@@ -315,23 +315,17 @@ def test_shards_cache_their_own_files_and_an_unsharded_run_scores_the_union(tmp_
                 num_threads=2,
                 with_bertscore=False,
                 progress=False,
-                shard=(i, 2),
+                shard=shard,
             )
-        seen.append({r.dialogue_id for r in result.records})
-        assert (tmp_path / f"generated.shard-{i}-of-2.jsonl").exists()
-    assert seen == [{"d0", "d2", "d4"}, {"d1", "d3"}]
+        return result, lm
 
-    lm = ScriptedLM(supporter_answer)
-    with dspy.context(lm=lm):
-        whole = evaluate_supporter(
-            Supporter(),
-            dialogues,
-            context="both",
-            cache_dir=tmp_path,
-            num_threads=2,
-            with_bertscore=False,
-            progress=False,
-        )
+    seen = [{r.dialogue_id for r in evaluate((i, 2))[0].records} for i in range(2)]
+    assert seen == [{"d0", "d2", "d4"}, {"d1", "d3"}]
+    assert {p.name for p in tmp_path.glob("generated.shard-*")} == {
+        "generated.shard-0-of-2.jsonl",
+        "generated.shard-1-of-2.jsonl",
+    }
+    whole, lm = evaluate(None)
     assert lm.prompts == []  # every turn came from the shards' caches
     for ctx in ("reference", "generated"):
         assert whole.metrics[ctx]["n_from_cache"] == whole.metrics[ctx]["n_examples"] == 15
