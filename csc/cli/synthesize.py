@@ -48,9 +48,9 @@ def register(app: typer.Typer) -> None:
             fw = Framework.load(framework or config.get("framework", "csc"))
         except FrameworkError as exc:
             fail(f"{exc}; pass the run's framework YAML with --framework")
-        from csc.programs.run_folder import digest as _digest
+        from csc.programs.run_folder import digest
 
-        if config.get("framework_digest") and _digest(fw.to_dict()) != config["framework_digest"]:
+        if config.get("framework_digest") and digest(fw.to_dict()) != config["framework_digest"]:
             fail(
                 f"framework {fw.name!r} differs from the one the run used; pass the run's "
                 "framework YAML with --framework"
