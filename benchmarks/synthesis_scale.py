@@ -10,7 +10,9 @@ http://127.0.0.1:PORT/v1``, the LiteLLM path) in a fresh folder and prints:
 * efficiency = measured / ideal (the issue's formula), and ``eff_waves``, against the ideal of
   ``ceil(n / concurrency)`` back-to-back waves (what a run of n dialogues can reach at best);
 * CPU seconds of the csc process per LM call during the run (DSPy + LiteLLM + csc), and in total;
-* peak RSS of the csc process.
+* peak RSS of the csc process: during the synthesis (``rss run``, from summary.json) and over the
+  whole command (``rss MB``, which includes the statistics computed over every dialogue at the
+  end, and so grows with the run's size).
 
 With ``--errors`` the server also varies latency (+-50%) and answers 2% of calls with 500/429;
 the check is then that every dialogue is in dialogues.jsonl, rejected.jsonl or failures.jsonl.
@@ -158,7 +160,7 @@ def main() -> None:
     )
     header = (
         f"{'variant':>8} {'conc':>5} {'dlg':>6} {'calls/dlg':>9} {'wall s':>8} {'dlg/min':>8} {'ideal':>8} "
-        f"{'eff':>5} {'eff_waves':>9} {'cpu ms/call':>11} {'cpu s':>7} {'rss MB':>7} {'kept':>5} "
+        f"{'eff':>5} {'eff_waves':>9} {'cpu ms/call':>11} {'cpu s':>7} {'rss run':>7} {'rss MB':>7} {'kept':>5} "
         f"{'rej':>4} {'fail':>4} {'lost':>4}"
     )
     print(header)
@@ -206,6 +208,7 @@ def main() -> None:
                     else None,
                     "cpu_seconds_process": round(res["process_cpu"], 1),
                     "peak_rss_mb": round(res["peak_rss_mb"], 1),
+                    "peak_rss_mb_run": this.get("peak_rss_mb"),
                     "kept": kept,
                     "rejected": rej,
                     "failed": len(failed_ids),
@@ -219,7 +222,7 @@ def main() -> None:
                     f"{row['variant']:>8} {conc:>5} {n:>6} {per_dlg:>9.1f} {wall:>8.1f} {measured:>8.1f} {ideal:>8.1f} "
                     f"{row['efficiency']:>5.2f} {row['efficiency_waves']:>9.2f} "
                     f"{row['cpu_ms_per_call'] or float('nan'):>11.2f} {res['process_cpu']:>7.1f} "
-                    f"{row['peak_rss_mb']:>7.1f} {kept:>5} {rej:>4} {len(failed_ids):>4} {lost:>4}",
+                    f"{row['peak_rss_mb_run'] or float('nan'):>7.1f} {row['peak_rss_mb']:>7.1f} {kept:>5} {rej:>4} {len(failed_ids):>4} {lost:>4}",
                     flush=True,
                 )
     finally:

@@ -492,10 +492,14 @@ def split_scheme(model: str) -> tuple[str | None, str]:
     return None, model
 
 
-def build_lm(spec: str | LMSpec = DEFAULT_LM, **fields: Any) -> Any:
+def build_lm(
+    spec: str | LMSpec = DEFAULT_LM, *, connections: int | None = None, **fields: Any
+) -> Any:
     """Build a DSPy LM from a spec string (or :class:`LMSpec`), e.g. ``build_lm("local")``.
 
     Extra keyword arguments (``api_base``, ``temperature``, ``max_tokens``...) override the spec.
+    ``connections`` is how many calls the caller will have in flight at once (its
+    concurrency): see :func:`_pooled_native_lm`.
     """
     if isinstance(spec, str):
         spec = LMSpec(model=spec)
@@ -548,16 +552,63 @@ def build_lm(spec: str | LMSpec = DEFAULT_LM, **fields: Any) -> Any:
         return routed_lm(model, spec.api_base, kwargs)
     if isinstance(spec.api_base, list):
         kwargs["api_base"] = spec.api_base[0] if spec.api_base else None
-    return dspy.LM(model, **kwargs)
+    lm = dspy.LM(model, **kwargs)
+    return _pooled_native_lm(lm, model, kwargs, connections) or lm
 
 
-def lm_for_role(settings: LMSettings, role: str | None = None, cache: dict | None = None) -> Any:
-    """Build (or reuse from ``cache``) the LM of a role; roles with equal specs share one LM."""
+# DSPy's native engine (lm15) shares one connection pool per LM, of this many connections.
+NATIVE_POOL_CONNECTIONS = 100
+
+
+def _pooled_native_lm(lm: Any, model: str, kwargs: dict[str, Any], connections: int | None) -> Any:
+    """``lm`` rebuilt with a connection pool of ``connections``, when DSPy would send its calls
+    through its native engine, whose pool holds 100: with more calls in flight the rest wait
+    for a free connection (a run at concurrency 256 reached 0.36 of the ideal rate). None when
+    nothing needs to change.
+
+    The engine is the one DSPy would choose (``dspy.clients.engines.LM15Engine``), built with
+    the same provider, address, key and timeout plus ``max_connections``.
+    """
+    if not connections or connections <= NATIVE_POOL_CONNECTIONS:
+        return None
+    import dspy
+    from dspy.clients.backend_selection import select_backend
+    from dspy.clients.engines import LM15Engine
+    from dspy.clients.engines.lm15_engine import timeouts_for
+    from dspy.lm15 import RouterConfig
+
+    try:
+        selection = select_backend(lm)
+    except Exception:  # a model string DSPy cannot route natively: its LiteLLM pool is wider
+        return None
+    if not selection.native or selection.resolution is None:
+        return None
+    provider = selection.resolution.provider
+    clients = selection.clients
+    url = clients.get("api_base") or clients.get("base_url")
+    config = RouterConfig(
+        api_keys={provider: clients["api_key"]} if "api_key" in clients else None,
+        base_urls={provider: url} if url else None,
+        timeouts=timeouts_for(clients.get("timeout")),
+        max_connections=connections,
+    )
+    rest = {k: v for k, v in kwargs.items() if k not in clients}
+    return dspy.LM(model, engine=LM15Engine(config, model_type=lm.model_type), **rest)
+
+
+def lm_for_role(
+    settings: LMSettings,
+    role: str | None = None,
+    cache: dict | None = None,
+    connections: int | None = None,
+) -> Any:
+    """Build (or reuse from ``cache``) the LM of a role; roles with equal specs share one LM.
+    ``connections``: calls in flight at once (see :func:`build_lm`)."""
     spec = settings.spec_for(role)
     key = spec.model_dump_json()
     if cache is not None and key in cache:
         return cache[key]
-    lm = build_lm(spec)
+    lm = build_lm(spec, connections=connections)
     if cache is not None:
         cache[key] = lm
     return lm

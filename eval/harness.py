@@ -37,6 +37,7 @@ from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.lm import redact_secrets
+from csc.programs.run_folder import in_shard, progress_bar, run_concurrently
 from csc.signatures.supporter import PromptVariant
 from csc.signatures.types import DialogueHistory
 from csc.usage import usage_of
@@ -134,14 +135,25 @@ def normalize_contexts(context: str | Sequence[str]) -> list[Context]:
 
 # ---------------------------------------------------------------------------- caching
 class _RecordCache:
-    """Append-only JSONL of finished records, keyed by (dialogue id, turn index)."""
+    """Append-only JSONL of finished records, keyed by (dialogue id, turn index).
 
-    def __init__(self, path: Path | None):
-        self.path = path
+    A shard writes ``<context>.shard-I-of-N.jsonl`` beside ``<context>.jsonl`` (so shards can
+    share one folder without sharing a file), and every cache reads all of them: an unsharded
+    run over a folder holding every shard's file scores the union without an LM call.
+    """
+
+    def __init__(self, folder: Path | None, context: str, shard: tuple[int, int] | None = None):
+        self.path = None
+        if folder is not None:
+            name = f"{context}.shard-{shard[0]}-of-{shard[1]}" if shard else context
+            self.path = folder / f"{name}.jsonl"
         self.lock = threading.Lock()
         self.done: dict[tuple[str, int], PredictionRecord] = {}
         self.writer: JsonlWriter | None = None
-        if path is not None and path.exists():
+        paths = sorted(folder.glob(f"{context}.*jsonl")) if folder is not None else []
+        for path in paths:
+            if path.name != f"{context}.jsonl" and not path.name.startswith(f"{context}.shard-"):
+                continue
             drop_torn_line(path)  # a line cut short by a kill: recompute that example
             for line in path.read_text(encoding="utf-8").splitlines():
                 if not line.strip():
@@ -228,16 +240,14 @@ def _run_turn(
     )
 
 
-def _executor(num_threads: int, progress: bool) -> Any:
-    from dspy.utils.parallelizer import ParallelExecutor
-
-    # timeout=0: no straggler resubmission, which would run (and cache) a turn twice.
-    return ParallelExecutor(
-        num_threads=num_threads,
-        max_errors=10**9,
-        disable_progress_bar=not progress,
-        timeout=0,
-    )
+def _run_all(
+    items: Sequence[Any], work: Callable[[Any], Any], num_threads: int, progress: bool, unit: str
+) -> dict[Any, Any]:
+    """``work`` over ``items`` on ``num_threads`` threads: item -> result (or the exception)."""
+    results: dict[Any, Any] = {}
+    with progress_bar(progress and bool(items), len(items), unit, "evaluating") as bar:
+        run_concurrently(items, work, results.__setitem__, concurrency=num_threads, bar=bar)
+    return results
 
 
 def _reference_context(
@@ -248,20 +258,22 @@ def _reference_context(
     num_threads: int,
     progress: bool,
 ) -> list[PredictionRecord]:
-    todo = [ex for ex in examples if cache.get(ex.dialogue_id, ex.turn_index) is None]
+    todo = [
+        (ex.dialogue_id, ex.turn_index)
+        for ex in examples
+        if cache.get(ex.dialogue_id, ex.turn_index) is None
+    ]
+    by_key = {(ex.dialogue_id, ex.turn_index): ex for ex in examples}
 
-    def run(ex: dspy.Example) -> PredictionRecord:
+    def run(key: tuple[str, int]) -> PredictionRecord:
+        ex = by_key[key]
         gold = dialogues[ex.dialogue_id].turns[ex.turn_index]
         rec = _run_turn(program, ex.history, ex.dialogue_id, ex.turn_index, "reference", gold)
         cache.add(rec)
         return rec
 
-    fresh = _executor(num_threads, progress).execute(run, todo) if todo else []
-    by_key = {(r.dialogue_id, r.turn_index): r for r in fresh if isinstance(r, PredictionRecord)}
-    return [
-        cache.get(ex.dialogue_id, ex.turn_index) or by_key[(ex.dialogue_id, ex.turn_index)]
-        for ex in examples
-    ]
+    fresh = _run_all(todo, run, num_threads, progress, unit="turn")
+    return [cache.get(*key) or fresh[key] for key in by_key]
 
 
 def _generated_context(
@@ -299,9 +311,10 @@ def _generated_context(
                 )
         return out
 
-    results = _executor(num_threads, progress).execute(roll, list(wanted))
+    results = _run_all(list(wanted), roll, num_threads, progress, unit="dlg")
     records: list[PredictionRecord] = []
-    for dialogue_id, res in zip(wanted, results):
+    for dialogue_id in wanted:
+        res = results[dialogue_id]
         if isinstance(res, list):
             records.extend(res)
         else:  # the rollout itself failed: keep every turn as an error row
@@ -384,6 +397,7 @@ def evaluate_supporter(
     with_bertscore: bool = True,
     progress: bool = True,
     on_context_done: Callable[[EvaluationResult], None] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> EvaluationResult:
     """Run ``program`` on every supporter turn of ``dialogues`` and score it.
 
@@ -403,8 +417,11 @@ def evaluate_supporter(
         progress: show progress bars.
         on_context_done: called with the results so far each time a context is scored (to
             write partial reports).
+        shard: ``(I, N)``: only every N-th dialogue from the I-th (whole dialogues, so a
+            generated-context rollout stays in one shard); its predictions go to a cache file
+            of its own (see ``_RecordCache``).
     """
-    dialogues = list(dialogues)
+    dialogues = [d for pos, d in enumerate(dialogues) if in_shard(pos, shard)]
     ids = [d.id for d in dialogues]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
@@ -422,11 +439,12 @@ def evaluate_supporter(
         info={"language": language, "n_dialogues": len({e.dialogue_id for e in examples})}
     )
     for ctx in normalize_contexts(context):
-        cache = _RecordCache(Path(cache_dir) / f"{ctx}.jsonl" if cache_dir else None)
+        cache = _RecordCache(Path(cache_dir) if cache_dir else None, ctx, shard)
         n_cached = sum(cache.get(e.dialogue_id, e.turn_index) is not None for e in examples)
         usage_before = usage_of(*lms)
         start = time.perf_counter()
-        with dspy.context(track_usage=True):
+        # trace=None: DSPy's optimizer trace would keep the last 10,000 calls' inputs.
+        with dspy.context(track_usage=True, trace=None):
             if ctx == "reference":
                 records = _reference_context(program, examples, by_id, cache, num_threads, progress)
             else:

@@ -15,46 +15,52 @@ Run folder layout (``DIR``)::
 
 Every input dialogue has a key: a hash of the run key, its position in the file and its id.
 A re-run skips keys already in ``dialogues.jsonl``, ``rejected.jsonl`` or ``dropped.jsonl`` and
-redoes the rest (earlier failures included); nothing is written twice. The file-writing helpers
-are the RoleCS runner's (:mod:`csc.programs.synthesis`).
+redoes the rest (earlier failures included); nothing is written twice. The runner and the folder
+bookkeeping are the ones every run shares (:mod:`csc.programs.run_folder`).
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from csc.data.jsonl import JsonlWriter, drop_torn_line
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
 from csc.programs.rewrite import RewriteFailure, RewritePipeline
 from csc.programs.rule_filter import RULES, RuleFilterConfig
-from csc.programs.synthesis import (
+from csc.programs.run_folder import (
+    RUN_FILE,
+    SUMMARY_FILE,
     RunConfigError,
-    _digest,
-    _read_lines,
+    RunFolder,
+    digest,
+    failure_fields,
+    in_shard,
+    merge_folders,
+    now,
+    previous_invocations,
+    progress_bar,
+    read_records,
+    result_logs,
+    run_concurrently,
+    shard_label,
+    write_json,
 )
 
-__all__ = ["RewriteConfig", "RewriteRun", "RunConfigError"]
+__all__ = ["RewriteConfig", "RewriteRun", "RunConfigError", "merge_rewrite_runs"]
 
 KEPT_FILE = "dialogues.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 DROPPED_FILE = "dropped.jsonl"
 FAILURES_FILE = "failures.jsonl"
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
 DIANJIN_FILE = "dialogues.dianjin.json"
-CHUNK = 64  # dialogues read ahead per batch: memory stays flat on large files
 
 
 class RewriteConfig(BaseModel):
@@ -85,12 +91,12 @@ class RewriteConfig(BaseModel):
 
     def digest(self) -> str:
         """The run key: a short hash of this configuration."""
-        return _digest(self.model_dump(mode="json"))[:12]
+        return digest(self.model_dump(mode="json"))[:12]
 
     @staticmethod
     def framework_digest_of(framework: Framework) -> str:
         """The content digest of a framework (so an edited YAML is a different run)."""
-        return _digest(framework.to_dict())
+        return digest(framework.to_dict())
 
 
 @dataclass
@@ -123,63 +129,50 @@ class RewriteRun:
         self.pipeline = pipeline
         self.lm_names = dict(lm_names or config.lms)
 
-    # ------------------------------------------------------------------ folder
-    def prepare(self) -> None:
-        """Create the folder and write ``run.json``, or check it belongs to this configuration."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        run_file = self.out / RUN_FILE
-        if run_file.exists():
-            try:
-                existing = json.loads(run_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                raise RunConfigError(
-                    f"{run_file} is not valid JSON; restore it or use a new --out folder"
-                ) from None
-            if existing.get("config_hash") != self.key:
-                old = existing.get("config", {})
-                new = self.config.model_dump(mode="json")
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise RunConfigError(
-                    f"{self.out} holds run {existing.get('config_hash')} made with a different "
-                    f"configuration (differs in: {', '.join(diff) or 'unknown'}); use another "
-                    "--out folder, or delete this one to start over"
-                )
-            return
-        if any(self.out.glob("*.jsonl")):
-            raise RunConfigError(
-                f"{self.out} already holds .jsonl files but no {RUN_FILE}; use an empty --out folder"
-            )
-        run_file.write_text(
-            json.dumps(
-                {
-                    "config_hash": self.key,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "config": self.config.model_dump(mode="json"),
-                },
-                ensure_ascii=False,
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
+    def folder(self, shard: tuple[int, int] | None = None) -> RunFolder:
+        """The run folder (``run.json`` bookkeeping) of this run, as ``shard``."""
+        return RunFolder(self.out, self.key, self.config.model_dump(mode="json"), shard)
+
+    def prepare(self, shard: tuple[int, int] | None = None) -> None:
+        """Create the folder and write ``run.json``, or check it belongs to this configuration
+        (and shard)."""
+        self.folder(shard).prepare()
 
     def item_key(self, index: int, dialogue_id: str) -> str:
         """The key of the ``index``-th input dialogue (0-based)."""
-        return _digest([self.key, index, dialogue_id])[:16]
+        return digest([self.key, index, dialogue_id])[:16]
 
     def done_keys(self) -> set[str]:
         """Keys of dialogues already finished (kept, rejected or dropped), after repairing torn
         last lines left by a kill."""
-        keys: set[str] = set()
-        for name in (KEPT_FILE, REJECTED_FILE, DROPPED_FILE):
-            path = self.out / name
-            drop_torn_line(path)
-            for obj in _read_lines(path):
-                key = obj.get("key") or (obj.get("metadata") or {}).get("key")
-                if key:
-                    keys.add(key)
-        return keys
+        return self.folder().done_keys((KEPT_FILE, REJECTED_FILE, DROPPED_FILE), record_key)
 
     # ------------------------------------------------------------------ running
+    def process(self, item: _Item) -> tuple[str, dict[str, Any] | Dialogue]:
+        """One input dialogue through the pipeline: ``(outcome, what to write)``; never raises
+        for an LM or parsing failure."""
+        try:
+            pred = self.pipeline(item.dialogue, key=item.key, seed=self.config.seed)
+        except RewriteFailure as exc:
+            return "failed", self._failure(item, exc.role, exc.cause, exc.raw_output, exc.usage)
+        except Exception as exc:  # a bug or an unexpected library error: record, go on
+            return "failed", self._failure(item, "runner", exc, None, None)
+        if pred.outcome != "dropped":
+            dialogue = pred.dialogue
+            dialogue.metadata.update(key=item.key, index=item.index, run=self.key)
+            return pred.outcome, dialogue
+        return "dropped", {
+            "key": item.key,
+            "id": item.dialogue.id,
+            "index": item.index,
+            "stage": pred.stage,
+            "rule" if pred.stage == "rules" else "reason": pred.reason,
+            **({"prefilter": pred.prefilter} if pred.stage == "prefilter" else {}),
+            "cleaning": pred.cleaning,
+            "redaction": pred.redaction,
+            "usage": pred.usage,
+        }
+
     def run(
         self,
         dialogues: Iterable[Dialogue],
@@ -187,118 +180,67 @@ class RewriteRun:
         total: int | None = None,
         concurrency: int = 1,
         progress: bool = True,
-        on_update: Callable[[Counter[str]], None] | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
-        """Rewrite every dialogue of ``dialogues`` not yet done (streamed in chunks); returns the
-        summary (also written to ``summary.json``). ``total`` sizes the progress bar."""
+        """Rewrite every dialogue of ``dialogues`` not yet done (streamed), or only those of
+        ``shard`` = (I, N) (every N-th input record from I); returns the summary (also written
+        to ``summary.json``). ``total`` sizes the progress bar."""
         import dspy
-        from dspy.utils.parallelizer import ParallelExecutor
 
         start = time.perf_counter()
-        self.prepare()
+        folder = self.folder(shard)
+        folder.prepare()
         done = self.done_keys()
         counts: Counter[str] = Counter()
-        lock = threading.Lock()
-        written: set[str] = set()
         seen_keys: list[str] = []
+        bar = progress_bar(progress, total)
 
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc="dialogues", unit="dlg", dynamic_ncols=True)
-
-        kept = JsonlWriter(self.out / KEPT_FILE).open()
-        rejected = JsonlWriter(self.out / REJECTED_FILE).open()
-        dropped = JsonlWriter(self.out / DROPPED_FILE).open()
-        failures = JsonlWriter(self.out / FAILURES_FILE).open()
-
-        def process(item: _Item) -> str:
-            record: dict[str, Any] | None = None
-            dialogue = None
-            try:
-                pred = self.pipeline(item.dialogue, key=item.key, seed=self.config.seed)
-                outcome = pred.outcome
-                if outcome == "dropped":
-                    record = {
-                        "key": item.key,
-                        "id": item.dialogue.id,
-                        "index": item.index,
-                        "stage": pred.stage,
-                        "rule" if pred.stage == "rules" else "reason": pred.reason,
-                        **({"prefilter": pred.prefilter} if pred.stage == "prefilter" else {}),
-                        "cleaning": pred.cleaning,
-                        "redaction": pred.redaction,
-                        "usage": pred.usage,
-                    }
-                else:
-                    dialogue = pred.dialogue
-                    dialogue.metadata.update(key=item.key, index=item.index, run=self.key)
-            except RewriteFailure as exc:
-                outcome = "failed"
-                record = self._failure(item, exc.role, exc.cause, exc.raw_output, exc.usage)
-            except Exception as exc:  # a bug or an unexpected library error: record, go on
-                outcome = "failed"
-                record = self._failure(item, "runner", exc, None, None)
-            with lock:
-                if item.key in written:
-                    return "duplicate"
-                written.add(item.key)
-                if outcome == "kept":
-                    kept.write(dialogue)
-                elif outcome == "rejected":
-                    rejected.write(dialogue)
-                elif outcome == "dropped":
-                    dropped.write(record)
-                else:
-                    failures.write(record)
-                counts[outcome] += 1
-                if bar is not None:
-                    bar.set_postfix(
-                        kept=counts["kept"],
-                        rejected=counts["rejected"],
-                        dropped=counts["dropped"],
-                        failed=counts["failed"],
-                        refresh=False,
-                    )
+        def todo() -> Iterator[_Item]:
+            for item in self._items(dialogues, seen_keys, shard):
+                if item.key in done:
+                    counts["already_done"] += 1
                     bar.update(1)
-                if on_update is not None:
-                    on_update(counts)
-            return outcome
+                else:
+                    yield item
 
-        try:
-            executor_args = dict(
-                num_threads=max(1, concurrency),
-                disable_progress_bar=True,
-                timeout=0,  # no straggler re-submission: a slow local LM is not a straggler
+        def write(item: _Item, result: Any) -> None:
+            if isinstance(result, BaseException):  # only a bug in process() gets here
+                result = ("failed", self._failure(item, "runner", result, None, None))
+            outcome, record = result
+            if item.key in done:
+                return  # never write an item twice
+            done.add(item.key)
+            files[outcome].write(record)
+            counts[outcome] += 1
+            bar.set_postfix(
+                kept=counts["kept"],
+                rejected=counts["rejected"],
+                dropped=counts["dropped"],
+                failed=counts["failed"],
+                refresh=False,
             )
-            for chunk in _chunks(self._items(dialogues, seen_keys), CHUNK):
-                todo = [item for item in chunk if item.key not in done]
-                counts["already_done"] += len(chunk) - len(todo)
-                if bar is not None and len(chunk) > len(todo):
-                    bar.update(len(chunk) - len(todo))
-                if not todo:
-                    continue
-                executor = ParallelExecutor(max_errors=len(todo) + 1, **executor_args)
-                with dspy.context():
-                    executor.execute(process, todo)
-        finally:
-            if bar is not None:
-                bar.close()
-            kept.close()
-            rejected.close()
-            dropped.close()
-            failures.close()
+
+        names = {
+            "kept": KEPT_FILE,
+            "rejected": REJECTED_FILE,
+            "dropped": DROPPED_FILE,
+            "failed": FAILURES_FILE,
+        }
+        # trace=None: DSPy's optimizer trace would keep the last 10,000 calls' inputs.
+        with result_logs(self.out, names, bar) as files, dspy.context(trace=None):
+            run_concurrently(todo(), self.process, write, concurrency=concurrency, bar=bar)
 
         wall = time.perf_counter() - start
-        summary = self.summary(seen_keys, counts, wall, concurrency)
-        (self.out / SUMMARY_FILE).write_text(
-            json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
-        )
+        summary = self.summary(seen_keys, counts, wall, concurrency, shard)
+        write_json(self.out / SUMMARY_FILE, summary)
         return summary
 
-    def _items(self, dialogues: Iterable[Dialogue], seen: list[str]) -> Iterator[_Item]:
+    def _items(
+        self, dialogues: Iterable[Dialogue], seen: list[str], shard: tuple[int, int] | None
+    ) -> Iterator[_Item]:
         for index, dialogue in enumerate(dialogues):
+            if not in_shard(index, shard):
+                continue
             key = self.item_key(index, dialogue.id)
             seen.append(key)
             yield _Item(index, dialogue, key)
@@ -316,27 +258,28 @@ class RewriteRun:
             "id": item.dialogue.id,
             "index": item.index,
             "run": self.key,
-            "role": role,
-            "error_type": type(cause).__name__,
-            "error": str(cause)[:4000],
-            "raw_output": raw_output,
+            **failure_fields(role, cause, raw_output),
             "usage": dict(usage or {}),
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
     # ------------------------------------------------------------------ summary
     def summary(
-        self, keys: list[str], counts: Counter[str], wall: float, concurrency: int
+        self,
+        keys: list[str],
+        counts: Counter[str] | None,
+        wall: float,
+        concurrency: int,
+        shard: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         """Per-stage counts over the input dialogues ``keys`` (from the files, so a resumed run
         reports the whole run), utilization before/after, tokens per role."""
         wanted = set(keys)
-        kept = [o for o in _read_lines(self.out / KEPT_FILE) if o["metadata"].get("key") in wanted]
+        kept = [o for o in read_records(self.out / KEPT_FILE) if o["metadata"].get("key") in wanted]
         rejected = [
-            o for o in _read_lines(self.out / REJECTED_FILE) if o["metadata"].get("key") in wanted
+            o for o in read_records(self.out / REJECTED_FILE) if o["metadata"].get("key") in wanted
         ]
-        dropped = [o for o in _read_lines(self.out / DROPPED_FILE) if o.get("key") in wanted]
-        failure_records = list(_read_lines(self.out / FAILURES_FILE))
+        dropped = [o for o in read_records(self.out / DROPPED_FILE) if o.get("key") in wanted]
+        failure_records = list(read_records(self.out / FAILURES_FILE))
         finished = {o["metadata"]["key"] for o in kept + rejected} | {o["key"] for o in dropped}
         failed_keys = wanted - finished
         by_rule = Counter(o["rule"] for o in dropped if o.get("stage") == "rules")
@@ -370,6 +313,21 @@ class RewriteRun:
             cleaning.update(o.get("cleaning") or {})
 
         n_in = len(wanted)
+        this_run = (
+            None
+            if counts is None
+            else {
+                "shard": shard_label(shard),
+                "processed": sum(counts[k] for k in ("kept", "rejected", "dropped", "failed")),
+                "already_done": counts["already_done"],
+                "kept": counts["kept"],
+                "rejected": counts["rejected"],
+                "dropped": counts["dropped"],
+                "failed": counts["failed"],
+                "wall_seconds": round(wall, 2),
+                "finished_at": now(),
+            }
+        )
         result: dict[str, Any] = {
             "config_hash": self.key,
             "data": self.config.data,
@@ -402,15 +360,13 @@ class RewriteRun:
             "redaction": dict(sorted(redaction.items())) if self.config.redact else "off",
             "cleaning": dict(cleaning),
             "tokens": tokens,
-            "this_run": {
-                "processed": sum(counts[k] for k in ("kept", "rejected", "dropped", "failed")),
-                "already_done": counts["already_done"],
-                "kept": counts["kept"],
-                "rejected": counts["rejected"],
-                "dropped": counts["dropped"],
-                "failed": counts["failed"],
-                "wall_seconds": round(wall, 2),
-            },
+            "shard": shard_label(shard),
+            "this_run": this_run,
+            # Every invocation of this folder (and, after a merge, of every shard).
+            "invocations": [
+                *previous_invocations(self.out),
+                *([this_run] if this_run else []),
+            ],
             "files": {
                 "kept": KEPT_FILE,
                 "rejected": REJECTED_FILE,
@@ -442,14 +398,37 @@ def _utilization(kept: list[dict], rejected: list[dict]) -> dict[str, Any]:
     }
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while chunk := list(islice(it, size)):
-        yield chunk
+def record_key(record: Mapping[str, Any]) -> str | None:
+    """The item key of a result record: a dialogue's ``metadata.key`` or a record's ``key``."""
+    return record.get("key") or (record.get("metadata") or {}).get("key")
+
+
+def merge_rewrite_runs(out_dir: str | Path, sources: Sequence[str | Path]) -> dict[str, Any]:
+    """Combine rewrite run folders of one configuration (the shards ``0/N`` .. ``N-1/N`` of
+    one input file) into ``out_dir``, an unsharded run folder that ``csc rewrite`` resumes.
+
+    Every input record appears once; ``summary.json`` counts the combined folder and lists
+    every invocation of every source.
+    """
+    files = (KEPT_FILE, REJECTED_FILE, DROPPED_FILE)
+    parts = merge_folders(out_dir, sources, files, FAILURES_FILE, record_key, "rewrite run")
+    out = Path(out_dir)
+    config = RewriteConfig.model_validate(json.loads((out / RUN_FILE).read_text("utf-8"))["config"])
+    run = RewriteRun(out, config, pipeline=None, lm_names=parts["base"].get("lms"))  # type: ignore[arg-type]
+    keys = [
+        k for name in (*files, FAILURES_FILE) for k in map(record_key, read_records(out / name))
+    ]
+    wall = sum(float(i.get("wall_seconds") or 0) for i in parts["invocations"])
+    summary = run.summary(
+        list(dict.fromkeys(keys)), Counter(), wall, parts["base"].get("concurrency", 1)
+    )
+    summary.update(merged=parts["merged"], invocations=parts["invocations"])
+    write_json(out / SUMMARY_FILE, summary)
+    return summary
 
 
 def read_run(out_dir: str | Path, which: str = "kept") -> list[Dialogue]:
     """The dialogues of a rewrite run folder: ``kept``, ``rejected`` or ``all``."""
     out = Path(out_dir)
     names = {"kept": [KEPT_FILE], "rejected": [REJECTED_FILE], "all": [KEPT_FILE, REJECTED_FILE]}
-    return [Dialogue.model_validate(o) for n in names[which] for o in _read_lines(out / n)]
+    return [Dialogue.model_validate(o) for n in names[which] for o in read_records(out / n)]

@@ -18,41 +18,62 @@ replica). Re-running the same command skips keys already in ``dialogues.jsonl`` 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import random
-import threading
+import resource
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from csc.data.jsonl import JsonlWriter, drop_torn_line
 from csc.data.profiles import CustomerProfile
 from csc.data.topics import Topic
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
-from csc.lm import AGENT_ROLES, redact_secrets
+from csc.lm import AGENT_ROLES
 from csc.programs.rolecs import DialogueFailure, RoleCS
+from csc.programs.run_folder import (
+    SUMMARY_FILE,
+    RunConfigError,
+    RunFolder,
+    ShardError,
+    digest,
+    failure_fields,
+    in_shard,
+    merge_folders,
+    now,
+    parse_shard,
+    previous_invocations,
+    progress_bar,
+    read_records,
+    result_logs,
+    run_concurrently,
+    shard_label,
+    write_json,
+)
 from csc.usage import Usage, labelled_usage_of
+
+__all__ = [
+    "GridItem",
+    "RunConfigError",
+    "ShardError",
+    "SynthesisConfig",
+    "SynthesisRun",
+    "merge_runs",
+    "parse_shard",
+    "plan_grid",
+    "read_run_dialogues",
+    "select_shard",
+]
 
 KEPT_FILE = "dialogues.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 FAILURES_FILE = "failures.jsonl"
-RUN_FILE = "run.json"
-SUMMARY_FILE = "summary.json"
 STATS_FILE = "stats.json"
 STATS_ALL_FILE = "stats_all.json"
 DIANJIN_FILE = "dialogues.dianjin.json"
-
-
-class RunConfigError(ValueError):
-    """The output folder belongs to a run with a different configuration, or is unreadable."""
 
 
 class SynthesisConfig(BaseModel):
@@ -98,8 +119,8 @@ class SynthesisConfig(BaseModel):
         program_sha256: str | None = None,
     ) -> SynthesisConfig:
         """A configuration from its parts; the framework and profiles enter by content digest."""
-        fw_digest = _digest(framework.to_dict())
-        prof_digest = _digest([p.model_dump(exclude_none=True) for p in profiles])
+        fw_digest = digest(framework.to_dict())
+        prof_digest = digest([p.model_dump(exclude_none=True) for p in profiles])
         roles = {r: lms.get(r, lms.get("default", "")) for r in AGENT_ROLES}
         if not filter:
             roles.pop("judge")
@@ -125,12 +146,7 @@ class SynthesisConfig(BaseModel):
         data = self.model_dump(mode="json")
         if data["program_sha256"] is None:
             del data["program_sha256"]  # runs with the default prompts keep their earlier keys
-        return _digest(data)[:12]
-
-
-def _digest(data: Any) -> str:
-    text = json.dumps(data, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+        return digest(data)[:12]
 
 
 @dataclass(frozen=True)
@@ -165,80 +181,36 @@ def plan_grid(
     for i in range(n):
         topic, profile = grid[i % len(grid)]
         replica = i // len(grid)
-        key = _digest([run_key, topic.code, topic.name, profile.id, replica])[:16]
+        key = digest([run_key, topic.code, topic.name, profile.id, replica])[:16]
         items.append(GridItem(topic, profile, replica, key))
     return items
 
 
-class ShardError(ValueError):
-    """A ``--shard`` value that is not ``I/N`` with ``0 <= I < N``."""
-
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"1/3"`` -> ``(1, 3)``; None stays None; anything else is a :class:`ShardError`."""
-    if text is None:
-        return None
-    index, sep, count = str(text).partition("/")
-    try:
-        i, n = int(index), int(count)
-    except ValueError:
-        i, n = -1, 0
-    if not sep or n < 1 or not 0 <= i < n:
-        raise ShardError(
-            f"--shard must be I/N with 0 <= I < N (e.g. 0/4 for the first of four), got {text!r}"
-        )
-    return i, n
-
-
-def shard_label(shard: tuple[int, int] | None) -> str | None:
-    """``(1, 3)`` -> ``"1/3"``."""
-    return None if shard is None else f"{shard[0]}/{shard[1]}"
+# ----------------------------------------------------------------------------- the run
 
 
 def select_shard(items: Sequence[GridItem], shard: tuple[int, int] | None) -> list[GridItem]:
-    """The grid items of one shard: every N-th item of the seeded grid, starting at I.
-
-    Round-robin over the planned order keeps shards equal in size and stable when ``n`` grows
-    (a larger run extends every shard), and the items' keys do not depend on the shard, so the
-    union of shards 0..N-1 is exactly the unsharded run.
-    """
-    if shard is None:
-        return list(items)
-    i, n = shard
-    return [item for pos, item in enumerate(items) if pos % n == i]
-
-
-# ----------------------------------------------------------------------------- files
-
-
-def _read_lines(path: Path) -> Iterator[dict[str, Any]]:
-    """JSON objects of a JSONL file; a line that cannot be parsed is an error naming it."""
-    if not path.exists():
-        return
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise RunConfigError(
-                    f"{path}:{lineno}: not valid JSON ({exc.msg}); the file was edited or "
-                    "corrupted: remove that line and re-run to redo its dialogue"
-                ) from None
+    """The grid items of one shard: every N-th item of the seeded grid, starting at I
+    (see :func:`~csc.programs.run_folder.in_shard`)."""
+    return [item for pos, item in enumerate(items) if in_shard(pos, shard)]
 
 
 def read_run_dialogues(out_dir: str | Path, which: str = "kept") -> list[Dialogue]:
     """The dialogues of a run folder: ``kept``, ``rejected`` or ``all``."""
     out = Path(out_dir)
     names = {"kept": [KEPT_FILE], "rejected": [REJECTED_FILE], "all": [KEPT_FILE, REJECTED_FILE]}
-    result = []
-    for name in names[which]:
-        result.extend(Dialogue.model_validate(obj) for obj in _read_lines(out / name))
-    return result
+    return [Dialogue.model_validate(obj) for n in names[which] for obj in read_records(out / n)]
 
 
-# ----------------------------------------------------------------------------- the run
+def output_files() -> dict[str, str]:
+    """The ``files`` entry of a synthesis summary."""
+    return {
+        "kept": KEPT_FILE,
+        "rejected": REJECTED_FILE,
+        "failures": FAILURES_FILE,
+        "stats": STATS_FILE,
+        "stats_all": STATS_ALL_FILE,
+    }
 
 
 @dataclass
@@ -250,19 +222,8 @@ class RunCounts:
     kept: int = 0
     rejected: int = 0
     failed: int = 0
-    tokens: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    def add_usage(self, usage: Mapping[str, Mapping[str, int]]) -> None:
-        for role, u in usage.items():
-            entry = self.tokens.setdefault(
-                role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
-            )
-            for k in entry:
-                entry[k] += int(u.get(k, 0))
-
-    @property
-    def total_tokens(self) -> int:
-        return sum(u["prompt_tokens"] + u["completion_tokens"] for u in self.tokens.values())
+    tokens: int = 0
+    usage: dict[str, Usage] = field(default_factory=dict)  # per role, from the records
 
 
 class SynthesisRun:
@@ -319,117 +280,85 @@ class SynthesisRun:
         elif config.program_sha256 is not None:
             raise RunConfigError("the configuration names a program; pass it as program=")
 
-    # ------------------------------------------------------------------ folder
+    def folder(self, shard: tuple[int, int] | None = None) -> RunFolder:
+        """The run folder (``run.json`` bookkeeping) of this run, as ``shard``."""
+        return RunFolder(self.out, self.key, self.config.model_dump(mode="json"), shard)
+
     def prepare(self, shard: tuple[int, int] | None = None) -> None:
         """Create the folder and write ``run.json``, or check it belongs to this configuration
         (and to the same shard: a shard folder resumes only as that shard)."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        run_file = self.out / RUN_FILE
-        if run_file.exists():
-            try:
-                existing = json.loads(run_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError:
-                raise RunConfigError(
-                    f"{run_file} is not valid JSON; restore it or use a new --out folder"
-                ) from None
-            if existing.get("config_hash") != self.key:
-                old = existing.get("config", {})
-                new = self.config.model_dump(mode="json")
-                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-                raise RunConfigError(
-                    f"{self.out} holds run {existing.get('config_hash')} made with a different "
-                    f"configuration (differs in: {', '.join(diff) or 'unknown'}); use another "
-                    "--out folder, or delete this one to start over"
-                )
-            if existing.get("shard") != shard_label(shard):
-                was = existing.get("shard") or "unsharded"
-                raise RunConfigError(
-                    f"{self.out} holds {'shard ' + was if existing.get('shard') else 'an unsharded run'}"
-                    f", not {'shard ' + shard_label(shard) if shard else 'an unsharded run'}; "
-                    f"re-run with {'--shard ' + was if existing.get('shard') else 'no --shard'} or "
-                    "use another --out folder (combine shards with `csc synthesize merge`)"
-                )
-            return
-        if any(self.out.glob("*.jsonl")):
-            raise RunConfigError(
-                f"{self.out} already holds .jsonl files but no {RUN_FILE}; use an empty --out folder"
-            )
-        run_file.write_text(
-            json.dumps(
-                {
-                    "config_hash": self.key,
-                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    "shard": shard_label(shard),
-                    "config": self.config.model_dump(mode="json"),
-                },
-                ensure_ascii=False,
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
+        self.folder(shard).prepare()
 
     def done_keys(self) -> set[str]:
         """Keys of dialogues already written (kept or rejected), after repairing torn lines."""
-        keys: set[str] = set()
-        for name in (KEPT_FILE, REJECTED_FILE):
-            path = self.out / name
-            drop_torn_line(path)
-            keys.update(obj["id"] for obj in _read_lines(path) if "id" in obj)
-        return keys
+        return self.folder().done_keys((KEPT_FILE, REJECTED_FILE), lambda obj: obj.get("id"))
+
+    def plan(self, n: int | None = None, shard: tuple[int, int] | None = None) -> list[GridItem]:
+        """The grid items of the first ``n`` dialogues that belong to ``shard``."""
+        items = plan_grid(self.config.topics, self.profiles, n, self.config.seed, self.key)
+        return select_shard(items, shard)
+
+    def synthesize(self, item: GridItem, on_turn: Any = None) -> tuple[str, dict[str, Any]]:
+        """One dialogue: ``("kept" | "rejected", dialogue record)`` or ``("failed", failure
+        record)``; never raises for an LM or parsing failure."""
+        try:
+            pred = self.program(
+                item.profile,
+                item.topic,
+                dialogue_id=item.key,
+                seed=self.config.seed,
+                on_turn=on_turn,
+            )
+        except DialogueFailure as exc:
+            return "failed", self._failure_record(
+                item, exc.role, exc.cause, exc.raw_output, exc.partial
+            )
+        except Exception as exc:  # a bug or an unexpected library error: record, go on
+            return "failed", self._failure_record(item, "runner", exc, None, None)
+        dialogue = pred.dialogue
+        dialogue.metadata.update(
+            run=self.key,
+            topic_code=item.topic.code,
+            profile_id=item.profile.id,
+            replica=item.replica,
+        )
+        outcome = "kept" if (pred.passed is None or pred.passed) else "rejected"
+        return outcome, dialogue.model_dump(mode="json")
 
     # ------------------------------------------------------------------ running
     def run(
         self,
         n: int | None = None,
-        topics: Sequence[Topic] | None = None,
         *,
         concurrency: int = 1,
         progress: bool = True,
-        on_update: Callable[[RunCounts], None] | None = None,
         shard: tuple[int, int] | None = None,
         keep_history: bool = True,
+        outcomes: Any = None,
     ) -> dict[str, Any]:
         """Synthesize the first ``n`` grid items not yet done (only those of ``shard`` = (I, N)
         when given, see :func:`select_shard`); returns the summary (also written to
         ``summary.json``). ``keep_history=False`` runs without DSPy's call history (``csc
-        synthesize`` does, for flat memory)."""
+        synthesize`` does, for flat memory). ``outcomes`` replaces the local thread pool: a
+        callable ``(todo, concurrency) -> iterable of (item, (outcome, record))`` (the Ray
+        executor); the records are written here either way."""
         import dspy
 
         start = time.perf_counter()
         cpu_start = time.process_time()
-        self.prepare(shard)
-        items = plan_grid(
-            topics or self.config.topics, self.profiles, n, self.config.seed, self.key
-        )
-        planned = len(items)
-        items = select_shard(items, shard)
+        folder = self.folder(shard)
+        folder.prepare()
+        items = self.plan(n, shard)
+        planned = n if n is not None else len(self.config.topics) * len(self.profiles)
         done = self.done_keys()
         todo = [item for item in items if item.key not in done]
         counts = RunCounts(requested=len(items), already_done=len(items) - len(todo))
-        # The summary's usage comes from meters on the LM objects (csc.usage): per-dialogue
-        # trackers would lose nothing here, but one source of truth keeps every command equal.
+        # The summary's usage comes from meters on the LM objects (csc.usage): one source of
+        # truth keeps every command equal.
         lms = [*self.lms.values(), dspy.settings.lm]
         usage_before = labelled_usage_of(*lms)
-        lock = threading.Lock()
-        written: set[str] = set()
-
-        bar = None
-        if progress and todo:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(todo), desc="dialogues", unit="dlg", dynamic_ncols=True)
-
-        kept_writer = JsonlWriter(self.out / KEPT_FILE).open()
-        rejected_writer = JsonlWriter(self.out / REJECTED_FILE).open()
-        failures = JsonlWriter(self.out / FAILURES_FILE).open()
-
+        bar = progress_bar(progress and bool(todo), len(todo))
         utterances = [0]
-
-        def on_turn(_turn: Any) -> None:
-            with lock:
-                utterances[0] += 1
-                if bar is not None:
-                    show_progress()
 
         def show_progress() -> None:
             bar.set_postfix(
@@ -437,78 +366,52 @@ class SynthesisRun:
                 kept=counts.kept,
                 rejected=counts.rejected,
                 failed=counts.failed,
-                tokens=counts.total_tokens,
+                tokens=counts.tokens,
                 refresh=True,
             )
 
-        def synthesize(item: GridItem) -> str:
-            try:
-                pred = self.program(
-                    item.profile,
-                    item.topic,
-                    dialogue_id=item.key,
-                    seed=self.config.seed,
-                    on_turn=on_turn,
+        def on_turn(_turn: Any) -> None:
+            utterances[0] += 1  # a progress figure: a lost update under threads is harmless
+            show_progress()
+
+        def write(item: GridItem, result: Any) -> None:
+            if isinstance(result, BaseException):  # only a bug in synthesize() gets here
+                result = ("failed", self._failure_record(item, "runner", result, None, None))
+            outcome, record = result
+            if outcome != "failed" and item.key in done:
+                return  # never write a dialogue twice (a re-delivered task)
+            if outcome != "failed":
+                done.add(item.key)
+            files[outcome].write(record)
+            usage = (record.get("metadata") or {}).get("usage") or record.get("usage") or {}
+            for role, u in usage.items():
+                add = Usage(
+                    calls=int(u.get("calls", 0)),
+                    prompt_tokens=int(u.get("prompt_tokens", 0)),
+                    completion_tokens=int(u.get("completion_tokens", 0)),
+                    cost_usd=None,
                 )
-                dialogue = pred.dialogue
-                dialogue.metadata.update(
-                    run=self.key,
-                    topic_code=item.topic.code,
-                    profile_id=item.profile.id,
-                    replica=item.replica,
-                )
-                outcome = "kept" if (pred.passed is None or pred.passed) else "rejected"
-                record = None
-            except DialogueFailure as exc:
-                outcome, dialogue = "failed", None
-                record = self._failure_record(
-                    item, exc.role, exc.cause, exc.raw_output, exc.partial
-                )
-            except Exception as exc:  # a bug or an unexpected library error: record, go on
-                outcome, dialogue = "failed", None
-                record = self._failure_record(item, "runner", exc, None, None)
-            with lock:
-                if item.key in written:  # never write a dialogue twice
-                    return "duplicate"
-                if dialogue is not None:
-                    written.add(item.key)
-                    (kept_writer if outcome == "kept" else rejected_writer).write(dialogue)
-                    counts.add_usage(dialogue.metadata.get("usage", {}))
-                else:
-                    failures.write(record)
-                    if record.get("usage"):
-                        counts.add_usage(record["usage"])
-                setattr(counts, outcome, getattr(counts, outcome) + 1)
-                if bar is not None:
-                    show_progress()
+                counts.usage[role] = counts.usage.get(role, Usage()) + add
+                counts.tokens += add.total_tokens
+            setattr(counts, outcome, getattr(counts, outcome) + 1)
+            show_progress()
+
+        names = {"kept": KEPT_FILE, "rejected": REJECTED_FILE, "failed": FAILURES_FILE}
+        # keep_history=False: DSPy keeps up to 10,000 calls (prompts and answers) on the LM, on
+        # every predictor and globally, so memory grows with the first ~600 dialogues; the
+        # usage meters (csc.usage) do not need it. trace=None: DSPy's trace (for optimizers)
+        # keeps the last 10,000 predictor calls with their inputs, i.e. whole histories.
+        with (
+            result_logs(self.out, names, bar) as files,
+            dspy.context(disable_history=not keep_history, trace=None),
+        ):
+            if outcomes is not None:
+                for item, result in outcomes(todo, concurrency):
+                    write(item, result)
                     bar.update(1)
-                if on_update is not None:
-                    on_update(counts)
-            return outcome
-
-        try:
-            if todo:
-                from dspy.utils.parallelizer import ParallelExecutor
-
-                # timeout=0 turns off straggler re-submission: a slow local dialogue is not a
-                # straggler, and re-running it would waste the embedded engine's time.
-                executor = ParallelExecutor(
-                    num_threads=max(1, concurrency),
-                    max_errors=len(todo) + 1,
-                    disable_progress_bar=True,
-                    timeout=0,
-                )
-                # keep_history=False: DSPy keeps up to 10,000 calls (prompts and answers) on the
-                # LM, on every predictor and globally, so memory grows with the first ~600
-                # dialogues; the usage meters (csc.usage) do not need it.
-                with dspy.context(disable_history=not keep_history):
-                    executor.execute(synthesize, todo)
-        finally:
-            if bar is not None:
-                bar.close()
-            kept_writer.close()
-            rejected_writer.close()
-            failures.close()
+            else:
+                work = lambda item: self.synthesize(item, on_turn)  # noqa: E731
+                run_concurrently(todo, work, write, concurrency=concurrency, bar=bar)
 
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
@@ -516,14 +419,14 @@ class SynthesisRun:
         role_usage = {
             label: after - usage_before.get(label, Usage()) for label, after in usage_after.items()
         }
+        if outcomes is not None:  # the calls ran elsewhere: add up what the records say
+            role_usage = counts.usage
         finished_keys = self.done_keys()  # once: per item it re-read the files (quadratic)
         missing = sum(1 for item in items if item.key not in finished_keys)
         summary = self._summary(
             counts, wall, concurrency, missing, role_usage, cpu, shard=shard, planned=planned
         )
-        (self.out / SUMMARY_FILE).write_text(
-            json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
-        )
+        write_json(self.out / SUMMARY_FILE, summary)
         return summary
 
     def _failure_record(
@@ -540,14 +443,10 @@ class SynthesisRun:
             "topic": item.topic.name,
             "profile_id": item.profile.id,
             "replica": item.replica,
-            "role": role,
-            "error_type": type(cause).__name__,
-            "error": redact_secrets(str(cause))[:4000],
-            "raw_output": raw_output,
+            **failure_fields(role, cause, raw_output),
             "partial_turns": len(partial.turns) if partial else 0,
             "partial": partial.model_dump(mode="json") if partial else None,
             "usage": partial.metadata.get("usage") if partial else None,
-            "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
     def _summary(
@@ -583,9 +482,11 @@ class SynthesisRun:
             "wall_seconds": round(wall, 2),
             # CPU time of this process during the run (all threads): the driver's own cost.
             "cpu_seconds": round(cpu, 2) if cpu is not None else None,
+            # The process's peak memory so far (before the statistics written after the run).
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "dialogues_per_minute": round(finished / (wall / 60), 3) if wall > 0 else None,
             "concurrency": concurrency,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "finished_at": now(),
         }
         invocations = [*previous_invocations(self.out), this_run]
         return {
@@ -607,29 +508,8 @@ class SynthesisRun:
             # The whole folder: every invocation (and, after a merge, every shard) so far.
             "invocations": invocations,
             "totals": {**folder_totals(self.out, invocations), "missing": missing},
-            "files": {
-                "kept": KEPT_FILE,
-                "rejected": REJECTED_FILE,
-                "failures": FAILURES_FILE,
-                "stats": STATS_FILE,
-                "stats_all": STATS_ALL_FILE,
-            },
+            "files": output_files(),
         }
-
-
-def previous_invocations(out: str | Path) -> list[dict[str, Any]]:
-    """The invocations recorded in ``out/summary.json`` (an older summary without the list
-    counts as its one ``this_run``)."""
-    path = Path(out) / SUMMARY_FILE
-    if not path.exists():
-        return []
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return []  # a summary is derived data: a damaged one is rebuilt from the next run
-    if isinstance(old.get("invocations"), list):
-        return list(old["invocations"])
-    return [old["this_run"]] if isinstance(old.get("this_run"), dict) else []
 
 
 def _sum_usage(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -646,11 +526,13 @@ def _sum_usage(entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def folder_totals(out: str | Path, invocations: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts of the folder's files and the sums over its invocations."""
     out = Path(out)
-    done = {obj.get("id") for name in (KEPT_FILE, REJECTED_FILE) for obj in _read_lines(out / name)}
-    failed = {obj.get("id") for obj in _read_lines(out / FAILURES_FILE)} - done
+    done = {
+        obj.get("id") for name in (KEPT_FILE, REJECTED_FILE) for obj in read_records(out / name)
+    }
+    failed = {obj.get("id") for obj in read_records(out / FAILURES_FILE)} - done
     return {
-        "kept": sum(1 for _ in _read_lines(out / KEPT_FILE)),
-        "rejected": sum(1 for _ in _read_lines(out / REJECTED_FILE)),
+        "kept": sum(1 for _ in read_records(out / KEPT_FILE)),
+        "rejected": sum(1 for _ in read_records(out / REJECTED_FILE)),
         # Dialogues whose latest attempt failed and that no later attempt finished.
         "failed": len(failed),
         "invocations": len(invocations),
@@ -660,140 +542,32 @@ def folder_totals(out: str | Path, invocations: Sequence[Mapping[str, Any]]) -> 
 
 
 def merge_runs(out_dir: str | Path, sources: Sequence[str | Path]) -> dict[str, Any]:
-    """Combine run folders of one configuration (typically shards ``0/N`` .. ``N-1/N``) into
-    ``out_dir``, an unsharded run folder that a later ``csc synthesize`` resumes as usual.
+    """Combine synthesis run folders of one configuration (typically shards ``0/N`` ..
+    ``N-1/N``) into ``out_dir``, an unsharded run folder that ``csc synthesize`` resumes.
 
-    Every dialogue appears once (the first folder holding its id wins); a failure is kept only
-    when no folder finished that dialogue. ``summary.json`` lists every invocation of every
-    source. Returns the summary (statistics are written by the command).
+    Every dialogue appears once; a failure is kept only when no folder finished that dialogue.
+    ``summary.json`` lists every invocation of every source. Returns the summary (statistics
+    are written by the command).
     """
-    out = Path(out_dir)
-    runs = []
-    for src in sources:
-        src = Path(src)
-        run_file = src / RUN_FILE
-        if not run_file.exists():
-            raise RunConfigError(f"{src} is not a synthesis run folder (no {RUN_FILE})")
-        try:
-            runs.append((src, json.loads(run_file.read_text(encoding="utf-8"))))
-        except json.JSONDecodeError:
-            raise RunConfigError(f"{run_file} is not valid JSON; restore it") from None
-    if not runs:
-        raise RunConfigError("give at least one run folder to merge")
-    key = runs[0][1].get("config_hash")
-    for src, info in runs[1:]:
-        if info.get("config_hash") != key:
-            raise RunConfigError(
-                f"{src} holds run {info.get('config_hash')}, {runs[0][0]} holds run {key}: only "
-                "folders of the same configuration (same flags and seed) can be merged"
-            )
-    if (out / RUN_FILE).exists():
-        existing = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-        if existing.get("config_hash") != key or existing.get("shard"):
-            raise RunConfigError(
-                f"{out} holds another run ({existing.get('config_hash')}, shard "
-                f"{existing.get('shard') or 'none'}); merge into a new folder"
-            )
-        runs.insert(0, (out, existing))
-    elif out.exists() and any(out.iterdir()):
-        raise RunConfigError(f"{out} is not empty and not a run folder; merge into a new folder")
-
-    seen: set[str] = set()
-    kept: list[str] = []
-    rejected: list[str] = []
-    failures: dict[str, str] = {}
-    shards: dict[str, list[str]] = {}
-    for src, info in runs:
-        for name, bucket in ((KEPT_FILE, kept), (REJECTED_FILE, rejected)):
-            path = src / name
-            drop_torn_line(path)
-            if not path.exists():
-                continue
-            with path.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        dialogue_id = json.loads(line)["id"]
-                    except (json.JSONDecodeError, KeyError):
-                        raise RunConfigError(
-                            f"{path}:{lineno}: not a dialogue record; remove that line and re-run"
-                        ) from None
-                    if dialogue_id not in seen:
-                        seen.add(dialogue_id)
-                        bucket.append(line if line.endswith("\n") else line + "\n")
-        for record in _read_lines(src / FAILURES_FILE):
-            failures[record.get("id", "")] = json.dumps(record, ensure_ascii=False) + "\n"
-        if src != out:
-            shards.setdefault(info.get("shard") or "unsharded", []).append(str(src))
-
-    out.mkdir(parents=True, exist_ok=True)
-    contents = {
-        KEPT_FILE: kept,
-        REJECTED_FILE: rejected,
-        FAILURES_FILE: [line for i, line in failures.items() if i not in seen],
-    }
-    for name, lines in contents.items():
-        tmp = out / (name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.writelines(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out / name)  # atomic: a kill leaves the old file or the new one
-    first = runs[0][1]
-    (out / RUN_FILE).write_text(
-        json.dumps(
-            {
-                "config_hash": key,
-                "created": first.get("created"),
-                "shard": None,
-                "merged_from": sorted({str(src) for src, _ in runs if src != out}),
-                "config": first.get("config"),
-            },
-            ensure_ascii=False,
-            indent=2,
-        ),
-        encoding="utf-8",
+    parts = merge_folders(
+        out_dir,
+        sources,
+        (KEPT_FILE, REJECTED_FILE),
+        FAILURES_FILE,
+        lambda r: r.get("id"),
+        "synthesis run",
     )
-    invocations: list[dict[str, Any]] = []
-    missing = 0
-    old_summaries = []
-    for src, _ in runs:
-        path = src / SUMMARY_FILE
-        old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-        old_summaries.append(old)
-        for inv in previous_invocations(src):
-            if inv not in invocations:
-                invocations.append(inv)
-        if src != out:
-            missing += int((old.get("totals") or {}).get("missing") or 0)
-    base = next((o for o in old_summaries if o), {})
-    labels = sorted(shards)
-    counts = [int(label.split("/")[1]) for label in labels if "/" in label]
-    complete = bool(counts) and len(set(counts)) == 1 and len(labels) == counts[0]
+    base = parts["base"]
     summary = {
         **{k: base.get(k) for k in ("framework", "language", "seed", "temperature")},
         **{k: base.get(k) for k in ("max_utterances", "filter", "lms", "program")},
-        "config_hash": key,
+        "config_hash": parts["config_hash"],
         "shard": None,
-        "merged": {
-            "shards": labels,
-            "sources": {label: shards[label] for label in labels},
-            # True when shards 0..N-1 of one N are all present: the union is the whole run.
-            "all_shards": complete,
-        },
+        "merged": parts["merged"],
         "this_run": None,
-        "invocations": invocations,
-        "totals": {**folder_totals(out, invocations), "missing": missing},
-        "files": {
-            "kept": KEPT_FILE,
-            "rejected": REJECTED_FILE,
-            "failures": FAILURES_FILE,
-            "stats": STATS_FILE,
-            "stats_all": STATS_ALL_FILE,
-        },
+        "invocations": parts["invocations"],
+        "totals": {**folder_totals(out_dir, parts["invocations"]), "missing": parts["missing"]},
+        "files": output_files(),
     }
-    (out / SUMMARY_FILE).write_text(
-        json.dumps(summary, ensure_ascii=False, indent=2), encoding="utf-8"
-    )
+    write_json(Path(out_dir) / SUMMARY_FILE, summary)
     return summary

@@ -77,6 +77,13 @@ def register(app: typer.Typer) -> None:
             None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
         ),
         out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder."),
+        shard: str | None = typer.Option(
+            None,
+            "--shard",
+            help="Evaluate only shard I of N (I/N, 0-based: every N-th dialogue from I). Shards "
+            "may share one --out (each caches its own file); the same command without --shard "
+            "then scores all of them from the cache, with no LM call.",
+        ),
     ) -> None:
         """Evaluate a supporter: BLEU-2/4, ROUGE-L, BERTScore, strategy ACC and macro-F1.
 
@@ -97,10 +104,12 @@ def register(app: typer.Typer) -> None:
         from csc.framework import FrameworkError
         from csc.lm import LMConfigError, build_lm, lm_name
         from csc.optimizers.store import ProgramStoreError
+        from csc.programs.run_folder import ShardError, parse_shard, shard_label
 
         try:
             contexts = normalize_contexts(context)
-        except ValueError as exc:
+            shard_spec = parse_shard(shard)
+        except (ValueError, ShardError) as exc:
             fail(str(exc))
         fw, dialogues, language, sha, split = load_evaluation_dialogues(
             data, data_format, framework, split, seed, lang, limit=limit, splits=splits
@@ -126,7 +135,7 @@ def register(app: typer.Typer) -> None:
         settings = resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
         spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
         try:
-            client = build_lm(spec)
+            client = build_lm(spec, connections=num_threads)
         except (LMConfigError, FileNotFoundError, OSError) as exc:
             fail(f"cannot build the LM {spec.model!r}: {exc}")
 
@@ -169,6 +178,7 @@ def register(app: typer.Typer) -> None:
                 + (f", split {split}" if split != "all" else "")
             ),
             "num_threads": num_threads,
+            "shard": shard_label(shard_spec),
             "bertscore_model": None
             if no_bertscore
             else f"{bertscore_model or default_bertscore_model()}",
@@ -197,6 +207,7 @@ def register(app: typer.Typer) -> None:
                     bertscore_model=bertscore_model,
                     with_bertscore=not no_bertscore,
                     on_context_done=write_partial,
+                    shard=shard_spec,
                 )
             except RuntimeError as exc:  # e.g. the BERTScore model cannot be loaded
                 fail(str(exc))

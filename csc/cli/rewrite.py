@@ -21,15 +21,49 @@ _RULE_FLAGS = {
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``csc rewrite`` to the app."""
+    """Add ``csc rewrite`` (and ``csc rewrite merge``) to the app."""
 
-    @app.command(
-        "rewrite",
+    rewrite_app = typer.Typer(add_completion=False)
+    app.add_typer(rewrite_app, name="rewrite")
+
+    @rewrite_app.command(
+        "merge", epilog="Example: csc rewrite merge runs/rw0 runs/rw1 runs/rw2 --out runs/rw"
+    )
+    def merge(
+        sources: list[Path] = typer.Argument(..., help="Run folders to combine (e.g. shards)."),
+        out: Path = typer.Option(..., "--out", help="The combined run folder (new, or a merge)."),
+    ) -> None:
+        """Combine shard folders of one rewrite run (same file, flags and seed) into one.
+
+        Each input record appears once and summary.json counts the combined folder; the result
+        is an ordinary run folder that `csc rewrite --out OUT` with the same flags resumes.
+        """
+        from csc.programs.rewrite_run import RunConfigError, merge_rewrite_runs
+
+        try:
+            summary = merge_rewrite_runs(out, sources)
+        except RunConfigError as exc:
+            fail(str(exc))
+        c, merged = summary["counts"], summary["merged"]
+        typer.echo(
+            f"merged {len(sources)} folder(s) (shards {', '.join(merged['shards'])}"
+            f"{'' if merged['all_shards'] else '; NOT all shards of the run'}) -> {out}: "
+            f"{c['kept']} kept, {c['rejected']} rejected, {c['dropped']} dropped, "
+            f"{c['failed']} failed"
+        )
+
+    @rewrite_app.callback(
+        invoke_without_command=True,
         epilog="Example: csc rewrite --data raw.json --mapping raw.yaml --lm local --out runs/rewrite",
     )
     def rewrite(
-        data: Path = typer.Option(..., "--data", help="Raw dialogues (any format csc data reads)."),
-        out: Path = typer.Option(..., "--out", help="Run folder (created; re-run to resume)."),
+        ctx: typer.Context,
+        data: Path | None = typer.Option(
+            None, "--data", help="Raw dialogues (any format csc data reads). Required."
+        ),
+        out: Path | None = typer.Option(
+            None, "--out", help="Run folder (created; re-run to resume). Required."
+        ),
         from_format: str | None = typer.Option(
             None,
             "--from",
@@ -53,6 +87,13 @@ def register(app: typer.Typer) -> None:
         ),
         concurrency: int = typer.Option(
             4, "--concurrency", "-c", min=1, help="Dialogues processed at the same time."
+        ),
+        shard: str | None = typer.Option(
+            None,
+            "--shard",
+            help="Rewrite only shard I of N (I/N, 0-based: every N-th input record from I); N "
+            "processes with the same flags together make the unsharded run. Combine with "
+            "`csc rewrite merge`.",
         ),
         lm: str | None = LMOption,
         lm_prefilter: str | None = typer.Option(
@@ -131,8 +172,13 @@ def register(app: typer.Typer) -> None:
         Stages: clean + rule pre-filter -> PII redaction -> LLM pre-filter -> rewriter ->
         post-filter (notes stripped, 10-50 utterances, LLM judge) -> utilization before/after.
         Results stream to OUT/dialogues.jsonl (rejected.jsonl, dropped.jsonl, failures.jsonl,
-        summary.json); re-running the same command resumes.
+        summary.json); re-running the same command resumes. `--shard I/N` runs one of N
+        shards; `csc rewrite merge DIR... --out OUT` combines them.
         """
+        if ctx.invoked_subcommand is not None:
+            return
+        if data is None or out is None:
+            fail("--data and --out are required: the raw dialogues and the run folder")
         import yaml
 
         from csc.data.errors import DataFormatError
@@ -155,6 +201,12 @@ def register(app: typer.Typer) -> None:
             fail(f"{data}: no such file or folder")
         if min_utterances > max_utterances:
             fail("--min-utterances must not exceed --max-utterances")
+        from csc.programs.run_folder import ShardError, parse_shard
+
+        try:
+            shard_spec = parse_shard(shard)
+        except ShardError as exc:
+            fail(str(exc))
 
         rule_values: dict = {}
         if recipe is not None:
@@ -281,7 +333,7 @@ def register(app: typer.Typer) -> None:
         )
         try:
             cache: dict = {}
-            lms = {r: lm_for_role(settings, r, cache) for r in active}
+            lms = {r: lm_for_role(settings, r, cache, connections=concurrency) for r in active}
         except (LMConfigError, FileNotFoundError, ImportError) as exc:
             fail(f"cannot build the LM: {exc}")
         pipeline = RewritePipeline(
@@ -307,12 +359,20 @@ def register(app: typer.Typer) -> None:
                 fg="yellow",
                 err=True,
             )
+        if shard_spec is not None:  # every N-th record from I
+            total = len(range(shard_spec[0], total, shard_spec[1]))
         typer.echo(
             f"run {run.key} -> {out}  ({total} dialogues, {fw.name}, {language}, "
-            f"concurrency {concurrency})"
+            f"concurrency {concurrency}{f', shard {shard}' if shard_spec else ''})"
         )
         try:
-            summary = run.run(dialogues(), total=total, concurrency=concurrency, progress=progress)
+            summary = run.run(
+                dialogues(),
+                total=total,
+                concurrency=concurrency,
+                progress=progress,
+                shard=shard_spec,
+            )
         except RunConfigError as exc:
             fail(str(exc))
         except DataFormatError as exc:  # the file changed since it was validated

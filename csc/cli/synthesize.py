@@ -50,9 +50,9 @@ def register(app: typer.Typer) -> None:
             fw = Framework.load(framework or config.get("framework", "csc"))
         except FrameworkError as exc:
             fail(f"{exc}; pass the run's framework YAML with --framework")
-        from csc.programs.synthesis import _digest
+        from csc.programs.run_folder import digest
 
-        if config.get("framework_digest") and _digest(fw.to_dict()) != config["framework_digest"]:
+        if config.get("framework_digest") and digest(fw.to_dict()) != config["framework_digest"]:
             fail(
                 f"framework {fw.name!r} differs from the one the run used; pass the run's "
                 "framework YAML with --framework"
@@ -145,6 +145,18 @@ def register(app: typer.Typer) -> None:
             "the same flags and seed together make the unsharded run. Combine with "
             "`csc synthesize merge`.",
         ),
+        executor: str = typer.Option(
+            "local",
+            "--executor",
+            help="Where dialogues run: local (threads in this process) or ray (the grid's shards "
+            "as Ray tasks; results are written here). Ray: pip install 'dspy-csc[ray]'.",
+        ),
+        ray_address: str | None = typer.Option(
+            None,
+            "--ray-address",
+            help="With --executor ray: the cluster to use (e.g. 10.0.0.1:6379 from `ray start "
+            "--head`; default: a local one for the length of the run).",
+        ),
         lm_cache: bool = typer.Option(
             False,
             "--lm-cache",
@@ -198,6 +210,17 @@ def register(app: typer.Typer) -> None:
             shard_spec = parse_shard(shard)
         except ShardError as exc:
             fail(str(exc))
+        if executor not in ("local", "ray"):
+            fail(f"--executor must be local or ray, got {executor!r}")
+        if executor == "ray":
+            from csc.programs.ray_executor import RayUnavailableError, import_ray
+
+            try:
+                import_ray()
+            except RayUnavailableError as exc:
+                fail(str(exc))
+        elif ray_address:
+            fail("--ray-address goes with --executor ray")
         try:
             fw = Framework.load(framework)
             pool = read_profiles(profiles) if profiles else default_profiles(language)
@@ -239,7 +262,10 @@ def register(app: typer.Typer) -> None:
         active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
         try:
             cache: dict = {}
-            lms = {role: lm_for_role(settings, role, cache) for role in active_roles}
+            lms = {
+                role: lm_for_role(settings, role, cache, connections=concurrency)
+                for role in active_roles
+            }
         except (LMConfigError, FileNotFoundError, ImportError) as exc:
             fail(f"cannot build the LM: {exc}")
         names = {role: lm_name(lms[role]) for role in active_roles}
@@ -265,13 +291,41 @@ def register(app: typer.Typer) -> None:
             f"{len(pool)} profiles, seed {seed}, concurrency {concurrency}"
             + (f", shard {shard}" if shard_spec else "")
             + (f", program {program}" if program else "")
+            + (
+                f", on Ray{' at ' + ray_address if ray_address else ''}"
+                if executor == "ray"
+                else ""
+            )
             + ")"
         )
+        outcomes = None
+        if executor == "ray":
+            from csc.programs.ray_executor import ray_outcomes
+
+            # What a worker needs to rebuild the run: no key travels (LMSettings names the
+            # variables that hold them; each worker reads its own environment).
+            recipe = {
+                "config": run_config.model_dump(mode="json"),
+                "framework": fw.to_dict(),
+                "profiles": [p.model_dump(mode="json", exclude_none=True) for p in pool],
+                "lm_settings": settings.model_dump(mode="json"),
+                "roles": active_roles,
+                "program": Path(program).read_bytes() if program else None,
+            }
+            outcomes = ray_outcomes(recipe, address=ray_address)
         try:
             summary = run.run(
-                dialogues, concurrency=concurrency, shard=shard_spec, keep_history=False
+                dialogues,
+                concurrency=concurrency,
+                shard=shard_spec,
+                keep_history=False,
+                outcomes=outcomes,
             )
         except RunConfigError as exc:
+            fail(str(exc))
+        except RuntimeError as exc:  # RayUnavailableError: the cluster cannot be reached
+            if type(exc).__name__ != "RayUnavailableError":
+                raise
             fail(str(exc))
 
         kept, judged, stats, stats_all = _write_stats(out, fw, no_filter, seed)
@@ -350,10 +404,13 @@ def _write_stats(out: Path, fw, no_filter: bool, seed: int):
     """Write stats.json (kept) and stats_all.json (kept + rejected) of a run folder; returns
     (kept, judged, stats, stats_all)."""
     from csc.eval.stats import dialogue_stats
-    from csc.programs.synthesis import STATS_ALL_FILE, STATS_FILE, read_run_dialogues
+    from csc.programs.run_folder import read_records
+    from csc.programs.synthesis import KEPT_FILE, STATS_ALL_FILE, STATS_FILE, read_run_dialogues
 
-    kept = read_run_dialogues(out, "kept")
+    # One read: "all" is the kept file, then the rejected one (two reads held every kept
+    # dialogue twice, the largest part of a large run's peak memory).
     judged = read_run_dialogues(out, "all")
+    kept = judged[: sum(1 for _ in read_records(out / KEPT_FILE))]
     stats = dialogue_stats(kept, fw, judged=judged if not no_filter else None, seed=seed)
     (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
     # The same statistics over every finished dialogue, kept or rejected: with a weak judge

@@ -299,3 +299,33 @@ def test_strategy_fallbacks_and_unparsed_outputs_are_counted_next_to_accuracy():
         )
     m = result.metrics["reference"]
     assert m["n_errors"] == m["n_examples"] > 0 and m["strategy_parse_errors"] == 0
+
+
+def test_shards_cache_their_own_files_and_an_unsharded_run_scores_the_union(tmp_path):
+    dialogues = [_dialogue(i) for i in range(5)]
+
+    def evaluate(shard):
+        lm = ScriptedLM(supporter_answer)
+        with dspy.context(lm=lm):
+            result = evaluate_supporter(
+                Supporter(),
+                dialogues,
+                context="both",
+                cache_dir=tmp_path,
+                num_threads=2,
+                with_bertscore=False,
+                progress=False,
+                shard=shard,
+            )
+        return result, lm
+
+    seen = [{r.dialogue_id for r in evaluate((i, 2))[0].records} for i in range(2)]
+    assert seen == [{"d0", "d2", "d4"}, {"d1", "d3"}]
+    assert {p.name for p in tmp_path.glob("generated.shard-*")} == {
+        "generated.shard-0-of-2.jsonl",
+        "generated.shard-1-of-2.jsonl",
+    }
+    whole, lm = evaluate(None)
+    assert lm.prompts == []  # every turn came from the shards' caches
+    for ctx in ("reference", "generated"):
+        assert whole.metrics[ctx]["n_from_cache"] == whole.metrics[ctx]["n_examples"] == 15

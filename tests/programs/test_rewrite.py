@@ -209,3 +209,40 @@ def test_labeler_is_optimizable_saved_and_used_by_the_pipeline(tmp_path):
     assert meta["kind"] == "labeler" and isinstance(loaded, StrategyLabeler)
     pred = pipeline(RewriteScript(label="EM"), labeler=loaded)(raw("en")[0])
     assert pred.dialogue.metadata["utilization"]["after"]["labels"][0] == "EM"
+
+
+def test_shards_together_are_the_unsharded_run_and_merge_into_it(tmp_path):
+    from csc.programs.rewrite_run import merge_rewrite_runs
+
+    def outcomes(folder: Path) -> dict[str, str]:
+        found = {}
+        for name in ("dialogues.jsonl", "rejected.jsonl", "dropped.jsonl"):
+            path = folder / name
+            for line in path.read_text().splitlines() if path.exists() else []:
+                record = json.loads(line)
+                found[record.get("key") or record["metadata"]["key"]] = name
+        return found
+
+    whole = tmp_path / "whole"
+    make_run(whole, RewriteScript(turns=12), "zh").run(raw("zh"), progress=False)
+    shards = [tmp_path / f"s{i}" for i in range(2)]
+    for i, folder in enumerate(shards):
+        summary = make_run(folder, RewriteScript(turns=12), "zh").run(
+            raw("zh"), progress=False, shard=(i, 2)
+        )
+        assert summary["counts"]["in"] == 3 and summary["shard"] == f"{i}/2"
+    parts = [outcomes(f) for f in shards]
+    assert not set(parts[0]) & set(parts[1])
+    assert {**parts[0], **parts[1]} == outcomes(whole)
+    with pytest.raises(Exception, match="shard 0/2"):  # a shard folder resumes only as itself
+        make_run(shards[0], RewriteScript(turns=12), "zh").run(raw("zh"), progress=False)
+
+    merged = merge_rewrite_runs(tmp_path / "merged", shards)
+    assert merged["merged"]["all_shards"] and len(merged["invocations"]) == 2
+    assert outcomes(tmp_path / "merged") == outcomes(whole)
+    c = merged["counts"]
+    assert c["in"] == 6 == c["dropped"] + c["rejected"] + c["kept"] + c["failed"]
+    resumed = make_run(tmp_path / "merged", RewriteScript(turns=12), "zh").run(
+        raw("zh"), progress=False
+    )
+    assert resumed["this_run"]["already_done"] == 6 and resumed["this_run"]["processed"] == 0
