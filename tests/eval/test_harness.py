@@ -305,7 +305,7 @@ def test_shards_cache_their_own_files_and_an_unsharded_run_scores_the_union(tmp_
     dialogues = [_dialogue(i) for i in range(5)]
 
     def evaluate(shard):
-        lm = ScriptedLM(supporter_answer)
+        lm = PromptLM(supporter_answer)
         with dspy.context(lm=lm):
             result = evaluate_supporter(
                 Supporter(),

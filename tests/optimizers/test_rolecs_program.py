@@ -207,11 +207,12 @@ def test_synthesize_sends_the_saved_demos(tmp_path, fake_lms):
     run = json.loads((tmp_path / "without" / "run.json").read_text())
     assert run["config"]["program_sha256"] is None
     # A run with the default prompts keeps the key it had before programs existed.
-    from csc.programs.synthesis import SynthesisConfig, _digest
+    from csc.programs.run_folder import digest
+    from csc.programs.synthesis import SynthesisConfig
 
     config = SynthesisConfig.model_validate(run["config"])
     earlier = {k: v for k, v in run["config"].items() if k != "program_sha256"}
-    assert run["config_hash"] == config.digest() == _digest(earlier)[:12]
+    assert run["config_hash"] == config.digest() == digest(earlier)[:12]
 
 
 def test_synthesize_refuses_a_program_that_does_not_fit(tmp_path, fake_lms):
