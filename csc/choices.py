@@ -16,6 +16,7 @@ __all__ = [
     "Context",
     "Device",
     "EvalSplit",
+    "Executor",
     "MetricName",
     "OptimizerName",
     "OutputFormat",
@@ -40,6 +41,8 @@ Device = Literal["auto", "cpu", "cuda"]
 OutputFormat = Literal["jsonl", "dianjin"]
 """What ``csc synthesize`` and ``csc rewrite`` write."""
 EvalSplit = Literal["all", "test"]
+Executor = Literal["local", "ray"]
+"""Where ``csc synthesize`` runs its dialogues: this process's threads, or Ray tasks."""
 Context = Literal["reference", "generated"]
 """What a supporter turn is scored on: the reference history or the simulated one."""
 CONTEXTS: tuple[Context, ...] = get_args(Context)

@@ -32,6 +32,7 @@ import dspy
 
 from csc.choices import CONTEXT_NAMES, CONTEXTS, Context
 from csc.data.jsonl import JsonlWriter, drop_torn_line
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue, Speaker, Turn
 from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
@@ -40,7 +41,7 @@ from csc.lm import redact_secrets
 from csc.programs.run_folder import in_shard, progress_bar, run_concurrently
 from csc.signatures.supporter import PromptVariant
 from csc.signatures.types import DialogueHistory
-from csc.usage import usage_of
+from csc.usage import reported_tokens, usage_of
 
 __all__ = [
     "CONTEXTS",
@@ -185,14 +186,8 @@ def _usage(pred: Any) -> tuple[int, int, int]:
     run their sum equals the run's ``lm_usage``.
     """
     usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
-    prompt = cached = completion = 0
-    for stats in (usage or {}).values():
-        prompt += int(stats.get("prompt_tokens") or 0)
-        completion += int(stats.get("completion_tokens") or 0)
-        details = stats.get("prompt_tokens_details") or {}
-        if isinstance(details, dict):
-            cached += int(details.get("cached_tokens") or 0)
-    return prompt, cached, completion
+    u = reported_tokens((usage or {}).values())
+    return u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens
 
 
 def _run_turn(
@@ -427,7 +422,7 @@ def evaluate_supporter(
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"dialogue id {dup!r} occurs more than once; ids must be unique")
     fw = framework or getattr(program, "framework", None)
-    fw = Framework.load(fw) if isinstance(fw, str) else fw
+    fw = as_framework(fw)
     language = language or dialogue_language(dialogues)
     examples = supporter_examples(dialogues, language=language)
     if limit is not None:

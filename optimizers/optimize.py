@@ -413,7 +413,7 @@ def optimize_rolecs(
     )
     from csc.programs.supporter import StrategyLabeler
 
-    fw = framework if isinstance(framework, Framework) else Framework.load(framework)
+    fw = as_framework(framework)
     lm = lm or dspy.settings.lm
     if lm is None:
         raise ValueError("no task LM: pass lm= or configure dspy.settings.lm")

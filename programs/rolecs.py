@@ -20,13 +20,14 @@ import dspy
 
 from csc.data.profiles import CustomerProfile
 from csc.data.topics import Topic
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue, Speaker, Turn
-from csc.framework import Framework, Language
+from csc.framework import Framework, Language, check_language
 from csc.programs.rolecs_judge import RoleCSJudge
 from csc.programs.rolecs_policy import StrategyPolicy, policy_definitions
 from csc.signatures.rolecs import rolecs_signatures
 from csc.signatures.types import DialogueHistory, type_demo_histories
-from csc.usage import usage_label
+from csc.usage import add_role_usage, usage_label
 
 DEFAULT_MAX_UTTERANCES = 50
 
@@ -112,12 +113,8 @@ class RoleCS(dspy.Module):
         min_utterances: int = 0,
     ) -> None:
         super().__init__()
-        if language not in ("en", "zh"):
-            raise ValueError(f"language must be 'en' or 'zh', got {language!r}")
-        self.framework = (
-            framework if isinstance(framework, Framework) else Framework.load(framework)
-        )
-        self.language: Language = language
+        self.language: Language = check_language(language)
+        self.framework = as_framework(framework)
         sigs = rolecs_signatures(self.framework, language)
         self.planner = dspy.Predict(sigs.planner)
         self.supporter_assistant = dspy.Predict(sigs.supporter_assistant)
@@ -421,15 +418,10 @@ class _State:
         totals: dict[str, dict[str, Any]],
         calls: dict[str, list[Any]] | None = None,
     ) -> None:
-        entry = self.usage.setdefault(
-            role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        )
         # One entry per LM call that reported usage (a re-parse after a format error is a
         # second call); a response from DSPy's cache reports none.
-        entry["calls"] += sum(len(entries) for entries in (calls or {}).values())
-        for usage in totals.values():
-            entry["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
-            entry["completion_tokens"] += int(usage.get("completion_tokens") or 0)
+        n = sum(len(entries) for entries in (calls or {}).values())
+        add_role_usage(self.usage, role, totals.values(), calls=n)
 
     def dialogue(self) -> Dialogue:
         metadata: dict[str, Any] = {

@@ -27,6 +27,7 @@ from typing import Any
 
 import dspy
 
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
 from csc.programs.rolecs_policy import policy_definitions
@@ -45,7 +46,7 @@ AGENT_NAMES: tuple[str, ...] = ("supporter_assistant", "supporter")
 
 
 def _framework(framework: Framework | str) -> Framework:
-    return framework if isinstance(framework, Framework) else Framework.load(framework)
+    return as_framework(framework)
 
 
 def rolecs_examples(

@@ -6,6 +6,7 @@ from typing import Any
 
 import dspy
 
+from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
 from csc.signatures.rolecs import JUDGE_CRITERIA, rolecs_signatures
@@ -19,9 +20,7 @@ class RoleCSJudge(dspy.Module):
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
-        self.framework = (
-            framework if isinstance(framework, Framework) else Framework.load(framework)
-        )
+        self.framework = as_framework(framework)
         self.language = language
         self.judge = dspy.Predict(rolecs_signatures(self.framework, language).judge)
 

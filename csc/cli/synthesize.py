@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from csc.choices import OutputFormat
+from csc.choices import Executor, OutputFormat
 from csc.cli.common import ConfigOption, LMOption, fail, resolve_lm_settings
 from csc.framework import Language
 
@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
             "the same flags and seed together make the unsharded run. Combine with "
             "`csc synthesize merge`.",
         ),
-        executor: str = typer.Option(
+        executor: Executor = typer.Option(
             "local",
             "--executor",
             help="Where dialogues run: local (threads in this process) or ray (the grid's shards "
@@ -210,8 +210,6 @@ def register(app: typer.Typer) -> None:
             shard_spec = parse_shard(shard)
         except ShardError as exc:
             fail(str(exc))
-        if executor not in ("local", "ray"):
-            fail(f"--executor must be local or ray, got {executor!r}")
         if executor == "ray":
             from csc.programs.ray_executor import RayUnavailableError, import_ray
 
