@@ -326,11 +326,14 @@ def register(app: typer.Typer) -> None:
                 raise
             fail(str(exc))
 
-        kept, judged, stats, stats_all = _write_stats(out, fw, no_filter, seed)
+        stats, stats_all = _write_stats(out, fw, no_filter, seed)
+        n_kept, n_judged = stats["dialogues"], stats_all["dialogues"]
         if format == "dianjin":
             from csc.data.io import write_dialogues
 
-            write_dialogues(kept, out / DIANJIN_FILE, "dianjin", framework=fw)
+            write_dialogues(
+                _run_dialogues(out, "kept"), out / DIANJIN_FILE, "dianjin", framework=fw
+            )
 
         this = summary["this_run"]
         console.print(
@@ -349,18 +352,19 @@ def register(app: typer.Typer) -> None:
                 f"[yellow]{this['failed']} dialogue(s) failed; see {out / 'failures.jsonl'}. "
                 "Re-run the same command to retry them.[/yellow]"
             )
-        if kept or not judged:
+        if n_kept or not n_judged:
             console.print(render_stats(stats, title=f"Statistics of {out / 'dialogues.jsonl'}"))
         else:
             console.print(
                 render_stats(
                     stats_all,
-                    title=f"Statistics of all {len(judged)} finished dialogues (none kept)",
+                    title=f"Statistics of all {n_judged} finished dialogues (none kept)",
                 )
             )
-        shown = (kept or judged)[:show]
-        for d in shown:
-            status = "kept" if d in kept else "rejected"
+        from itertools import islice
+
+        status = "kept" if n_kept else "rejected"
+        for d in islice(_run_dialogues(out, "kept" if n_kept else "all"), show):
             console.rule(f"{d.id} ({status}) - {d.topic}")
             if d.scenario:
                 console.print(f"[dim]scenario: {escape(d.scenario)}[/dim]")
@@ -398,24 +402,33 @@ def _check_program(path: Path, fw, language: str) -> str:
     return data_sha256(path)
 
 
-def _write_stats(out: Path, fw, no_filter: bool, seed: int):
-    """Write stats.json (kept) and stats_all.json (kept + rejected) of a run folder; returns
-    (kept, judged, stats, stats_all)."""
-    from csc.eval.stats import dialogue_stats
+def _run_dialogues(out: Path, which: str):
+    """The run folder's dialogues, read lazily: ``kept`` or ``all`` (kept, then rejected)."""
+    from csc.dialogue import Dialogue
     from csc.programs.run_folder import read_records
-    from csc.programs.synthesis import KEPT_FILE, STATS_ALL_FILE, STATS_FILE, read_run_dialogues
+    from csc.programs.synthesis import KEPT_FILE, REJECTED_FILE
 
-    # One read: "all" is the kept file, then the rejected one (two reads held every kept
-    # dialogue twice, the largest part of a large run's peak memory).
-    judged = read_run_dialogues(out, "all")
-    kept = judged[: sum(1 for _ in read_records(out / KEPT_FILE))]
-    stats = dialogue_stats(kept, fw, judged=judged if not no_filter else None, seed=seed)
+    for name in [KEPT_FILE] if which == "kept" else [KEPT_FILE, REJECTED_FILE]:
+        for obj in read_records(out / name):
+            yield Dialogue.model_validate(obj)
+
+
+def _write_stats(out: Path, fw, no_filter: bool, seed: int):
+    """Write stats.json (kept) and stats_all.json (kept + rejected) of a run folder in streaming
+    passes (memory does not grow with the run); returns (stats, stats_all)."""
+    from csc.eval.stats import dialogue_stats
+    from csc.programs.synthesis import STATS_ALL_FILE, STATS_FILE
+
+    def judged():
+        return None if no_filter else _run_dialogues(out, "all")
+
+    stats = dialogue_stats(_run_dialogues(out, "kept"), fw, judged=judged(), seed=seed)
     (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
     # The same statistics over every finished dialogue, kept or rejected: with a weak judge
     # (or LM) few pass the filter, and the rejected ones still say what the agents produce.
-    stats_all = dialogue_stats(judged, fw, judged=judged if not no_filter else None, seed=seed)
+    stats_all = dialogue_stats(_run_dialogues(out, "all"), fw, judged=judged(), seed=seed)
     (out / STATS_ALL_FILE).write_text(json.dumps(stats_all, ensure_ascii=False, indent=2), "utf-8")
-    return kept, judged, stats, stats_all
+    return stats, stats_all
 
 
 def _token_budgets(value: str, settings, no_filter: bool) -> dict[str, int]:
