@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dspy
 import pytest
+from conftest import tiny_recipe_dict
 from datasets import load_from_disk
 from teacher_fakes import FakeTeacherLM, teacher_answer
 
@@ -288,8 +289,6 @@ def test_teacher_sft_adapter_shows_its_origin_and_cost_in_compare(
 ) -> None:
     """export --teacher -> finetune run -> compare: the adapter's metadata carries the export's
     targets, teacher and cost, and compare's knowledge column reads them."""
-    from conftest import tiny_recipe_dict
-
     from csc.eval.compare import compare_supporters
     from csc.finetune.recipes import Recipe
     from csc.finetune.train import METADATA_FILE, train
