@@ -82,6 +82,32 @@ class _Row:
     hold: int = field(default=0)  # characters held back from streaming (stop strings)
 
 
+def busy_cores(interval: float = 0.25) -> float | None:
+    """How many cores other processes keep busy right now: sampled from ``/proc/stat`` over
+    ``interval`` seconds, less this process's own time (niced processes count as busy). None
+    where there is no /proc/stat."""
+
+    def snapshot() -> tuple[int, int, int]:
+        with open("/proc/stat", encoding="ascii") as f:
+            values = [int(x) for x in f.readline().split()[1:9]]
+        with open("/proc/self/stat", encoding="ascii") as f:
+            own = f.read().rsplit(")", 1)[1].split()  # utime, stime: fields 14, 15
+        # idle + iowait, all, and this process's own time (its torch threads are not "others")
+        return values[3] + values[4], sum(values), int(own[11]) + int(own[12])
+
+    try:
+        idle0, total0, own0 = snapshot()
+        time.sleep(interval)
+        idle1, total1, own1 = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    cores = max(1, os.cpu_count() or 1)
+    busy = (total1 - total0) - (idle1 - idle0) - (own1 - own0)
+    return max(0.0, busy / (total1 - total0)) * cores
+
+
 def default_threads() -> int:
     """CPU threads for the engine: every core the machine leaves free, at least one.
 
@@ -89,11 +115,16 @@ def default_threads() -> int:
     and 250 with 1 on the 2-core development machine). On a machine busy with other processes,
     PyTorch's OpenMP threads spin-wait for each other: with the load average at 8-9 on those 2
     cores, a decode step took 2.95 s with 2 threads and 0.52 s with 1. So the default counts the
-    cores that the 1-minute load average leaves free when the engine loads (our own process is
-    not running yet, and up to one core of load is tolerated). ``num_threads`` overrides it;
-    ``benchmarks/local_lm.py --threads`` measures both settings under a DSPy workload.
+    cores left free when the engine loads, sampled for a quarter of a second from ``/proc/stat``
+    (a core counts as taken once half of it is busy). The 1-minute load average, the fallback
+    where /proc/stat is missing, lags: a process that has just finished still holds it up.
+    ``num_threads`` overrides it; ``benchmarks/local_lm.py --only threads`` measures both
+    settings under a DSPy workload.
     """
     cores = max(1, os.cpu_count() or 1)
+    busy = busy_cores()
+    if busy is not None:
+        return max(1, min(cores, int(cores + 0.5 - busy)))
     try:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # not available on this platform

@@ -258,3 +258,27 @@ def _one_hot(vocab: Vocabulary, token: str) -> torch.Tensor:
     logits = torch.zeros(vocab.vocab_size)
     logits[vocab.tokenizer.index[token]] = 10.0
     return logits
+
+
+def test_default_threads_counts_the_cores_other_processes_leave_free(monkeypatch) -> None:
+    from csc.engine import engine
+
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+    for busy, threads in ((0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (5.0, 1)):
+        monkeypatch.setattr(engine, "busy_cores", lambda busy=busy: busy)
+        assert engine.default_threads() == threads
+    # Without /proc/stat it falls back to the 1-minute load average.
+    monkeypatch.setattr(engine, "busy_cores", lambda: None)
+    monkeypatch.setattr(engine.os, "getloadavg", lambda: (0.5, 0.0, 0.0))
+    assert engine.default_threads() == 2
+
+
+def test_busy_cores_is_a_share_of_the_machine() -> None:
+    import os
+
+    from csc.engine.engine import busy_cores
+
+    busy = busy_cores(0.05)
+    if busy is None:
+        pytest.skip("no /proc/stat on this platform")
+    assert 0.0 <= busy <= (os.cpu_count() or 1)
