@@ -198,6 +198,7 @@ class RowDecoder:
         self._text = ""  # text of the current free-text segment (decoded from _field_ids)
         self._field_ids: list[int] = []  # ids of the current free-text segment kept so far
         self._guard: ReplyGuard | None = None
+        self._field_start = 0  # len(ids) when the current free-text value began
         self._copy_start = 0  # start of the value's longest suffix that is a copy of the prompt
         self._resampled = 0  # copies taken back inside the current value
         self._banned_next: list[int] = []  # banned at the next free-text step only
@@ -242,6 +243,7 @@ class RowDecoder:
         seg = self._segments[self._index]
         self._trie = None
         self._matcher = None
+        self._guard = None
         self._choice_ids = []
         if isinstance(seg, Fixed):
             self._forced = list(self.vocab.encode(seg.text))
@@ -263,6 +265,7 @@ class RowDecoder:
             self._text_used = 0
             self._text = ""
             self._field_ids = []
+            self._field_start = len(self.ids)
             self._copy_start = 0
             self._resampled = 0
             self._banned_next = []
@@ -611,6 +614,13 @@ class RowDecoder:
             keep = torch.cumsum(sorted_probs, 0) - sorted_probs < self.sampling.top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
         return int(torch.multinomial(probs, 1, generator=self.generator).item())
+
+    def settled_text(self) -> str:
+        """The part of :meth:`text` that can no longer change: all of it, except a guarded
+        free-text value still being written (the guard may yet take some of it back)."""
+        if self.done or self._guard is None:
+            return self.text()
+        return self.vocab.tokenizer.decode(self.ids[: self._field_start], skip_special_tokens=True)
 
     def text(self) -> str:
         """The generated text (special tokens removed; stop strings cut off)."""

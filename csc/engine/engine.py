@@ -891,7 +891,9 @@ class Engine:
     def _stream(self, row: _Row) -> None:
         if row.job.on_text is None:
             return
-        text = row.decoder.text()
+        # A guarded reply may still lose what it has written (an echo, a copy): it streams once
+        # settled, so a streaming client never receives text the answer does not hold.
+        text = row.decoder.settled_text()
         if not row.decoder.done:
             # Hold back what a stop string may still cut, and half-decoded characters.
             text = text[: max(0, len(text) - row.hold)] if row.hold else text

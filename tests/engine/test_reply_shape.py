@@ -292,6 +292,27 @@ def test_sentences_about_the_task_are_not_replies(vocab) -> None:
     assert _response(text) == "Sure."
 
 
+def test_a_guarded_value_streams_only_once_settled(vocab) -> None:
+    """Streaming sends settled_text(): never a guarded reply's words the guard may take back."""
+    plan = plan_for_request(_reply_messages("en"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    index, seen = vocab.tokenizer.index, []
+    for ch in "Supporter [IV]:We fix it.":
+        while decoder.forced_token() is not None:
+            decoder.step(None)
+        logits = torch.zeros(vocab.vocab_size)
+        logits[index[ch]] = 10.0
+        decoder.step(logits)
+        seen.append(decoder.settled_text())
+    assert all("Supporter" not in t and "We fix" not in t for t in seen)
+    assert seen[-1].endswith("[[ ## response ## ]]\n")
+    while not decoder.done:
+        logits = torch.zeros(vocab.vocab_size)
+        logits[0] = 10.0
+        decoder.step(None if decoder.forced_token() is not None else logits)
+    assert _response(decoder.settled_text()) == "We fix it."
+
+
 def test_speaker_label_stays_in_the_models_view(vocab) -> None:
     """A dropped label is omitted from the answer but kept in what the model has read."""
     plan = plan_for_request(_reply_messages("en"))
