@@ -174,6 +174,41 @@ class OptimizationResult:
     metadata: dict[str, Any] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
 
+    @classmethod
+    def of(
+        cls,
+        program: dspy.Module,
+        before: float,
+        after: float,
+        usage: Usage,
+        seconds: float,
+        projection: CallProjection,
+        metadata: dict[str, Any],
+    ) -> OptimizationResult:
+        """A result whose metadata also records the dev scores, the usage and the time."""
+        metadata = {
+            **metadata,
+            "dev_before": before,
+            "dev_after": after,
+            "lm_calls": usage.calls,
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "lm_usage": usage.to_dict(),
+            "seconds": round(seconds, 2),
+        }
+        return cls(
+            program,
+            before,
+            after,
+            usage.calls,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            seconds,
+            projection,
+            metadata,
+            usage,
+        )
+
 
 def _evaluate(
     program: dspy.Module, devset: Sequence[dspy.Example], metric: Callable, threads: int
@@ -349,26 +384,8 @@ def optimize_program(
         "prompt_lm": lm_name(prompt_lm),
         "n_train": len(trainset),
         "n_dev": len(devset),
-        "dev_before": before,
-        "dev_after": after,
-        "lm_calls": usage.calls,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "lm_usage": usage.to_dict(),
-        "seconds": round(seconds, 2),
     }
-    return OptimizationResult(
-        compiled,
-        before,
-        after,
-        usage.calls,
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        seconds,
-        projection,
-        metadata,
-        usage,
-    )
+    return OptimizationResult.of(compiled, before, after, usage, seconds, projection, metadata)
 
 
 def optimize_rolecs(
@@ -504,24 +521,7 @@ def optimize_rolecs(
         "labeler_lm": lm_name(judge_lm),
         "n_train": len(trainset),
         "n_dev": len(devset),
-        "dev_before": assistant["dev_before"],
-        "dev_after": assistant["dev_after"],
         "agents": agents,
-        "lm_calls": usage.calls,
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "lm_usage": usage.to_dict(),
-        "seconds": round(seconds, 2),
     }
-    return OptimizationResult(
-        program,
-        assistant["dev_before"],
-        assistant["dev_after"],
-        usage.calls,
-        usage.prompt_tokens,
-        usage.completion_tokens,
-        seconds,
-        projection,
-        metadata,
-        usage,
-    )
+    before, after = assistant["dev_before"], assistant["dev_after"]
+    return OptimizationResult.of(program, before, after, usage, seconds, projection, metadata)

@@ -16,9 +16,10 @@ the demos the optimizer chose. Every request is kept in ``requests`` as (system,
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import dspy
-from dspy.lm15 import Message, Response, TextPart, Usage
+from scripted_lm import ScriptedEngine
 
 from csc.dialogue import Dialogue, Speaker, Turn
 
@@ -40,20 +41,27 @@ def _code(strategy_field: str | None) -> str:
     return (strategy_field or "").split(" ", 1)[0]
 
 
-class AgentDemoFollower:
-    """Engine (``complete(Request) -> Response``) of the demo-following model."""
+class _RecordingEngine(ScriptedEngine):
+    """A scripted engine that keeps every request as (system, [(role, text), ...])."""
 
     def __init__(self) -> None:
+        super().__init__(self._record, meter=lambda messages, text: (10, 0, 2))
         self.requests: list[tuple[str, list[tuple[str, str]]]] = []
 
-    def complete(self, request):  # type: ignore[no-untyped-def]
-        system = (
-            request.system
-            if isinstance(request.system, str)
-            else "".join(p.text for p in request.system or [])
-        )
-        messages = [(m.role, m.text or "") for m in request.messages]
-        self.requests.append((system, messages))
+    def _record(self, messages: list[dict[str, Any]]) -> dict[str, str]:
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        rest = [(m["role"], m["content"]) for m in messages[1 if system else 0 :]]
+        self.requests.append((system, rest))
+        return self.answer(system, rest)
+
+    def answer(self, system: str, messages: list[tuple[str, str]]) -> dict[str, str]:
+        raise NotImplementedError
+
+
+class AgentDemoFollower(_RecordingEngine):
+    """Engine of the demo-following model."""
+
+    def answer(self, system: str, messages: list[tuple[str, str]]) -> dict[str, str]:
         question = messages[-1][1]
         pairs = list(zip(messages[:-1:2], messages[1:-1:2]))
         if "expert annotator" in system:
@@ -83,14 +91,7 @@ class AgentDemoFollower:
             answers = {"reply": reply}
         else:
             raise AssertionError(f"unexpected prompt: {system[:200]}")
-        text = "\n\n".join(f"[[ ## {k} ## ]]\n{v}" for k, v in answers.items())
-        return Response(
-            id=None,
-            model="agent-demo-follower",
-            message=Message.assistant([TextPart(text + "\n\n[[ ## completed ## ]]")]),
-            finish_reason="stop",
-            usage=Usage(input_tokens=10, output_tokens=2, total_tokens=12),
-        )
+        return answers
 
 
 def agent_demo_lm() -> tuple[dspy.LM, AgentDemoFollower]:
@@ -120,23 +121,13 @@ def labelled_dialogues(n: int) -> list[Dialogue]:
     ]
 
 
-class RoleCSRecorder:
+class RoleCSRecorder(_RecordingEngine):
     """Engine of a scripted RoleCS cast that records every prompt: the supporter assistant answers
     GT, IV, PR, then AC by the number of supporter turns so far; the customer never ends."""
 
     STRATEGIES = ("GT", "IV", "PR", "AC")
 
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, list[tuple[str, str]]]] = []
-
-    def complete(self, request):  # type: ignore[no-untyped-def]
-        system = (
-            request.system
-            if isinstance(request.system, str)
-            else "".join(p.text for p in request.system or [])
-        )
-        messages = [(m.role, m.text or "") for m in request.messages]
-        self.requests.append((system, messages))
+    def answer(self, system: str, messages: list[tuple[str, str]]) -> dict[str, str]:
         history = field_value(messages[-1][1], "history") or ""
         n_support = len(re.findall(r"^Supporter", history, re.M))
         if "You plan a realistic" in system:
@@ -152,14 +143,7 @@ class RoleCSRecorder:
             answers = {"utterance": "What happens next?", "finished": "false", "reason": "waiting"}
         else:
             raise AssertionError(f"unexpected prompt: {system[:200]}")
-        text = "\n\n".join(f"[[ ## {k} ## ]]\n{v}" for k, v in answers.items())
-        return Response(
-            id=None,
-            model="rolecs-recorder",
-            message=Message.assistant([TextPart(text + "\n\n[[ ## completed ## ]]")]),
-            finish_reason="stop",
-            usage=Usage(input_tokens=10, output_tokens=2, total_tokens=12),
-        )
+        return answers
 
 
 def rolecs_recorder_lm() -> tuple[dspy.LM, RoleCSRecorder]:
