@@ -44,12 +44,15 @@ class SupporterAssistant(dspy.Signature):
     conversation policy listed with the definitions, and vary strategies instead of repeating one.
     Close only when the customer's issue is settled or the customer is leaving."""
 
+    # What every call shares comes first (definitions), then what a dialogue keeps (scenario),
+    # then the growing history: a prefix-caching LM (the embedded engine, vLLM, hosted prompt
+    # caches) then only reads the new turns on each call.
+    strategy_definitions: str = dspy.InputField(
+        desc="the stages, their strategies and the conversation policy"
+    )
     scenario: str = dspy.InputField(desc="the situation behind the conversation")
     history: DialogueHistory = dspy.InputField(
         desc="the conversation so far; supporter turns show their strategy code"
-    )
-    strategy_definitions: str = dspy.InputField(
-        desc="the stages, their strategies and the conversation policy"
     )
     feedback: str = dspy.InputField(desc="policy feedback on a previous choice, or 'none'")
     stage: str = dspy.OutputField(desc="the stage of the next supporter reply")
@@ -64,8 +67,9 @@ class SupporterReply(dspy.Signature):
     your wording; do not repeat earlier sentences."""
 
     scenario: str = dspy.InputField(desc="the situation behind the conversation")
-    strategy: str = dspy.InputField(desc="the strategy to use now, with its definition")
+    # The history goes before the strategy, which changes every turn (prefix caching, above).
     history: DialogueHistory = dspy.InputField(desc="the conversation so far")
+    strategy: str = dspy.InputField(desc="the strategy to use now, with its definition")
     reply: str = dspy.OutputField(desc="the supporter's reply, 1-2 sentences")
 
 
@@ -117,9 +121,9 @@ class DialogueJudge(dspy.Signature):
     text; (4) varied expression: the supporter does not reuse fixed sentence patterns;
     (5) role consistency: the supporter and the customer stay in their own roles throughout."""
 
+    strategy_definitions: str = dspy.InputField(desc="the strategies and what they mean")
     scenario: str = dspy.InputField(desc="the situation behind the conversation")
     dialogue: DialogueHistory = dspy.InputField(desc="the dialogue with strategy codes")
-    strategy_definitions: str = dspy.InputField(desc="the strategies and what they mean")
     strategy_adherence_reason: str = dspy.OutputField()
     strategy_adherence: bool = dspy.OutputField()
     unreasonable_demands_reason: str = dspy.OutputField()
