@@ -109,20 +109,7 @@ def _us_phone(rng: random.Random) -> str:
     ][style]
 
 
-ZH_NAMES = [
-    "张伟",
-    "王芳",
-    "李娜",
-    "刘洋",
-    "陈静",
-    "杨磊",
-    "赵敏",
-    "黄晓明",
-    "周杰",
-    "吴倩",
-    "徐丽",
-    "孙强",
-]
+ZH_NAMES = "张伟 王芳 李娜 刘洋 陈静 杨磊 赵敏 黄晓明 周杰 吴倩 徐丽 孙强".split()  # noqa: SIM905
 EN_NAMES = [
     "John Smith",
     "Emily Carter",

@@ -38,11 +38,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-PiiType = Literal[
-    "phone", "id_number", "bank_card", "email", "url", "ip", "order_number", "person", "address"
-]
 PII_TYPES: tuple[str, ...] = (
     "email",
     "url",
@@ -132,113 +129,25 @@ _EN_NAME_CUE = re.compile(
     r"registered to|under the name(?: of)?)\s+|(?:Mr|Mrs|Ms|Miss|Dr)\.?\s+)"
     r"(?P<value>[A-Z][a-z]+(?:[ \-][A-Z][a-z]+){0,2})"
 )
-_EN_NOT_NAMES = frozenset(
-    [
-        "I",
-        "The",
-        "A",
-        "An",
-        "Sorry",
-        "Thanks",
-        "Thank",
-        "Hello",
-        "Hi",
-        "Yes",
-        "No",
-        "Ok",
-        "Okay",
-        "Calling",
-        "Here",
-        "Very",
-        "Just",
-        "Not",
-        "So",
-        "Really",
-        "Still",
-        "Going",
-        "Trying",
-        "Looking",
-        "Waiting",
-        "Happy",
-        "Glad",
-        "Sure",
-        "Fine",
-        "Good",
-        "Great",
-        "Customer",
-        "Support",
-        "Service",
-        "Frustrated",
-        "Angry",
-        "Upset",
-        "Done",
-        "Back",
-        "Interested",
-        "Afraid",
-        "Worried",
-        "Confused",
-    ]
-)
+_EN_NOT_NAMES_WORDS = """
+    I The A An Sorry Thanks Thank Hello Hi Yes No Ok Okay Calling Here Very Just Not So
+    Really Still Going Trying Looking Waiting Happy Glad Sure Fine Good Great Customer
+    Support Service Frustrated Angry Upset Done Back Interested Afraid Worried Confused
+"""
+_EN_NOT_NAMES = frozenset(_EN_NOT_NAMES_WORDS.split())
 _ZH_SURNAMES = frozenset(
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏"
     "吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万"
     "钱严覃武戴莫孔向汤欧司上诸东"
 )
 # Words jieba tags as names that start with a surname character but are everyday words here.
-_ZH_NOT_NAMES = frozenset(
-    [
-        "谢谢",
-        "谢了",
-        "张卡",
-        "张图",
-        "张票",
-        "高兴",
-        "方便",
-        "程序",
-        "万一",
-        "周末",
-        "常规",
-        "金额",
-        "白天",
-        "余额",
-        "明白",
-        "安全",
-        "任何",
-        "应该",
-        "司机",
-        "江湖",
-        "马上",
-        "毛病",
-        "邮件",
-        "付款",
-        "付费",
-        "方式",
-        "方面",
-        "钱包",
-        "欧元",
-        "汤圆",
-        "雷达",
-        "龙头",
-        "孔雀",
-        "房东",
-        "于是",
-        "白名单",
-        "黑名单",
-        "顾问",
-        "顾客",
-        "上周",
-        "上午",
-        "下午",
-        "高速",
-        "高级",
-        "常见",
-        "程度",
-        "石油",
-        "黄金",
-        "金卡",
-        "金融",
-    ]
-)
+_ZH_NOT_NAMES_WORDS = """
+    谢谢 谢了 张卡 张图 张票 高兴 方便 程序 万一 周末 常规 金额 白天 余额
+    明白 安全 任何 应该 司机 江湖 马上 毛病 邮件 付款 付费 方式 方面 钱包
+    欧元 汤圆 雷达 龙头 孔雀 房东 于是 白名单 黑名单 顾问 顾客 上周 上午
+    下午 高速 高级 常见 程度 石油 黄金 金卡 金融
+"""
+_ZH_NOT_NAMES = frozenset(_ZH_NOT_NAMES_WORDS.split())
 # jieba also tags phrases such as 谢谢你们 or 上周三 as names: plural and weekday endings.
 _ZH_NOT_NAME_PATTERN = re.compile(r"们$|周[一二三四五六日天末]|名单|客户|客服")
 _ZH_NAME_CUE = re.compile(
@@ -289,46 +198,11 @@ def _valid_ric(candidate: str) -> bool:
     return True
 
 
-_PROVINCES = frozenset(
-    [
-        "11",
-        "12",
-        "13",
-        "14",
-        "15",
-        "21",
-        "22",
-        "23",
-        "31",
-        "32",
-        "33",
-        "34",
-        "35",
-        "36",
-        "37",
-        "41",
-        "42",
-        "43",
-        "44",
-        "45",
-        "46",
-        "50",
-        "51",
-        "52",
-        "53",
-        "54",
-        "61",
-        "62",
-        "63",
-        "64",
-        "65",
-        "71",
-        "81",
-        "82",
-        "83",
-        "91",
-    ]
-)
+_PROVINCE_CODES = """
+    11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 63
+    64 65 71 81 82 83 91
+"""
+_PROVINCES = frozenset(_PROVINCE_CODES.split())
 
 
 def _valid_luhn(digits: str) -> bool:
