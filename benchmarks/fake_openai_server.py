@@ -30,28 +30,10 @@ _LITERAL = re.compile(r"Literal\[(.*)\]")
 # The csc framework's policy, as the fake supporter assistant follows it.
 _MIDDLE = ["EM", "PS", "ID", "RI", "FR", "RC", "PR", "RP", "OT"]
 _STAGE = {"GT": "connecting", "IV": "identifying", "AC": "maintaining"}
-_WORDS = [
-    "order",
-    "refund",
-    "card",
-    "account",
-    "delivery",
-    "invoice",
-    "password",
-    "plan",
-    "upgrade",
-    "charge",
-    "parcel",
-    "balance",
-    "transfer",
-    "booking",
-    "ticket",
-    "warranty",
-    "router",
-    "signal",
-    "address",
-    "payment",
-]
+_WORDS = """
+    order refund card account delivery invoice password plan upgrade charge
+    parcel balance transfer booking ticket warranty router signal address payment
+""".split()  # noqa: SIM905
 
 ROLE_BY_FIELDS = {
     ("goal", "scenario"): "planner",

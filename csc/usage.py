@@ -37,11 +37,12 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import operator
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -85,19 +86,21 @@ class Usage:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        """A Usage from :meth:`to_dict`'s output (keys it does not know, such as
+        ``total_tokens``, are ignored)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def _combine(self, other: Usage, op: Callable[[Any, Any], Any]) -> Usage:
+        values = {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)}
+        return Usage(**{k: None if None in (a, b) else op(a, b) for k, (a, b) in values.items()})
+
     def __add__(self, other: Usage) -> Usage:
-        out = Usage()
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            setattr(out, f.name, None if a is None or b is None else a + b)
-        return out
+        return self._combine(other, operator.add)
 
     def __sub__(self, other: Usage) -> Usage:
-        out = Usage()
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            setattr(out, f.name, None if a is None or b is None else a - b)
-        return out
+        return self._combine(other, operator.sub)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, times and cost rounded."""
@@ -210,23 +213,22 @@ class UsageMeter(BaseCallback):
             self._totals[key] = self._totals.get(key, Usage()) + usage
 
     # -------------------------------------------------------------- reading
-    def by_model(self) -> dict[str, Usage]:
-        """Totals per model name."""
-        out: dict[str, Usage] = {}
+    def _grouped(self, part: int) -> dict[Any, Usage]:
+        """Totals per model (``part`` 0) or per label (1) of the (model, label) keys."""
+        out: dict[Any, Usage] = {}
         with self._lock:
             items = list(self._totals.items())
-        for (model, _), usage in items:
-            out[model] = out.get(model, Usage()) + usage
+        for key, usage in items:
+            out[key[part]] = out.get(key[part], Usage()) + usage
         return out
+
+    def by_model(self) -> dict[str, Usage]:
+        """Totals per model name."""
+        return self._grouped(0)
 
     def by_label(self) -> dict[str | None, Usage]:
         """Totals per :func:`usage_label` (``None``: calls made outside any label)."""
-        out: dict[str | None, Usage] = {}
-        with self._lock:
-            items = list(self._totals.items())
-        for (_, label), usage in items:
-            out[label] = out.get(label, Usage()) + usage
-        return out
+        return self._grouped(1)
 
     def total(self) -> Usage:
         """All calls so far, priced where LiteLLM knows the model."""
@@ -324,16 +326,11 @@ def usage_label(label: str | None) -> Iterator[None]:
 
 def format_usage(usage: Usage) -> str:
     """One line for the console: calls, tokens, cached share, time and cost."""
-    parts = [f"LM calls: {usage.calls}"]
-    if usage.cached_calls:
-        parts[0] += f" (+{usage.cached_calls} answered from the DSPy cache)"
-    if usage.failed_calls:
-        parts[0] += f" (+{usage.failed_calls} failed)"
-    tokens = f"tokens: {usage.prompt_tokens} prompt"
-    if usage.cached_prompt_tokens:
-        tokens += f" (of which {usage.cached_prompt_tokens} cached)"
-    tokens += f" + {usage.completion_tokens} completion"
-    parts.append(tokens)
-    parts.append(f"{usage.lm_seconds:.1f} s in LM calls")
-    parts.append("cost unknown" if usage.cost_usd is None else f"cost ${usage.cost_usd:.4f}")
-    return "; ".join(parts)
+    u = usage
+    calls = f"LM calls: {u.calls}"
+    calls += f" (+{u.cached_calls} answered from the DSPy cache)" if u.cached_calls else ""
+    calls += f" (+{u.failed_calls} failed)" if u.failed_calls else ""
+    cached = f" (of which {u.cached_prompt_tokens} cached)" if u.cached_prompt_tokens else ""
+    tokens = f"tokens: {u.prompt_tokens} prompt{cached} + {u.completion_tokens} completion"
+    cost = "cost unknown" if u.cost_usd is None else f"cost ${u.cost_usd:.4f}"
+    return f"{calls}; {tokens}; {u.lm_seconds:.1f} s in LM calls; {cost}"

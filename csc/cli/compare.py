@@ -13,16 +13,18 @@ from csc.cli.common import (
     ConfigOption,
     ContextOption,
     DataFormatOption,
+    DataOption,
     FrameworkOption,
     LangOption,
     LimitOption,
     LMOption,
+    MaxTokensOption,
     SplitOption,
     SplitSeedOption,
     SplitsOption,
-    fail,
     load_evaluation_dialogues,
     resolve_lm_settings,
+    user_errors,
 )
 from csc.framework import Language
 
@@ -35,9 +37,7 @@ def register(app: typer.Typer) -> None:
         epilog="Example: csc compare --data t.jsonl --supporter a=zero-shot --supporter b=direct",
     )
     def compare(
-        data: Path = typer.Option(
-            ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
-        ),
+        data: Path = DataOption,
         supporter: list[str] = typer.Option(
             ...,
             "--supporter",
@@ -56,9 +56,7 @@ def register(app: typer.Typer) -> None:
         splits: Path | None = SplitsOption,
         seed: int = SplitSeedOption,
         allow_seen: bool = AllowSeenOption,
-        max_tokens: int | None = typer.Option(
-            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
-        ),
+        max_tokens: int | None = MaxTokensOption,
         num_threads: int = typer.Option(
             4, "--concurrency", "-c", min=1, help="Concurrent requests per supporter."
         ),
@@ -87,11 +85,9 @@ def register(app: typer.Typer) -> None:
         from csc.lm import LMConfigError
         from csc.optimizers.store import ProgramStoreError
 
-        try:
+        with user_errors(ValueError, CompareError):
             normalize_contexts(context)
             supporters = parse_supporter_args(supporter)
-        except (ValueError, CompareError) as exc:
-            fail(str(exc))
         fw, dialogues, language, _, split = load_evaluation_dialogues(
             data, data_format, framework, split, seed, lang, limit=limit, splits=splits
         )
@@ -106,7 +102,7 @@ def register(app: typer.Typer) -> None:
             f"comparing {', '.join(supporters)} on {data} ({len(dialogues)} dialogues, "
             f"{language}, split {split}); default LM {base.model}"
         )
-        try:
+        with user_errors(ValueError, ProgramStoreError, LMConfigError, FileNotFoundError):
             comparison = compare_supporters(
                 dialogues,
                 supporters,
@@ -121,8 +117,6 @@ def register(app: typer.Typer) -> None:
                 bertscore_model=bertscore_model,
                 on_result=save_each,
             )
-        except (ValueError, ProgramStoreError, LMConfigError, FileNotFoundError) as exc:
-            fail(str(exc))
         comparison.info.update(
             {
                 "data": str(data),
@@ -137,12 +131,7 @@ def register(app: typer.Typer) -> None:
         from csc.usage import Usage, format_usage
 
         for name in supporters:
-            spent = Usage()
-            for row in comparison.rows:
-                if row.supporter == name and row.lm_usage:
-                    known = {
-                        k: v for k, v in row.lm_usage.items() if k in Usage.__dataclass_fields__
-                    }
-                    spent = spent + Usage(**known)
+            rows = [r for r in comparison.rows if r.supporter == name and r.lm_usage]
+            spent = sum((Usage.from_dict(r.lm_usage) for r in rows), Usage())
             typer.echo(f"{name}: {format_usage(spent)}")
         typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")

@@ -17,16 +17,19 @@ from csc.cli.common import (
     ConfigOption,
     ContextOption,
     DataFormatOption,
+    DataOption,
     FrameworkOption,
     LangOption,
     LimitOption,
     LMOption,
+    MaxTokensOption,
     SplitOption,
     SplitSeedOption,
     SplitsOption,
     fail,
     load_evaluation_dialogues,
     resolve_lm_settings,
+    user_errors,
 )
 from csc.framework import Language
 
@@ -37,9 +40,7 @@ def register(app: typer.Typer) -> None:
         epilog="Example: csc evaluate --data data/samples/sample_en.json --split test",
     )
     def evaluate(
-        data: Path = typer.Option(
-            ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
-        ),
+        data: Path = DataOption,
         supporter: str = typer.Option(
             "zero-shot",
             "--supporter",
@@ -73,9 +74,7 @@ def register(app: typer.Typer) -> None:
         bleu_tokenize: str | None = typer.Option(
             None, "--bleu-tokenize", help="sacrebleu tokenizer (default: zh or 13a by language)."
         ),
-        max_tokens: int | None = typer.Option(
-            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
-        ),
+        max_tokens: int | None = MaxTokensOption,
         out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder."),
         shard: str | None = typer.Option(
             None,
@@ -106,24 +105,18 @@ def register(app: typer.Typer) -> None:
         from csc.optimizers.store import ProgramStoreError
         from csc.programs.run_folder import ShardError, parse_shard, shard_label
 
-        try:
+        with user_errors(ValueError, ShardError):
             contexts = normalize_contexts(context)
             shard_spec = parse_shard(shard)
-        except (ValueError, ShardError) as exc:
-            fail(str(exc))
         fw, dialogues, language, sha, split = load_evaluation_dialogues(
             data, data_format, framework, split, seed, lang, limit=limit, splits=splits
         )
 
-        try:
+        with user_errors(ValueError, ProgramStoreError, FrameworkError):
             chosen = supporter_from_spec(supporter, framework=fw, language=language)
-        except (ValueError, ProgramStoreError, FrameworkError) as exc:
-            fail(str(exc))
         if not allow_seen:
-            try:
+            with user_errors(SeenDialoguesError):
                 check_unseen(chosen, dialogues)
-            except SeenDialoguesError as exc:
-                fail(str(exc))
         program = chosen.program
         if getattr(program, "framework", fw) != fw and chosen.metadata:
             typer.secho(
@@ -221,38 +214,21 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
+    from csc.usage import Usage, format_usage
+
     table = Table(title="Supporter evaluation (%)")
-    cols = [
-        "bleu2",
-        "bleu4",
-        "rougeL",
-        "bertscore",
-        "acc",
-        "macro_f1",
-        "strategy_fallbacks",
-        "strategy_parse_errors",
-        "n_examples",
-    ]
+    cols = ["bleu2", "bleu4", "rougeL", "bertscore", "acc", "macro_f1"]
+    cols += ["strategy_fallbacks", "strategy_parse_errors", "n_examples"]
     headers = {"strategy_fallbacks": "fallbacks", "strategy_parse_errors": "unparsed"}
     table.add_column("context")
     for col in cols:
         table.add_column(headers.get(col, col), justify="right")
     for name, metrics in result.metrics.items():
-        cells = []
-        for col in cols:
-            value = metrics.get(col)
-            cells.append(
-                "n/a"
-                if value is None
-                else f"{value:.2f}"
-                if isinstance(value, float)
-                else str(value)
-            )
-        table.add_row(name, *cells)
+        table.add_row(name, *(_cell(metrics.get(col)) for col in cols))
     Console().print(table)
-    from csc.usage import Usage, format_usage
-
     for name, res in result.contexts.items():
-        raw = res.metrics.get("lm_usage") or {}
-        usage = Usage(**{k: v for k, v in raw.items() if k in Usage.__dataclass_fields__})
-        typer.echo(f"{name}: {format_usage(usage)}")
+        typer.echo(f"{name}: {format_usage(Usage.from_dict(res.metrics.get('lm_usage') or {}))}")
+
+
+def _cell(value: object) -> str:
+    return "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)

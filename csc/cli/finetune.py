@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from csc.choices import Device, PromptVariant, SftTargets, SftTask
-from csc.cli.common import ApiBaseOption, ConfigOption, LangOption, echo_json, fail
+from csc.cli.common import ApiBaseOption, ConfigOption, LangOption, echo_json, fail, user_errors
 from csc.framework import Language
 
 
@@ -146,7 +146,7 @@ def register(app: typer.Typer) -> None:
             fail(
                 f"--test-out {test_out}: would overwrite the input data or the export; choose another file"
             )
-        try:
+        with user_errors(ExportError, DataFormatError, FrameworkError):
             result = export_sft(
                 data,
                 out,
@@ -171,8 +171,6 @@ def register(app: typer.Typer) -> None:
             if test_out is not None:
                 n = write_split_dialogues(result, "test", test_out)
                 typer.echo(f"wrote {n} test dialogues to {test_out}")
-        except (ExportError, DataFormatError, FrameworkError) as exc:
-            fail(str(exc))
         meta = result.metadata
         table = Table(
             title=f"SFT export ({task}, {prompt} prompt, {meta['targets']} targets) -> {out}"
@@ -270,7 +268,7 @@ def register(app: typer.Typer) -> None:
         from csc.finetune.recipes import Recipe, RecipeError
         from csc.finetune.train import FinetuneError, train
 
-        try:
+        with user_errors(FinetuneError, RecipeError):
             parsed = Recipe.load(recipe)
             result = train(
                 data,
@@ -280,8 +278,6 @@ def register(app: typer.Typer) -> None:
                 max_steps=max_steps,
                 device=device,
             )
-        except (FinetuneError, RecipeError) as exc:
-            fail(str(exc))
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
         typer.echo(
             f"trained {result.steps} steps on {result.metadata.get('device', result.device)} in "
@@ -304,10 +300,8 @@ def register(app: typer.Typer) -> None:
         """
         from csc.finetune.train import FinetuneError, merge_adapter
 
-        try:
+        with user_errors(FinetuneError):
             path = merge_adapter(run_dir, out)
-        except FinetuneError as exc:
-            fail(str(exc))
         typer.echo(f"wrote merged model to {path}; use it as --lm local:{path}")
 
     @group.command("recipes", epilog="Example: csc finetune recipes smollm2-135m-lora")
@@ -321,7 +315,5 @@ def register(app: typer.Typer) -> None:
             for name in builtin_recipes():
                 typer.echo(f"{name}\t{recipes_dir() / (name + '.yaml')}")
             return
-        try:
+        with user_errors(RecipeError):
             echo_json(Recipe.load(show).to_dict())
-        except RecipeError as exc:
-            fail(str(exc))

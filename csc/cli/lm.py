@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli.common import (
+    ApiBaseOption,
+    ConfigOption,
+    LMOption,
+    fail,
+    resolve_lm_settings,
+    user_errors,
+)
 from csc.lm import ROLES, LMConfigError, build_lm
 
 
@@ -35,10 +42,8 @@ def register(app: typer.Typer) -> None:
         """Send one prompt to the LM and print the model, answer, latency and token usage."""
         settings = resolve_lm_settings(config, lm, api_base)
         spec = settings.spec_for(role)
-        try:
+        with user_errors(LMConfigError, FileNotFoundError):
             client = build_lm(spec.merged({"max_tokens": max_tokens}))
-        except (LMConfigError, FileNotFoundError) as exc:
-            fail(str(exc))
         start = time.perf_counter()
         try:
             outputs = client(prompt)

@@ -16,6 +16,7 @@ from csc.cli.common import (
     check_unique_ids,
     fail,
     resolve_lm_settings,
+    user_errors,
 )
 from csc.framework import Language
 
@@ -127,7 +128,7 @@ def register(app: typer.Typer) -> None:
                 fail(f"{path}: no such file or folder")
         if dev is not None and splits is not None:
             fail("give either --dev or --splits (whose validation part is the dev set)")
-        try:
+        with user_errors(DataFormatError, FrameworkError, SplitsError):
             fw = Framework.load(framework)
             train_dialogues = list(islice(read_dialogues(train, framework=fw), limit))
             check_unique_ids(train_dialogues, train)
@@ -144,8 +145,6 @@ def register(app: typer.Typer) -> None:
             else:
                 seeded = split_dialogues(train_dialogues, seed=seed)
                 train_dialogues, dev_dialogues = seeded.train, seeded.dev
-        except (DataFormatError, FrameworkError, SplitsError) as exc:
-            fail(str(exc))
         language = lang or dialogue_language(train_dialogues)
         if program == "rolecs":
             from csc.programs.rolecs_agents import rolecs_examples
@@ -165,10 +164,8 @@ def register(app: typer.Typer) -> None:
             fail(f"cannot build the LM: {exc}")
         judge = None
         if labeler is not None:
-            try:
+            with user_errors(ProgramStoreError):
                 judge, judge_meta = load_program(labeler, framework=fw)
-            except ProgramStoreError as exc:
-                fail(str(exc))
             if judge_meta["kind"] != "labeler":
                 fail(
                     f"--labeler {labeler}: a {judge_meta['kind']} program; give one from "
@@ -194,15 +191,13 @@ def register(app: typer.Typer) -> None:
             num_threads=num_threads,
             on_projection=show_projection,
         )
-        try:
+        with user_errors(ValueError):
             if program == "rolecs":
                 result = optimize_rolecs(
                     trainset, devset, labeler=judge, labeler_lm=judge_lm, **common
                 )
             else:
                 result = optimize_program(program, trainset, devset, metric=metric, **common)
-        except ValueError as exc:
-            fail(str(exc))
         dev_source = (
             str(dev)
             if dev
@@ -221,10 +216,8 @@ def register(app: typer.Typer) -> None:
             "train_dialogue_ids": sorted({str(ex.dialogue_id) for ex in trainset}),
             "dev_dialogue_ids": sorted({str(ex.dialogue_id) for ex in devset}),
         }
-        try:
+        with user_errors(ProgramStoreError):
             save_program(result.program, out, metadata)
-        except ProgramStoreError as exc:
-            fail(str(exc))
         from csc.usage import format_usage
 
         typer.echo(f"{format_usage(result.usage)}; {result.seconds:.1f} s wall")

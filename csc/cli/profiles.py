@@ -6,7 +6,14 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli.common import (
+    ApiBaseOption,
+    ConfigOption,
+    LMOption,
+    fail,
+    resolve_lm_settings,
+    user_errors,
+)
 from csc.framework import Language
 
 
@@ -69,20 +76,20 @@ def register(app: typer.Typer) -> None:
             describer = lm_describer(
                 language, temperature=temperature, max_tokens=160 if embedded else None
             )
-        with tqdm(total=n, desc="profiles", unit="profile") as bar:
-            try:
-                with dspy.context(lm=client) if client is not None else dspy.context():
-                    pool = generate_profiles(
-                        n,
-                        seed=seed,
-                        language=language,
-                        describer=describer,
-                        threshold=threshold,
-                        progress=bar.update,
-                        concurrency=concurrency,
-                    )
-            except ProfileError as exc:
-                fail(str(exc))
+        with (
+            tqdm(total=n, desc="profiles", unit="profile") as bar,
+            user_errors(ProfileError),
+            dspy.context(lm=client) if client is not None else dspy.context(),
+        ):
+            pool = generate_profiles(
+                n,
+                seed=seed,
+                language=language,
+                describer=describer,
+                threshold=threshold,
+                progress=bar.update,
+                concurrency=concurrency,
+            )
         write_profiles(pool.profiles, out)
         worst = max_pairwise_similarity(pool.profiles)
         typer.echo(
@@ -100,10 +107,8 @@ def register(app: typer.Typer) -> None:
         """Print profiles of a pool (the built-in one by default)."""
         from csc.data.profiles import ProfileError, default_profiles, read_profiles
 
-        try:
+        with user_errors(ProfileError):
             pool = read_profiles(file) if file else default_profiles(language)
-        except ProfileError as exc:
-            fail(str(exc))
         typer.echo(f"{len(pool)} profiles" + (f" in {file}" if file else " (built-in)"))
         for p in pool[:limit]:
             typer.echo(f"- {p.id}: {p.description}")

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import typer
 
 from csc.choices import OutputFormat
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli.common import (
+    ApiBaseOption,
+    ConfigOption,
+    FrameworkOption,
+    LangOption,
+    LimitOption,
+    LMOption,
+    MappingOption,
+    fail,
+    require_path,
+    resolve_lm_settings,
+    token_budgets,
+    user_errors,
+)
 from csc.framework import Language
-
-_RULE_FLAGS = {
-    "min_turns": "--min-turns",
-    "max_turns": "--max-turns",
-    "customer_ratio": "--customer-ratio",
-    "short_customer_chars": "--short-customer-chars",
-    "min_long_customer_share": "--min-long-customer-share",
-    "max_utterance_chars": "--max-utterance-chars",
-}
 
 
 def register(app: typer.Typer) -> None:
@@ -40,10 +45,8 @@ def register(app: typer.Typer) -> None:
         """
         from csc.programs.rewrite_run import RunConfigError, merge_rewrite_runs
 
-        try:
+        with user_errors(RunConfigError):
             summary = merge_rewrite_runs(out, sources)
-        except RunConfigError as exc:
-            fail(str(exc))
         c, merged = summary["counts"], summary["merged"]
         typer.echo(
             f"merged {len(sources)} folder(s) (shards {', '.join(merged['shards'])}"
@@ -69,22 +72,16 @@ def register(app: typer.Typer) -> None:
             "--from",
             help="Input format: dianjin, jsonl, hf or generic (default: from the path).",
         ),
-        mapping: Path | None = typer.Option(
-            None, "--mapping", help="Mapping YAML for another corpus (implies --from generic)."
-        ),
+        mapping: Path | None = MappingOption,
         to: OutputFormat = typer.Option(
             "jsonl",
             "--to",
             help="Also write kept dialogues as DianJin JSON (dianjin); jsonl is always written.",
         ),
         format_alias: OutputFormat | None = typer.Option(None, "--format", hidden=True),
-        lang: Language | None = typer.Option(
-            None, "--lang", help="Default: detected from the first dialogues."
-        ),
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        limit: int | None = typer.Option(
-            None, "--limit", min=1, help="Read only the first N dialogues of the file."
-        ),
+        lang: Language | None = LangOption,
+        framework: str = FrameworkOption,
+        limit: int | None = LimitOption,
         concurrency: int = typer.Option(
             4, "--concurrency", "-c", min=1, help="Dialogues processed at the same time."
         ),
@@ -184,7 +181,7 @@ def register(app: typer.Typer) -> None:
         from csc.data.errors import DataFormatError
         from csc.data.io import read_dialogues
         from csc.framework import Framework, FrameworkError
-        from csc.lm import LMConfigError, lm_for_role, lm_name, split_scheme
+        from csc.lm import LMConfigError, lm_for_role, lm_name
         from csc.programs.rewrite import EMBEDDED_TOKEN_BUDGETS, REWRITE_ROLES, RewritePipeline
         from csc.programs.rewrite_run import (
             DIANJIN_FILE,
@@ -195,18 +192,14 @@ def register(app: typer.Typer) -> None:
         )
         from csc.programs.rule_filter import RuleFilterConfig
 
-        if format_alias is not None:
-            to = format_alias
-        if not data.exists():
-            fail(f"{data}: no such file or folder")
+        to = format_alias or to
+        require_path(data)
         if min_utterances > max_utterances:
             fail("--min-utterances must not exceed --max-utterances")
         from csc.programs.run_folder import ShardError, parse_shard
 
-        try:
+        with user_errors(ShardError):
             shard_spec = parse_shard(shard)
-        except ShardError as exc:
-            fail(str(exc))
 
         rule_values: dict = {}
         if recipe is not None:
@@ -231,34 +224,30 @@ def register(app: typer.Typer) -> None:
         except Exception as exc:  # pydantic ValidationError: name the setting
             first = getattr(exc, "errors", lambda: [{}])()[0]
             name = ".".join(str(p) for p in first.get("loc", ())) or "rules"
-            flag = _RULE_FLAGS.get(name, name)
+            flag = "--" + name.replace("_", "-") if name in flags else name
             fail(f"rule setting {flag}: {first.get('msg', exc)}")
 
-        try:
+        with user_errors(FrameworkError):
             fw = Framework.load(framework)
-        except FrameworkError as exc:
-            fail(str(exc))
 
         def dialogues():
-            stream = read_dialogues(
-                data, from_format, framework=fw, mapping=mapping, allow_unlabelled=True
+            # Called inside the error handlers below: reading starts (and may fail) there.
+            yield from islice(
+                read_dialogues(
+                    data, from_format, framework=fw, mapping=mapping, allow_unlabelled=True
+                ),
+                limit,
             )
-            for i, d in enumerate(stream):
-                if limit is not None and i >= limit:
-                    return
-                yield d
 
         # Validate the whole input (up to --limit) before any LM call: a malformed record stops
         # the run with the same error as `csc data validate`, and the count sizes the bar.
         total = 0
         sample_texts: list[str] = []
-        try:
+        with user_errors(DataFormatError):
             for d in dialogues():
                 total += 1
                 if len(sample_texts) < 400:
                     sample_texts.extend(t.text for t in d.turns)
-        except DataFormatError as exc:
-            fail(str(exc))
         if total == 0:
             fail(f"{data}: no dialogues to rewrite")
         from csc.eval.metrics import detect_language
@@ -270,10 +259,8 @@ def register(app: typer.Typer) -> None:
             from csc.optimizers.store import ProgramStoreError, load_program
             from csc.programs.supporter import StrategyLabeler
 
-            try:
+            with user_errors(ProgramStoreError):
                 labeler_program, meta = load_program(labeler, framework=fw)
-            except ProgramStoreError as exc:
-                fail(str(exc))
             if not isinstance(labeler_program, StrategyLabeler):
                 fail(
                     f"{labeler}: a {meta['kind']} program, not a labeler; compile one with "
@@ -291,66 +278,36 @@ def register(app: typer.Typer) -> None:
             "labeler": lm_labeler,
         }
         settings = resolve_lm_settings(config, lm, api_base, temperature, roles)
-        active = [
-            r
-            for r in REWRITE_ROLES
-            if not (
-                (r == "prefilter" and no_prefilter)
-                or (r == "judge" and no_judge)
-                or (r == "labeler" and no_utilization)
-            )
-        ]
+        skipped = {"prefilter": no_prefilter, "judge": no_judge, "labeler": no_utilization}
+        active = [r for r in REWRITE_ROLES if not skipped.get(r)]
         described = settings.describe()
-        budgets: dict[str, int] = {}
-        if turn_tokens == "auto":
-            budgets = {
-                r: EMBEDDED_TOKEN_BUDGETS[r]
-                for r in active
-                if split_scheme(settings.spec_for(r).model)[0] in ("local", "finetuned")
-            }
-        elif turn_tokens != "none":
-            try:
-                budgets = dict.fromkeys(active, max(16, int(turn_tokens)))
-            except ValueError:
-                fail(f"--turn-tokens must be auto, none or a number, got {turn_tokens!r}")
+        # What the run's config and its pipeline share.
+        stages = dict(
+            rules=rules,
+            redact=not no_redact,
+            prefilter=not no_prefilter,
+            judge=not no_judge,
+            utilization=not no_utilization,
+            min_utterances=min_utterances,
+            max_utterances=max_utterances,
+            temperature=temperature,
+            token_budgets=token_budgets(turn_tokens, settings, active, EMBEDDED_TOKEN_BUDGETS),
+        )
         run_config = RewriteConfig(
             data=str(data.resolve()),
             framework=fw.name,
             framework_digest=RewriteConfig.framework_digest_of(fw),
             language=language,
-            rules=rules,
-            redact=not no_redact,
-            prefilter=not no_prefilter,
-            judge=not no_judge,
-            utilization=not no_utilization,
-            min_utterances=min_utterances,
-            max_utterances=max_utterances,
-            temperature=temperature,
             seed=seed,
             lms={r: described.get(r, "") for r in active},
             labeler=str(labeler) if labeler else None,
-            token_budgets=budgets,
+            **stages,
         )
-        try:
-            cache: dict = {}
+        cache: dict = {}
+        errors = (LMConfigError, FileNotFoundError, ImportError)
+        with user_errors(*errors, prefix="cannot build the LM: "):
             lms = {r: lm_for_role(settings, r, cache, connections=concurrency) for r in active}
-        except (LMConfigError, FileNotFoundError, ImportError) as exc:
-            fail(f"cannot build the LM: {exc}")
-        pipeline = RewritePipeline(
-            fw,
-            language,
-            rules=rules,
-            redact=not no_redact,
-            prefilter=not no_prefilter,
-            judge=not no_judge,
-            utilization=not no_utilization,
-            min_utterances=min_utterances,
-            max_utterances=max_utterances,
-            labeler=labeler_program,
-            lms=lms,
-            temperature=temperature,
-            token_budgets=budgets,
-        )
+        pipeline = RewritePipeline(fw, language, labeler=labeler_program, lms=lms, **stages)
         run = RewriteRun(out, run_config, pipeline, lm_names={r: lm_name(lms[r]) for r in active})
         if no_redact:
             typer.secho(
@@ -365,7 +322,8 @@ def register(app: typer.Typer) -> None:
             f"run {run.key} -> {out}  ({total} dialogues, {fw.name}, {language}, "
             f"concurrency {concurrency}{f', shard {shard}' if shard_spec else ''})"
         )
-        try:
+        # DataFormatError: the file changed since it was validated.
+        with user_errors(RunConfigError, DataFormatError):
             summary = run.run(
                 dialogues(),
                 total=total,
@@ -373,10 +331,6 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
                 shard=shard_spec,
             )
-        except RunConfigError as exc:
-            fail(str(exc))
-        except DataFormatError as exc:  # the file changed since it was validated
-            fail(str(exc))
 
         if to == "dianjin":
             from csc.data.io import write_dialogues

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import echo_json, fail
+from csc.cli.common import echo_json, fail, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -38,13 +38,11 @@ def register(app: typer.Typer) -> None:
 
         if not file.exists():
             fail(f"{file}: no such file or folder")
-        try:
+        with user_errors(FrameworkError, DataFormatError):
             fw = Framework.load(framework)
             # Streamed: statistics keep counters and bounded samples, never the whole file.
             dialogues = read_dialogues(file, from_format, framework=fw, allow_unlabelled=True)
             result = dialogue_stats(dialogues, fw, seed=seed)
-        except (FrameworkError, DataFormatError) as exc:
-            fail(str(exc))
         if as_json:
             echo_json(result)
         else:

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from csc.choices import Executor, OutputFormat
-from csc.cli.common import ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli.common import ConfigOption, LMOption, fail, resolve_lm_settings, user_errors
 from csc.framework import Language
 
 
@@ -40,10 +40,8 @@ def register(app: typer.Typer) -> None:
         from csc.framework import Framework, FrameworkError
         from csc.programs.synthesis import RunConfigError, merge_runs
 
-        try:
+        with user_errors(RunConfigError):
             summary = merge_runs(out, sources)
-        except RunConfigError as exc:
-            fail(str(exc))
         run_info = json.loads((out / "run.json").read_text(encoding="utf-8"))
         config = run_info.get("config") or {}
         try:
@@ -206,25 +204,19 @@ def register(app: typer.Typer) -> None:
 
         if dialogues is not None and dialogues < 1:
             fail("--dialogues must be at least 1")
-        try:
+        with user_errors(ShardError):
             shard_spec = parse_shard(shard)
-        except ShardError as exc:
-            fail(str(exc))
         if executor == "ray":
             from csc.programs.ray_executor import RayUnavailableError, import_ray
 
-            try:
+            with user_errors(RayUnavailableError):
                 import_ray()
-            except RayUnavailableError as exc:
-                fail(str(exc))
         elif ray_address:
             fail("--ray-address goes with --executor ray")
-        try:
+        with user_errors(FrameworkError, ProfileError, TopicError):
             fw = Framework.load(framework)
             pool = read_profiles(profiles) if profiles else default_profiles(language)
             chosen_topics = resolve_topics(topics)
-        except (FrameworkError, ProfileError, TopicError) as exc:
-            fail(str(exc))
         roles = {
             "planner": lm_planner,
             "supporter_assistant": lm_supporter_assistant,
@@ -345,8 +337,7 @@ def register(app: typer.Typer) -> None:
         )
         from csc.usage import Usage, format_usage
 
-        lm_usage = {k: v for k, v in this["lm_usage"].items() if k in Usage.__dataclass_fields__}
-        console.print(format_usage(Usage(**lm_usage)), markup=False)
+        console.print(format_usage(Usage.from_dict(this["lm_usage"])), markup=False)
         if this["failed"]:
             console.print(
                 f"[yellow]{this['failed']} dialogue(s) failed; see {out / 'failures.jsonl'}. "
@@ -379,10 +370,8 @@ def _check_program(path: Path, fw, language: str) -> str:
     from csc.eval.splits import data_sha256
     from csc.optimizers.store import ProgramStoreError, read_metadata
 
-    try:
+    with user_errors(ProgramStoreError):
         meta = read_metadata(path)
-    except ProgramStoreError as exc:
-        fail(str(exc))
     if meta["kind"] != "rolecs":
         fail(
             f"--program {path}: a {meta['kind']} program; csc synthesize runs the RoleCS "
