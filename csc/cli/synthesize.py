@@ -9,7 +9,14 @@ from pathlib import Path
 import typer
 
 from csc.choices import Executor, OutputFormat
-from csc.cli.common import ConfigOption, LMOption, fail, resolve_lm_settings, user_errors
+from csc.cli.common import (
+    ConfigOption,
+    LMOption,
+    fail,
+    resolve_lm_settings,
+    token_budgets,
+    user_errors,
+)
 from csc.framework import Language
 
 
@@ -193,6 +200,8 @@ def register(app: typer.Typer) -> None:
         from csc.eval.stats import render_stats
         from csc.framework import Framework, FrameworkError
         from csc.lm import AGENT_ROLES, LMConfigError, lm_for_role, lm_name
+        from csc.programs.ray_executor import RayUnavailableError, import_ray
+        from csc.programs.rolecs import EMBEDDED_TOKEN_BUDGETS
         from csc.programs.synthesis import (
             DIANJIN_FILE,
             RunConfigError,
@@ -207,8 +216,6 @@ def register(app: typer.Typer) -> None:
         with user_errors(ShardError):
             shard_spec = parse_shard(shard)
         if executor == "ray":
-            from csc.programs.ray_executor import RayUnavailableError, import_ray
-
             with user_errors(RayUnavailableError):
                 import_ray()
         elif ray_address:
@@ -230,7 +237,8 @@ def register(app: typer.Typer) -> None:
             config, lm, bases[0] if len(bases) == 1 else (bases or None), temperature, roles
         )
         described = settings.describe()
-        budgets = _token_budgets(turn_tokens, settings, no_filter)
+        active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
+        budgets = token_budgets(turn_tokens, settings, active_roles, EMBEDDED_TOKEN_BUDGETS)
         program_sha256 = _check_program(program, fw, language) if program else None
         run_config = SynthesisConfig.build(
             framework=fw,
@@ -249,15 +257,12 @@ def register(app: typer.Typer) -> None:
             program_sha256=program_sha256,
         )
         console = Console()
-        active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
-        try:
-            cache: dict = {}
+        cache: dict = {}
+        errors = (LMConfigError, FileNotFoundError, ImportError)
+        with user_errors(*errors, prefix="cannot build the LM: "):
             lms = {
-                role: lm_for_role(settings, role, cache, connections=concurrency)
-                for role in active_roles
+                r: lm_for_role(settings, r, cache, connections=concurrency) for r in active_roles
             }
-        except (LMConfigError, FileNotFoundError, ImportError) as exc:
-            fail(f"cannot build the LM: {exc}")
         names = {role: lm_name(lms[role]) for role in active_roles}
         from csc.throughput import (
             memoize_model_metadata,
@@ -303,7 +308,8 @@ def register(app: typer.Typer) -> None:
                 "program": Path(program).read_bytes() if program else None,
             }
             outcomes = ray_outcomes(recipe, address=ray_address)
-        try:
+        # RayUnavailableError: the cluster cannot be reached.
+        with user_errors(RunConfigError, RayUnavailableError):
             summary = run.run(
                 dialogues,
                 concurrency=concurrency,
@@ -311,12 +317,6 @@ def register(app: typer.Typer) -> None:
                 keep_history=False,
                 outcomes=outcomes,
             )
-        except RunConfigError as exc:
-            fail(str(exc))
-        except RuntimeError as exc:  # RayUnavailableError: the cluster cannot be reached
-            if type(exc).__name__ != "RayUnavailableError":
-                raise
-            fail(str(exc))
 
         stats, stats_all = _write_stats(out, fw, no_filter, seed)
         n_kept, n_judged = stats["dialogues"], stats_all["dialogues"]
@@ -411,35 +411,11 @@ def _write_stats(out: Path, fw, no_filter: bool, seed: int):
     def judged():
         return None if no_filter else _run_dialogues(out, "all")
 
-    stats = dialogue_stats(_run_dialogues(out, "kept"), fw, judged=judged(), seed=seed)
-    (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
-    # The same statistics over every finished dialogue, kept or rejected: with a weak judge
-    # (or LM) few pass the filter, and the rejected ones still say what the agents produce.
-    stats_all = dialogue_stats(_run_dialogues(out, "all"), fw, judged=judged(), seed=seed)
-    (out / STATS_ALL_FILE).write_text(json.dumps(stats_all, ensure_ascii=False, indent=2), "utf-8")
-    return stats, stats_all
-
-
-def _token_budgets(value: str, settings, no_filter: bool) -> dict[str, int]:
-    """Per-role ``max_tokens`` from ``--turn-tokens`` (see EMBEDDED_TOKEN_BUDGETS)."""
-    from csc.lm import AGENT_ROLES, split_scheme
-    from csc.programs.rolecs import EMBEDDED_TOKEN_BUDGETS
-
-    roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
-    if value == "none":
-        return {}
-    if value == "auto":
-        # Small embedded models fill every text field to the engine's bound; remote LMs
-        # (possibly reasoning models) must not be cut short, so they get no limit.
-        return {
-            r: EMBEDDED_TOKEN_BUDGETS[r]
-            for r in roles
-            if split_scheme(settings.spec_for(r).model)[0] in ("local", "finetuned")
-        }
-    try:
-        cap = int(value)
-    except ValueError:
-        fail(f"--turn-tokens must be auto, none or a number, got {value!r}")
-    if cap < 16:
-        fail("--turn-tokens must be at least 16")
-    return dict.fromkeys(roles, cap)
+    # stats_all: the same statistics over every finished dialogue, kept or rejected: with a weak
+    # judge (or LM) few pass the filter, and the rejected ones still say what the agents produce.
+    results = []
+    for which, name in (("kept", STATS_FILE), ("all", STATS_ALL_FILE)):
+        stats = dialogue_stats(_run_dialogues(out, which), fw, judged=judged(), seed=seed)
+        (out / name).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
+        results.append(stats)
+    return tuple(results)
