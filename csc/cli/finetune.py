@@ -7,7 +7,19 @@ from pathlib import Path
 import typer
 
 from csc.choices import Device, PromptVariant, SftTargets, SftTask
-from csc.cli.common import ApiBaseOption, ConfigOption, LangOption, echo_json, fail, user_errors
+from csc.cli.common import (
+    ApiBaseOption,
+    ConfigOption,
+    DataFormatOption,
+    DataOption,
+    FrameworkOption,
+    LangOption,
+    LimitOption,
+    echo_json,
+    fail,
+    require_path,
+    user_errors,
+)
 from csc.framework import Language
 
 
@@ -25,9 +37,7 @@ def register(app: typer.Typer) -> None:
         "--teacher optimized:program.json --teacher-lm openai/gpt-4o-mini --targets teacher",
     )
     def export(
-        data: Path = typer.Option(
-            ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
-        ),
+        data: Path = DataOption,
         out: Path = typer.Option(
             ...,
             "--out",
@@ -42,10 +52,8 @@ def register(app: typer.Typer) -> None:
             "--splits",
             help="Reuse this splits.json (of the same data) instead of making a new split.",
         ),
-        data_format: str | None = typer.Option(
-            None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
-        ),
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
+        data_format: str | None = DataFormatOption,
+        framework: str = FrameworkOption,
         task: SftTask = typer.Option(
             "joint",
             "--task",
@@ -72,9 +80,7 @@ def register(app: typer.Typer) -> None:
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the dialogue split."),
         lang: Language | None = LangOption,
-        limit: int | None = typer.Option(
-            None, "--limit", min=1, help="Read only the first N dialogues of the data file."
-        ),
+        limit: int | None = LimitOption,
         test_out: Path | None = typer.Option(
             None, "--test-out", help="Also write the test split's dialogues to this JSONL file."
         ),
@@ -123,7 +129,7 @@ def register(app: typer.Typer) -> None:
         cached, and kept in OUT/teacher/ so an interrupted export resumes.
         """
         from rich.console import Console
-        from rich.table import Table
+        from rich.table import Column, Table
 
         from csc.data.errors import DataFormatError
         from csc.finetune.export import ExportError, export_sft, write_split_dialogues
@@ -138,8 +144,7 @@ def register(app: typer.Typer) -> None:
             teacher_spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
         elif teacher_lm or api_base or drop_disagreeing:
             fail("--teacher-lm, --api-base and --drop-disagreeing need --teacher SPEC")
-        if not data.exists():
-            fail(f"{data}: no such file or folder")
+        require_path(data)
         if test_out is not None and (
             test_out.resolve() == data.resolve() or test_out.resolve().is_relative_to(out.resolve())
         ):
@@ -172,15 +177,12 @@ def register(app: typer.Typer) -> None:
                 n = write_split_dialogues(result, "test", test_out)
                 typer.echo(f"wrote {n} test dialogues to {test_out}")
         meta = result.metadata
-        table = Table(
-            title=f"SFT export ({task}, {prompt} prompt, {meta['targets']} targets) -> {out}"
-        )
-        for col in ("split", "dialogues", "rows", "strategy rows", "response rows"):
-            table.add_column(col, justify="right" if col != "split" else "left")
+        cols = ("dialogues", "rows", "strategy rows", "response rows")
+        title = f"SFT export ({task}, {prompt} prompt, {meta['targets']} targets) -> {out}"
+        table = Table("split", *(Column(col, justify="right") for col in cols), title=title)
         for split, c in result.counts.items():
-            table.add_row(
-                split, str(c.dialogues), str(c.rows), str(c.strategy_rows), str(c.response_rows)
-            )
+            counts = (c.dialogues, c.rows, c.strategy_rows, c.response_rows)
+            table.add_row(split, *map(str, counts))
         Console().print(table)
         if result.skipped_turns:
             typer.secho(
@@ -269,14 +271,8 @@ def register(app: typer.Typer) -> None:
         from csc.finetune.train import FinetuneError, train
 
         with user_errors(FinetuneError, RecipeError):
-            parsed = Recipe.load(recipe)
             result = train(
-                data,
-                parsed,
-                out,
-                resume=resume,
-                max_steps=max_steps,
-                device=device,
+                data, Recipe.load(recipe), out, resume=resume, max_steps=max_steps, device=device
             )
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
         typer.echo(

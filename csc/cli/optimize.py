@@ -10,11 +10,14 @@ from csc.choices import Budget, MetricName, OptimizerName, ProgramKind
 from csc.cli.common import (
     ApiBaseOption,
     ConfigOption,
+    FrameworkOption,
     LangOption,
     LimitOption,
     LMOption,
+    MaxTokensOption,
     check_unique_ids,
     fail,
+    require_path,
     resolve_lm_settings,
     user_errors,
 )
@@ -61,7 +64,7 @@ def register(app: typer.Typer) -> None:
         metric: MetricName = typer.Option(
             "acc", "--metric", help="Strategy accuracy, or half accuracy half BERTScore."
         ),
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
+        framework: str = FrameworkOption,
         lang: Language | None = LangOption,
         seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
         num_threads: int = typer.Option(
@@ -73,9 +76,7 @@ def register(app: typer.Typer) -> None:
         max_dev: int | None = typer.Option(
             None, "--max-dev", min=1, help="Use at most N dev examples (turns)."
         ),
-        max_tokens: int | None = typer.Option(
-            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
-        ),
+        max_tokens: int | None = MaxTokensOption,
         labeler: Path | None = typer.Option(
             None,
             "--labeler",
@@ -105,12 +106,7 @@ def register(app: typer.Typer) -> None:
         from csc.framework import Framework, FrameworkError
         from csc.lm import LMConfigError, build_lm, lm_name
         from csc.optimizers.optimize import optimize_program, optimize_rolecs
-        from csc.optimizers.store import (
-            ProgramStoreError,
-            load_program,
-            save_program,
-            sidecar_path,
-        )
+        from csc.optimizers.store import ProgramStoreError, load_program, save_program, sidecar_path
 
         if program != "rolecs" and (labeler or labeler_lm):
             fail(
@@ -124,8 +120,8 @@ def register(app: typer.Typer) -> None:
         if out.suffix != ".json":
             fail(f"--out {out}: the program is saved as JSON state; give a .json path")
         for path in (train, dev):
-            if path is not None and not path.exists():
-                fail(f"{path}: no such file or folder")
+            if path is not None:
+                require_path(path)
         if dev is not None and splits is not None:
             fail("give either --dev or --splits (whose validation part is the dev set)")
         with user_errors(DataFormatError, FrameworkError, SplitsError):
@@ -138,10 +134,10 @@ def register(app: typer.Typer) -> None:
             elif splits is not None:
                 parts = DatasetSplits.read(splits)
                 parts.check_data(train)
-                everything = train_dialogues
-                complete = limit is None
-                train_dialogues = parts.select(everything, "train", complete=complete)
-                dev_dialogues = parts.select(everything, "validation", complete=complete)
+                train_dialogues, dev_dialogues = (
+                    parts.select(train_dialogues, part, complete=limit is None)
+                    for part in ("train", "validation")
+                )
             else:
                 seeded = split_dialogues(train_dialogues, seed=seed)
                 train_dialogues, dev_dialogues = seeded.train, seeded.dev
@@ -156,12 +152,11 @@ def register(app: typer.Typer) -> None:
             devset = supporter_examples(dev_dialogues, language=language)[:max_dev]
 
         settings = resolve_lm_settings(config, lm, api_base)
-        try:
+        errors = (LMConfigError, FileNotFoundError, OSError)
+        with user_errors(*errors, prefix="cannot build the LM: "):
             task_lm = build_lm(settings.spec_for("supporter").merged({"max_tokens": max_tokens}))
             reflect_lm = build_lm(prompt_lm, api_base=api_base) if prompt_lm else task_lm
             judge_lm = build_lm(labeler_lm, api_base=api_base) if labeler_lm else task_lm
-        except (LMConfigError, FileNotFoundError, OSError) as exc:
-            fail(f"cannot build the LM: {exc}")
         judge = None
         if labeler is not None:
             with user_errors(ProgramStoreError):
