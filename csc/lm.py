@@ -30,6 +30,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from csc.framework import yaml_problem
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -155,13 +157,8 @@ class LMSpec(BaseModel):
     def merged(self, other: Mapping[str, Any]) -> LMSpec:
         """A copy with the non-None values of ``other`` applied on top."""
         data = self.model_dump()
-        for k, v in other.items():
-            if v is None:
-                continue
-            if k == "options":
-                data["options"] = {**data["options"], **v}
-            else:
-                data[k] = v
+        data.update({k: v for k, v in other.items() if v is not None})
+        data["options"] = {**self.options, **(other.get("options") or {})}
         return LMSpec.model_validate(data)
 
 
@@ -201,10 +198,9 @@ class LMSettings(BaseModel):
 
     def describe(self) -> dict[str, str]:
         """Role -> model string (no secrets), for run summaries and reports."""
-        out = {"default": self.default.describe()}
-        for role in ROLES:
-            out[role] = self.spec_for(role).describe()
-        return out
+        return {"default": self.default.describe()} | {
+            role: self.spec_for(role).describe() for role in ROLES
+        }
 
 
 SPEC_KEYS: tuple[str, ...] = tuple(LMSpec.model_fields)
@@ -279,10 +275,7 @@ def _parse_config_text(path: Path) -> Any:
     except RecursionError:
         raise LMConfigError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise LMConfigError(f"{path}: not valid YAML: {problem}{at}") from None
+        raise LMConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -297,8 +290,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise LMConfigError(f"{path}: is a folder; give the path of csc.toml or csc.yaml")
     data = _parse_config_text(path)
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise LMConfigError(
             f"{path}: the top level must be a table of sections (e.g. [lm]), "
@@ -343,24 +335,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
-    layer: dict[str, Any] = {"default": {}, "roles": {}}
-    if env.get("CSC_LM"):
-        layer["default"]["model"] = env["CSC_LM"]
-    if env.get("CSC_API_BASE"):
-        layer["default"]["api_base"] = env["CSC_API_BASE"]
+    def fields(suffix: str) -> dict[str, Any]:
+        names = {"model": f"CSC_LM{suffix}", "api_base": f"CSC_API_BASE{suffix}"}
+        return {key: env[name] for key, name in names.items() if env.get(name)}
+
+    default = fields("")
     if env.get("CSC_TEMPERATURE"):
-        layer["default"]["temperature"] = _env_number(env, "CSC_TEMPERATURE", float)
+        default["temperature"] = _env_number(env, "CSC_TEMPERATURE", float)
     if env.get("CSC_MAX_TOKENS"):
-        layer["default"]["max_tokens"] = _env_number(env, "CSC_MAX_TOKENS", int)
-    for role in ROLES:
-        spec: dict[str, Any] = {}
-        if env.get(f"CSC_LM_{role.upper()}"):
-            spec["model"] = env[f"CSC_LM_{role.upper()}"]
-        if env.get(f"CSC_API_BASE_{role.upper()}"):
-            spec["api_base"] = env[f"CSC_API_BASE_{role.upper()}"]
-        if spec:
-            layer["roles"][role] = spec
-    return layer
+        default["max_tokens"] = _env_number(env, "CSC_MAX_TOKENS", int)
+    roles = {role: fields(f"_{role.upper()}") for role in ROLES}
+    return {"default": default, "roles": {role: spec for role, spec in roles.items() if spec}}
 
 
 def _env_number(env: Mapping[str, str], name: str, kind: type) -> Any:
@@ -437,10 +422,8 @@ def load_lm_settings(
 
 def _explain(exc: ValidationError) -> str:
     """A pydantic error on one line, without the input values (which may hold a key)."""
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False, include_context=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(settings)"
-        parts.append(f"{where}: {err['msg']}")
+    errors = exc.errors(include_input=False, include_url=False, include_context=False)
+    parts = [f"{'.'.join(map(str, e['loc'])) or '(settings)'}: {e['msg']}" for e in errors]
     return redact_secrets("; ".join(parts))
 
 
@@ -454,15 +437,16 @@ def register_lm_scheme(scheme: str, factory: LMFactory) -> None:
     _SCHEMES[scheme] = factory
 
 
+def _call_kwargs(spec: LMSpec) -> dict[str, Any]:
+    """The spec's options plus its temperature and max_tokens where set."""
+    sampling = {"temperature": spec.temperature, "max_tokens": spec.max_tokens}
+    return {**spec.options, **{k: v for k, v in sampling.items() if v is not None}}
+
+
 def _local_factory(arg: str, spec: LMSpec) -> Any:
     from csc.engine import LocalLM
 
-    kwargs = dict(spec.options)
-    if spec.temperature is not None:
-        kwargs["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        kwargs["max_tokens"] = spec.max_tokens
-    return LocalLM(model_path=arg or None, **kwargs)
+    return LocalLM(model_path=arg or None, **_call_kwargs(spec))
 
 
 def _finetuned_factory(arg: str, spec: LMSpec) -> Any:
@@ -470,12 +454,7 @@ def _finetuned_factory(arg: str, spec: LMSpec) -> Any:
         raise LMConfigError("finetuned:<dir> needs the folder written by `csc finetune`")
     from csc.engine import LocalLM
 
-    kwargs = dict(spec.options)
-    if spec.temperature is not None:
-        kwargs["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        kwargs["max_tokens"] = spec.max_tokens
-    return LocalLM.from_finetuned(arg, **kwargs)
+    return LocalLM.from_finetuned(arg, **_call_kwargs(spec))
 
 
 register_lm_scheme("local", _local_factory)
@@ -527,7 +506,7 @@ def build_lm(
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import dspy
 
-    kwargs: dict[str, Any] = dict(spec.options)
+    kwargs = _call_kwargs(spec)
     if spec.api_base:
         kwargs["api_base"] = spec.api_base
         for url in spec.api_base if isinstance(spec.api_base, list) else [spec.api_base]:
@@ -541,10 +520,6 @@ def build_lm(
     elif spec.api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
         # Local OpenAI-compatible servers (vLLM, SGLang) usually accept any key.
         kwargs["api_key"] = "EMPTY"
-    if spec.temperature is not None:
-        kwargs["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        kwargs["max_tokens"] = spec.max_tokens
     kwargs.setdefault("num_retries", 5)  # LiteLLM retries rate limits/timeouts with backoff
     if isinstance(spec.api_base, list) and len(spec.api_base) > 1:
         from csc.endpoints import routed_lm
@@ -605,13 +580,11 @@ def lm_for_role(
     """Build (or reuse from ``cache``) the LM of a role; roles with equal specs share one LM.
     ``connections``: calls in flight at once (see :func:`build_lm`)."""
     spec = settings.spec_for(role)
+    cache = {} if cache is None else cache
     key = spec.model_dump_json()
-    if cache is not None and key in cache:
-        return cache[key]
-    lm = build_lm(spec, connections=connections)
-    if cache is not None:
-        cache[key] = lm
-    return lm
+    if key not in cache:
+        cache[key] = build_lm(spec, connections=connections)
+    return cache[key]
 
 
 def lm_name(lm: Any) -> str:
