@@ -29,21 +29,12 @@ def features() -> Any:
     """The ``datasets.Features`` of a dialogue dataset."""
     from datasets import Features, List, Value
 
-    turn = {
-        "speaker": Value("string"),
-        "text": Value("string"),
-        "strategy": Value("string"),
-        "metadata": Value("string"),
-    }
+    def text(*names: str) -> dict[str, Any]:
+        return dict.fromkeys(names, Value("string"))
+
+    turn = text("speaker", "text", "strategy", "metadata")
     return Features(
-        {
-            "id": Value("string"),
-            "topic": Value("string"),
-            "turns": List(turn),
-            "scenario": Value("string"),
-            "profile": Value("string"),
-            "metadata": Value("string"),
-        }
+        {**text("id", "topic"), "turns": List(turn), **text("scenario", "profile", "metadata")}
     )
 
 
@@ -79,8 +70,7 @@ def to_dataset(dialogues: Iterable[Dialogue], *, cache_dir: str | Path | None = 
     iterator = iter(dialogues)
 
     def rows() -> Iterator[dict[str, Any]]:
-        for dialogue in iterator:
-            yield dialogue_row(dialogue)
+        yield from map(dialogue_row, iterator)
 
     # A fresh fingerprint: the generator cannot be hashed by content, and a fixed one would make
     # datasets return the cached rows of an earlier call.

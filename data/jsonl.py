@@ -8,7 +8,6 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -67,9 +66,7 @@ def parse_dialogue(
 
 
 def _field_path(parts: tuple[Any, ...]) -> str:
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
     return path or "(record)"
 
 
@@ -178,10 +175,5 @@ class JsonlWriter:
     def __enter__(self) -> JsonlWriter:
         return self.open()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
