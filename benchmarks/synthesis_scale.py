@@ -41,26 +41,10 @@ def start_server(
     latency: float, jitter: float, error_rate: float, turns: int
 ) -> tuple[subprocess.Popen, int]:
     """The fake server in its own process (its CPU is not counted as ours); returns it and its port."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "fake_openai_server.py"),
-            "--latency",
-            str(latency),
-            "--jitter",
-            str(jitter),
-            "--error-rate",
-            str(error_rate),
-            "--turns",
-            str(turns),
-            "--idle-exit",
-            "600",
-            "--stop-on-stdin-eof",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    flags = {"--latency": latency, "--jitter": jitter, "--error-rate": error_rate, "--turns": turns}
+    cmd = [sys.executable, str(HERE / "fake_openai_server.py"), "--idle-exit", "600"]
+    cmd += [*(str(x) for pair in flags.items() for x in pair), "--stop-on-stdin-eof"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("PORT "):
         proc.kill()
@@ -84,28 +68,11 @@ def run_once(
         "PYTHONWARNINGS": "ignore",
         "CSC_THROUGHPUT_FIXES": "0" if baseline else "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "csc",
-        "synthesize",
-        "--out",
-        str(out),
-        "--dialogues",
-        str(n),
-        "--concurrency",
-        str(concurrency),
-        "--lm",
-        "openai/fake",
-        "--api-base",
-        f"http://127.0.0.1:{port}/v1",
-        "--show",
-        "0",
-        "--seed",
-        str(time.time_ns() % 1_000_000),  # no response-cache hits from earlier runs
-        *(["--lm-cache"] if baseline else []),
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "csc", "synthesize", "--out", str(out), "--dialogues", str(n)]
+    cmd += ["--concurrency", str(concurrency), "--lm", "openai/fake", "--show", "0"]
+    cmd += ["--api-base", f"http://127.0.0.1:{port}/v1"]
+    cmd += ["--seed", str(time.time_ns() % 1_000_000)]  # no response-cache hits from earlier runs
+    cmd += [*(["--lm-cache"] if baseline else []), *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
