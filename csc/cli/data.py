@@ -11,23 +11,17 @@ from typing import Any
 
 import typer
 
-from csc.cli.common import echo_json, fail, user_errors
+from csc.cli.common import (
+    FrameworkOption,
+    MappingOption,
+    UnlabelledOption,
+    echo_json,
+    fail,
+    user_errors,
+)
 from csc.data.dianjin import LabelStyle
 
 FORMAT_HELP = "dianjin (.json/.parquet, released format), jsonl (ours), hf (saved dataset folder)"
-FrameworkOption = typer.Option(
-    "csc", "--framework", help="Strategy framework: csc, esc, or the path of a framework YAML."
-)
-MappingOption = typer.Option(
-    None,
-    "--mapping",
-    help="Mapping YAML for another corpus (or 'esconv'); implies the generic format.",
-)
-UnlabelledOption = typer.Option(
-    False,
-    "--allow-unlabelled",
-    help="Accept supporter turns without a strategy label (default: an error).",
-)
 
 
 def register(app: typer.Typer) -> None:
@@ -104,8 +98,7 @@ def register(app: typer.Typer) -> None:
                 )
         counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
         note = _counts_note(counts) if counts is not None else ""
-        note = f" ({note})" if note else ""
-        typer.echo(f"wrote {count} dialogues to {target}{note}")
+        typer.echo(f"wrote {count} dialogues to {target}{f' ({note})' if note else ''}")
 
     @group.command("validate", epilog="Example: csc data validate data/samples/sample_zh.json")
     def validate(
@@ -139,8 +132,7 @@ def register(app: typer.Typer) -> None:
             fail(f"{file}: no dialogues found; is it empty?")
         if summary.duplicate_ids:
             fail(f"{file}: {summary.describe_duplicates()}")
-        report = summary.to_dict(fw)
-        report = {"file": str(file), "framework": fw.name, "valid": True, **report}
+        report = {"file": str(file), "framework": fw.name, "valid": True, **summary.to_dict(fw)}
         counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
         if counts is not None:
             report["mapping"] = counts.to_dict()
@@ -249,19 +241,11 @@ class DataSummary:
 def _print_summary(report: dict[str, Any]) -> None:
     per = report["turns_per_dialogue"]
     typer.secho(f"{report['file']}: valid ({report['framework']} framework)", fg="green", bold=True)
-    rows: Iterator[tuple[str, Any]] = iter(
-        [
-            ("dialogues", report["dialogues"]),
-            ("turns", report["turns"]),
-            ("supporter turns", report["supporter_turns"]),
-            ("customer turns", report["customer_turns"]),
-            ("unlabelled supporter turns", report["unlabelled_supporter_turns"]),
-            ("non-alternating dialogues", report["non_alternating_dialogues"]),
-            ("turns per dialogue", f"min {per['min']}, mean {per['mean']}, max {per['max']}"),
-        ]
-    )
-    for label, value in rows:
-        typer.echo(f"{label:<28}{value}")
+    for key in ["dialogues", "turns", "supporter_turns", "customer_turns"]:
+        typer.echo(f"{key.replace('_', ' '):<28}{report[key]}")
+    typer.echo(f"{'unlabelled supporter turns':<28}{report['unlabelled_supporter_turns']}")
+    typer.echo(f"{'non-alternating dialogues':<28}{report['non_alternating_dialogues']}")
+    typer.echo(f"{'turns per dialogue':<28}min {per['min']}, mean {per['mean']}, max {per['max']}")
     if "mapping" in report:
         typer.secho("\nread through the mapping", bold=True)
         m = report["mapping"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import echo_json, fail, user_errors
+from csc.cli.common import echo_json, fail, require_path, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -46,8 +46,7 @@ def register(app: typer.Typer) -> None:
         from csc.eval.viewer import ViewerError
         from csc.framework import FrameworkError
 
-        if not run.exists():
-            fail(f"{run}: no such file or folder")
+        require_path(run)
         if out is None:
             out = (
                 run / "reviewed.jsonl"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import echo_json, fail, user_errors
+from csc.cli.common import DataFormatOption, FrameworkOption, echo_json, require_path, user_errors
 
 
 def register(app: typer.Typer) -> None:
@@ -17,10 +17,8 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Argument(
             ..., help="Dialogue file: .jsonl (ours), DianJin .json/.parquet, ..."
         ),
-        from_format: str | None = typer.Option(
-            None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
-        ),
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a YAML path."),
+        from_format: str | None = DataFormatOption,
+        framework: str = FrameworkOption,
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling in persona/self-BLEU."),
     ) -> None:
@@ -36,8 +34,7 @@ def register(app: typer.Typer) -> None:
         from csc.eval.stats import dialogue_stats, render_stats
         from csc.framework import Framework, FrameworkError
 
-        if not file.exists():
-            fail(f"{file}: no such file or folder")
+        require_path(file)
         with user_errors(FrameworkError, DataFormatError):
             fw = Framework.load(framework)
             # Streamed: statistics keep counters and bounded samples, never the whole file.
