@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import combinations
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,12 +125,9 @@ class CorpusMapping(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> CorpusMapping:
         sides = {"supporter": self.supporter, "customer": self.customer, "drop": self.drop}
-        names = list(sides)
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                both = set(sides[a]) & set(sides[b])
-                if both:
-                    raise ValueError(f"speaker values {sorted(both)} are both {a} and {b}")
+        for a, b in combinations(sides, 2):
+            if both := set(sides[a]) & set(sides[b]):
+                raise ValueError(f"speaker values {sorted(both)} are both {a} and {b}")
         if (self.turns_field is None) == (self.group_by is None):
             raise ValueError(
                 "give either turns_field (records holding a list of turns) or group_by "
@@ -154,11 +152,8 @@ class CorpusMapping(BaseModel):
     def speaker(self, value: Any) -> Speaker | None:
         """The speaker a raw speaker value means, or None when the mapping does not know it."""
         text = _speaker_text(value)
-        if text in self.supporter:
-            return Speaker.SUPPORTER
-        if text in self.customer:
-            return Speaker.CUSTOMER
-        return None
+        sides = {Speaker.SUPPORTER: self.supporter, Speaker.CUSTOMER: self.customer}
+        return next((speaker for speaker, values in sides.items() if text in values), None)
 
     def is_dropped(self, value: Any) -> bool:
         """True when the raw speaker value is one of the ``drop:`` values."""
@@ -277,26 +272,13 @@ def load_mapping(mapping: CorpusMapping | dict[str, Any] | str | Path) -> Corpus
         ) from None
 
 
-def read_generic(
-    path: str | Path,
-    mapping: CorpusMapping | dict[str, Any] | str | Path,
-    *,
-    framework: Framework | str = "csc",
-    allow_unlabelled: bool = False,
-) -> GenericReader:
+class GenericReader(Iterator[Dialogue]):
     """Stream dialogues from a corpus or flat log (JSON list, JSONL, parquet, CSV) via ``mapping``.
 
     Ids are the ``id_field`` (or ``group_by``) value, else ``<file stem>-<index>`` (0-based).
-    The returned iterator's ``counts`` (:class:`MappingCounts`) fill in as it is consumed.
-    """
-    return GenericReader(path, mapping, framework=framework, allow_unlabelled=allow_unlabelled)
-
-
-class GenericReader(Iterator[Dialogue]):
-    """An iterator of the dialogues a mapping reads from a file, with running ``counts``.
-
-    The mapping is loaded and the file opened on the first ``next()``, so a bad mapping or file
-    raises :class:`DataFormatError` then, as from any other reader.
+    ``counts`` (:class:`MappingCounts`) fill in as the iterator is consumed. The mapping is
+    loaded and the file opened on the first ``next()``, so a bad mapping or file raises
+    :class:`DataFormatError` then, as from any other reader.
     """
 
     def __init__(
@@ -346,21 +328,25 @@ class GenericReader(Iterator[Dialogue]):
                     "a CSV file holds one row per message, not records with a list of turns",
                     fix="describe it as a flat log (group_by: and order_by: instead of turns_field)",
                 )
-            for index, (loc, record) in enumerate(records):
-                dialogue = _nested_dialogue(record, loc, spec, turns, f"{self.path.stem}-{index}")
-                if dialogue is None:
-                    self.counts.empty_dialogues += 1
-                else:
-                    yield dialogue
-            return
-        rows = _counted(records, self.counts)
-        groups = _contiguous_groups(rows, spec) if spec.grouped else _gathered_groups(rows, spec)
-        for key, members in groups:
-            dialogue = _flat_dialogue(key, members, spec, turns, container == "csv")
+            dialogues = (
+                _nested_dialogue(record, loc, spec, turns, f"{self.path.stem}-{index}")
+                for index, (loc, record) in enumerate(records)
+            )
+        else:
+            rows = _counted(records, self.counts)
+            grouped = _contiguous_groups if spec.grouped else _gathered_groups
+            dialogues = (
+                _flat_dialogue(key, members, spec, turns, container == "csv")
+                for key, members in grouped(rows, spec)
+            )
+        for dialogue in dialogues:
             if dialogue is None:
                 self.counts.empty_dialogues += 1
             else:
                 yield dialogue
+
+
+read_generic = GenericReader
 
 
 def _container(path: Path) -> str | None:
@@ -427,17 +413,11 @@ class _TurnReader:
             if label is _MISSING:
                 if speaker is Speaker.SUPPORTER and not self.allow_unlabelled:
                     # A misspelt strategy_field looks like an unlabelled corpus; say what it is.
-                    raise _missing(
-                        loc,
-                        raw,
-                        at,
-                        spec.strategy_field,
-                        "strategy_field",
-                        also=(
-                            " (for a corpus without labels set strategy_field: null, or allow "
-                            "unlabelled supporter turns with --allow-unlabelled)"
-                        ),
+                    also = (
+                        " (for a corpus without labels set strategy_field: null, or allow "
+                        "unlabelled supporter turns with --allow-unlabelled)"
                     )
+                    raise _missing(loc, raw, at, spec.strategy_field, "strategy_field", also)
                 label = None
         used = (spec.strategy_field, spec.speaker_field, spec.text_field, *skip)
         # One copy for the top-level fields; dotted paths into nested objects one by one.
@@ -752,16 +732,12 @@ def _order_keys(members: list[tuple[RecordLocation, dict[str, Any]]], fields: li
 
 
 def _as_number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    if isinstance(value, (int, float)):
+    try:
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    except ValueError:
+        return None
 
 
 def _iter_csv(path: Path, delimiter: str) -> Rows:
