@@ -28,6 +28,17 @@ ConfigOption = typer.Option(
     help="csc.toml / csc.yaml with an \\[lm] section (default: ./csc.toml, $CSC_CONFIG).",
 )
 
+
+def concurrency_option(default: int, help: str) -> Any:
+    """``--concurrency`` / ``-c``: how many LM calls (or dialogues) run at once."""
+    return typer.Option(default, "--concurrency", "-c", min=1, help=help)
+
+
+def role_lm_option(role: str, what: str) -> Any:
+    """``--lm-ROLE``: the LM of one role, overriding ``--lm`` for it."""
+    return typer.Option(None, f"--lm-{role}", help=f"LM of the {what}.")
+
+
 MaxTokensOption = typer.Option(
     None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
 )

@@ -22,6 +22,7 @@ from csc.cli.common import (
     SplitOption,
     SplitSeedOption,
     SplitsOption,
+    concurrency_option,
     load_evaluation_dialogues,
     resolve_lm_settings,
     user_errors,
@@ -57,9 +58,7 @@ def register(app: typer.Typer) -> None:
         seed: int = SplitSeedOption,
         allow_seen: bool = AllowSeenOption,
         max_tokens: int | None = MaxTokensOption,
-        num_threads: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Concurrent requests per supporter."
-        ),
+        num_threads: int = concurrency_option(4, "Concurrent requests per supporter."),
         no_bertscore: bool = typer.Option(False, "--no-bertscore", help="Skip BERTScore."),
         bertscore_model: str | None = typer.Option(
             None, "--bertscore-model", help="Local model folder for BERTScore."

@@ -26,6 +26,7 @@ from csc.cli.common import (
     SplitOption,
     SplitSeedOption,
     SplitsOption,
+    concurrency_option,
     fail,
     load_evaluation_dialogues,
     resolve_lm_settings,
@@ -58,12 +59,8 @@ def register(app: typer.Typer) -> None:
         splits: Path | None = SplitsOption,
         seed: int = SplitSeedOption,
         allow_seen: bool = AllowSeenOption,
-        num_threads: int = typer.Option(
-            4,
-            "--concurrency",
-            "-c",
-            min=1,
-            help="Concurrent requests (turns in ref, dialogues in gen).",
+        num_threads: int = concurrency_option(
+            4, "Concurrent requests (turns in ref, dialogues in gen)."
         ),
         bertscore_model: str | None = typer.Option(
             None,

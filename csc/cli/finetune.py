@@ -15,6 +15,7 @@ from csc.cli.common import (
     FrameworkOption,
     LangOption,
     LimitOption,
+    concurrency_option,
     echo_json,
     fail,
     require_path,
@@ -108,9 +109,7 @@ def register(app: typer.Typer) -> None:
         max_tokens: int | None = typer.Option(
             None, "--max-tokens", min=1, help="Completion limit per teacher call."
         ),
-        concurrency: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Concurrent teacher requests."
-        ),
+        concurrency: int = concurrency_option(4, "Concurrent teacher requests."),
         drop_disagreeing: bool = typer.Option(
             False,
             "--drop-disagreeing",

@@ -16,6 +16,7 @@ from csc.cli.common import (
     LMOption,
     MaxTokensOption,
     check_unique_ids,
+    concurrency_option,
     fail,
     require_path,
     resolve_lm_settings,
@@ -67,9 +68,7 @@ def register(app: typer.Typer) -> None:
         framework: str = FrameworkOption,
         lang: Language | None = LangOption,
         seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
-        num_threads: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Concurrent requests."
-        ),
+        num_threads: int = concurrency_option(4, "Concurrent requests."),
         max_train: int | None = typer.Option(
             None, "--max-train", min=1, help="Use at most N training examples (turns)."
         ),

@@ -10,6 +10,7 @@ from csc.cli.common import (
     ApiBaseOption,
     ConfigOption,
     LMOption,
+    concurrency_option,
     fail,
     resolve_lm_settings,
     user_errors,
@@ -42,9 +43,7 @@ def register(app: typer.Typer) -> None:
             False, "--template", help="Describe profiles with templates only (no LM calls)."
         ),
         temperature: float = typer.Option(0.7, "--temperature", help="LM sampling temperature."),
-        concurrency: int = typer.Option(
-            8, "--concurrency", "-c", min=1, help="LM requests in flight at once."
-        ),
+        concurrency: int = concurrency_option(8, "LM requests in flight at once."),
     ) -> None:
         """Sample diverse attribute combinations, have the LM describe each in the second person
         (template fallback for unusable answers), and drop near-duplicates.

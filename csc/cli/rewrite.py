@@ -16,9 +16,11 @@ from csc.cli.common import (
     LimitOption,
     LMOption,
     MappingOption,
+    concurrency_option,
     fail,
     require_path,
     resolve_lm_settings,
+    role_lm_option,
     token_budgets,
     user_errors,
 )
@@ -82,9 +84,7 @@ def register(app: typer.Typer) -> None:
         lang: Language | None = LangOption,
         framework: str = FrameworkOption,
         limit: int | None = LimitOption,
-        concurrency: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Dialogues processed at the same time."
-        ),
+        concurrency: int = concurrency_option(4, "Dialogues processed at the same time."),
         shard: str | None = typer.Option(
             None,
             "--shard",
@@ -93,16 +93,10 @@ def register(app: typer.Typer) -> None:
             "`csc rewrite merge`.",
         ),
         lm: str | None = LMOption,
-        lm_prefilter: str | None = typer.Option(
-            None, "--lm-prefilter", help="LM of the LLM pre-filter."
-        ),
-        lm_rewriter: str | None = typer.Option(None, "--lm-rewriter", help="LM of the rewriter."),
-        lm_judge: str | None = typer.Option(
-            None, "--lm-judge", help="LM of the post-filter judge."
-        ),
-        lm_labeler: str | None = typer.Option(
-            None, "--lm-labeler", help="LM of the strategy labeler (utilization)."
-        ),
+        lm_prefilter: str | None = role_lm_option("prefilter", "LLM pre-filter"),
+        lm_rewriter: str | None = role_lm_option("rewriter", "rewriter"),
+        lm_judge: str | None = role_lm_option("judge", "post-filter judge"),
+        lm_labeler: str | None = role_lm_option("labeler", "strategy labeler (utilization)"),
         api_base: str | None = ApiBaseOption,
         config: Path | None = ConfigOption,
         temperature: float = typer.Option(

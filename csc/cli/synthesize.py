@@ -12,8 +12,10 @@ from csc.choices import Executor, OutputFormat
 from csc.cli.common import (
     ConfigOption,
     LMOption,
+    concurrency_option,
     fail,
     resolve_lm_settings,
+    role_lm_option,
     token_budgets,
     user_errors,
 )
@@ -97,18 +99,16 @@ def register(app: typer.Typer) -> None:
             "csc", "--framework", help="Strategy framework: csc, esc or a YAML path."
         ),
         lm: str | None = LMOption,
-        lm_planner: str | None = typer.Option(None, "--lm-planner", help="LM of the planner."),
-        lm_supporter_assistant: str | None = typer.Option(
-            None, "--lm-supporter-assistant", help="LM of the supporter assistant."
+        lm_planner: str | None = role_lm_option("planner", "planner"),
+        lm_supporter_assistant: str | None = role_lm_option(
+            "supporter-assistant", "supporter assistant"
         ),
-        lm_supporter: str | None = typer.Option(
-            None, "--lm-supporter", help="LM of the supporter."
+        lm_supporter: str | None = role_lm_option("supporter", "supporter"),
+        lm_customer_assistant: str | None = role_lm_option(
+            "customer-assistant", "customer assistant"
         ),
-        lm_customer_assistant: str | None = typer.Option(
-            None, "--lm-customer-assistant", help="LM of the customer assistant."
-        ),
-        lm_customer: str | None = typer.Option(None, "--lm-customer", help="LM of the customer."),
-        lm_judge: str | None = typer.Option(None, "--lm-judge", help="LM of the quality judge."),
+        lm_customer: str | None = role_lm_option("customer", "customer"),
+        lm_judge: str | None = role_lm_option("judge", "quality judge"),
         api_base: list[str] | None = typer.Option(
             None,
             "--api-base",
@@ -116,9 +116,7 @@ def register(app: typer.Typer) -> None:
             "several servers of the same model, balanced with retry on another one.",
         ),
         config: Path | None = ConfigOption,
-        concurrency: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Dialogues synthesized at the same time."
-        ),
+        concurrency: int = concurrency_option(4, "Dialogues synthesized at the same time."),
         seed: int = typer.Option(0, "--seed", help="Run seed: grid order and sampling ids."),
         max_utterances: int = typer.Option(
             50, "--max-utterances", min=3, help="Utterance limit per dialogue (closing included)."
