@@ -7,21 +7,8 @@ from pathlib import Path
 import typer
 
 from csc.choices import EvalSplit
+from csc.cli import common
 from csc.cli.common import (
-    AllowSeenOption,
-    ApiBaseOption,
-    ConfigOption,
-    ContextOption,
-    DataFormatOption,
-    DataOption,
-    FrameworkOption,
-    LangOption,
-    LimitOption,
-    LMOption,
-    MaxTokensOption,
-    SplitOption,
-    SplitSeedOption,
-    SplitsOption,
     concurrency_option,
     load_evaluation_dialogues,
     resolve_lm_settings,
@@ -38,26 +25,26 @@ def register(app: typer.Typer) -> None:
         epilog="Example: csc compare --data t.jsonl --supporter a=zero-shot --supporter b=direct",
     )
     def compare(
-        data: Path = DataOption,
+        data: Path = common.DataOption,
         supporter: list[str] = typer.Option(
             ...,
             "--supporter",
             help="NAME=SPEC, repeatable; SPEC is zero-shot | direct | optimized:PATH.json | "
             "finetuned:DIR (e.g. --supporter ft=finetuned:runs/ft).",
         ),
-        lm: str | None = LMOption,
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
-        framework: str = FrameworkOption,
-        lang: Language | None = LangOption,
-        data_format: str | None = DataFormatOption,
-        context: str = ContextOption,
-        limit: int | None = LimitOption,
-        split: EvalSplit | None = SplitOption,
-        splits: Path | None = SplitsOption,
-        seed: int = SplitSeedOption,
-        allow_seen: bool = AllowSeenOption,
-        max_tokens: int | None = MaxTokensOption,
+        lm: str | None = common.LMOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
+        framework: str = common.FrameworkOption,
+        lang: Language | None = common.LangOption,
+        data_format: str | None = common.DataFormatOption,
+        context: str = common.ContextOption,
+        limit: int | None = common.LimitOption,
+        split: EvalSplit | None = common.SplitOption,
+        splits: Path | None = common.SplitsOption,
+        seed: int = common.SplitSeedOption,
+        allow_seen: bool = common.AllowSeenOption,
+        max_tokens: int | None = common.MaxTokensOption,
         num_threads: int = concurrency_option(4, "Concurrent requests per supporter."),
         no_bertscore: bool = typer.Option(False, "--no-bertscore", help="Skip BERTScore."),
         bertscore_model: str | None = typer.Option(

@@ -11,21 +11,8 @@ from pathlib import Path
 import typer
 
 from csc.choices import EvalSplit
+from csc.cli import common
 from csc.cli.common import (
-    AllowSeenOption,
-    ApiBaseOption,
-    ConfigOption,
-    ContextOption,
-    DataFormatOption,
-    DataOption,
-    FrameworkOption,
-    LangOption,
-    LimitOption,
-    LMOption,
-    MaxTokensOption,
-    SplitOption,
-    SplitSeedOption,
-    SplitsOption,
     concurrency_option,
     fail,
     load_evaluation_dialogues,
@@ -41,24 +28,24 @@ def register(app: typer.Typer) -> None:
         epilog="Example: csc evaluate --data data/samples/sample_en.json --split test",
     )
     def evaluate(
-        data: Path = DataOption,
+        data: Path = common.DataOption,
         supporter: str = typer.Option(
             "zero-shot",
             "--supporter",
             help="zero-shot | direct (no-strategy ablation) | optimized:PATH.json | finetuned:DIR.",
         ),
-        lm: str | None = LMOption,
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
-        framework: str = FrameworkOption,
-        lang: Language | None = LangOption,
-        data_format: str | None = DataFormatOption,
-        context: str = ContextOption,
-        limit: int | None = LimitOption,
-        split: EvalSplit | None = SplitOption,
-        splits: Path | None = SplitsOption,
-        seed: int = SplitSeedOption,
-        allow_seen: bool = AllowSeenOption,
+        lm: str | None = common.LMOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
+        framework: str = common.FrameworkOption,
+        lang: Language | None = common.LangOption,
+        data_format: str | None = common.DataFormatOption,
+        context: str = common.ContextOption,
+        limit: int | None = common.LimitOption,
+        split: EvalSplit | None = common.SplitOption,
+        splits: Path | None = common.SplitsOption,
+        seed: int = common.SplitSeedOption,
+        allow_seen: bool = common.AllowSeenOption,
         num_threads: int = concurrency_option(
             4, "Concurrent requests (turns in ref, dialogues in gen)."
         ),
@@ -71,7 +58,7 @@ def register(app: typer.Typer) -> None:
         bleu_tokenize: str | None = typer.Option(
             None, "--bleu-tokenize", help="sacrebleu tokenizer (default: zh or 13a by language)."
         ),
-        max_tokens: int | None = MaxTokensOption,
+        max_tokens: int | None = common.MaxTokensOption,
         out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder."),
         shard: str | None = typer.Option(
             None,

@@ -7,20 +7,8 @@ from pathlib import Path
 import typer
 
 from csc.choices import Device, PromptVariant, SftTargets, SftTask
-from csc.cli.common import (
-    ApiBaseOption,
-    ConfigOption,
-    DataFormatOption,
-    DataOption,
-    FrameworkOption,
-    LangOption,
-    LimitOption,
-    concurrency_option,
-    echo_json,
-    fail,
-    require_path,
-    user_errors,
-)
+from csc.cli import common
+from csc.cli.common import concurrency_option, echo_json, fail, require_path, user_errors
 from csc.framework import Language
 
 
@@ -38,7 +26,7 @@ def register(app: typer.Typer) -> None:
         "--teacher optimized:program.json --teacher-lm openai/gpt-4o-mini --targets teacher",
     )
     def export(
-        data: Path = DataOption,
+        data: Path = common.DataOption,
         out: Path = typer.Option(
             ...,
             "--out",
@@ -53,8 +41,8 @@ def register(app: typer.Typer) -> None:
             "--splits",
             help="Reuse this splits.json (of the same data) instead of making a new split.",
         ),
-        data_format: str | None = DataFormatOption,
-        framework: str = FrameworkOption,
+        data_format: str | None = common.DataFormatOption,
+        framework: str = common.FrameworkOption,
         task: SftTask = typer.Option(
             "joint",
             "--task",
@@ -80,8 +68,8 @@ def register(app: typer.Typer) -> None:
             "`csc evaluate --split test`).",
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the dialogue split."),
-        lang: Language | None = LangOption,
-        limit: int | None = LimitOption,
+        lang: Language | None = common.LangOption,
+        limit: int | None = common.LimitOption,
         test_out: Path | None = typer.Option(
             None, "--test-out", help="Also write the test split's dialogues to this JSONL file."
         ),
@@ -104,8 +92,8 @@ def register(app: typer.Typer) -> None:
             help="LM of the teacher: local, a LiteLLM model (openai/gpt-4o-mini) or a served "
             "model with --api-base (default: the configured LM).",
         ),
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
         max_tokens: int | None = typer.Option(
             None, "--max-tokens", min=1, help="Completion limit per teacher call."
         ),

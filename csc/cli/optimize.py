@@ -7,14 +7,8 @@ from pathlib import Path
 import typer
 
 from csc.choices import Budget, MetricName, OptimizerName, ProgramKind
+from csc.cli import common
 from csc.cli.common import (
-    ApiBaseOption,
-    ConfigOption,
-    FrameworkOption,
-    LangOption,
-    LimitOption,
-    LMOption,
-    MaxTokensOption,
     check_unique_ids,
     concurrency_option,
     fail,
@@ -51,22 +45,22 @@ def register(app: typer.Typer) -> None:
             help="splits.json written by `csc finetune export` for the --train file: compile on "
             "its train dialogues, score on its validation ones, never touch its test ones.",
         ),
-        limit: int | None = LimitOption,
+        limit: int | None = common.LimitOption,
         optimizer: OptimizerName = typer.Option("bootstrap", "--optimizer"),
         budget: Budget = typer.Option("light", "--budget"),
-        lm: str | None = LMOption,
+        lm: str | None = common.LMOption,
         prompt_lm: str | None = typer.Option(
             None,
             "--prompt-lm",
             help="LM that proposes instructions (mipro) or reflects (gepa); default: --lm.",
         ),
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
         metric: MetricName = typer.Option(
             "acc", "--metric", help="Strategy accuracy, or half accuracy half BERTScore."
         ),
-        framework: str = FrameworkOption,
-        lang: Language | None = LangOption,
+        framework: str = common.FrameworkOption,
+        lang: Language | None = common.LangOption,
         seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
         num_threads: int = concurrency_option(4, "Concurrent requests."),
         max_train: int | None = typer.Option(
@@ -75,7 +69,7 @@ def register(app: typer.Typer) -> None:
         max_dev: int | None = typer.Option(
             None, "--max-dev", min=1, help="Use at most N dev examples (turns)."
         ),
-        max_tokens: int | None = MaxTokensOption,
+        max_tokens: int | None = common.MaxTokensOption,
         labeler: Path | None = typer.Option(
             None,
             "--labeler",

@@ -8,14 +8,8 @@ from pathlib import Path
 import typer
 
 from csc.choices import OutputFormat
+from csc.cli import common
 from csc.cli.common import (
-    ApiBaseOption,
-    ConfigOption,
-    FrameworkOption,
-    LangOption,
-    LimitOption,
-    LMOption,
-    MappingOption,
     concurrency_option,
     fail,
     require_path,
@@ -74,16 +68,16 @@ def register(app: typer.Typer) -> None:
             "--from",
             help="Input format: dianjin, jsonl, hf or generic (default: from the path).",
         ),
-        mapping: Path | None = MappingOption,
+        mapping: Path | None = common.MappingOption,
         to: OutputFormat = typer.Option(
             "jsonl",
             "--to",
             help="Also write kept dialogues as DianJin JSON (dianjin); jsonl is always written.",
         ),
         format_alias: OutputFormat | None = typer.Option(None, "--format", hidden=True),
-        lang: Language | None = LangOption,
-        framework: str = FrameworkOption,
-        limit: int | None = LimitOption,
+        lang: Language | None = common.LangOption,
+        framework: str = common.FrameworkOption,
+        limit: int | None = common.LimitOption,
         concurrency: int = concurrency_option(4, "Dialogues processed at the same time."),
         shard: str | None = typer.Option(
             None,
@@ -92,13 +86,13 @@ def register(app: typer.Typer) -> None:
             "processes with the same flags together make the unsharded run. Combine with "
             "`csc rewrite merge`.",
         ),
-        lm: str | None = LMOption,
+        lm: str | None = common.LMOption,
         lm_prefilter: str | None = role_lm_option("prefilter", "LLM pre-filter"),
         lm_rewriter: str | None = role_lm_option("rewriter", "rewriter"),
         lm_judge: str | None = role_lm_option("judge", "post-filter judge"),
         lm_labeler: str | None = role_lm_option("labeler", "strategy labeler (utilization)"),
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
         temperature: float = typer.Option(
             0.7, "--temperature", min=0.0, help="Sampling temperature."
         ),
