@@ -43,7 +43,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from dspy.dsp.utils.settings import settings, thread_local_overrides
@@ -232,11 +232,8 @@ class UsageMeter(BaseCallback):
 
     def total(self) -> Usage:
         """All calls so far, priced where LiteLLM knows the model."""
-        total = Usage()
-        for model, usage in self.by_model().items():
-            usage.cost_usd = litellm_cost(model, usage)
-            total = total + usage
-        return total
+        by_model = self.by_model().items()
+        return sum((replace(u, cost_usd=litellm_cost(m, u)) for m, u in by_model), Usage())
 
 
 def _int(value: Any) -> int:
@@ -299,18 +296,14 @@ def meters_of(lms: Iterable[Any]) -> list[UsageMeter]:
 
 def usage_of(*lms: Any) -> Usage:
     """Total usage so far of these LMs (an LM shared by several roles counts once)."""
-    total = Usage()
-    for m in meters_of(lms):
-        total = total + m.total()
-    return total
+    return sum((m.total() for m in meters_of(lms)), Usage())
 
 
 def labelled_usage_of(*lms: Any) -> dict[str | None, Usage]:
     """Usage so far per :func:`usage_label` over these LMs."""
     out: dict[str | None, Usage] = {}
-    for m in meters_of(lms):
-        for label, usage in m.by_label().items():
-            out[label] = out.get(label, Usage()) + usage
+    for label, usage in (item for m in meters_of(lms) for item in m.by_label().items()):
+        out[label] = out.get(label, Usage()) + usage
     return out
 
 
