@@ -98,12 +98,9 @@ def read_dialogues(
     fw = as_framework(framework)
     fmt = format or ("generic" if mapping is not None else detect_format(path))
     _check_format(fmt, READ_FORMATS, path)
-    if fmt == "dianjin":
-        return read_dianjin(path, framework=fw, allow_unlabelled=allow_unlabelled)
-    if fmt == "jsonl":
-        return read_jsonl(path, framework=fw, allow_unlabelled=allow_unlabelled)
-    if fmt == "hf":
-        return read_hf(path, framework=fw, allow_unlabelled=allow_unlabelled)
+    readers = {"dianjin": read_dianjin, "jsonl": read_jsonl, "hf": read_hf}
+    if fmt in readers:
+        return readers[fmt](path, framework=fw, allow_unlabelled=allow_unlabelled)
     if mapping is None:
         raise file_location(path).error(
             "the generic format needs a mapping",
