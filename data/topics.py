@@ -73,10 +73,7 @@ def resolve_topics(values: list[str] | None) -> list[Topic]:
     builtin = load_topics()
     if not values:
         return builtin
-    index = {}
-    for t in builtin:
-        for label in (t.code, t.name, t.name_zh):
-            index[label.casefold()] = t
+    index = {label.casefold(): t for t in builtin for label in (t.code, t.name, t.name_zh)}
     chosen: list[Topic] = []
     for value in values:
         if Path(value).suffix in (".yaml", ".yml", ".txt") and Path(value).is_file():

@@ -151,6 +151,4 @@ def _fallback_name(framework: Framework) -> str:
 
 def as_framework(framework: Framework | str | Any) -> Framework:
     """A :class:`Framework` from a Framework, a built-in name (``csc``, ``esc``) or a YAML path."""
-    if isinstance(framework, Framework):
-        return framework
-    return Framework.load(framework)
+    return framework if isinstance(framework, Framework) else Framework.load(framework)
