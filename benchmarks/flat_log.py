@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 MAPPING = """\
@@ -128,16 +129,8 @@ def write_log(path: Path, n: int, seed: int, mixed: bool = False) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        batch: list[dict[str, object]] = []
         writer = None
-        for row in source:
-            batch.append(row)
-            if len(batch) == 50_000:
-                table = pa.Table.from_pylist(batch)
-                writer = writer or pq.ParquetWriter(path, table.schema)
-                writer.write_table(table)
-                batch = []
-        if batch:
+        while batch := list(islice(source, 50_000)):
             table = pa.Table.from_pylist(batch)
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)
