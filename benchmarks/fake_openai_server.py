@@ -80,18 +80,12 @@ def answer(messages: list[dict], turns: int, rng: random.Random) -> tuple[str, s
         lit = _LITERAL.search(type_)
         if role == "supporter_assistant" and name == "strategy":
             k = supporter_turns
-            code = (
-                "GT"
-                if k == 0
-                else "IV"
-                if k == 1
-                else "AC"
-                if k >= turns - 1
-                else _MIDDLE[(k - 2) % len(_MIDDLE)]
-            )
-            values[name] = code
+            late = "AC" if k >= turns - 1 else _MIDDLE[(k - 2) % len(_MIDDLE)]
+            values[name] = {0: "GT", 1: "IV"}.get(k, late)
         elif role == "supporter_assistant" and name == "stage":
-            values[name] = "connecting"  # the runner takes the stage from the framework
+            values[name] = (
+                ""  # set from the strategy below (the runner takes it from the framework)
+            )
         elif lit:
             choices = [c.strip().strip("'\"") for c in lit.group(1).split(",")]
             values[name] = rng.choice(choices)
@@ -102,9 +96,8 @@ def answer(messages: list[dict], turns: int, rng: random.Random) -> tuple[str, s
                 rng,
                 {"reply": "I can help with", "utterance": "Please check"}.get(name, "It concerns"),
             )
-    for name in values:
-        if role == "supporter_assistant" and name == "stage":
-            values[name] = _STAGE.get(values.get("strategy", ""), "exploring")
+    if role == "supporter_assistant" and "stage" in values:
+        values["stage"] = _STAGE.get(values.get("strategy", ""), "exploring")
     text = "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in values.items()) + "[[ ## completed ## ]]"
     return role, text
 
