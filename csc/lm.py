@@ -263,17 +263,13 @@ def _parse_config_text(path: Path) -> Any:
         ) from None
     except OSError as exc:
         raise LMConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise LMConfigError(f"{path}: not valid TOML: {exc}") from None
-        except RecursionError:
-            raise LMConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    parse, kind = (tomllib.loads, "TOML") if suffix == ".toml" else (yaml.safe_load, "YAML")
     try:
-        return yaml.safe_load(text)
+        return parse(text)
     except RecursionError:
-        raise LMConfigError(f"{path}: not valid YAML: nested too deeply") from None
+        raise LMConfigError(f"{path}: not valid {kind}: nested too deeply") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LMConfigError(f"{path}: not valid TOML: {exc}") from None
     except yaml.YAMLError as exc:
         raise LMConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
 
