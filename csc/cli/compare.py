@@ -8,12 +8,6 @@ import typer
 
 from csc.choices import EvalSplit
 from csc.cli import common
-from csc.cli.common import (
-    concurrency_option,
-    load_evaluation_dialogues,
-    resolve_lm_settings,
-    user_errors,
-)
 from csc.framework import Language
 
 
@@ -45,7 +39,7 @@ def register(app: typer.Typer) -> None:
         seed: int = common.SplitSeedOption,
         allow_seen: bool = common.AllowSeenOption,
         max_tokens: int | None = common.MaxTokensOption,
-        num_threads: int = concurrency_option(4, "Concurrent requests per supporter."),
+        num_threads: int = common.concurrency_option(4, "Concurrent requests per supporter."),
         no_bertscore: bool = typer.Option(False, "--no-bertscore", help="Skip BERTScore."),
         bertscore_model: str | None = typer.Option(
             None, "--bertscore-model", help="Local model folder for BERTScore."
@@ -71,13 +65,13 @@ def register(app: typer.Typer) -> None:
         from csc.lm import LMConfigError
         from csc.optimizers.store import ProgramStoreError
 
-        with user_errors(ValueError, CompareError):
+        with common.user_errors(ValueError, CompareError):
             normalize_contexts(context)
             supporters = parse_supporter_args(supporter)
-        fw, dialogues, language, _, split = load_evaluation_dialogues(
+        fw, dialogues, language, _, split = common.load_evaluation_dialogues(
             data, data_format, framework, split, seed, lang, limit=limit, splits=splits
         )
-        settings = resolve_lm_settings(config, lm, api_base)
+        settings = common.resolve_lm_settings(config, lm, api_base)
         base = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
 
         def save_each(name: str, spec: str, result: object) -> None:
@@ -88,7 +82,7 @@ def register(app: typer.Typer) -> None:
             f"comparing {', '.join(supporters)} on {data} ({len(dialogues)} dialogues, "
             f"{language}, split {split}); default LM {base.model}"
         )
-        with user_errors(ValueError, ProgramStoreError, LMConfigError, FileNotFoundError):
+        with common.user_errors(ValueError, ProgramStoreError, LMConfigError, FileNotFoundError):
             comparison = compare_supporters(
                 dialogues,
                 supporters,

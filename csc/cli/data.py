@@ -11,14 +11,7 @@ from typing import Any
 
 import typer
 
-from csc.cli.common import (
-    FrameworkOption,
-    MappingOption,
-    UnlabelledOption,
-    echo_json,
-    fail,
-    user_errors,
-)
+from csc.cli import common
 from csc.data.dianjin import LabelStyle
 
 FORMAT_HELP = "dianjin (.json/.parquet, released format), jsonl (ours), hf (saved dataset folder)"
@@ -44,8 +37,8 @@ def register(app: typer.Typer) -> None:
         to_format: str | None = typer.Option(
             None, "--to", help=f"Output format: {FORMAT_HELP}. Default: from the path."
         ),
-        framework: str = FrameworkOption,
-        mapping: Path | None = MappingOption,
+        framework: str = common.FrameworkOption,
+        mapping: Path | None = common.MappingOption,
         labels: LabelStyle = typer.Option(
             "official",
             "--labels",
@@ -54,7 +47,7 @@ def register(app: typer.Typer) -> None:
         with_ids: bool = typer.Option(
             False, "--with-ids", help="Add an 'id' field to dianjin output records."
         ),
-        allow_unlabelled: bool = UnlabelledOption,
+        allow_unlabelled: bool = common.UnlabelledOption,
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace OUT if it already exists."
         ),
@@ -67,17 +60,17 @@ def register(app: typer.Typer) -> None:
         from csc.framework import FrameworkError
 
         if source.resolve() == target.resolve():
-            fail(f"{target}: input and output are the same path; choose another output")
+            common.fail(f"{target}: input and output are the same path; choose another output")
         if target.exists() and not overwrite:
-            fail(f"{target}: already exists; pass --overwrite to replace it")
-        with user_errors(DataFormatError, FrameworkError):
+            common.fail(f"{target}: already exists; pass --overwrite to replace it")
+        with common.user_errors(DataFormatError, FrameworkError):
             out_format = to_format or detect_format(target, for_writing=True)
         if target.is_dir() and out_format != "hf" and not is_saved_dataset(target):
-            fail(
+            common.fail(
                 f"{target}: is a folder; --overwrite replaces a file, not a folder — give a file "
                 f"path for {out_format} output"
             )
-        with user_errors(DataFormatError, FrameworkError), _writing(target):
+        with common.user_errors(DataFormatError, FrameworkError), _writing(target):
             dialogues = read_dialogues(
                 source,
                 from_format,
@@ -106,9 +99,9 @@ def register(app: typer.Typer) -> None:
         from_format: str | None = typer.Option(
             None, "--from", help=f"Input format: {FORMAT_HELP}, generic. Default: from the path."
         ),
-        framework: str = FrameworkOption,
-        mapping: Path | None = MappingOption,
-        allow_unlabelled: bool = UnlabelledOption,
+        framework: str = common.FrameworkOption,
+        mapping: Path | None = common.MappingOption,
+        allow_unlabelled: bool = common.UnlabelledOption,
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Read every dialogue, stop at the first malformed record, and print a summary.
@@ -120,7 +113,7 @@ def register(app: typer.Typer) -> None:
         from csc.data.io import DataFormatError, read_dialogues
         from csc.framework import Framework, FrameworkError
 
-        with user_errors(DataFormatError, FrameworkError):
+        with common.user_errors(DataFormatError, FrameworkError):
             fw = Framework.load(framework)
             dialogues = read_dialogues(
                 file, from_format, framework=fw, mapping=mapping, allow_unlabelled=allow_unlabelled
@@ -129,15 +122,15 @@ def register(app: typer.Typer) -> None:
             with bar:
                 summary = DataSummary.of(bar)
         if summary.dialogues == 0:
-            fail(f"{file}: no dialogues found; is it empty?")
+            common.fail(f"{file}: no dialogues found; is it empty?")
         if summary.duplicate_ids:
-            fail(f"{file}: {summary.describe_duplicates()}")
+            common.fail(f"{file}: {summary.describe_duplicates()}")
         report = {"file": str(file), "framework": fw.name, "valid": True, **summary.to_dict(fw)}
         counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
         if counts is not None:
             report["mapping"] = counts.to_dict()
         if as_json:
-            echo_json(report)
+            common.echo_json(report)
         else:
             _print_summary(report)
 
@@ -149,7 +142,7 @@ def _writing(target: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         where = exc.filename if exc.filename is not None else target
-        fail(f"{target}: cannot write ({where}: {exc.strerror or exc})")
+        common.fail(f"{target}: cannot write ({where}: {exc.strerror or exc})")
 
 
 @dataclass

@@ -12,13 +12,6 @@ import typer
 
 from csc.choices import EvalSplit
 from csc.cli import common
-from csc.cli.common import (
-    concurrency_option,
-    fail,
-    load_evaluation_dialogues,
-    resolve_lm_settings,
-    user_errors,
-)
 from csc.framework import Language
 
 
@@ -46,7 +39,7 @@ def register(app: typer.Typer) -> None:
         splits: Path | None = common.SplitsOption,
         seed: int = common.SplitSeedOption,
         allow_seen: bool = common.AllowSeenOption,
-        num_threads: int = concurrency_option(
+        num_threads: int = common.concurrency_option(
             4, "Concurrent requests (turns in ref, dialogues in gen)."
         ),
         bertscore_model: str | None = typer.Option(
@@ -89,17 +82,17 @@ def register(app: typer.Typer) -> None:
         from csc.optimizers.store import ProgramStoreError
         from csc.programs.run_folder import ShardError, parse_shard, shard_label
 
-        with user_errors(ValueError, ShardError):
+        with common.user_errors(ValueError, ShardError):
             contexts = normalize_contexts(context)
             shard_spec = parse_shard(shard)
-        fw, dialogues, language, sha, split = load_evaluation_dialogues(
+        fw, dialogues, language, sha, split = common.load_evaluation_dialogues(
             data, data_format, framework, split, seed, lang, limit=limit, splits=splits
         )
 
-        with user_errors(ValueError, ProgramStoreError, FrameworkError):
+        with common.user_errors(ValueError, ProgramStoreError, FrameworkError):
             chosen = supporter_from_spec(supporter, framework=fw, language=language)
         if not allow_seen:
-            with user_errors(SeenDialoguesError):
+            with common.user_errors(SeenDialoguesError):
                 check_unseen(chosen, dialogues)
         program = chosen.program
         if getattr(program, "framework", fw) != fw and chosen.metadata:
@@ -109,12 +102,12 @@ def register(app: typer.Typer) -> None:
                 fg="yellow",
                 err=True,
             )
-        settings = resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
+        settings = common.resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
         spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
         try:
             client = build_lm(spec, connections=num_threads)
         except (LMConfigError, FileNotFoundError, OSError) as exc:
-            fail(f"cannot build the LM {spec.model!r}: {exc}")
+            common.fail(f"cannot build the LM {spec.model!r}: {exc}")
 
         # Caches are keyed by everything that changes predictions, so a different run in the
         # same --out never reuses them.
@@ -187,7 +180,7 @@ def register(app: typer.Typer) -> None:
                     shard=shard_spec,
                 )
             except RuntimeError as exc:  # e.g. the BERTScore model cannot be loaded
-                fail(str(exc))
+                common.fail(str(exc))
         info["seconds"] = round(time.perf_counter() - start, 2)
         files = write_report(result, out, info)
         _print_table(result)

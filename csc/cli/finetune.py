@@ -8,7 +8,6 @@ import typer
 
 from csc.choices import Device, PromptVariant, SftTargets, SftTask
 from csc.cli import common
-from csc.cli.common import concurrency_option, echo_json, fail, require_path, user_errors
 from csc.framework import Language
 
 
@@ -97,7 +96,7 @@ def register(app: typer.Typer) -> None:
         max_tokens: int | None = typer.Option(
             None, "--max-tokens", min=1, help="Completion limit per teacher call."
         ),
-        concurrency: int = concurrency_option(4, "Concurrent teacher requests."),
+        concurrency: int = common.concurrency_option(4, "Concurrent teacher requests."),
         drop_disagreeing: bool = typer.Option(
             False,
             "--drop-disagreeing",
@@ -124,21 +123,19 @@ def register(app: typer.Typer) -> None:
 
         teacher_spec = None
         if teacher is not None:
-            from csc.cli.common import resolve_lm_settings
-
             # The LM a teacher without its own (finetuned:DIR brings one) runs on.
-            settings = resolve_lm_settings(config, teacher_lm, api_base)
+            settings = common.resolve_lm_settings(config, teacher_lm, api_base)
             teacher_spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
         elif teacher_lm or api_base or drop_disagreeing:
-            fail("--teacher-lm, --api-base and --drop-disagreeing need --teacher SPEC")
-        require_path(data)
+            common.fail("--teacher-lm, --api-base and --drop-disagreeing need --teacher SPEC")
+        common.require_path(data)
         if test_out is not None and (
             test_out.resolve() == data.resolve() or test_out.resolve().is_relative_to(out.resolve())
         ):
-            fail(
+            common.fail(
                 f"--test-out {test_out}: would overwrite the input data or the export; choose another file"
             )
-        with user_errors(ExportError, DataFormatError, FrameworkError):
+        with common.user_errors(ExportError, DataFormatError, FrameworkError):
             result = export_sft(
                 data,
                 out,
@@ -257,7 +254,7 @@ def register(app: typer.Typer) -> None:
         from csc.finetune.recipes import Recipe, RecipeError
         from csc.finetune.train import FinetuneError, train
 
-        with user_errors(FinetuneError, RecipeError):
+        with common.user_errors(FinetuneError, RecipeError):
             result = train(
                 data, Recipe.load(recipe), out, resume=resume, max_steps=max_steps, device=device
             )
@@ -283,7 +280,7 @@ def register(app: typer.Typer) -> None:
         """
         from csc.finetune.train import FinetuneError, merge_adapter
 
-        with user_errors(FinetuneError):
+        with common.user_errors(FinetuneError):
             path = merge_adapter(run_dir, out)
         typer.echo(f"wrote merged model to {path}; use it as --lm local:{path}")
 
@@ -298,5 +295,5 @@ def register(app: typer.Typer) -> None:
             for name in builtin_recipes():
                 typer.echo(f"{name}\t{recipes_dir() / (name + '.yaml')}")
             return
-        with user_errors(RecipeError):
-            echo_json(Recipe.load(show).to_dict())
+        with common.user_errors(RecipeError):
+            common.echo_json(Recipe.load(show).to_dict())

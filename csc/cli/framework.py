@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from csc.cli.common import user_errors
+from csc.cli import common
 from csc.framework import Framework, FrameworkError, Language
 
 
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """List the stages and strategies of a framework."""
-        with user_errors(FrameworkError):
+        with common.user_errors(FrameworkError):
             fw = Framework.load(name)
         title = fw.title_zh if lang == "zh" else fw.title
         typer.secho(

@@ -8,14 +8,6 @@ import typer
 
 from csc.choices import Budget, MetricName, OptimizerName, ProgramKind
 from csc.cli import common
-from csc.cli.common import (
-    check_unique_ids,
-    concurrency_option,
-    fail,
-    require_path,
-    resolve_lm_settings,
-    user_errors,
-)
 from csc.framework import Language
 
 
@@ -62,7 +54,7 @@ def register(app: typer.Typer) -> None:
         framework: str = common.FrameworkOption,
         lang: Language | None = common.LangOption,
         seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
-        num_threads: int = concurrency_option(4, "Concurrent requests."),
+        num_threads: int = common.concurrency_option(4, "Concurrent requests."),
         max_train: int | None = typer.Option(
             None, "--max-train", min=1, help="Use at most N training examples (turns)."
         ),
@@ -102,28 +94,28 @@ def register(app: typer.Typer) -> None:
         from csc.optimizers.store import ProgramStoreError, load_program, save_program, sidecar_path
 
         if program != "rolecs" and (labeler or labeler_lm):
-            fail(
+            common.fail(
                 "--labeler and --labeler-lm judge the RoleCS supporter: use them with --program rolecs"
             )
         if program == "rolecs" and metric != "acc":
-            fail(
+            common.fail(
                 "--program rolecs has its own metrics (strategy accuracy for the supporter "
                 "assistant, strategy adherence for the supporter); leave --metric at acc"
             )
         if out.suffix != ".json":
-            fail(f"--out {out}: the program is saved as JSON state; give a .json path")
+            common.fail(f"--out {out}: the program is saved as JSON state; give a .json path")
         for path in (train, dev):
             if path is not None:
-                require_path(path)
+                common.require_path(path)
         if dev is not None and splits is not None:
-            fail("give either --dev or --splits (whose validation part is the dev set)")
-        with user_errors(DataFormatError, FrameworkError, SplitsError):
+            common.fail("give either --dev or --splits (whose validation part is the dev set)")
+        with common.user_errors(DataFormatError, FrameworkError, SplitsError):
             fw = Framework.load(framework)
             train_dialogues = list(islice(read_dialogues(train, framework=fw), limit))
-            check_unique_ids(train_dialogues, train)
+            common.check_unique_ids(train_dialogues, train)
             if dev is not None:
                 dev_dialogues = list(islice(read_dialogues(dev, framework=fw), limit))
-                check_unique_ids(dev_dialogues, dev)
+                common.check_unique_ids(dev_dialogues, dev)
             elif splits is not None:
                 parts = DatasetSplits.read(splits)
                 parts.check_data(train)
@@ -144,18 +136,18 @@ def register(app: typer.Typer) -> None:
             trainset = supporter_examples(train_dialogues, language=language)[:max_train]
             devset = supporter_examples(dev_dialogues, language=language)[:max_dev]
 
-        settings = resolve_lm_settings(config, lm, api_base)
+        settings = common.resolve_lm_settings(config, lm, api_base)
         errors = (LMConfigError, FileNotFoundError, OSError)
-        with user_errors(*errors, prefix="cannot build the LM: "):
+        with common.user_errors(*errors, prefix="cannot build the LM: "):
             task_lm = build_lm(settings.spec_for("supporter").merged({"max_tokens": max_tokens}))
             reflect_lm = build_lm(prompt_lm, api_base=api_base) if prompt_lm else task_lm
             judge_lm = build_lm(labeler_lm, api_base=api_base) if labeler_lm else task_lm
         judge = None
         if labeler is not None:
-            with user_errors(ProgramStoreError):
+            with common.user_errors(ProgramStoreError):
                 judge, judge_meta = load_program(labeler, framework=fw)
             if judge_meta["kind"] != "labeler":
-                fail(
+                common.fail(
                     f"--labeler {labeler}: a {judge_meta['kind']} program; give one from "
                     "`csc optimize --program labeler`"
                 )
@@ -168,7 +160,7 @@ def register(app: typer.Typer) -> None:
                 f"{projection.detail}"
             )
 
-        common = dict(
+        shared = dict(
             optimizer=optimizer,
             budget=budget,
             lm=task_lm,
@@ -179,13 +171,13 @@ def register(app: typer.Typer) -> None:
             num_threads=num_threads,
             on_projection=show_projection,
         )
-        with user_errors(ValueError):
+        with common.user_errors(ValueError):
             if program == "rolecs":
                 result = optimize_rolecs(
-                    trainset, devset, labeler=judge, labeler_lm=judge_lm, **common
+                    trainset, devset, labeler=judge, labeler_lm=judge_lm, **shared
                 )
             else:
-                result = optimize_program(program, trainset, devset, metric=metric, **common)
+                result = optimize_program(program, trainset, devset, metric=metric, **shared)
         dev_source = (
             str(dev)
             if dev
@@ -204,7 +196,7 @@ def register(app: typer.Typer) -> None:
             "train_dialogue_ids": sorted({str(ex.dialogue_id) for ex in trainset}),
             "dev_dialogue_ids": sorted({str(ex.dialogue_id) for ex in devset}),
         }
-        with user_errors(ProgramStoreError):
+        with common.user_errors(ProgramStoreError):
             save_program(result.program, out, metadata)
         from csc.usage import format_usage
 

@@ -6,15 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import (
-    ApiBaseOption,
-    ConfigOption,
-    LMOption,
-    concurrency_option,
-    fail,
-    resolve_lm_settings,
-    user_errors,
-)
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -31,9 +23,9 @@ def register(app: typer.Typer) -> None:
             50, "--profiles", "-n", min=1, help="Profiles to sample before de-duplication."
         ),
         out: Path = typer.Option(Path("profiles.jsonl"), "--out", help="Output JSONL file."),
-        lm: str | None = LMOption,
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
+        lm: str | None = common.LMOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
         seed: int = typer.Option(0, "--seed", help="Seed of the attribute sampling."),
         threshold: float = typer.Option(
             0.85, "--threshold", min=0.0, max=1.0, help="Drop profiles above this MiniLM cosine."
@@ -43,7 +35,7 @@ def register(app: typer.Typer) -> None:
             False, "--template", help="Describe profiles with templates only (no LM calls)."
         ),
         temperature: float = typer.Option(0.7, "--temperature", help="LM sampling temperature."),
-        concurrency: int = concurrency_option(8, "LM requests in flight at once."),
+        concurrency: int = common.concurrency_option(8, "LM requests in flight at once."),
     ) -> None:
         """Sample diverse attribute combinations, have the LM describe each in the second person
         (template fallback for unusable answers), and drop near-duplicates.
@@ -63,11 +55,11 @@ def register(app: typer.Typer) -> None:
         describer = None
         client = None
         if not template:
-            settings = resolve_lm_settings(config, lm, api_base, temperature)
+            settings = common.resolve_lm_settings(config, lm, api_base, temperature)
             try:
                 client = lm_for_role(settings, "planner")
             except (LMConfigError, FileNotFoundError, ImportError) as exc:
-                fail(f"cannot build the LM: {exc}")
+                common.fail(f"cannot build the LM: {exc}")
             from csc.lm import split_scheme
 
             # Small embedded models fill text to the engine's bound; 3 sentences need ~120 tokens.
@@ -77,7 +69,7 @@ def register(app: typer.Typer) -> None:
             )
         with (
             tqdm(total=n, desc="profiles", unit="profile") as bar,
-            user_errors(ProfileError),
+            common.user_errors(ProfileError),
             dspy.context(lm=client) if client is not None else dspy.context(),
         ):
             pool = generate_profiles(
@@ -106,7 +98,7 @@ def register(app: typer.Typer) -> None:
         """Print profiles of a pool (the built-in one by default)."""
         from csc.data.profiles import ProfileError, default_profiles, read_profiles
 
-        with user_errors(ProfileError):
+        with common.user_errors(ProfileError):
             pool = read_profiles(file) if file else default_profiles(language)
         typer.echo(f"{len(pool)} profiles" + (f" in {file}" if file else " (built-in)"))
         for p in pool[:limit]:

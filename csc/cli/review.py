@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import echo_json, fail, require_path, user_errors
+from csc.cli import common
 
 
 def register(app: typer.Typer) -> None:
@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
         from csc.eval.viewer import ViewerError
         from csc.framework import FrameworkError
 
-        require_path(run)
+        common.require_path(run)
         if out is None:
             out = (
                 run / "reviewed.jsonl"
@@ -54,8 +54,8 @@ def register(app: typer.Typer) -> None:
                 else run.with_name(f"{run.stem}.reviewed.jsonl")
             )
         if out.exists() and not overwrite:
-            fail(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
-        with user_errors(ReviewError, DataFormatError, FrameworkError, ViewerError):
+            common.fail(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
+        with common.user_errors(ReviewError, DataFormatError, FrameworkError, ViewerError):
             review = load_review(review_file)
             dialogues = review_dialogues(run, framework=framework)
             outcome = apply_review(review, dialogues, out, format=to_format, framework=framework)
@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
             "agreement": [row.to_dict() for row in outcome.agreement],
         }
         if as_json:
-            echo_json(result)
+            common.echo_json(result)
             return
         typer.echo(
             f"{outcome.accepted} accepted, {outcome.rejected} rejected, {outcome.undecided} "

@@ -9,15 +9,6 @@ import typer
 
 from csc.choices import OutputFormat
 from csc.cli import common
-from csc.cli.common import (
-    concurrency_option,
-    fail,
-    require_path,
-    resolve_lm_settings,
-    role_lm_option,
-    token_budgets,
-    user_errors,
-)
 from csc.framework import Language
 
 
@@ -41,7 +32,7 @@ def register(app: typer.Typer) -> None:
         """
         from csc.programs.rewrite_run import RunConfigError, merge_rewrite_runs
 
-        with user_errors(RunConfigError):
+        with common.user_errors(RunConfigError):
             summary = merge_rewrite_runs(out, sources)
         c, merged = summary["counts"], summary["merged"]
         typer.echo(
@@ -78,7 +69,7 @@ def register(app: typer.Typer) -> None:
         lang: Language | None = common.LangOption,
         framework: str = common.FrameworkOption,
         limit: int | None = common.LimitOption,
-        concurrency: int = concurrency_option(4, "Dialogues processed at the same time."),
+        concurrency: int = common.concurrency_option(4, "Dialogues processed at the same time."),
         shard: str | None = typer.Option(
             None,
             "--shard",
@@ -87,10 +78,10 @@ def register(app: typer.Typer) -> None:
             "`csc rewrite merge`.",
         ),
         lm: str | None = common.LMOption,
-        lm_prefilter: str | None = role_lm_option("prefilter", "LLM pre-filter"),
-        lm_rewriter: str | None = role_lm_option("rewriter", "rewriter"),
-        lm_judge: str | None = role_lm_option("judge", "post-filter judge"),
-        lm_labeler: str | None = role_lm_option("labeler", "strategy labeler (utilization)"),
+        lm_prefilter: str | None = common.role_lm_option("prefilter", "LLM pre-filter"),
+        lm_rewriter: str | None = common.role_lm_option("rewriter", "rewriter"),
+        lm_judge: str | None = common.role_lm_option("judge", "post-filter judge"),
+        lm_labeler: str | None = common.role_lm_option("labeler", "strategy labeler (utilization)"),
         api_base: str | None = common.ApiBaseOption,
         config: Path | None = common.ConfigOption,
         temperature: float = typer.Option(
@@ -163,7 +154,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         if data is None or out is None:
-            fail("--data and --out are required: the raw dialogues and the run folder")
+            common.fail("--data and --out are required: the raw dialogues and the run folder")
         import yaml
 
         from csc.data.errors import DataFormatError
@@ -181,12 +172,12 @@ def register(app: typer.Typer) -> None:
         from csc.programs.rule_filter import RuleFilterConfig
 
         to = format_alias or to
-        require_path(data)
+        common.require_path(data)
         if min_utterances > max_utterances:
-            fail("--min-utterances must not exceed --max-utterances")
+            common.fail("--min-utterances must not exceed --max-utterances")
         from csc.programs.run_folder import ShardError, parse_shard
 
-        with user_errors(ShardError):
+        with common.user_errors(ShardError):
             shard_spec = parse_shard(shard)
 
         rule_values: dict = {}
@@ -194,9 +185,9 @@ def register(app: typer.Typer) -> None:
             try:
                 loaded = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
             except (OSError, yaml.YAMLError) as exc:
-                fail(f"{recipe}: cannot read the recipe ({exc})")
+                common.fail(f"{recipe}: cannot read the recipe ({exc})")
             if not isinstance(loaded, dict):
-                fail(f"{recipe}: a recipe must be a YAML mapping of rule thresholds")
+                common.fail(f"{recipe}: a recipe must be a YAML mapping of rule thresholds")
             rule_values.update(loaded.get("rules", loaded))
         flags = {
             "min_turns": min_turns,
@@ -213,13 +204,13 @@ def register(app: typer.Typer) -> None:
             first = getattr(exc, "errors", lambda: [{}])()[0]
             name = ".".join(str(p) for p in first.get("loc", ())) or "rules"
             flag = "--" + name.replace("_", "-") if name in flags else name
-            fail(f"rule setting {flag}: {first.get('msg', exc)}")
+            common.fail(f"rule setting {flag}: {first.get('msg', exc)}")
 
-        with user_errors(FrameworkError):
+        with common.user_errors(FrameworkError):
             fw = Framework.load(framework)
 
         def dialogues():
-            # Called inside the error handlers below: reading starts (and may fail) there.
+            # Called inside the error handlers below: reading starts (and may common.fail) there.
             yield from islice(
                 read_dialogues(
                     data, from_format, framework=fw, mapping=mapping, allow_unlabelled=True
@@ -231,13 +222,13 @@ def register(app: typer.Typer) -> None:
         # the run with the same error as `csc data validate`, and the count sizes the bar.
         total = 0
         sample_texts: list[str] = []
-        with user_errors(DataFormatError):
+        with common.user_errors(DataFormatError):
             for d in dialogues():
                 total += 1
                 if len(sample_texts) < 400:
                     sample_texts.extend(t.text for t in d.turns)
         if total == 0:
-            fail(f"{data}: no dialogues to rewrite")
+            common.fail(f"{data}: no dialogues to rewrite")
         from csc.eval.metrics import detect_language
 
         language = lang or detect_language(sample_texts)
@@ -247,15 +238,15 @@ def register(app: typer.Typer) -> None:
             from csc.optimizers.store import ProgramStoreError, load_program
             from csc.programs.supporter import StrategyLabeler
 
-            with user_errors(ProgramStoreError):
+            with common.user_errors(ProgramStoreError):
                 labeler_program, meta = load_program(labeler, framework=fw)
             if not isinstance(labeler_program, StrategyLabeler):
-                fail(
+                common.fail(
                     f"{labeler}: a {meta['kind']} program, not a labeler; compile one with "
                     "csc optimize --program labeler"
                 )
             if meta.get("language") != language:
-                fail(
+                common.fail(
                     f"{labeler}: compiled for language {meta.get('language')!r}, data is {language!r}"
                 )
 
@@ -265,7 +256,7 @@ def register(app: typer.Typer) -> None:
             "judge": lm_judge,
             "labeler": lm_labeler,
         }
-        settings = resolve_lm_settings(config, lm, api_base, temperature, roles)
+        settings = common.resolve_lm_settings(config, lm, api_base, temperature, roles)
         skipped = {"prefilter": no_prefilter, "judge": no_judge, "labeler": no_utilization}
         active = [r for r in REWRITE_ROLES if not skipped.get(r)]
         described = settings.describe()
@@ -279,7 +270,9 @@ def register(app: typer.Typer) -> None:
             min_utterances=min_utterances,
             max_utterances=max_utterances,
             temperature=temperature,
-            token_budgets=token_budgets(turn_tokens, settings, active, EMBEDDED_TOKEN_BUDGETS),
+            token_budgets=common.token_budgets(
+                turn_tokens, settings, active, EMBEDDED_TOKEN_BUDGETS
+            ),
         )
         run_config = RewriteConfig(
             data=str(data.resolve()),
@@ -293,7 +286,7 @@ def register(app: typer.Typer) -> None:
         )
         cache: dict = {}
         errors = (LMConfigError, FileNotFoundError, ImportError)
-        with user_errors(*errors, prefix="cannot build the LM: "):
+        with common.user_errors(*errors, prefix="cannot build the LM: "):
             lms = {r: lm_for_role(settings, r, cache, connections=concurrency) for r in active}
         pipeline = RewritePipeline(fw, language, labeler=labeler_program, lms=lms, **stages)
         run = RewriteRun(out, run_config, pipeline, lm_names={r: lm_name(lms[r]) for r in active})
@@ -311,7 +304,7 @@ def register(app: typer.Typer) -> None:
             f"concurrency {concurrency}{f', shard {shard}' if shard_spec else ''})"
         )
         # DataFormatError: the file changed since it was validated.
-        with user_errors(RunConfigError, DataFormatError):
+        with common.user_errors(RunConfigError, DataFormatError):
             summary = run.run(
                 dialogues(),
                 total=total,

@@ -9,16 +9,7 @@ from pathlib import Path
 import typer
 
 from csc.choices import Executor, OutputFormat
-from csc.cli.common import (
-    ConfigOption,
-    LMOption,
-    concurrency_option,
-    fail,
-    resolve_lm_settings,
-    role_lm_option,
-    token_budgets,
-    user_errors,
-)
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -49,18 +40,18 @@ def register(app: typer.Typer) -> None:
         from csc.framework import Framework, FrameworkError
         from csc.programs.synthesis import RunConfigError, merge_runs
 
-        with user_errors(RunConfigError):
+        with common.user_errors(RunConfigError):
             summary = merge_runs(out, sources)
         run_info = json.loads((out / "run.json").read_text(encoding="utf-8"))
         config = run_info.get("config") or {}
         try:
             fw = Framework.load(framework or config.get("framework", "csc"))
         except FrameworkError as exc:
-            fail(f"{exc}; pass the run's framework YAML with --framework")
+            common.fail(f"{exc}; pass the run's framework YAML with --framework")
         from csc.programs.run_folder import digest
 
         if config.get("framework_digest") and digest(fw.to_dict()) != config["framework_digest"]:
-            fail(
+            common.fail(
                 f"framework {fw.name!r} differs from the one the run used; pass the run's "
                 "framework YAML with --framework"
             )
@@ -98,25 +89,25 @@ def register(app: typer.Typer) -> None:
         framework: str = typer.Option(
             "csc", "--framework", help="Strategy framework: csc, esc or a YAML path."
         ),
-        lm: str | None = LMOption,
-        lm_planner: str | None = role_lm_option("planner", "planner"),
-        lm_supporter_assistant: str | None = role_lm_option(
+        lm: str | None = common.LMOption,
+        lm_planner: str | None = common.role_lm_option("planner", "planner"),
+        lm_supporter_assistant: str | None = common.role_lm_option(
             "supporter-assistant", "supporter assistant"
         ),
-        lm_supporter: str | None = role_lm_option("supporter", "supporter"),
-        lm_customer_assistant: str | None = role_lm_option(
+        lm_supporter: str | None = common.role_lm_option("supporter", "supporter"),
+        lm_customer_assistant: str | None = common.role_lm_option(
             "customer-assistant", "customer assistant"
         ),
-        lm_customer: str | None = role_lm_option("customer", "customer"),
-        lm_judge: str | None = role_lm_option("judge", "quality judge"),
+        lm_customer: str | None = common.role_lm_option("customer", "customer"),
+        lm_judge: str | None = common.role_lm_option("judge", "quality judge"),
         api_base: list[str] | None = typer.Option(
             None,
             "--api-base",
             help="Base URL of an OpenAI-compatible server (vLLM, SGLang, Ollama); repeat it for "
             "several servers of the same model, balanced with retry on another one.",
         ),
-        config: Path | None = ConfigOption,
-        concurrency: int = concurrency_option(4, "Dialogues synthesized at the same time."),
+        config: Path | None = common.ConfigOption,
+        concurrency: int = common.concurrency_option(4, "Dialogues synthesized at the same time."),
         seed: int = typer.Option(0, "--seed", help="Run seed: grid order and sampling ids."),
         max_utterances: int = typer.Option(
             50, "--max-utterances", min=3, help="Utterance limit per dialogue (closing included)."
@@ -189,7 +180,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         if out is None:
-            fail("--out is required: the run folder (created; re-run the command to resume)")
+            common.fail("--out is required: the run folder (created; re-run the command to resume)")
         from rich.console import Console
         from rich.markup import escape
 
@@ -210,15 +201,15 @@ def register(app: typer.Typer) -> None:
         )
 
         if dialogues is not None and dialogues < 1:
-            fail("--dialogues must be at least 1")
-        with user_errors(ShardError):
+            common.fail("--dialogues must be at least 1")
+        with common.user_errors(ShardError):
             shard_spec = parse_shard(shard)
         if executor == "ray":
-            with user_errors(RayUnavailableError):
+            with common.user_errors(RayUnavailableError):
                 import_ray()
         elif ray_address:
-            fail("--ray-address goes with --executor ray")
-        with user_errors(FrameworkError, ProfileError, TopicError):
+            common.fail("--ray-address goes with --executor ray")
+        with common.user_errors(FrameworkError, ProfileError, TopicError):
             fw = Framework.load(framework)
             pool = read_profiles(profiles) if profiles else default_profiles(language)
             chosen_topics = resolve_topics(topics)
@@ -231,12 +222,12 @@ def register(app: typer.Typer) -> None:
             "judge": lm_judge,
         }
         bases = list(api_base or [])
-        settings = resolve_lm_settings(
+        settings = common.resolve_lm_settings(
             config, lm, bases[0] if len(bases) == 1 else (bases or None), temperature, roles
         )
         described = settings.describe()
         active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
-        budgets = token_budgets(turn_tokens, settings, active_roles, EMBEDDED_TOKEN_BUDGETS)
+        budgets = common.token_budgets(turn_tokens, settings, active_roles, EMBEDDED_TOKEN_BUDGETS)
         program_sha256 = _check_program(program, fw, language) if program else None
         run_config = SynthesisConfig.build(
             framework=fw,
@@ -257,7 +248,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         cache: dict = {}
         errors = (LMConfigError, FileNotFoundError, ImportError)
-        with user_errors(*errors, prefix="cannot build the LM: "):
+        with common.user_errors(*errors, prefix="cannot build the LM: "):
             lms = {
                 r: lm_for_role(settings, r, cache, connections=concurrency) for r in active_roles
             }
@@ -278,7 +269,7 @@ def register(app: typer.Typer) -> None:
         try:
             run = SynthesisRun(out, run_config, fw, pool, lms=lms, lm_names=names, program=program)
         except (RunConfigError, ValueError, KeyError) as exc:
-            fail(f"--program {program}: cannot load it into RoleCS: {exc}")
+            common.fail(f"--program {program}: cannot load it into RoleCS: {exc}")
         console.print(
             f"run {run.key} -> {out}  ({fw.name}, {language}, {len(chosen_topics)} topics x "
             f"{len(pool)} profiles, seed {seed}, concurrency {concurrency}"
@@ -307,7 +298,7 @@ def register(app: typer.Typer) -> None:
             }
             outcomes = ray_outcomes(recipe, address=ray_address)
         # RayUnavailableError: the cluster cannot be reached.
-        with user_errors(RunConfigError, RayUnavailableError):
+        with common.user_errors(RunConfigError, RayUnavailableError):
             summary = run.run(
                 dialogues,
                 concurrency=concurrency,
@@ -368,21 +359,21 @@ def _check_program(path: Path, fw, language: str) -> str:
     from csc.eval.splits import data_sha256
     from csc.optimizers.store import ProgramStoreError, read_metadata
 
-    with user_errors(ProgramStoreError):
+    with common.user_errors(ProgramStoreError):
         meta = read_metadata(path)
     if meta["kind"] != "rolecs":
-        fail(
+        common.fail(
             f"--program {path}: a {meta['kind']} program; csc synthesize runs the RoleCS "
             "supporter agents: compile them with `csc optimize --program rolecs`"
         )
     framework = str(meta.get("framework"))
     if framework not in (fw.name, fw.source):
-        fail(
+        common.fail(
             f"--program {path}: compiled for framework {framework!r}, the run uses {fw.name!r}; "
             "pass the same --framework"
         )
     if meta.get("language") != language:
-        fail(
+        common.fail(
             f"--program {path}: compiled for --lang {meta.get('language')}, the run uses "
             f"--lang {language}; pass the same --lang"
         )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import MappingOption, UnlabelledOption, require_path, user_errors
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
             help="Input format of a dialogue file: dianjin, jsonl, hf, generic (default: from the "
             "path).",
         ),
-        mapping: Path | None = MappingOption,
+        mapping: Path | None = common.MappingOption,
         framework: str | None = typer.Option(
             None,
             "--framework",
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
             "--data",
             help="The evaluated dialogue file, when an evaluation's recorded path has moved.",
         ),
-        allow_unlabelled: bool = UnlabelledOption,
+        allow_unlabelled: bool = common.UnlabelledOption,
     ) -> None:
         """Write one HTML page (no server, no network) to read and review dialogues.
 
@@ -58,8 +58,8 @@ def register(app: typer.Typer) -> None:
         from csc.eval.viewer import VIEWER_FILE, ViewerError, build_page, write_viewer
         from csc.framework import FrameworkError
 
-        require_path(path)
-        with user_errors(DataFormatError, FrameworkError, ViewerError):
+        common.require_path(path)
+        with common.user_errors(DataFormatError, FrameworkError, ViewerError):
             page = build_page(
                 path,
                 format=from_format,
