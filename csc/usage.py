@@ -51,20 +51,6 @@ from dspy.dsp.utils.utils import dotdict
 from dspy.utils.callback import BaseCallback
 from dspy.utils.usage_tracker import UsageTracker
 
-__all__ = [
-    "Usage",
-    "UsageMeter",
-    "add_role_usage",
-    "format_usage",
-    "labelled_usage_of",
-    "litellm_cost",
-    "meter",
-    "meters_of",
-    "reported_tokens",
-    "usage_label",
-    "usage_of",
-]
-
 _LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("csc_usage_label", default=None)
 
 
