@@ -104,10 +104,9 @@ def register(app: typer.Typer) -> None:
             )
         settings = common.resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
         spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
-        try:
+        errors = (LMConfigError, FileNotFoundError, OSError)
+        with common.user_errors(*errors, prefix=f"cannot build the LM {spec.model!r}: "):
             client = build_lm(spec, connections=num_threads)
-        except (LMConfigError, FileNotFoundError, OSError) as exc:
-            common.fail(f"cannot build the LM {spec.model!r}: {exc}")
 
         # Caches are keyed by everything that changes predictions, so a different run in the
         # same --out never reuses them.
@@ -163,24 +162,22 @@ def register(app: typer.Typer) -> None:
             info["contexts_done"] = list(partial.contexts)
             write_report(partial, out, info)
 
-        with dspy.context(lm=client):
-            try:
-                result = evaluate_supporter(
-                    program,
-                    dialogues,
-                    context=contexts,
-                    framework=fw,
-                    language=language,
-                    num_threads=num_threads,
-                    cache_dir=cache_dir,
-                    bleu_tokenize=bleu_tokenize,
-                    bertscore_model=bertscore_model,
-                    with_bertscore=not no_bertscore,
-                    on_context_done=write_partial,
-                    shard=shard_spec,
-                )
-            except RuntimeError as exc:  # e.g. the BERTScore model cannot be loaded
-                common.fail(str(exc))
+        # RuntimeError: e.g. the BERTScore model cannot be loaded.
+        with dspy.context(lm=client), common.user_errors(RuntimeError):
+            result = evaluate_supporter(
+                program,
+                dialogues,
+                context=contexts,
+                framework=fw,
+                language=language,
+                num_threads=num_threads,
+                cache_dir=cache_dir,
+                bleu_tokenize=bleu_tokenize,
+                bertscore_model=bertscore_model,
+                with_bertscore=not no_bertscore,
+                on_context_done=write_partial,
+                shard=shard_spec,
+            )
         info["seconds"] = round(time.perf_counter() - start, 2)
         files = write_report(result, out, info)
         _print_table(result)

@@ -56,10 +56,9 @@ def register(app: typer.Typer) -> None:
         client = None
         if not template:
             settings = common.resolve_lm_settings(config, lm, api_base, temperature)
-            try:
+            errors = (LMConfigError, FileNotFoundError, ImportError)
+            with common.user_errors(*errors, prefix="cannot build the LM: "):
                 client = lm_for_role(settings, "planner")
-            except (LMConfigError, FileNotFoundError, ImportError) as exc:
-                common.fail(f"cannot build the LM: {exc}")
             from csc.lm import split_scheme
 
             # Small embedded models fill text to the engine's bound; 3 sentences need ~120 tokens.

@@ -266,10 +266,11 @@ def register(app: typer.Typer) -> None:
         if not lm_cache:
             for role_lm in lms.values():
                 without_response_cache(role_lm)
-        try:
+        errors = (RunConfigError, ValueError, KeyError)
+        with common.user_errors(
+            *errors, prefix=f"--program {program}: cannot load it into RoleCS: "
+        ):
             run = SynthesisRun(out, run_config, fw, pool, lms=lms, lm_names=names, program=program)
-        except (RunConfigError, ValueError, KeyError) as exc:
-            common.fail(f"--program {program}: cannot load it into RoleCS: {exc}")
         console.print(
             f"run {run.key} -> {out}  ({fw.name}, {language}, {len(chosen_topics)} topics x "
             f"{len(pool)} profiles, seed {seed}, concurrency {concurrency}"
