@@ -66,39 +66,23 @@ class CorpusMapping(BaseModel):
 
     name: str = "custom"
     description: str = ""
-    framework: str | None = Field(
-        None, description="framework the labels are meant for (a hint for error messages)"
-    )
-    container: MappingContainer | None = Field(
-        None, description="json (a list), jsonl, parquet or csv; default: from the file suffix"
-    )
-    turns_field: str | None = Field(None, description="where a record's list of turns is")
-    group_by: str | None = Field(
-        None, description="flat logs: the field holding the conversation id of each row"
-    )
-    order_by: list[str] = Field(
-        default_factory=list, description="flat logs: fields ordering a conversation's rows"
-    )
-    grouped: bool = Field(
-        True, description="flat logs: rows of a conversation are contiguous (streams)"
-    )
+    framework: str | None = None  # framework the labels are meant for (a hint for error messages)
+    # json (a list), jsonl, parquet or csv; default: from the file suffix
+    container: MappingContainer | None = None
+    turns_field: str | None = None  # where a record's list of turns is
+    group_by: str | None = None  # flat logs: the field holding the conversation id of each row
+    order_by: list[str] = []  # flat logs: fields ordering a conversation's rows
+    grouped: bool = True  # flat logs: rows of a conversation are contiguous (streams)
     csv_delimiter: str = Field(",", min_length=1, max_length=1)
     speaker_field: str = "speaker"
     text_field: str = "text"
-    strategy_field: str | None = Field(
-        "strategy", description="null for a corpus without strategy labels"
-    )
+    strategy_field: str | None = "strategy"  # null for a corpus without strategy labels
     supporter: list[str] = Field(min_length=1)
     customer: list[str] = Field(min_length=1)
-    drop: list[str] = Field(
-        default_factory=list, description="speaker values whose turns are dropped (counted)"
-    )
-    text_join: str | None = Field(
-        None, description="separator joining list-valued text (and merged turns)"
-    )
-    drop_empty: bool | None = Field(
-        None, description="drop empty turns instead of failing; default: true with text_join"
-    )
+    drop: list[str] = []  # speaker values whose turns are dropped (counted)
+    text_join: str | None = None  # separator joining list-valued text (and merged turns)
+    # drop empty turns instead of failing; default: true with text_join
+    drop_empty: bool | None = None
     merge_consecutive: bool = False
     id_field: str | None = None
     topic_field: str | None = None
