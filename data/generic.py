@@ -159,9 +159,9 @@ class CorpusMapping(BaseModel):
             try:
                 resolved[raw] = framework.normalize(target)
             except FrameworkError as exc:
-                fix = f"map {raw!r} to a strategy of the {framework.name} framework"
-                if self.framework_hint(framework):
-                    fix = self.framework_hint(framework)
+                fix = self.framework_hint(framework) or (
+                    f"map {raw!r} to a strategy of the {framework.name} framework"
+                )
                 raise file_location(self.source).error(
                     str(exc), field=f"labels.{raw}", fix=fix
                 ) from None

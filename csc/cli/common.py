@@ -34,9 +34,9 @@ def concurrency_option(default: int, help: str) -> Any:
     return typer.Option(default, "--concurrency", "-c", min=1, help=help)
 
 
-def role_lm_option(role: str, what: str) -> Any:
-    """``--lm-ROLE``: the LM of one role, overriding ``--lm`` for it."""
-    return typer.Option(None, f"--lm-{role}", help=f"LM of the {what}.")
+def role_lm_option(role: str, what: str | None = None) -> Any:
+    """``--lm-ROLE``: the LM of one role (``what``, default: the role's name), over ``--lm``."""
+    return typer.Option(None, f"--lm-{role}", help=f"LM of the {what or role.replace('-', ' ')}.")
 
 
 MaxTokensOption = typer.Option(

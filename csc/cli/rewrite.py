@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
         ),
         lm: str | None = common.LMOption,
         lm_prefilter: str | None = common.role_lm_option("prefilter", "LLM pre-filter"),
-        lm_rewriter: str | None = common.role_lm_option("rewriter", "rewriter"),
+        lm_rewriter: str | None = common.role_lm_option("rewriter"),
         lm_judge: str | None = common.role_lm_option("judge", "post-filter judge"),
         lm_labeler: str | None = common.role_lm_option("labeler", "strategy labeler (utilization)"),
         api_base: str | None = common.ApiBaseOption,

@@ -86,19 +86,13 @@ def register(app: typer.Typer) -> None:
             "file, or free text (default: the 7 built-in topics).",
         ),
         language: Language = typer.Option("en", "--lang", help="Dialogue language."),
-        framework: str = typer.Option(
-            "csc", "--framework", help="Strategy framework: csc, esc or a YAML path."
-        ),
+        framework: str = common.FrameworkOption,
         lm: str | None = common.LMOption,
-        lm_planner: str | None = common.role_lm_option("planner", "planner"),
-        lm_supporter_assistant: str | None = common.role_lm_option(
-            "supporter-assistant", "supporter assistant"
-        ),
-        lm_supporter: str | None = common.role_lm_option("supporter", "supporter"),
-        lm_customer_assistant: str | None = common.role_lm_option(
-            "customer-assistant", "customer assistant"
-        ),
-        lm_customer: str | None = common.role_lm_option("customer", "customer"),
+        lm_planner: str | None = common.role_lm_option("planner"),
+        lm_supporter_assistant: str | None = common.role_lm_option("supporter-assistant"),
+        lm_supporter: str | None = common.role_lm_option("supporter"),
+        lm_customer_assistant: str | None = common.role_lm_option("customer-assistant"),
+        lm_customer: str | None = common.role_lm_option("customer"),
         lm_judge: str | None = common.role_lm_option("judge", "quality judge"),
         api_base: list[str] | None = typer.Option(
             None,
