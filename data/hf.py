@@ -205,18 +205,14 @@ def read_hf(
         name=path.name,
         where=str(path),
     )
-    while True:
-        try:
-            dialogue = next(rows)
-        except StopIteration:
-            return
-        except DataFormatError:
-            raise
-        except Exception as exc:
-            raise file_location(path).error(
-                f"unreadable dataset rows ({type(exc).__name__}: {_one_line(exc)})", fix=fix
-            ) from None
-        yield dialogue
+    try:
+        yield from rows
+    except DataFormatError:
+        raise
+    except Exception as exc:
+        raise file_location(path).error(
+            f"unreadable dataset rows ({type(exc).__name__}: {_one_line(exc)})", fix=fix
+        ) from None
 
 
 def write_hf(dialogues: Iterable[Dialogue], path: str | Path) -> int:
