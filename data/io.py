@@ -13,35 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from csc.data.dianjin import LabelStyle, read_dianjin, write_dianjin
-from csc.data.errors import DataFormatError, Hint, RecordLocation, file_location
-from csc.data.generic import CorpusMapping, load_mapping, read_generic
-from csc.data.hf import from_dataset, is_saved_dataset, read_hf, to_dataset, write_hf
+from csc.data.errors import DataFormatError, Hint, file_location
+from csc.data.generic import CorpusMapping, read_generic
+from csc.data.hf import is_saved_dataset, read_hf, write_hf
 from csc.data.jsonl import JsonlWriter, read_jsonl, write_jsonl
 from csc.data.records import container_for
 from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.framework import Framework
 
-__all__ = [
-    "FORMATS",
-    "READ_FORMATS",
-    "CorpusMapping",
-    "DataFormatError",
-    "DialogueFormat",
-    "JsonlWriter",
-    "RecordLocation",
-    "detect_format",
-    "from_dataset",
-    "load_mapping",
-    "read_dialogues",
-    "to_dataset",
-    "write_dialogues",
-]
+# Re-exported: what most callers need comes from this one module.
+__all__ = ["DataFormatError", "JsonlWriter", "detect_format", "read_dialogues", "write_dialogues"]
 
-DialogueFormat = Literal["dianjin", "jsonl", "hf", "generic"]
 READ_FORMATS: tuple[str, ...] = ("dianjin", "jsonl", "hf", "generic")
 FORMATS: tuple[str, ...] = ("dianjin", "jsonl", "hf")  # the ones that can be written
 
