@@ -116,6 +116,11 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """A note or warning that does not stop the command: one yellow line on stderr."""
+    typer.secho(message, fg="yellow", err=True)
+
+
 @contextmanager
 def user_errors(*types: type[BaseException], prefix: str = "") -> Iterator[None]:
     """Turn expected user-facing exceptions into a clean error message (after ``prefix``) and

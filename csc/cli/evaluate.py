@@ -96,11 +96,9 @@ def register(app: typer.Typer) -> None:
                 check_unseen(chosen, dialogues)
         program = chosen.program
         if getattr(program, "framework", fw) != fw and chosen.metadata:
-            typer.secho(
+            common.warn(
                 f"note: {supporter} was compiled for framework "
-                f"{chosen.metadata.get('framework')!r}; using it",
-                fg="yellow",
-                err=True,
+                f"{chosen.metadata.get('framework')!r}; using it"
             )
         settings = common.resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
         spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})

@@ -169,10 +169,8 @@ def register(app: typer.Typer) -> None:
             table.add_row(split, *map(str, counts))
         Console().print(table)
         if result.skipped_turns:
-            typer.secho(
-                f"note: skipped {result.skipped_turns} supporter turns without a strategy label",
-                fg="yellow",
-                err=True,
+            common.warn(
+                f"note: skipped {result.skipped_turns} supporter turns without a strategy label"
             )
         taught = meta.get("teacher")
         if taught:
@@ -210,19 +208,15 @@ def register(app: typer.Typer) -> None:
             f"completion; teacher wall time {taught['wall_time_s']:.1f} s"
         )
         if taught["failed_turns"]:
-            typer.secho(
+            common.warn(
                 f"note: the teacher failed on {taught['failed_turns']} turn(s); they have no "
-                "teacher rows. Re-run the same command (with --overwrite) to retry only those",
-                fg="yellow",
-                err=True,
+                "teacher rows. Re-run the same command (with --overwrite) to retry only those"
             )
         if taught.get("seen_held_out_dialogues"):
-            typer.secho(
+            common.warn(
                 f"note: the teacher was compiled or trained on {taught['seen_held_out_dialogues']} "
                 "of this export's validation/test dialogues; its outputs may carry them into "
-                "the student (re-split, or optimize the teacher on this export's splits.json)",
-                fg="yellow",
-                err=True,
+                "the student (re-split, or optimize the teacher on this export's splits.json)"
             )
 
     @group.command(

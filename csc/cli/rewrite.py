@@ -291,11 +291,9 @@ def register(app: typer.Typer) -> None:
         pipeline = RewritePipeline(fw, language, labeler=labeler_program, lms=lms, **stages)
         run = RewriteRun(out, run_config, pipeline, lm_names={r: lm_name(lms[r]) for r in active})
         if no_redact:
-            typer.secho(
+            common.warn(
                 "warning: --no-redact: raw text, personal data included, goes to the LMs and "
-                "the output files",
-                fg="yellow",
-                err=True,
+                "the output files"
             )
         if shard_spec is not None:  # every N-th record from I
             total = len(range(shard_spec[0], total, shard_spec[1]))
