@@ -84,17 +84,13 @@ def register(app: typer.Typer) -> None:
         )
         for row in outcome.agreement:
             typer.echo(
-                f"  {row.criterion:<26}{row.n:>5}{_pct(row.agreement):>8}"
-                f"{_kappa(row.kappa):>8}{_pct(row.reviewer_accept_rate):>10}"
-                f"{_pct(row.judge_pass_rate):>8}"
+                f"  {row.criterion:<26}{row.n:>5}{_na(row.agreement, '.0%'):>8}"
+                f"{_na(row.kappa, '.2f'):>8}{_na(row.reviewer_accept_rate, '.0%'):>10}"
+                f"{_na(row.judge_pass_rate, '.0%'):>8}"
             )
         if any(row.n and row.kappa is None for row in outcome.agreement):
             typer.echo("  (kappa n/a: both gave every dialogue the same label)")
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
-def _kappa(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def _na(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
