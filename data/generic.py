@@ -39,7 +39,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
-from itertools import combinations
+from itertools import combinations, groupby
 from pathlib import Path
 from typing import Any, Literal
 
@@ -581,25 +581,17 @@ def _group_key(loc: RecordLocation, row: Any, spec: CorpusMapping) -> str:
 def _contiguous_groups(rows: Rows, spec: CorpusMapping) -> Iterator[Group]:
     """Groups of a log whose rows are already grouped: one conversation in memory at a time."""
     finished: set[str] = set()
-    key: str | None = None
-    members: list[tuple[RecordLocation, dict[str, Any]]] = []
-    for loc, row in rows:
-        row_key = _group_key(loc, row, spec)
-        if row_key != key:
-            if key is not None:
-                yield key, members
-                finished.add(key)
-            if row_key in finished:
-                raise loc.error(
-                    f"rows of conversation {row_key!r} are not contiguous (it appeared earlier, "
-                    "before other conversations)",
-                    field=spec.group_by,
-                    fix=f"sort the log by {spec.group_by!r}, or set grouped: false in the mapping "
-                    "(gathers all rows in memory first)",
-                )
-            key, members = row_key, []
-        members.append((loc, row))
-    if key is not None:
+    for key, group in groupby(rows, key=lambda item: _group_key(*item, spec)):
+        members = list(group)
+        if key in finished:
+            raise members[0][0].error(
+                f"rows of conversation {key!r} are not contiguous (it appeared earlier, "
+                "before other conversations)",
+                field=spec.group_by,
+                fix=f"sort the log by {spec.group_by!r}, or set grouped: false in the mapping "
+                "(gathers all rows in memory first)",
+            )
+        finished.add(key)
         yield key, members
 
 
@@ -630,16 +622,9 @@ def _gathered_groups(rows: Rows, spec: CorpusMapping) -> Iterator[Group]:
                 "SELECT row.key, path, record, line, data FROM conv JOIN row ON row.key = conv.key "
                 "ORDER BY conv.id, row.record"
             )
-            current: str | None = None
-            members: list[tuple[RecordLocation, dict[str, Any]]] = []
-            for key, path, record, line, data in cursor:
-                if key != current:
-                    if current is not None:
-                        yield current, members
-                    current, members = key, []
-                members.append((RecordLocation(path, record, line), json.loads(data)))
-            if current is not None:
-                yield current, members
+            for key, group in groupby(cursor, key=lambda found: found[0]):
+                members = [(RecordLocation(*found[1:4]), json.loads(found[4])) for found in group]
+                yield key, members
         finally:
             db.close()
 
@@ -680,14 +665,11 @@ def _flat_dialogue(
 
 def _plain_row(row: dict[str, Any], from_csv: bool, keep: set[str | None]) -> dict[str, Any]:
     """Row values as JSON-ready data: timestamps as ISO text; CSV's empty cells left out."""
-    out = {}
-    for k, v in row.items():
-        if v is None and from_csv and k not in keep:
-            continue
-        if isinstance(v, (dt.datetime, dt.date, dt.time)):
-            v = v.isoformat()
-        out[k] = v
-    return out
+    return {
+        k: v.isoformat() if isinstance(v, (dt.datetime, dt.date, dt.time)) else v
+        for k, v in row.items()
+        if not (v is None and from_csv and k not in keep)
+    }
 
 
 def _order_keys(members: list[tuple[RecordLocation, dict[str, Any]]], fields: list[str]) -> Any:
