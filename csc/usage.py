@@ -2,29 +2,13 @@
 
 Why not ``dspy.track_usage()``: DSPy's ``ParallelExecutor`` (used by ``dspy.Evaluate``, the
 optimizers, ``Module.batch`` and the csc runners) gives every worker thread a *deep copy* of the
-active usage tracker and never merges it back, so usage recorded on worker threads is lost and a
-run at 8 threads reports a fraction of its tokens.
+active usage tracker and never merges it back, so usage recorded on worker threads is lost.
 
 :class:`UsageMeter` is a DSPy callback attached to the LM object itself (``lm.callbacks``, which
-``lm.copy()`` keeps), so it sees every call of that LM from any thread, in ``dspy.Evaluate``
-workers, optimizer threads and raw threads alike. For each call it installs a per-call usage
-tracker for the duration of the call (forwarding to whatever tracker was active, so
-``dspy.track_usage()`` and ``Prediction.get_lm_usage()`` keep working) and adds what DSPy
-reports for that call to its totals:
-
-* ``prompt_tokens`` — everything the model was asked to read (the whole prompt);
-* ``cached_prompt_tokens`` — the part of it the server served from its prefix cache
-  (``prompt_tokens_details.cached_tokens``, OpenAI-style); already included in ``prompt_tokens``;
-* ``completion_tokens``, ``calls`` and ``lm_seconds`` (call latencies summed over calls, so
-  above the wall time when calls overlap; commands report their own wall time next to it);
-* ``cost_usd`` — priced by LiteLLM's model price table where it knows the model, else ``None``.
-
-**DSPy cache hits** (an identical request answered from DSPy's own response cache) reach no model
-and DSPy reports no usage for them; the meter counts them as ``cached_calls`` with zero tokens and
-zero cost, separately from ``calls``. Calls that raise are counted in ``failed_calls`` together
-with whatever usage DSPy attributed to them before failing.
-
-Python use::
+``lm.copy()`` keeps), so it sees every call of that LM from any thread. For each call it installs
+a per-call usage tracker (forwarding to whatever tracker was active, so ``dspy.track_usage()``
+and ``Prediction.get_lm_usage()`` keep working) and adds what DSPy reports for that call to its
+totals; docs/evaluation.md ("LM usage and cost") says what each field counts. Python use::
 
     lm = meter(build_lm("local"))            # attach (idempotent) and return the LM
     before = usage_of(lm)
@@ -56,7 +40,7 @@ _LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("csc_usage_l
 
 @dataclass
 class Usage:
-    """Usage totals of a set of LM calls (see the module docstring for what each field means)."""
+    """Usage totals of a set of LM calls (docs/evaluation.md says what each field counts)."""
 
     calls: int = 0
     cached_calls: int = 0
