@@ -1,31 +1,13 @@
 """Other corpora and raw support logs, read through a small mapping (a YAML file or a dict).
 
-A mapping says where a record's list of turns is, which turn fields hold the speaker, text and
-strategy, which speaker values mean supporter and customer, optional id/topic/scenario fields, and
-how labels map to the framework (``labels:`` first, then :meth:`Framework.normalize`). Field names
-may be dotted paths into nested objects (ESConv keeps strategies in ``annotation.strategy``).
-Fields a mapping does not use are kept in ``metadata``, never dropped. Example
-(``data/mappings/esconv.yaml``, for the ``esc`` framework)::
-
-    turns_field: dialog
-    speaker_field: speaker
-    text_field: content
-    strategy_field: annotation.strategy
-    supporter: [supporter, sys]
-    customer: [seeker, usr]
-    topic_field: problem_type
-
-Raw support logs come in rougher shapes, which the mapping reads as they are:
-
-- list-valued text (``text_join: "\\n"`` joins a turn's messages; empty messages are dropped);
-- empty turns (``drop_empty: true``, the default with ``text_join``);
-- speakers that are neither side, such as system or bot lines (``drop: [system]``);
-- same-speaker runs (``merge_consecutive: true``, the first step of the CSConv rule pre-filter);
-- flat logs with one row per message (CSV, JSONL or parquet): ``group_by:`` names the
-  conversation id column, ``order_by:`` the column that orders a conversation's messages.
-
-Everything dropped or merged is counted in :class:`MappingCounts` (``reader.counts``), which
-``csc data validate`` prints.
+A mapping says where a record's list of turns is (or, for a flat log with one row per message,
+which column groups and orders the rows), which fields hold the speaker, text and strategy, which
+speaker values mean supporter and customer, and how labels map to the framework. Field names may
+be dotted paths into nested objects; fields a mapping does not use are kept in ``metadata``.
+Rough logs are read as they are (list-valued text, empty turns, system lines, same-speaker runs),
+and everything dropped or merged is counted in :class:`MappingCounts` (``reader.counts``), which
+``csc data validate`` prints. docs/data-formats.md describes every key, with examples;
+``data/mappings/esconv.yaml`` is a complete mapping.
 """
 
 from __future__ import annotations

@@ -1,33 +1,12 @@
 """PII redaction for raw support dialogues, applied before any text reaches an LM or a file.
 
-Each type is found by the most reliable offline means available, and replaced by a typed
-placeholder in the style of the CSConv release (``[Phone number]`` / ``[电话号码]``):
-
-==============  ==================================================================================
-type            how it is found
-==============  ==================================================================================
-phone           ``phonenumbers`` (Google's libphonenumber) ``PhoneNumberMatcher``, region CN for
-                Chinese text and US for English, then the other region; plus a pattern for Chinese
-                mobile numbers written with spaces or dashes (``138 1234 5678``)
-id_number       18-character Chinese resident ID, checked with ``stdnum.cn.ric`` (checksum and
-                birth date)
-bank_card       13-19 digits, optionally grouped by spaces or dashes, Luhn-checked
-                (``stdnum.luhn``)
-email           pattern (RFC 5322 local part, dotted domain)
-url             pattern (``http(s)://``, ``www.``)
-ip              IPv4 / IPv6 candidates validated with :mod:`ipaddress`
-order_number    after a keyword (订单号, 账号, order number, account no., tracking number, ...),
-                and any remaining run of 8+ digits or a digit-heavy code of 8+ characters
-person          Chinese: ``jieba`` part-of-speech tags (``nr``) starting with a common surname,
-                and cue phrases (我叫, 姓名, X先生/女士); English: cue phrases only (my name is,
-                this is, Mr./Ms./Dr. X) — no English NER model ships on PyPI for offline use
-address         patterns: Chinese administrative/street chains (省, 市, 区, 路, 号, 室, ...) and
-                English street addresses (number + name + Street/Ave/Road/..., apartment, city,
-                state, ZIP)
-==============  ==================================================================================
-
-Structured types (phone, id_number, bank_card, email, url, ip) are measured on a labelled
-fixture by ``benchmarks/pii_redaction.py``; names and addresses are best effort.
+Each type is found by the most reliable offline means available (``phonenumbers`` for phones,
+``stdnum`` checksums for resident IDs and cards, :mod:`ipaddress` for IPs, ``jieba`` part-of-speech
+tags and cue phrases for names, patterns for the rest) and replaced by a typed placeholder in the
+style of the CSConv release (``[Phone number]`` / ``[电话号码]``); docs/rewriting.md has the
+table of types and how each is found. Structured types (phone, id_number, bank_card, email, url,
+ip) are measured on a labelled fixture by ``benchmarks/pii_redaction.py``; names and addresses
+are best effort.
 """
 
 from __future__ import annotations
