@@ -769,9 +769,7 @@ def _get(obj: Any, dotted: str) -> Any:
 def _without(obj: dict[str, Any], dotted: str) -> dict[str, Any]:
     """A copy of ``obj`` without the dotted field; parents it leaves empty are removed too."""
     if dotted in obj:
-        out = copy.copy(obj)
-        del out[dotted]
-        return out
+        return {k: v for k, v in obj.items() if k != dotted}
     head, _, tail = dotted.partition(".")
     if head not in obj:
         return obj

@@ -265,16 +265,13 @@ def register(app: typer.Typer) -> None:
             *errors, prefix=f"--program {program}: cannot load it into RoleCS: "
         ):
             run = SynthesisRun(out, run_config, fw, pool, lms=lms, lm_names=names, program=program)
+        ray_note = f", on Ray at {ray_address}" if ray_address else ", on Ray"
         console.print(
             f"run {run.key} -> {out}  ({fw.name}, {language}, {len(chosen_topics)} topics x "
             f"{len(pool)} profiles, seed {seed}, concurrency {concurrency}"
             + (f", shard {shard}" if shard_spec else "")
             + (f", program {program}" if program else "")
-            + (
-                f", on Ray{' at ' + ray_address if ray_address else ''}"
-                if executor == "ray"
-                else ""
-            )
+            + (ray_note if executor == "ray" else "")
             + ")"
         )
         outcomes = None
