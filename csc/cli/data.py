@@ -176,15 +176,11 @@ class DataSummary:
             first = s.first_record.setdefault(d.id, s.dialogues)
             if first != s.dialogues:
                 s.duplicate_ids.setdefault(d.id, [first]).append(s.dialogues)
-            for t in d.turns:
-                if t.is_supporter:
-                    s.supporter_turns += 1
-                    if t.strategy:
-                        s.strategies[t.strategy] += 1
-                    else:
-                        s.unlabelled_supporter_turns += 1
-                else:
-                    s.customer_turns += 1
+            supporter = [t for t in d.turns if t.is_supporter]
+            s.supporter_turns += len(supporter)
+            s.customer_turns += n - len(supporter)
+            s.strategies.update(t.strategy for t in supporter if t.strategy)
+            s.unlabelled_supporter_turns += sum(not t.strategy for t in supporter)
             s.non_alternating += not d.alternates()
             s.topics[d.topic or "(none)"] += 1
         return s
