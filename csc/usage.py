@@ -130,7 +130,7 @@ class _CallTracker(UsageTracker):
 
 @dataclass
 class _OpenCall:
-    token: contextvars.Token | None
+    token: contextvars.Token
     tracker: _CallTracker
     start: float
     model: str
@@ -166,10 +166,9 @@ class UsageMeter(BaseCallback):
             call = self._open.pop(call_id, None)
         if call is None:
             return
-        if call.token is not None:
-            # ValueError: a different context (should not happen); leave it be.
-            with contextlib.suppress(ValueError):
-                thread_local_overrides.reset(call.token)
+        # ValueError: a different context (should not happen); leave it be.
+        with contextlib.suppress(ValueError):
+            thread_local_overrides.reset(call.token)
         usage = reported_tokens(call.tracker.entries)
         usage.lm_seconds = end - call.start
         if exception is not None:

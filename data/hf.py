@@ -106,11 +106,8 @@ def from_dataset(
     columns = list(dataset.column_names or [])
     name = name or _dataset_name(dataset)
     label = where or name
-    if "turns" in columns and "id" in columns:
-        parse = _parse_row
-    elif "dialogue" in columns:
-        parse = None
-    else:
+    ours = "turns" in columns and "id" in columns
+    if not ours and "dialogue" not in columns:
         raise file_location(label).error(
             f"dataset columns {columns} are neither ours (id, turns, ...) nor DianJin's "
             "(dialogue, source)",
@@ -118,12 +115,12 @@ def from_dataset(
         )
     for index, row in enumerate(dataset):
         loc = RecordLocation(label, index + 1)
-        if parse is None:
+        if ours:
+            yield _parse_row(row, loc, fw, allow_unlabelled)
+        else:
             yield parse_record(
                 row, loc, fw, default_id=f"{name}-{index}", allow_unlabelled=allow_unlabelled
             )
-        else:
-            yield parse(row, loc, fw, allow_unlabelled)
 
 
 def _parse_row(
