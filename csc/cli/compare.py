@@ -97,14 +97,9 @@ def register(app: typer.Typer) -> None:
                 bertscore_model=bertscore_model,
                 on_result=save_each,
             )
+        splits_name = str(splits) if splits else None
         comparison.info.update(
-            {
-                "data": str(data),
-                "split": split,
-                "splits": str(splits) if splits is not None else None,
-                "seed": seed,
-                "limit": limit,
-            }
+            data=str(data), split=split, splits=splits_name, seed=seed, limit=limit
         )
         files = write_comparison(comparison, out)
         typer.echo(markdown_table(comparison))
