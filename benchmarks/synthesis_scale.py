@@ -24,6 +24,7 @@ Full run (slow, ~15 min at 1 s latency): ``python benchmarks/synthesis_scale.py`
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -133,65 +134,59 @@ def main() -> None:
     print(header)
     rows = []
     try:
-        for conc in args.concurrency:
-            for n, baseline in [
-                (n, b)
-                for n in args.dialogues
-                for b in ([True, False] if args.baseline else [False])
-            ]:
-                out = base / f"c{conc}-n{n}{'-baseline' if baseline else ''}"
-                before = server_stats(port)
-                res = run_once(port, n, conc, out, args.extra, baseline)
-                after = server_stats(port)
-                calls = sum(after["calls"].values()) - sum(before["calls"].values())
-                this = res["summary"]["this_run"]
-                finished = this["kept"] + this["rejected"]
-                per_dlg = calls / max(1, finished + this["failed"])
-                wall = this["wall_seconds"]
-                measured = finished / (wall / 60)
-                ideal = conc * 60 / (per_dlg * args.latency)
-                ideal_waves_wall = math.ceil(n / conc) * per_dlg * args.latency
-                cpu_run = this.get("cpu_seconds")
-                kept = count_lines(out / "dialogues.jsonl")
-                rej = count_lines(out / "rejected.jsonl")
-                failed_ids = (
-                    {json.loads(x)["id"] for x in (out / "failures.jsonl").open() if x.strip()}
-                    if (out / "failures.jsonl").exists()
-                    else set()
-                )
-                lost = n - kept - rej - len(failed_ids)
-                row = {
-                    "variant": "baseline" if baseline else "csc",
-                    "concurrency": conc,
-                    "dialogues": n,
-                    "calls_per_dialogue": round(per_dlg, 2),
-                    "wall_seconds": wall,
-                    "dialogues_per_minute": round(measured, 1),
-                    "ideal_per_minute": round(ideal, 1),
-                    "efficiency": round(measured / ideal, 3),
-                    "efficiency_waves": round(ideal_waves_wall / wall, 3),
-                    "cpu_ms_per_call": round(1000 * cpu_run / calls, 2)
-                    if cpu_run and calls
-                    else None,
-                    "cpu_seconds_process": round(res["process_cpu"], 1),
-                    "peak_rss_mb": round(res["peak_rss_mb"], 1),
-                    "peak_rss_mb_run": this.get("peak_rss_mb"),
-                    "kept": kept,
-                    "rejected": rej,
-                    "failed": len(failed_ids),
-                    "lost": lost,
-                    "load_average": round(os.getloadavg()[0], 1),
-                    # The most requests the server held at once so far (all runs of this process).
-                    "server_peak_in_flight": after.get("peak_in_flight"),
-                }
-                rows.append(row)
-                print(
-                    f"{row['variant']:>8} {conc:>5} {n:>6} {per_dlg:>9.1f} {wall:>8.1f} {measured:>8.1f} {ideal:>8.1f} "
-                    f"{row['efficiency']:>5.2f} {row['efficiency_waves']:>9.2f} "
-                    f"{row['cpu_ms_per_call'] or float('nan'):>11.2f} {res['process_cpu']:>7.1f} "
-                    f"{row['peak_rss_mb_run'] or float('nan'):>7.1f} {row['peak_rss_mb']:>7.1f} {kept:>5} {rej:>4} {len(failed_ids):>4} {lost:>4}",
-                    flush=True,
-                )
+        variants = [True, False] if args.baseline else [False]
+        for conc, n, baseline in itertools.product(args.concurrency, args.dialogues, variants):
+            out = base / f"c{conc}-n{n}{'-baseline' if baseline else ''}"
+            before = server_stats(port)
+            res = run_once(port, n, conc, out, args.extra, baseline)
+            after = server_stats(port)
+            calls = sum(after["calls"].values()) - sum(before["calls"].values())
+            this = res["summary"]["this_run"]
+            finished = this["kept"] + this["rejected"]
+            per_dlg = calls / max(1, finished + this["failed"])
+            wall = this["wall_seconds"]
+            measured = finished / (wall / 60)
+            ideal = conc * 60 / (per_dlg * args.latency)
+            ideal_waves_wall = math.ceil(n / conc) * per_dlg * args.latency
+            cpu_run = this.get("cpu_seconds")
+            kept = count_lines(out / "dialogues.jsonl")
+            rej = count_lines(out / "rejected.jsonl")
+            failed_ids = (
+                {json.loads(x)["id"] for x in (out / "failures.jsonl").open() if x.strip()}
+                if (out / "failures.jsonl").exists()
+                else set()
+            )
+            lost = n - kept - rej - len(failed_ids)
+            row = {
+                "variant": "baseline" if baseline else "csc",
+                "concurrency": conc,
+                "dialogues": n,
+                "calls_per_dialogue": round(per_dlg, 2),
+                "wall_seconds": wall,
+                "dialogues_per_minute": round(measured, 1),
+                "ideal_per_minute": round(ideal, 1),
+                "efficiency": round(measured / ideal, 3),
+                "efficiency_waves": round(ideal_waves_wall / wall, 3),
+                "cpu_ms_per_call": round(1000 * cpu_run / calls, 2) if cpu_run and calls else None,
+                "cpu_seconds_process": round(res["process_cpu"], 1),
+                "peak_rss_mb": round(res["peak_rss_mb"], 1),
+                "peak_rss_mb_run": this.get("peak_rss_mb"),
+                "kept": kept,
+                "rejected": rej,
+                "failed": len(failed_ids),
+                "lost": lost,
+                "load_average": round(os.getloadavg()[0], 1),
+                # The most requests the server held at once so far (all runs of this process).
+                "server_peak_in_flight": after.get("peak_in_flight"),
+            }
+            rows.append(row)
+            print(
+                f"{row['variant']:>8} {conc:>5} {n:>6} {per_dlg:>9.1f} {wall:>8.1f} {measured:>8.1f} {ideal:>8.1f} "
+                f"{row['efficiency']:>5.2f} {row['efficiency_waves']:>9.2f} "
+                f"{row['cpu_ms_per_call'] or float('nan'):>11.2f} {res['process_cpu']:>7.1f} "
+                f"{row['peak_rss_mb_run'] or float('nan'):>7.1f} {row['peak_rss_mb']:>7.1f} {kept:>5} {rej:>4} {len(failed_ids):>4} {lost:>4}",
+                flush=True,
+            )
     finally:
         server.stdin.close()
         try:
