@@ -254,38 +254,27 @@ def measure(records: list[dict]) -> dict:
         chars += len(rec["text"])
         gold = {(m["type"], m["start"], m["end"]) for m in rec["mentions"]}
         found = {(m.type, m.start, m.end) for m in redactor.find(rec["text"], rec["lang"])}
-        for t, *_ in gold:
-            gold_n[t] += 1
-            by_lang[rec["lang"]] += 1
-        for t, *_ in found:
-            found_n[t] += 1
-        for g in gold & found:
-            hit[g[0]] += 1
+        by_lang[rec["lang"]] += len(gold)
+        gold_n.update(t for t, *_ in gold)
+        found_n.update(t for t, *_ in found)
+        hit.update(t for t, *_ in gold & found)
         for g in sorted(gold - found):
             misses.append(f"missed {rec['lang']} {g[0]}: {rec['text'][g[1] : g[2]]!r}")
         for f in sorted(found - gold):
             misses.append(f"extra  {rec['lang']} {f[0]}: {rec['text'][f[1] : f[2]]!r}")
     seconds = time.perf_counter() - start
-    rows = {}
-    for t in PII_TYPES:
-        rows[t] = {
-            "gold": gold_n[t],
-            "found": found_n[t],
-            "recall": hit[t] / gold_n[t] if gold_n[t] else None,
-            "precision": hit[t] / found_n[t] if found_n[t] else None,
-        }
-    s_gold = sum(gold_n[t] for t in STRUCTURED_TYPES)
-    s_found = sum(found_n[t] for t in STRUCTURED_TYPES)
-    s_hit = sum(hit[t] for t in STRUCTURED_TYPES)
+
+    def scores(types: tuple[str, ...]) -> dict:
+        n_gold, n_found, n_hit = (sum(c[t] for t in types) for c in (gold_n, found_n, hit))
+        recall = n_hit / n_gold if n_gold else None
+        precision = n_hit / n_found if n_found else None
+        return {"gold": n_gold, "found": n_found, "recall": recall, "precision": precision}
+
     return {
         "mentions": sum(gold_n.values()),
         "by_language": dict(by_lang),
-        "types": rows,
-        "structured": {
-            "gold": s_gold,
-            "recall": s_hit / s_gold if s_gold else None,
-            "precision": s_hit / s_found if s_found else None,
-        },
+        "types": {t: scores((t,)) for t in PII_TYPES},
+        "structured": scores(STRUCTURED_TYPES),
         "overall": {
             "recall": sum(hit.values()) / max(1, sum(gold_n.values())),
             "precision": sum(hit.values()) / max(1, sum(found_n.values())),
