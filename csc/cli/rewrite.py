@@ -210,7 +210,7 @@ def register(app: typer.Typer) -> None:
             fw = Framework.load(framework)
 
         def dialogues():
-            # Called inside the error handlers below: reading starts (and may common.fail) there.
+            # Called inside the error handlers below: reading starts (and may fail) there.
             yield from islice(
                 read_dialogues(
                     data, from_format, framework=fw, mapping=mapping, allow_unlabelled=True
