@@ -316,24 +316,22 @@ def main() -> int:
 def _show(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
-    else:
-        print(
-            f"{result['mentions']} labelled mentions {result['by_language']}; "
-            f"{result['seconds']} s ({result['chars_per_second']} chars/s)"
-        )
-        print(f"{'type':<14}{'gold':>6}{'found':>7}{'recall':>9}{'precision':>11}")
-        for t, row in result["types"].items():
-            r = "-" if row["recall"] is None else f"{row['recall']:.3f}"
-            p = "-" if row["precision"] is None else f"{row['precision']:.3f}"
-            print(f"{t:<14}{row['gold']:>6}{row['found']:>7}{r:>9}{p:>11}")
-        s = result["structured"]
-        print(f"{'structured':<14}{s['gold']:>6}{'':>7}{s['recall']:>9.3f}{s['precision']:>11.3f}")
-        o = result["overall"]
-        print(
-            f"{'all':<14}{result['mentions']:>6}{'':>7}{o['recall']:>9.3f}{o['precision']:>11.3f}"
-        )
-        for miss in result["misses"]:
-            print("  ", miss)
+        return
+    print(
+        f"{result['mentions']} labelled mentions {result['by_language']}; "
+        f"{result['seconds']} s ({result['chars_per_second']} chars/s)"
+    )
+    print(f"{'type':<14}{'gold':>6}{'found':>7}{'recall':>9}{'precision':>11}")
+    for t, row in result["types"].items():
+        r = "-" if row["recall"] is None else f"{row['recall']:.3f}"
+        p = "-" if row["precision"] is None else f"{row['precision']:.3f}"
+        print(f"{t:<14}{row['gold']:>6}{row['found']:>7}{r:>9}{p:>11}")
+    s = result["structured"]
+    print(f"{'structured':<14}{s['gold']:>6}{'':>7}{s['recall']:>9.3f}{s['precision']:>11.3f}")
+    o = result["overall"]
+    print(f"{'all':<14}{result['mentions']:>6}{'':>7}{o['recall']:>9.3f}{o['precision']:>11.3f}")
+    for miss in result["misses"]:
+        print("  ", miss)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def register(app: typer.Typer) -> None:
             max_pairwise_similarity,
             write_profiles,
         )
-        from csc.lm import LMConfigError, lm_for_role
+        from csc.lm import LMConfigError, lm_for_role, split_scheme
         from csc.programs.profiles import lm_describer
 
         describer = None
@@ -59,8 +59,6 @@ def register(app: typer.Typer) -> None:
             errors = (LMConfigError, FileNotFoundError, ImportError)
             with common.user_errors(*errors, prefix="cannot build the LM: "):
                 client = lm_for_role(settings, "planner")
-            from csc.lm import split_scheme
-
             # Small embedded models fill text to the engine's bound; 3 sentences need ~120 tokens.
             embedded = split_scheme(settings.spec_for("planner").model)[0] in ("local", "finetuned")
             describer = lm_describer(
