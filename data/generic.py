@@ -473,14 +473,11 @@ class _TurnReader:
                 text=prev.text + sep + turn.text,
                 strategy=prev.strategy or turn.strategy,
                 # The run's first turn describes it (e.g. when it started); later keys are added.
-                metadata={**prev.metadata, **_new_keys(turn.metadata, prev.metadata)},
+                metadata=prev.metadata
+                | {k: v for k, v in turn.metadata.items() if k not in prev.metadata},
             )
             self.counts.merged_turns += 1
         return out
-
-
-def _new_keys(later: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in later.items() if k not in first}
 
 
 def _nested_dialogue(
