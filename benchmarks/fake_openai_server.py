@@ -136,9 +136,8 @@ class FakeServer:
                     + data
                 )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
-        except asyncio.CancelledError:  # the server is shutting down: drop the connection quietly
+        # CancelledError: the server is shutting down: drop the connection quietly.
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -170,25 +169,18 @@ class FakeServer:
                 }
             role, text = answer(request.get("messages", []), self.turns, self.rng)
             self.calls[role] += 1
-            prompt_tokens = (
-                sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4
-            )
+            prompt = sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4
+            message = {"role": "assistant", "content": text}
             return 200, {
                 "id": f"chatcmpl-{self.rng.getrandbits(48):x}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": request.get("model", "fake"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                 "usage": {
-                    "prompt_tokens": prompt_tokens,
+                    "prompt_tokens": prompt,
                     "completion_tokens": len(text) // 4,
-                    "total_tokens": prompt_tokens + len(text) // 4,
+                    "total_tokens": prompt + len(text) // 4,
                 },
             }
         finally:
