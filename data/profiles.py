@@ -22,20 +22,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from csc.framework import Language
 
-ATTRIBUTES: tuple[str, ...] = (
-    "age_range",
-    "gender",
-    "occupation",
-    "education",
-    "region",
-    "personality",
-    "emotion",
-    "communication_style",
-    "tech_savviness",
-    "company_history",
-)
-"""The structured profile attributes, in the order they are described."""
-
 DEFAULT_THRESHOLD = 0.85
 DEFAULT_POOL_SIZE = 24
 DEFAULT_POOL_SEED = 4
@@ -76,6 +62,12 @@ class CustomerProfile(BaseModel):
     def attributes(self) -> dict[str, str]:
         """The structured attributes that are set, in schema order."""
         return {a: getattr(self, a) for a in ATTRIBUTES if getattr(self, a)}
+
+
+_TEXT_FIELDS = ("id", "description", "language", "description_source")
+ATTRIBUTES = tuple(f for f in CustomerProfile.model_fields if f not in _TEXT_FIELDS)
+"""The structured profile attributes (``age_range`` ... ``company_history``), in the order they
+are described."""
 
 
 # ----------------------------------------------------------------------------- sampling
