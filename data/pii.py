@@ -19,46 +19,36 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-PII_TYPES: tuple[str, ...] = (
-    "email",
-    "url",
-    "ip",
-    "id_number",
-    "bank_card",
-    "phone",
-    "order_number",
-    "address",
-    "person",
-)
-"""Every type, in the priority order used when two findings overlap (earlier wins)."""
-
-STRUCTURED_TYPES: tuple[str, ...] = ("phone", "id_number", "bank_card", "email", "url", "ip")
-
 PLACEHOLDERS: dict[str, dict[str, str]] = {
     "en": {
-        "phone": "[Phone number]",
-        "id_number": "[ID number]",
-        "bank_card": "[Card number]",
         "email": "[Email address]",
         "url": "[URL]",
         "ip": "[IP address]",
+        "id_number": "[ID number]",
+        "bank_card": "[Card number]",
+        "phone": "[Phone number]",
         "order_number": "[Order number]",
-        "person": "[Name]",
         "address": "[Address]",
+        "person": "[Name]",
     },
     "zh": {
-        "phone": "[电话号码]",
-        "id_number": "[身份证号]",
-        "bank_card": "[银行卡号]",
         "email": "[邮箱地址]",
         "url": "[网址]",
         "ip": "[IP地址]",
+        "id_number": "[身份证号]",
+        "bank_card": "[银行卡号]",
+        "phone": "[电话号码]",
         "order_number": "[订单号]",
-        "person": "[姓名]",
         "address": "[地址]",
+        "person": "[姓名]",
     },
 }
-"""The placeholder of each type, per language."""
+"""The placeholder of each type, per language, in the priority order used when two findings
+overlap (earlier wins)."""
+PII_TYPES: tuple[str, ...] = tuple(PLACEHOLDERS["en"])
+"""Every type, in priority order."""
+STRUCTURED_TYPES: tuple[str, ...] = ("phone", "id_number", "bank_card", "email", "url", "ip")
+
 
 _PLACEHOLDER = re.compile(
     "|".join(re.escape(p) for lang in PLACEHOLDERS.values() for p in lang.values())
