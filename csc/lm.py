@@ -51,7 +51,6 @@ ROLES: tuple[str, ...] = (*AGENT_ROLES, "rewriter", "prefilter", "labeler")
 DEFAULT_LM = "local"
 CONFIG_FILES = ("csc.toml", "csc.yaml", "csc.yml")
 CONFIG_SECTIONS = ("lm",)  # top-level sections of csc.toml / csc.yaml
-_SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password"}
 # A key that names a credential: api_key, openai_api_key, access_token, client_secret, passwd...
 # (``max_tokens`` and ``api_key_env``, which names a variable, are not credentials.)
 _SECRET_NAME = re.compile(r"(?:^|[_\-])(?:api[_\-]?key|key|token|secret|password|passwd)$", re.I)
@@ -70,7 +69,7 @@ REDACTED = "***"
 
 def is_secret_name(name: str) -> bool:
     """True when a config key names a credential (``api_key``, ``openai_api_key``, ``token``)."""
-    return name.lower() in _SECRET_KEYS or bool(_SECRET_NAME.search(name))
+    return bool(_SECRET_NAME.search(name))
 
 
 def redact_url(url: str | list[str]) -> str:

@@ -40,16 +40,12 @@ def strategy_code(
             field=field,
             fix="write the label as text, e.g. the official '策略1 礼貌问候' or the code",
         )
-    if labels and label in labels:
-        label = labels[label]
     try:
-        return framework.normalize(label)
+        return framework.normalize((labels or {}).get(label, label))
     except FrameworkError as exc:
         fix = "use one of the valid labels above"
-        if labels is not None:
-            fix += ", or add the label to the mapping's labels: table"
-        if hint:
-            fix += f"; {hint}"
+        fix += ", or add the label to the mapping's labels: table" if labels is not None else ""
+        fix += f"; {hint}" if hint else ""
         raise loc.error(str(exc), field=field, fix=fix) from None
 
 
