@@ -263,11 +263,6 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 def _counts_note(counts: Any) -> str:
     """A generic mapping's drops and merges in a few words, for ``convert``'s last line."""
-    parts = [
-        (counts.empty_messages, "empty messages dropped"),
-        (counts.empty_turns, "empty turns dropped"),
-        (counts.dropped_speaker_turns, "speaker turns dropped"),
-        (counts.merged_turns, "turns merged"),
-        (counts.empty_dialogues, "empty dialogues dropped"),
-    ]
-    return ", ".join(f"{n} {what}" for n, what in parts if n)
+    counted = counts.to_dict().items()
+    skip = ("rows", "dropped_speakers")
+    return ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in counted if n and key not in skip)
