@@ -189,11 +189,6 @@ class MappingCounts:
         }
 
 
-def builtin_mapping_path(name: str) -> Path:
-    """Path of a mapping YAML shipped with csc (``data/mappings/<name>.yaml``)."""
-    return Path(str(resources.files("csc.data") / "mappings" / f"{name}.yaml"))
-
-
 MAPPING_KEYS = tuple(k for k in CorpusMapping.model_fields if k != "source")
 
 
@@ -204,8 +199,9 @@ def load_mapping(mapping: CorpusMapping | dict[str, Any] | str | Path) -> Corpus
     source = "<dict>"
     if not isinstance(mapping, dict):
         path = Path(mapping)
-        if not path.is_file() and builtin_mapping_path(str(mapping)).is_file():
-            path = builtin_mapping_path(str(mapping))
+        shipped = Path(str(resources.files("csc.data") / "mappings" / f"{mapping}.yaml"))
+        if not path.is_file() and shipped.is_file():
+            path = shipped
         if not path.is_file():
             raise file_location(path).error(
                 "mapping not found", fix="give the path of a mapping YAML file, or 'esconv'"

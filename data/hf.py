@@ -104,7 +104,7 @@ def from_dataset(
     """
     fw = as_framework(framework)
     columns = list(dataset.column_names or [])
-    name = name or _dataset_name(dataset)
+    name = name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "dataset"
     label = where or name
     ours = "turns" in columns and "id" in columns
     if not ours and "dialogue" not in columns:
@@ -153,11 +153,6 @@ def _decode(value: Any, loc: RecordLocation, field: str, default: Any) -> Any:
             field=field,
             fix="this column holds JSON text; write it with json.dumps or csc.data.hf.to_dataset",
         ) from None
-
-
-def _dataset_name(dataset: Any) -> str:
-    info = getattr(dataset, "info", None)
-    return getattr(info, "dataset_name", None) or "dataset"
 
 
 def is_saved_dataset(path: str | Path) -> bool:
