@@ -19,6 +19,7 @@ by ``api_key_env``); they are never written to config, programs, logs or outputs
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -26,6 +27,7 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -111,15 +113,6 @@ def remember_secret(value: str | None) -> None:
     """Register a credential so :func:`redact_secrets` hides it from every later message."""
     if value:
         _RUNTIME_SECRETS.add(value)
-
-
-def _url_password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
 
 
 class LMConfigError(ValueError):
@@ -505,7 +498,8 @@ def build_lm(
     if spec.api_base:
         kwargs["api_base"] = spec.api_base
         for url in spec.api_base if isinstance(spec.api_base, list) else [spec.api_base]:
-            remember_secret(_url_password(url))
+            with contextlib.suppress(ValueError):  # a malformed URL has no password to hide
+                remember_secret(urlsplit(url).password)
     if spec.api_key_env:
         key = os.environ.get(spec.api_key_env)
         if not key:

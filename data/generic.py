@@ -279,7 +279,8 @@ class GenericReader(Iterator[Dialogue]):
             self._allow_unlabelled or spec.strategy_field is None,
             self.counts,
         )
-        container = spec.container or _container(self.path)
+        csv_file = self.path.suffix.lower() in (".csv", ".tsv")
+        container = spec.container or ("csv" if csv_file else container_for(self.path))
         if container == "csv":
             records = _iter_csv(self.path, spec.csv_delimiter)
         else:
@@ -309,12 +310,6 @@ class GenericReader(Iterator[Dialogue]):
 
 
 read_generic = GenericReader
-
-
-def _container(path: Path) -> str | None:
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return "csv"
-    return container_for(path)
 
 
 @dataclass

@@ -44,7 +44,8 @@ def parse_dialogue(
         dialogue = Dialogue.model_validate(obj)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = _field_path(err["loc"])
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        field = path.lstrip(".") or "(record)"
         problem = err["msg"].replace("Field required", "missing field")
         if err["type"] == "extra_forbidden":
             problem = "unknown field"
@@ -63,11 +64,6 @@ def parse_dialogue(
             ],
         ) from None
     return check_dialogue(dialogue, framework, loc, allow_unlabelled=allow_unlabelled)
-
-
-def _field_path(parts: tuple[Any, ...]) -> str:
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
-    return path or "(record)"
 
 
 def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> int:

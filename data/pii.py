@@ -174,12 +174,6 @@ _PROVINCE_CODES = """
 _PROVINCES = frozenset(_PROVINCE_CODES.split())
 
 
-def _valid_luhn(digits: str) -> bool:
-    from stdnum import luhn
-
-    return 13 <= len(digits) <= 19 and bool(luhn.is_valid(digits))
-
-
 class PiiRedactor:
     """Find and replace PII in support-dialogue text (see the module docs for each type).
 
@@ -312,9 +306,12 @@ class PiiRedactor:
         return (m.span() for m in _RIC.finditer(text) if _valid_ric(m.group()))
 
     def _find_bank_card(self, text: str, language: str) -> Iterable[tuple[int, int]]:
+        from stdnum import luhn
+
         for m in _CARD.finditer(text):
             digits = re.sub(r"\D", "", m.group())
-            if _valid_luhn(digits) and not _is_mobile(digits):
+            mobile = len(digits) == 11 and digits[0] == "1" and digits[1] in "3456789"
+            if 13 <= len(digits) <= 19 and luhn.is_valid(digits) and not mobile:
                 yield m.span()
 
     def _find_phone(self, text: str, language: str) -> Iterable[tuple[int, int]]:
@@ -399,10 +396,6 @@ def _jieba_names(text: str, lock: threading.Lock) -> Iterable[tuple[int, int]]:
             and not _ZH_NOT_NAME_PATTERN.search(w.word)
         ):
             yield start, pos
-
-
-def _is_mobile(digits: str) -> bool:
-    return len(digits) == 11 and digits[0] == "1" and digits[1] in "3456789"
 
 
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:

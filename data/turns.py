@@ -94,10 +94,12 @@ def make_turn(
             )
     elif is_unlabelled(label):
         if not allow_unlabelled:
+            fb = framework.fallback
             raise loc.error(
                 "supporter turn without a strategy label",
                 field=strategy_at,
-                fix=f"label it (the framework's fallback strategy is {_fallback_name(framework)})",
+                fix="label it (the framework's fallback strategy is "
+                f"{f'{fb.code} ({fb.name})' if fb else 'none'})",
                 hints=[
                     Hint(
                         "--allow-unlabelled",
@@ -138,11 +140,6 @@ def check_dialogue(
         for i, t in enumerate(dialogue.turns)
     ]
     return dialogue.model_copy(update={"turns": turns})
-
-
-def _fallback_name(framework: Framework) -> str:
-    fallback = framework.fallback
-    return f"{fallback.code} ({fallback.name})" if fallback else "none"
 
 
 def as_framework(framework: Framework | str | Any) -> Framework:
