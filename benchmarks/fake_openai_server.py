@@ -205,9 +205,8 @@ async def serve(args: argparse.Namespace) -> None:
         while True:  # bounded: every exit condition is checked once a second
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            if stdin_closed.is_set() or os.getppid() != parent:
-                break
-            if now - fake.last_request > args.idle_exit or now - started > args.max_seconds:
+            idle = now - fake.last_request > args.idle_exit or now - started > args.max_seconds
+            if idle or stdin_closed.is_set() or os.getppid() != parent:
                 break
 
 
