@@ -355,10 +355,7 @@ def find_config_file(
     if env.get("CSC_CONFIG"):
         return Path(env["CSC_CONFIG"])
     base = Path(cwd or Path.cwd())
-    for name in CONFIG_FILES:
-        if (base / name).exists():
-            return base / name
-    return None
+    return next((base / name for name in CONFIG_FILES if (base / name).exists()), None)
 
 
 def load_lm_settings(

@@ -252,15 +252,8 @@ def meter(lm: Any) -> Any:
 
 def meters_of(lms: Iterable[Any]) -> list[UsageMeter]:
     """The distinct meters of some LMs (attaching one where missing); shared LMs count once."""
-    seen: dict[int, UsageMeter] = {}
-    for lm in lms:
-        if lm is None:
-            continue
-        meter(lm)
-        for cb in lm.callbacks:
-            if isinstance(cb, UsageMeter):
-                seen.setdefault(id(cb), cb)
-    return list(seen.values())
+    callbacks = [cb for lm in lms if lm is not None for cb in meter(lm).callbacks]
+    return list({id(cb): cb for cb in callbacks if isinstance(cb, UsageMeter)}.values())
 
 
 def usage_of(*lms: Any) -> Usage:

@@ -304,13 +304,10 @@ def embedding_text(profile: CustomerProfile) -> str:
 
 def _to_english(attrs: dict[str, str]) -> dict[str, str] | None:
     values = attribute_values()
-    out = {}
-    for attr, value in attrs.items():
-        match = next((en for en, zh in values[attr] if value in (en, zh)), None)
-        if match is None:
-            return None
-        out[attr] = match
-    return out
+    english = {
+        a: next((en for en, zh in values[a] if v in (en, zh)), None) for a, v in attrs.items()
+    }
+    return None if None in english.values() else english
 
 
 def deduplicate(
