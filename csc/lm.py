@@ -371,10 +371,8 @@ def load_lm_settings(
     ``role_overrides`` map a role to a model string or a dict of fields (CLI ``--lm-ROLE``).
     """
     env = os.environ if env is None else env
-    layers: list[dict[str, Any]] = []
     path = Path(config_file) if config_file else find_config_file(env=env)
-    if path is not None:
-        layers.append(read_config_file(path))
+    layers = [read_config_file(path)] if path is not None else []
     layers.append(_env_layer(env))
     cli: dict[str, Any] = {"default": {k: v for k, v in (overrides or {}).items() if v is not None}}
     cli["roles"] = {
