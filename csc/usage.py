@@ -216,8 +216,7 @@ def litellm_cost(model: str, usage: Usage) -> float | None:
     """Price ``usage`` with LiteLLM's model table; None when it does not know the model."""
     if usage.prompt_tokens == 0 and usage.completion_tokens == 0:
         return 0.0
-    provider = model.split("/", 1)[0] if "/" in model else ""
-    if not provider or provider in ("local", "finetuned", "dummy"):
+    if "/" not in model or model.split("/", 1)[0] in ("local", "finetuned", "dummy"):
         return None  # the embedded engine and test fakes have no price
     if "litellm" not in sys.modules:
         # LiteLLM's bundled price table; never fetch one over the network for a report.
