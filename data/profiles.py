@@ -237,23 +237,18 @@ def generate_profiles(
     else:
         texts = [describe(attrs) for attrs in combos]
     profiles: list[CustomerProfile] = []
-    used_lm = 0
     for i, (attrs, text) in enumerate(zip(combos, texts)):
-        text, source = text or "", "template"
-        if usable_description(text, language):
-            source = "lm"
-            used_lm += 1
-        else:
-            text = template_description(attrs, language, variant=i)
+        by_lm = usable_description(text or "", language)
         profiles.append(
             CustomerProfile(
                 id=f"p{seed}-{i:04d}",
-                description=text,
+                description=text if by_lm else template_description(attrs, language, variant=i),
                 language=language,
-                description_source=source,
+                description_source="lm" if by_lm else "template",
                 **attrs,
             )
         )
+    used_lm = sum(p.description_source == "lm" for p in profiles)
     kept, dropped = deduplicate(profiles, threshold=threshold, embed=embed)
     return GeneratedPool(kept, dropped, used_lm, len(profiles) - used_lm)
 
