@@ -158,18 +158,12 @@ def _speaker_text(value: Any) -> str | None:
 class MappingCounts:
     """What a mapping dropped or merged while reading; nothing is dropped without a count."""
 
-    rows: int = 0
-    """Rows read from a flat log (0 for records holding turn lists)."""
-    empty_messages: int = 0
-    """Empty or whitespace-only messages dropped (list items, or a turn's whole text)."""
-    empty_turns: int = 0
-    """Turns dropped because no text was left."""
-    dropped_speakers: Counter[str] = field(default_factory=Counter)
-    """Turns dropped per ``drop:`` speaker value."""
-    merged_turns: int = 0
-    """Turns merged into the previous turn of the same speaker (a run of 3 counts 2)."""
-    empty_dialogues: int = 0
-    """Dialogues dropped because no turn was left."""
+    rows: int = 0  # read from a flat log (0 for records holding turn lists)
+    empty_messages: int = 0  # empty or whitespace-only (list items, or a turn's whole text)
+    empty_turns: int = 0  # turns dropped because no text was left
+    dropped_speakers: Counter[str] = field(default_factory=Counter)  # per drop: speaker value
+    merged_turns: int = 0  # into the previous turn of the same speaker (a run of 3 counts 2)
+    empty_dialogues: int = 0  # dialogues dropped because no turn was left
 
     @property
     def dropped_speaker_turns(self) -> int:
