@@ -54,9 +54,7 @@ def output_fields(system: str) -> list[tuple[str, str]]:
 def role_of(fields: list[tuple[str, str]]) -> str:
     """The RoleCS role a request is for, from its output field names."""
     names = tuple(sorted(n for n, _ in fields))
-    if "strategy_adherence" in names:
-        return "judge"
-    return ROLE_BY_FIELDS.get(names, "other")
+    return "judge" if "strategy_adherence" in names else ROLE_BY_FIELDS.get(names, "other")
 
 
 def _sentence(rng: random.Random, lead: str) -> str:

@@ -77,14 +77,8 @@ def _group(number: str, sep: str, size: int = 4) -> str:
 
 def _cn_mobile(rng: random.Random) -> str:
     n = f"1{rng.choice('3456789')}{rng.randint(0, 9)}{rng.randint(0, 99999999):08d}"
-    style = rng.randint(0, 3)
-    if style == 1:
-        return f"{n[:3]}-{n[3:7]}-{n[7:]}"
-    if style == 2:
-        return f"{n[:3]} {n[3:7]} {n[7:]}"
-    if style == 3:
-        return f"+86 {n}"
-    return n
+    styles = [n, f"{n[:3]}-{n[3:7]}-{n[7:]}", f"{n[:3]} {n[3:7]} {n[7:]}", f"+86 {n}"]
+    return styles[rng.randint(0, 3)]
 
 
 def _cn_landline(rng: random.Random) -> str:

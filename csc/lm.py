@@ -449,9 +449,7 @@ def split_scheme(model: str) -> tuple[str | None, str]:
     if model in _SCHEMES:
         return model, ""
     head, sep, rest = model.partition(":")
-    if sep and head in _SCHEMES:
-        return head, rest
-    return None, model
+    return (head, rest) if sep and head in _SCHEMES else (None, model)
 
 
 def build_lm(
