@@ -221,9 +221,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def _ratio(full: dict, compact: dict, key: str, inverse: bool = False, what: str = "") -> str:
     a, b = full.get(key), compact.get(key)
-    if not a or not b:
-        return "–"
-    return f"{(a / b if inverse else b / a):.2f}×{what}"
+    return "–" if not a or not b else f"{(a / b if inverse else b / a):.2f}×{what}"
 
 
 def _diff(full: dict, compact: dict, key: str) -> str:
