@@ -64,10 +64,7 @@ def register(app: typer.Typer) -> None:
             "run": str(run),
             "reviewer": review.reviewer,
             "out": str(outcome.out),
-            "accepted": outcome.accepted,
-            "rejected": outcome.rejected,
-            "undecided": outcome.undecided,
-            "unreviewed": outcome.unreviewed,
+            **{k: getattr(outcome, k) for k in ("accepted", "rejected", "undecided", "unreviewed")},
             "agreement": [row.to_dict() for row in outcome.agreement],
         }
         if as_json:

@@ -327,12 +327,8 @@ def register(app: typer.Typer) -> None:
         if n_kept or not n_judged:
             console.print(render_stats(stats, title=f"Statistics of {out / 'dialogues.jsonl'}"))
         else:
-            console.print(
-                render_stats(
-                    stats_all,
-                    title=f"Statistics of all {n_judged} finished dialogues (none kept)",
-                )
-            )
+            title = f"Statistics of all {n_judged} finished dialogues (none kept)"
+            console.print(render_stats(stats_all, title=title))
         from itertools import islice
 
         status = "kept" if n_kept else "rejected"
