@@ -83,16 +83,8 @@ def rows(n: int, seed: int) -> Iterator[dict[str, object]]:
                     author = "customer" if author == "agent" else "agent"
                 who, body = author, ("" if r < 0.08 else rng.choice(PHRASES))
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start + i * 7))
-            messages.append(
-                {
-                    "conversation_id": f"conv-{conversation:08d}",
-                    "message_id": made + i,
-                    "sent_at": stamp,
-                    "author": who,
-                    "body": body,
-                    "queue": queue,
-                }
-            )
+            values = (f"conv-{conversation:08d}", made + i, stamp, who, body, queue)
+            messages.append(dict(zip(COLUMNS, values)))
         rng.shuffle(messages)
         yield from messages
         made += size
