@@ -178,13 +178,8 @@ def register(app: typer.Typer) -> None:
                 )
             else:
                 result = optimize_program(program, trainset, devset, metric=metric, **shared)
-        dev_source = (
-            str(dev)
-            if dev
-            else f"{train} (validation part of {splits})"
-            if splits
-            else f"{train} (seeded split, seed {seed})"
-        )
+        dev_part = f"validation part of {splits}" if splits else f"seeded split, seed {seed}"
+        dev_source = str(dev) if dev else f"{train} ({dev_part})"
         metadata = {
             **result.metadata,
             "train": str(train),
