@@ -38,12 +38,11 @@ def make_pairs(n: int, language: str, rng: random.Random) -> tuple[list[str], li
     """``n`` (prediction, reference) pairs of short replies in ``language``."""
     hyps, refs = [], []
     for _ in range(n):
-        if language == "en":
-            ref = [rng.choice(EN_WORDS) for _ in range(rng.randint(5, 16))]
-            alphabet, join = EN_WORDS, " "
-        else:
-            ref = [rng.choice(ZH_CHARS) for _ in range(rng.randint(8, 24))]
-            alphabet, join = ZH_CHARS, ""
+        en = language == "en"
+        alphabet, join, end = (EN_WORDS, " ", ".") if en else (ZH_CHARS, "", "。")
+        ref = [
+            rng.choice(alphabet) for _ in range(rng.randint(5, 16) if en else rng.randint(8, 24))
+        ]
         hyp = list(ref)
         for _ in range(rng.randint(1, max(2, len(hyp) // 3))):
             op = rng.random()
@@ -55,7 +54,6 @@ def make_pairs(n: int, language: str, rng: random.Random) -> tuple[list[str], li
             else:
                 j = rng.randrange(len(hyp))
                 hyp[i], hyp[j] = hyp[j], hyp[i]
-        end = "." if language == "en" else "。"
         refs.append(join.join(ref) + end)
         hyps.append(join.join(hyp) + end)
     return hyps, refs

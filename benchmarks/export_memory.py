@@ -50,21 +50,8 @@ def measure(n: int, work: Path) -> dict:
     log = work / f"export-{n}.log"
     start = time.perf_counter()
     with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "csc",
-                "finetune",
-                "export",
-                "--data",
-                str(data),
-                "--out",
-                str(out),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+        cmd = [sys.executable, "-m", "csc", "finetune", "export", "--data", str(data)]
+        proc = subprocess.Popen([*cmd, "--out", str(out)], stdout=fh, stderr=subprocess.STDOUT)
         # wait4 gives this child's own rusage: ru_maxrss is its peak resident set (KiB).
         _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start

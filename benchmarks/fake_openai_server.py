@@ -30,28 +30,10 @@ _LITERAL = re.compile(r"Literal\[(.*)\]")
 # The csc framework's policy, as the fake supporter assistant follows it.
 _MIDDLE = ["EM", "PS", "ID", "RI", "FR", "RC", "PR", "RP", "OT"]
 _STAGE = {"GT": "connecting", "IV": "identifying", "AC": "maintaining"}
-_WORDS = [
-    "order",
-    "refund",
-    "card",
-    "account",
-    "delivery",
-    "invoice",
-    "password",
-    "plan",
-    "upgrade",
-    "charge",
-    "parcel",
-    "balance",
-    "transfer",
-    "booking",
-    "ticket",
-    "warranty",
-    "router",
-    "signal",
-    "address",
-    "payment",
-]
+_WORDS = """
+    order refund card account delivery invoice password plan upgrade charge
+    parcel balance transfer booking ticket warranty router signal address payment
+""".split()  # noqa: SIM905
 
 ROLE_BY_FIELDS = {
     ("goal", "scenario"): "planner",
@@ -72,9 +54,7 @@ def output_fields(system: str) -> list[tuple[str, str]]:
 def role_of(fields: list[tuple[str, str]]) -> str:
     """The RoleCS role a request is for, from its output field names."""
     names = tuple(sorted(n for n, _ in fields))
-    if "strategy_adherence" in names:
-        return "judge"
-    return ROLE_BY_FIELDS.get(names, "other")
+    return "judge" if "strategy_adherence" in names else ROLE_BY_FIELDS.get(names, "other")
 
 
 def _sentence(rng: random.Random, lead: str) -> str:
@@ -98,18 +78,12 @@ def answer(messages: list[dict], turns: int, rng: random.Random) -> tuple[str, s
         lit = _LITERAL.search(type_)
         if role == "supporter_assistant" and name == "strategy":
             k = supporter_turns
-            code = (
-                "GT"
-                if k == 0
-                else "IV"
-                if k == 1
-                else "AC"
-                if k >= turns - 1
-                else _MIDDLE[(k - 2) % len(_MIDDLE)]
-            )
-            values[name] = code
+            late = "AC" if k >= turns - 1 else _MIDDLE[(k - 2) % len(_MIDDLE)]
+            values[name] = {0: "GT", 1: "IV"}.get(k, late)
         elif role == "supporter_assistant" and name == "stage":
-            values[name] = "connecting"  # the runner takes the stage from the framework
+            values[name] = (
+                ""  # set from the strategy below (the runner takes it from the framework)
+            )
         elif lit:
             choices = [c.strip().strip("'\"") for c in lit.group(1).split(",")]
             values[name] = rng.choice(choices)
@@ -120,9 +94,8 @@ def answer(messages: list[dict], turns: int, rng: random.Random) -> tuple[str, s
                 rng,
                 {"reply": "I can help with", "utterance": "Please check"}.get(name, "It concerns"),
             )
-    for name in values:
-        if role == "supporter_assistant" and name == "stage":
-            values[name] = _STAGE.get(values.get("strategy", ""), "exploring")
+    if role == "supporter_assistant" and "stage" in values:
+        values["stage"] = _STAGE.get(values.get("strategy", ""), "exploring")
     text = "".join(f"[[ ## {k} ## ]]\n{v}\n\n" for k, v in values.items()) + "[[ ## completed ## ]]"
     return role, text
 
@@ -161,9 +134,8 @@ class FakeServer:
                     + data
                 )
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-            pass
-        except asyncio.CancelledError:  # the server is shutting down: drop the connection quietly
+        # CancelledError: the server is shutting down: drop the connection quietly.
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
@@ -195,25 +167,18 @@ class FakeServer:
                 }
             role, text = answer(request.get("messages", []), self.turns, self.rng)
             self.calls[role] += 1
-            prompt_tokens = (
-                sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4
-            )
+            prompt = sum(len(str(m.get("content", ""))) for m in request.get("messages", [])) // 4
+            message = {"role": "assistant", "content": text}
             return 200, {
                 "id": f"chatcmpl-{self.rng.getrandbits(48):x}",
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": request.get("model", "fake"),
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
-                    }
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
                 "usage": {
-                    "prompt_tokens": prompt_tokens,
+                    "prompt_tokens": prompt,
                     "completion_tokens": len(text) // 4,
-                    "total_tokens": prompt_tokens + len(text) // 4,
+                    "total_tokens": prompt + len(text) // 4,
                 },
             }
         finally:
@@ -238,9 +203,8 @@ async def serve(args: argparse.Namespace) -> None:
         while True:  # bounded: every exit condition is checked once a second
             await asyncio.sleep(1.0)
             now = time.monotonic()
-            if stdin_closed.is_set() or os.getppid() != parent:
-                break
-            if now - fake.last_request > args.idle_exit or now - started > args.max_seconds:
+            idle = now - fake.last_request > args.idle_exit or now - started > args.max_seconds
+            if idle or stdin_closed.is_set() or os.getppid() != parent:
                 break
 
 

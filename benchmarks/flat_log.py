@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 MAPPING = """\
@@ -82,16 +83,8 @@ def rows(n: int, seed: int) -> Iterator[dict[str, object]]:
                     author = "customer" if author == "agent" else "agent"
                 who, body = author, ("" if r < 0.08 else rng.choice(PHRASES))
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start + i * 7))
-            messages.append(
-                {
-                    "conversation_id": f"conv-{conversation:08d}",
-                    "message_id": made + i,
-                    "sent_at": stamp,
-                    "author": who,
-                    "body": body,
-                    "queue": queue,
-                }
-            )
+            values = (f"conv-{conversation:08d}", made + i, stamp, who, body, queue)
+            messages.append(dict(zip(COLUMNS, values)))
         rng.shuffle(messages)
         yield from messages
         made += size
@@ -128,16 +121,8 @@ def write_log(path: Path, n: int, seed: int, mixed: bool = False) -> None:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        batch: list[dict[str, object]] = []
         writer = None
-        for row in source:
-            batch.append(row)
-            if len(batch) == 50_000:
-                table = pa.Table.from_pylist(batch)
-                writer = writer or pq.ParquetWriter(path, table.schema)
-                writer.write_table(table)
-                batch = []
-        if batch:
+        while batch := list(islice(source, 50_000)):
             table = pa.Table.from_pylist(batch)
             writer = writer or pq.ParquetWriter(path, table.schema)
             writer.write_table(table)

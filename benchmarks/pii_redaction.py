@@ -52,24 +52,23 @@ def read_handwritten(path: Path = HANDWRITTEN) -> list[dict]:
 
 # ----------------------------------------------------------------------------- the fixture
 def _ric(rng: random.Random) -> str:
+    from stdnum.cn import ric
+
     area = rng.choice(["110105", "310104", "440305", "510107", "330106", "420111"])
     birth = f"{rng.randint(1950, 2004)}{rng.randint(1, 12):02d}{rng.randint(1, 28):02d}"
     body = area + birth + f"{rng.randint(0, 999):03d}"
-    weights = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
-    check = "10X98765432"[sum(int(d) * w for d, w in zip(body, weights)) % 11]
-    return body + check
+    return body + ric.calc_check_digit(body + "?")  # it reads all but the last character
 
 
 def _luhn_card(rng: random.Random, prefix: str, length: int) -> str:
+    from stdnum import luhn
+
     digits = prefix + "".join(str(rng.randint(0, 9)) for _ in range(length - len(prefix) - 1))
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        n = int(d)
-        if i % 2 == 0:
-            n *= 2
-            n = n - 9 if n > 9 else n
-        total += n
-    return digits + str((10 - total % 10) % 10)
+    return digits + luhn.calc_check_digit(digits)
+
+
+def _ipv4(rng: random.Random) -> str:
+    return ".".join(str(rng.randint(*span)) for span in ((11, 223), (0, 255), (0, 255), (1, 254)))
 
 
 def _group(number: str, sep: str, size: int = 4) -> str:
@@ -78,14 +77,8 @@ def _group(number: str, sep: str, size: int = 4) -> str:
 
 def _cn_mobile(rng: random.Random) -> str:
     n = f"1{rng.choice('3456789')}{rng.randint(0, 9)}{rng.randint(0, 99999999):08d}"
-    style = rng.randint(0, 3)
-    if style == 1:
-        return f"{n[:3]}-{n[3:7]}-{n[7:]}"
-    if style == 2:
-        return f"{n[:3]} {n[3:7]} {n[7:]}"
-    if style == 3:
-        return f"+86 {n}"
-    return n
+    styles = [n, f"{n[:3]}-{n[3:7]}-{n[7:]}", f"{n[:3]} {n[3:7]} {n[7:]}", f"+86 {n}"]
+    return styles[rng.randint(0, 3)]
 
 
 def _cn_landline(rng: random.Random) -> str:
@@ -109,20 +102,7 @@ def _us_phone(rng: random.Random) -> str:
     ][style]
 
 
-ZH_NAMES = [
-    "张伟",
-    "王芳",
-    "李娜",
-    "刘洋",
-    "陈静",
-    "杨磊",
-    "赵敏",
-    "黄晓明",
-    "周杰",
-    "吴倩",
-    "徐丽",
-    "孙强",
-]
+ZH_NAMES = "张伟 王芳 李娜 刘洋 陈静 杨磊 赵敏 黄晓明 周杰 吴倩 徐丽 孙强".split()  # noqa: SIM905
 EN_NAMES = [
     "John Smith",
     "Emily Carter",
@@ -147,98 +127,81 @@ EN_ADDR = [
 ]
 
 
-def _zh_sentences(rng: random.Random) -> list[tuple[str, list[tuple[str, str]]]]:
-    ip = f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
+Sentence = tuple[str, dict[str, str]]  # a template and the value of each {type} in it
+
+
+def _zh_sentences(rng: random.Random) -> list[Sentence]:
+    ip = _ipv4(rng)
     card = _luhn_card(rng, rng.choice(["622202", "621700", "436742"]), rng.choice([16, 19]))
     order = f"{rng.randint(10**9, 10**10 - 1)}{rng.randint(100, 999)}"
     user = rng.choice(["zhangwei", "wangfang88", "li.na", "cs_user"])
     t = [
-        ("我的手机号是{phone}，麻烦尽快回电。", [("phone", _cn_mobile(rng))]),
+        ("我的手机号是{phone}，麻烦尽快回电。", {"phone": _cn_mobile(rng)}),
         (
             "您好，我叫{person}，身份证号{id_number}，想查一下账户。",
-            [("person", rng.choice(ZH_NAMES)), ("id_number", _ric(rng))],
+            {"person": rng.choice(ZH_NAMES), "id_number": _ric(rng)},
         ),
         (
             "扣款的那张卡是{bank_card}，请核实。",
-            [("bank_card", _group(card, rng.choice(["", " ", "-"])))],
+            {"bank_card": _group(card, rng.choice(["", " ", "-"]))},
         ),
         (
             "发票请发到邮箱{email}，谢谢。",
-            [("email", f"{user}@{rng.choice(['qq.com', '163.com', 'example.cn'])}")],
+            {"email": f"{user}@{rng.choice(['qq.com', '163.com', 'example.cn'])}"},
         ),
         (
             "你们官网{url}打不开，登录IP是{ip}。",
-            [
-                (
-                    "url",
-                    f"https://www.{rng.choice(['example', 'shop-demo', 'bank-test'])}.com/login?id={rng.randint(1, 999)}",
-                ),
-                ("ip", ip),
-            ],
+            {
+                "url": f"https://www.{rng.choice(['example', 'shop-demo', 'bank-test'])}.com/login?id={rng.randint(1, 999)}",
+                "ip": ip,
+            },
         ),
-        ("订单号{order_number}一直没发货。", [("order_number", order)]),
+        ("订单号{order_number}一直没发货。", {"order_number": order}),
         (
             "收货地址改成{address}，联系电话{phone}。",
-            [("address", rng.choice(ZH_ADDR)), ("phone", _cn_landline(rng))],
+            {"address": rng.choice(ZH_ADDR), "phone": _cn_landline(rng)},
         ),
-        ("{person}女士您好，已为您登记。", [("person", rng.choice(ZH_NAMES))]),
+        ("{person}女士您好，已为您登记。", {"person": rng.choice(ZH_NAMES)}),
     ]
     return [t[i] for i in rng.sample(range(len(t)), 3)]
 
 
-def _en_sentences(rng: random.Random) -> list[tuple[str, list[tuple[str, str]]]]:
+def _en_sentences(rng: random.Random) -> list[Sentence]:
     ip6 = rng.choice(
         ["2001:db8::1", "fe80::1ff:fe23:4567:890a", "2001:0db8:85a3:0000:0000:8a2e:0370:7334"]
     )
     card = _luhn_card(rng, rng.choice(["4", "51", "37"]), rng.choice([15, 16]))
     order = f"{rng.choice(['A', 'ORD', 'INV'])}{rng.randint(10**7, 10**8 - 1)}"
     t = [
-        ("You can reach me at {phone} after 5pm.", [("phone", _us_phone(rng))]),
+        ("You can reach me at {phone} after 5pm.", {"phone": _us_phone(rng)}),
         (
             "Hi, my name is {person} and my card {bank_card} was charged twice.",
-            [
-                ("person", rng.choice(EN_NAMES)),
-                ("bank_card", _group(card, rng.choice(["", " ", "-"]))),
-            ],
+            {"person": rng.choice(EN_NAMES), "bank_card": _group(card, rng.choice(["", " ", "-"]))},
         ),
         (
             "Please email the receipt to {email}.",
-            [
-                (
-                    "email",
-                    f"{rng.choice(['john.smith', 'emily_c', 'mb2024'])}@{rng.choice(['gmail.com', 'example.org', 'mail.co.uk'])}",
-                )
-            ],
+            {
+                "email": f"{rng.choice(['john.smith', 'emily_c', 'mb2024'])}@{rng.choice(['gmail.com', 'example.org', 'mail.co.uk'])}"
+            },
         ),
         (
             "The page {url} shows an error from IP {ip}.",
-            [
-                (
-                    "url",
-                    f"http://{rng.choice(['example.com', 'store.example.net'])}/orders/{rng.randint(100, 999)}",
-                ),
-                ("ip", ip6),
-            ],
+            {
+                "url": f"http://{rng.choice(['example.com', 'store.example.net'])}/orders/{rng.randint(100, 999)}",
+                "ip": ip6,
+            },
         ),
-        ("My order number is {order_number} and it never arrived.", [("order_number", order)]),
-        ("Ship it to {address} please.", [("address", rng.choice(EN_ADDR))]),
+        ("My order number is {order_number} and it never arrived.", {"order_number": order}),
+        ("Ship it to {address} please.", {"address": rng.choice(EN_ADDR)}),
         (
             "Thank you, Mr. {person}, I have updated the record.",
-            [("person", rng.choice(EN_NAMES).split()[1])],
+            {"person": rng.choice(EN_NAMES).split()[1]},
         ),
         (
             "My Chinese ID is {id_number} and my phone in Shanghai is {phone}.",
-            [("id_number", _ric(rng)), ("phone", _cn_mobile(rng))],
+            {"id_number": _ric(rng), "phone": _cn_mobile(rng)},
         ),
-        (
-            "I logged in from {ip} yesterday.",
-            [
-                (
-                    "ip",
-                    f"{rng.randint(11, 223)}.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}",
-                )
-            ],
-        ),
+        ("I logged in from {ip} yesterday.", {"ip": _ipv4(rng)}),
     ]
     return [t[i] for i in rng.sample(range(len(t)), 3)]
 
@@ -252,18 +215,13 @@ def write_fixture(path: Path, n_per_lang: int = 45, seed: int = 7) -> int:
             for _ in range(n_per_lang):
                 text, mentions = "", []
                 for template, values in make(rng):
-                    values = list(values)
-                    pieces = template
-                    while "{" in pieces:
-                        head, _, rest = pieces.partition("{")
-                        _type, _, pieces = rest.partition("}")
-                        text += head
-                        kind, value = values.pop(0)
-                        mentions.append(
-                            {"type": kind, "start": len(text), "end": len(text) + len(value)}
-                        )
-                        text += value
-                    text += pieces + ("" if lang == "zh" else " ")
+                    for piece in re.split(r"(\{\w+\})", template):
+                        if piece.startswith("{"):
+                            kind, piece = piece[1:-1], values[piece[1:-1]]
+                            end = len(text) + len(piece)
+                            mentions.append({"type": kind, "start": len(text), "end": end})
+                        text += piece
+                    text += "" if lang == "zh" else " "
                 fh.write(
                     json.dumps(
                         {"lang": lang, "text": text.strip(), "mentions": mentions},
@@ -290,38 +248,27 @@ def measure(records: list[dict]) -> dict:
         chars += len(rec["text"])
         gold = {(m["type"], m["start"], m["end"]) for m in rec["mentions"]}
         found = {(m.type, m.start, m.end) for m in redactor.find(rec["text"], rec["lang"])}
-        for t, *_ in gold:
-            gold_n[t] += 1
-            by_lang[rec["lang"]] += 1
-        for t, *_ in found:
-            found_n[t] += 1
-        for g in gold & found:
-            hit[g[0]] += 1
+        by_lang[rec["lang"]] += len(gold)
+        gold_n.update(t for t, *_ in gold)
+        found_n.update(t for t, *_ in found)
+        hit.update(t for t, *_ in gold & found)
         for g in sorted(gold - found):
             misses.append(f"missed {rec['lang']} {g[0]}: {rec['text'][g[1] : g[2]]!r}")
         for f in sorted(found - gold):
             misses.append(f"extra  {rec['lang']} {f[0]}: {rec['text'][f[1] : f[2]]!r}")
     seconds = time.perf_counter() - start
-    rows = {}
-    for t in PII_TYPES:
-        rows[t] = {
-            "gold": gold_n[t],
-            "found": found_n[t],
-            "recall": hit[t] / gold_n[t] if gold_n[t] else None,
-            "precision": hit[t] / found_n[t] if found_n[t] else None,
-        }
-    s_gold = sum(gold_n[t] for t in STRUCTURED_TYPES)
-    s_found = sum(found_n[t] for t in STRUCTURED_TYPES)
-    s_hit = sum(hit[t] for t in STRUCTURED_TYPES)
+
+    def scores(types: tuple[str, ...]) -> dict:
+        n_gold, n_found, n_hit = (sum(c[t] for t in types) for c in (gold_n, found_n, hit))
+        recall = n_hit / n_gold if n_gold else None
+        precision = n_hit / n_found if n_found else None
+        return {"gold": n_gold, "found": n_found, "recall": recall, "precision": precision}
+
     return {
         "mentions": sum(gold_n.values()),
         "by_language": dict(by_lang),
-        "types": rows,
-        "structured": {
-            "gold": s_gold,
-            "recall": s_hit / s_gold if s_gold else None,
-            "precision": s_hit / s_found if s_found else None,
-        },
+        "types": {t: scores((t,)) for t in PII_TYPES},
+        "structured": scores(STRUCTURED_TYPES),
         "overall": {
             "recall": sum(hit.values()) / max(1, sum(gold_n.values())),
             "precision": sum(hit.values()) / max(1, sum(found_n.values())),
@@ -363,24 +310,22 @@ def main() -> int:
 def _show(result: dict, as_json: bool) -> None:
     if as_json:
         print(json.dumps(result, ensure_ascii=False, indent=2))
-    else:
-        print(
-            f"{result['mentions']} labelled mentions {result['by_language']}; "
-            f"{result['seconds']} s ({result['chars_per_second']} chars/s)"
-        )
-        print(f"{'type':<14}{'gold':>6}{'found':>7}{'recall':>9}{'precision':>11}")
-        for t, row in result["types"].items():
-            r = "-" if row["recall"] is None else f"{row['recall']:.3f}"
-            p = "-" if row["precision"] is None else f"{row['precision']:.3f}"
-            print(f"{t:<14}{row['gold']:>6}{row['found']:>7}{r:>9}{p:>11}")
-        s = result["structured"]
-        print(f"{'structured':<14}{s['gold']:>6}{'':>7}{s['recall']:>9.3f}{s['precision']:>11.3f}")
-        o = result["overall"]
-        print(
-            f"{'all':<14}{result['mentions']:>6}{'':>7}{o['recall']:>9.3f}{o['precision']:>11.3f}"
-        )
-        for miss in result["misses"]:
-            print("  ", miss)
+        return
+    print(
+        f"{result['mentions']} labelled mentions {result['by_language']}; "
+        f"{result['seconds']} s ({result['chars_per_second']} chars/s)"
+    )
+    print(f"{'type':<14}{'gold':>6}{'found':>7}{'recall':>9}{'precision':>11}")
+    for t, row in result["types"].items():
+        r = "-" if row["recall"] is None else f"{row['recall']:.3f}"
+        p = "-" if row["precision"] is None else f"{row['precision']:.3f}"
+        print(f"{t:<14}{row['gold']:>6}{row['found']:>7}{r:>9}{p:>11}")
+    s = result["structured"]
+    print(f"{'structured':<14}{s['gold']:>6}{'':>7}{s['recall']:>9.3f}{s['precision']:>11.3f}")
+    o = result["overall"]
+    print(f"{'all':<14}{result['mentions']:>6}{'':>7}{o['recall']:>9.3f}{o['precision']:>11.3f}")
+    for miss in result["misses"]:
+        print("  ", miss)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,8 @@ def _samples() -> list[dict]:
     from csc.data.io import read_dialogues
 
     folder = Path(str(resources.files("csc.data") / "samples"))
-    out = []
-    for name in ("sample_en.json", "sample_zh.json"):
-        out.extend(d.model_dump(mode="json") for d in read_dialogues(folder / name))
-    return out
+    files = [folder / "sample_en.json", folder / "sample_zh.json"]
+    return [d.model_dump(mode="json") for file in files for d in read_dialogues(file)]
 
 
 def _perturb(text: str, vocab: list[str], rng: random.Random) -> str:

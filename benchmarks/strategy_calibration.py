@@ -50,46 +50,49 @@ def predict(program: Any, examples: list[Any], lm: Any, threads: int) -> tuple[l
     return [getattr(r, "strategy", None) for r in results], time.perf_counter() - start
 
 
-def sample_rows(language: str, limit: int | None, threads: int) -> list[dict[str, Any]]:
-    """Scores on one shipped sample, without and with calibration."""
-    from csc.data.io import read_dialogues
+def both_ways(data: str, program: Any, examples: list[Any], threads: int, gold=None) -> list[dict]:
+    """Label counts and entropy of ``program`` on the embedded LM without and with calibration;
+    accuracy and macro-F1 too when ``gold`` labels are given."""
     from csc.engine import LocalLM
-    from csc.eval.examples import supporter_examples
     from csc.eval.metrics import strategy_scores
     from csc.framework import Framework
-    from csc.programs.supporter import StrategyPredictor
 
-    framework = Framework.load("csc")
-    dialogues = list(read_dialogues(SAMPLES[language]))
-    examples = supporter_examples(dialogues, language=language)[:limit]
-    gold = [ex.strategy for ex in examples]
     rows = []
     for calibrate in (False, True):
         lm = LocalLM(cache=False, calibrate_choices=calibrate)
-        predicted, seconds = predict(StrategyPredictor(framework, language), examples, lm, threads)
-        scores = strategy_scores(gold, predicted, framework.codes)
-        rows.append(
-            {
-                "data": f"sample_{language}",
-                "calibrated": calibrate,
-                "n": len(examples),
-                "acc": scores.accuracy,
-                "macro_f1": scores.macro_f1,
-                "entropy": entropy_bits(predicted),
-                "gold_entropy": entropy_bits(gold),
-                "majority_acc": 100.0 * Counter(gold).most_common(1)[0][1] / len(gold),
-                "counts": dict(Counter(predicted).most_common()),
-                "seconds": seconds,
-            }
-        )
+        predicted, seconds = predict(program, examples, lm, threads)
+        row = {"data": data, "calibrated": calibrate, "n": len(examples), "seconds": seconds}
+        row |= {
+            "entropy": entropy_bits(predicted),
+            "counts": dict(Counter(predicted).most_common()),
+        }
+        if gold is not None:
+            scores = strategy_scores(gold, predicted, Framework.load("csc").codes)
+            row |= {"acc": scores.accuracy, "macro_f1": scores.macro_f1}
+            row |= {"gold_entropy": entropy_bits(gold)}
+            row |= {"majority_acc": 100.0 * Counter(gold).most_common(1)[0][1] / len(gold)}
+        rows.append(row)
     return rows
+
+
+def sample_rows(language: str, limit: int | None, threads: int) -> list[dict[str, Any]]:
+    """Scores on one shipped sample, without and with calibration."""
+    from csc.data.io import read_dialogues
+    from csc.eval.examples import supporter_examples
+    from csc.framework import Framework
+    from csc.programs.supporter import StrategyPredictor
+
+    dialogues = list(read_dialogues(SAMPLES[language]))
+    examples = supporter_examples(dialogues, language=language)[:limit]
+    program = StrategyPredictor(Framework.load("csc"), language)
+    gold = [ex.strategy for ex in examples]
+    return both_ways(f"sample_{language}", program, examples, threads, gold)
 
 
 def benchmark_rows(requests: int, threads: int) -> list[dict[str, Any]]:
     """The strategy check of ``benchmarks/local_lm.py`` (no gold labels), both ways."""
     import dspy
 
-    from csc.engine import LocalLM
     from csc.framework import Framework
     from csc.signatures.types import DialogueHistory
 
@@ -106,21 +109,7 @@ def benchmark_rows(requests: int, threads: int) -> list[dict[str, Any]]:
         strategy: framework.strategy_literal = dspy.OutputField(desc="one strategy code")
 
     examples = [dspy.Example(history=h).with_inputs("history") for h in bench.histories(requests)]
-    rows = []
-    for calibrate in (False, True):
-        lm = LocalLM(cache=False, calibrate_choices=calibrate)
-        predicted, seconds = predict(dspy.Predict(NextStrategy), examples, lm, threads)
-        rows.append(
-            {
-                "data": "local_lm.py histories",
-                "calibrated": calibrate,
-                "n": len(examples),
-                "entropy": entropy_bits(predicted),
-                "counts": dict(Counter(predicted).most_common()),
-                "seconds": seconds,
-            }
-        )
-    return rows
+    return both_ways("local_lm.py histories", dspy.Predict(NextStrategy), examples, threads)
 
 
 def main() -> None:

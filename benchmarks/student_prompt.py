@@ -198,35 +198,30 @@ def markdown(results: dict[str, Any]) -> str:
     def f(value: Any, digits: int) -> str:
         return "–" if value is None else f"{value:.{digits}f}"
 
+    columns = {"strategy_prompt_tokens": 0, "response_prompt_tokens": 0, "steps_per_second": 4}
+    columns |= {"cpu_s_per_step": 0, "latency_s": 2, "acc": 1, "macro_f1": 1, "final_loss": 3}
     for (lang, variant), r in by.items():
-        lines.append(
-            f"| {lang} | {variant} | {f(r['strategy_prompt_tokens'], 0)} | "
-            f"{f(r['response_prompt_tokens'], 0)} | {f(r.get('steps_per_second'), 4)} | "
-            f"{f(r.get('cpu_s_per_step'), 0)} | {f(r.get('latency_s'), 2)} | {f(r.get('acc'), 1)} | {f(r.get('macro_f1'), 1)} | "
-            f"{f(r.get('final_loss'), 3)} |"
-        )
+        cells = [f(r.get(key), digits) for key, digits in columns.items()]
+        lines.append(f"| {lang} | {variant} | {' | '.join(cells)} |")
     for lang in dict.fromkeys(lang for lang, _ in by):
         full, compact = by.get((lang, "full")), by.get((lang, "compact"))
-        if not (full and compact):
-            continue
-
-        lines.append(
-            f"| {lang} | compact vs full | "
-            f"{_ratio(full, compact, 'strategy_prompt_tokens', True, ' fewer')} | "
-            f"{_ratio(full, compact, 'response_prompt_tokens', True, ' fewer')} | "
-            f"{_ratio(full, compact, 'steps_per_second')} | "
-            f"{_ratio(full, compact, 'cpu_s_per_step', True, ' less')} | "
-            f"{_ratio(full, compact, 'latency_s', True, ' faster')} | "
-            f"{_diff(full, compact, 'acc')} | {_diff(full, compact, 'macro_f1')} | |"
-        )
+        if full and compact:
+            cells = [
+                _ratio(full, compact, "strategy_prompt_tokens", True, " fewer"),
+                _ratio(full, compact, "response_prompt_tokens", True, " fewer"),
+                _ratio(full, compact, "steps_per_second"),
+                _ratio(full, compact, "cpu_s_per_step", True, " less"),
+                _ratio(full, compact, "latency_s", True, " faster"),
+                _diff(full, compact, "acc"),
+                _diff(full, compact, "macro_f1"),
+            ]
+            lines.append(f"| {lang} | compact vs full | {' | '.join(cells)} | |")
     return "\n".join(lines)
 
 
 def _ratio(full: dict, compact: dict, key: str, inverse: bool = False, what: str = "") -> str:
     a, b = full.get(key), compact.get(key)
-    if not a or not b:
-        return "–"
-    return f"{(a / b if inverse else b / a):.2f}×{what}"
+    return "–" if not a or not b else f"{(a / b if inverse else b / a):.2f}×{what}"
 
 
 def _diff(full: dict, compact: dict, key: str) -> str:

@@ -24,6 +24,7 @@ Full run (slow, ~15 min at 1 s latency): ``python benchmarks/synthesis_scale.py`
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -41,26 +42,10 @@ def start_server(
     latency: float, jitter: float, error_rate: float, turns: int
 ) -> tuple[subprocess.Popen, int]:
     """The fake server in its own process (its CPU is not counted as ours); returns it and its port."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(HERE / "fake_openai_server.py"),
-            "--latency",
-            str(latency),
-            "--jitter",
-            str(jitter),
-            "--error-rate",
-            str(error_rate),
-            "--turns",
-            str(turns),
-            "--idle-exit",
-            "600",
-            "--stop-on-stdin-eof",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    flags = {"--latency": latency, "--jitter": jitter, "--error-rate": error_rate, "--turns": turns}
+    cmd = [sys.executable, str(HERE / "fake_openai_server.py"), "--idle-exit", "600"]
+    cmd += [*(str(x) for pair in flags.items() for x in pair), "--stop-on-stdin-eof"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     if not line.startswith("PORT "):
         proc.kill()
@@ -84,28 +69,11 @@ def run_once(
         "PYTHONWARNINGS": "ignore",
         "CSC_THROUGHPUT_FIXES": "0" if baseline else "1",
     }
-    cmd = [
-        sys.executable,
-        "-m",
-        "csc",
-        "synthesize",
-        "--out",
-        str(out),
-        "--dialogues",
-        str(n),
-        "--concurrency",
-        str(concurrency),
-        "--lm",
-        "openai/fake",
-        "--api-base",
-        f"http://127.0.0.1:{port}/v1",
-        "--show",
-        "0",
-        "--seed",
-        str(time.time_ns() % 1_000_000),  # no response-cache hits from earlier runs
-        *(["--lm-cache"] if baseline else []),
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "csc", "synthesize", "--out", str(out), "--dialogues", str(n)]
+    cmd += ["--concurrency", str(concurrency), "--lm", "openai/fake", "--show", "0"]
+    cmd += ["--api-base", f"http://127.0.0.1:{port}/v1"]
+    cmd += ["--seed", str(time.time_ns() % 1_000_000)]  # no response-cache hits from earlier runs
+    cmd += [*(["--lm-cache"] if baseline else []), *extra]
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True
@@ -166,65 +134,59 @@ def main() -> None:
     print(header)
     rows = []
     try:
-        for conc in args.concurrency:
-            for n, baseline in [
-                (n, b)
-                for n in args.dialogues
-                for b in ([True, False] if args.baseline else [False])
-            ]:
-                out = base / f"c{conc}-n{n}{'-baseline' if baseline else ''}"
-                before = server_stats(port)
-                res = run_once(port, n, conc, out, args.extra, baseline)
-                after = server_stats(port)
-                calls = sum(after["calls"].values()) - sum(before["calls"].values())
-                this = res["summary"]["this_run"]
-                finished = this["kept"] + this["rejected"]
-                per_dlg = calls / max(1, finished + this["failed"])
-                wall = this["wall_seconds"]
-                measured = finished / (wall / 60)
-                ideal = conc * 60 / (per_dlg * args.latency)
-                ideal_waves_wall = math.ceil(n / conc) * per_dlg * args.latency
-                cpu_run = this.get("cpu_seconds")
-                kept = count_lines(out / "dialogues.jsonl")
-                rej = count_lines(out / "rejected.jsonl")
-                failed_ids = (
-                    {json.loads(x)["id"] for x in (out / "failures.jsonl").open() if x.strip()}
-                    if (out / "failures.jsonl").exists()
-                    else set()
-                )
-                lost = n - kept - rej - len(failed_ids)
-                row = {
-                    "variant": "baseline" if baseline else "csc",
-                    "concurrency": conc,
-                    "dialogues": n,
-                    "calls_per_dialogue": round(per_dlg, 2),
-                    "wall_seconds": wall,
-                    "dialogues_per_minute": round(measured, 1),
-                    "ideal_per_minute": round(ideal, 1),
-                    "efficiency": round(measured / ideal, 3),
-                    "efficiency_waves": round(ideal_waves_wall / wall, 3),
-                    "cpu_ms_per_call": round(1000 * cpu_run / calls, 2)
-                    if cpu_run and calls
-                    else None,
-                    "cpu_seconds_process": round(res["process_cpu"], 1),
-                    "peak_rss_mb": round(res["peak_rss_mb"], 1),
-                    "peak_rss_mb_run": this.get("peak_rss_mb"),
-                    "kept": kept,
-                    "rejected": rej,
-                    "failed": len(failed_ids),
-                    "lost": lost,
-                    "load_average": round(os.getloadavg()[0], 1),
-                    # The most requests the server held at once so far (all runs of this process).
-                    "server_peak_in_flight": after.get("peak_in_flight"),
-                }
-                rows.append(row)
-                print(
-                    f"{row['variant']:>8} {conc:>5} {n:>6} {per_dlg:>9.1f} {wall:>8.1f} {measured:>8.1f} {ideal:>8.1f} "
-                    f"{row['efficiency']:>5.2f} {row['efficiency_waves']:>9.2f} "
-                    f"{row['cpu_ms_per_call'] or float('nan'):>11.2f} {res['process_cpu']:>7.1f} "
-                    f"{row['peak_rss_mb_run'] or float('nan'):>7.1f} {row['peak_rss_mb']:>7.1f} {kept:>5} {rej:>4} {len(failed_ids):>4} {lost:>4}",
-                    flush=True,
-                )
+        variants = [True, False] if args.baseline else [False]
+        for conc, n, baseline in itertools.product(args.concurrency, args.dialogues, variants):
+            out = base / f"c{conc}-n{n}{'-baseline' if baseline else ''}"
+            before = server_stats(port)
+            res = run_once(port, n, conc, out, args.extra, baseline)
+            after = server_stats(port)
+            calls = sum(after["calls"].values()) - sum(before["calls"].values())
+            this = res["summary"]["this_run"]
+            finished = this["kept"] + this["rejected"]
+            per_dlg = calls / max(1, finished + this["failed"])
+            wall = this["wall_seconds"]
+            measured = finished / (wall / 60)
+            ideal = conc * 60 / (per_dlg * args.latency)
+            ideal_waves_wall = math.ceil(n / conc) * per_dlg * args.latency
+            cpu_run = this.get("cpu_seconds")
+            kept = count_lines(out / "dialogues.jsonl")
+            rej = count_lines(out / "rejected.jsonl")
+            failed_ids = (
+                {json.loads(x)["id"] for x in (out / "failures.jsonl").open() if x.strip()}
+                if (out / "failures.jsonl").exists()
+                else set()
+            )
+            lost = n - kept - rej - len(failed_ids)
+            row = {
+                "variant": "baseline" if baseline else "csc",
+                "concurrency": conc,
+                "dialogues": n,
+                "calls_per_dialogue": round(per_dlg, 2),
+                "wall_seconds": wall,
+                "dialogues_per_minute": round(measured, 1),
+                "ideal_per_minute": round(ideal, 1),
+                "efficiency": round(measured / ideal, 3),
+                "efficiency_waves": round(ideal_waves_wall / wall, 3),
+                "cpu_ms_per_call": round(1000 * cpu_run / calls, 2) if cpu_run and calls else None,
+                "cpu_seconds_process": round(res["process_cpu"], 1),
+                "peak_rss_mb": round(res["peak_rss_mb"], 1),
+                "peak_rss_mb_run": this.get("peak_rss_mb"),
+                "kept": kept,
+                "rejected": rej,
+                "failed": len(failed_ids),
+                "lost": lost,
+                "load_average": round(os.getloadavg()[0], 1),
+                # The most requests the server held at once so far (all runs of this process).
+                "server_peak_in_flight": after.get("peak_in_flight"),
+            }
+            rows.append(row)
+            print(
+                f"{row['variant']:>8} {conc:>5} {n:>6} {per_dlg:>9.1f} {wall:>8.1f} {measured:>8.1f} {ideal:>8.1f} "
+                f"{row['efficiency']:>5.2f} {row['efficiency_waves']:>9.2f} "
+                f"{row['cpu_ms_per_call'] or float('nan'):>11.2f} {res['process_cpu']:>7.1f} "
+                f"{row['peak_rss_mb_run'] or float('nan'):>7.1f} {row['peak_rss_mb']:>7.1f} {kept:>5} {rej:>4} {len(failed_ids):>4} {lost:>4}",
+                flush=True,
+            )
     finally:
         server.stdin.close()
         try:

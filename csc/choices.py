@@ -9,23 +9,6 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = [
-    "CONTEXTS",
-    "CONTEXT_NAMES",
-    "Budget",
-    "Context",
-    "Device",
-    "EvalSplit",
-    "Executor",
-    "MetricName",
-    "OptimizerName",
-    "OutputFormat",
-    "ProgramKind",
-    "PromptVariant",
-    "SftTargets",
-    "SftTask",
-]
-
 PromptVariant = Literal["full", "compact"]
 """Supporter prompt: ``full`` (with the framework's definitions) or ``compact`` (student)."""
 SftTask = Literal["strategy", "response", "joint"]

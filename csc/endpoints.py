@@ -67,37 +67,6 @@ def _engine_class() -> type:
     return RouterEngine
 
 
-def endpoint_router(
-    model: str,
-    api_bases: list[str],
-    *,
-    api_key: str | None = None,
-    num_retries: int = 3,
-    cooldown_seconds: float = 5.0,
-    timeout: float | None = None,
-) -> Any:
-    """A ``litellm.Router`` over ``api_bases``, all serving ``model`` (a LiteLLM model string)."""
-    from litellm import Router
-
-    params: dict[str, Any] = {"model": model}
-    if api_key:
-        params["api_key"] = api_key
-    if timeout:
-        params["timeout"] = timeout
-    model_list = [
-        {"model_name": ROUTER_GROUP, "litellm_params": {**params, "api_base": base}}
-        for base in api_bases
-    ]
-    return Router(
-        model_list=model_list,
-        routing_strategy="simple-shuffle",
-        num_retries=num_retries,
-        retry_after=0,
-        allowed_fails=1,  # one failure puts an endpoint in cool-down; retries go elsewhere
-        cooldown_time=cooldown_seconds,
-    )
-
-
 def routed_lm(model: str, api_bases: list[str], lm_kwargs: dict[str, Any]) -> Any:
     """A ``dspy.LM`` for ``model`` whose calls are balanced over ``api_bases`` (see module).
 
@@ -105,15 +74,24 @@ def routed_lm(model: str, api_bases: list[str], lm_kwargs: dict[str, Any]) -> An
     ``num_retries`` to the router.
     """
     import dspy
+    from litellm import Router
 
     if len(set(api_bases)) != len(api_bases):
         raise ValueError(f"api_base lists the same endpoint twice: {api_bases}")
     kwargs = dict(lm_kwargs)
     kwargs.pop("api_base", None)
     api_key = kwargs.pop("api_key", None)
-    retries = int(kwargs.pop("num_retries", 3))
-    router = endpoint_router(
-        model, list(api_bases), api_key=api_key, num_retries=max(retries, len(api_bases))
+    params = {"model": model, **({"api_key": api_key} if api_key else {})}
+    router = Router(
+        model_list=[
+            {"model_name": ROUTER_GROUP, "litellm_params": {**params, "api_base": base}}
+            for base in api_bases
+        ],
+        routing_strategy="simple-shuffle",
+        num_retries=max(int(kwargs.pop("num_retries", 3)), len(api_bases)),
+        retry_after=0,
+        allowed_fails=1,  # one failure puts an endpoint in cool-down; retries go elsewhere
+        cooldown_time=5.0,
     )
     lm = dspy.LM(model, engine=_engine_class()(router), num_retries=0, **kwargs)
     lm.endpoints = list(api_bases)  # for reports; no keys

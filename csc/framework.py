@@ -34,30 +34,32 @@ class FrameworkError(ValueError):
     """A framework file is malformed or a label does not name a strategy."""
 
 
-class Stage(BaseModel):
-    """One conversation stage, in the order the stages normally occur."""
+class _Named(BaseModel):
+    """A framework entry with an English and a Chinese name."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    code: str
     name: str
     name_zh: str
-    description: str = ""
-    description_zh: str = ""
 
     def display_name(self, lang: Language = "en") -> str:
+        """The name in ``lang``."""
         return self.name_zh if lang == "zh" else self.name
 
 
-class Strategy(BaseModel):
-    """One support strategy: official number, short code, names, stage, definition and rule."""
+class Stage(_Named):
+    """One conversation stage, in the order the stages normally occur."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    code: str
+    description: str = ""
+    description_zh: str = ""
+
+
+class Strategy(_Named):
+    """One support strategy: official number, short code, names, stage, definition and rule."""
 
     number: int
     code: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
-    name: str
-    name_zh: str
     stage: str | None = None  # None: usable in any stage
     definition: str
     definition_zh: str
@@ -65,9 +67,6 @@ class Strategy(BaseModel):
     rule_zh: str = ""
     fallback: bool = False  # the "Others" strategy used when nothing else applies
     aliases: tuple[str, ...] = ()
-
-    def display_name(self, lang: Language = "en") -> str:
-        return self.name_zh if lang == "zh" else self.name
 
     def describe(self, lang: Language = "en", with_rule: bool = True) -> str:
         """One line for a prompt: ``EM (Emotion Management): definition. Rule: ...``."""
@@ -151,12 +150,11 @@ class Framework:
 
     def _validate(self) -> None:
         where = self.source
-        seen: dict[str, str] = {}
+        stage_codes: set[str] = set()
         for stage in self.stages:
-            if stage.code in seen:
+            if stage.code in stage_codes:
                 raise FrameworkError(f"{where}: duplicate stage code {stage.code!r}")
-            seen[stage.code] = stage.name
-        stage_codes = {s.code for s in self.stages}
+            stage_codes.add(stage.code)
         codes: set[str] = set()
         numbers: set[int] = set()
         for i, strat in enumerate(self.strategies):
@@ -216,18 +214,10 @@ class Framework:
         """The strategy for any label form (see :meth:`normalize`)."""
         return self._by_code[self.normalize(label)]
 
-    def stage(self, code: str) -> Stage:
-        for s in self.stages:
-            if s.code == code:
-                return s
-        raise FrameworkError(f"{self.source}: unknown stage {code!r}")
-
     def stage_index(self, strategy_code: str) -> int | None:
         """Position of the strategy's stage in the stage order, None for any-stage strategies."""
         stage = self._by_code[strategy_code].stage
-        if stage is None:
-            return None
-        return [s.code for s in self.stages].index(stage)
+        return None if stage is None else [s.code for s in self.stages].index(stage)
 
     def normalize(self, label: str) -> str:
         """Map a strategy label in any accepted form to its code.

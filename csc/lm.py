@@ -19,6 +19,7 @@ by ``api_key_env``); they are never written to config, programs, logs or outputs
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
@@ -26,9 +27,12 @@ import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from csc.framework import yaml_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,7 +53,6 @@ ROLES: tuple[str, ...] = (*AGENT_ROLES, "rewriter", "prefilter", "labeler")
 DEFAULT_LM = "local"
 CONFIG_FILES = ("csc.toml", "csc.yaml", "csc.yml")
 CONFIG_SECTIONS = ("lm",)  # top-level sections of csc.toml / csc.yaml
-_SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password"}
 # A key that names a credential: api_key, openai_api_key, access_token, client_secret, passwd...
 # (``max_tokens`` and ``api_key_env``, which names a variable, are not credentials.)
 _SECRET_NAME = re.compile(r"(?:^|[_\-])(?:api[_\-]?key|key|token|secret|password|passwd)$", re.I)
@@ -68,7 +71,7 @@ REDACTED = "***"
 
 def is_secret_name(name: str) -> bool:
     """True when a config key names a credential (``api_key``, ``openai_api_key``, ``token``)."""
-    return name.lower() in _SECRET_KEYS or bool(_SECRET_NAME.search(name))
+    return bool(_SECRET_NAME.search(name))
 
 
 def redact_url(url: str | list[str]) -> str:
@@ -112,15 +115,6 @@ def remember_secret(value: str | None) -> None:
         _RUNTIME_SECRETS.add(value)
 
 
-def _url_password(url: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    try:
-        return urlsplit(url).password
-    except ValueError:
-        return None
-
-
 class LMConfigError(ValueError):
     """An LM spec or configuration file is invalid."""
 
@@ -155,13 +149,8 @@ class LMSpec(BaseModel):
     def merged(self, other: Mapping[str, Any]) -> LMSpec:
         """A copy with the non-None values of ``other`` applied on top."""
         data = self.model_dump()
-        for k, v in other.items():
-            if v is None:
-                continue
-            if k == "options":
-                data["options"] = {**data["options"], **v}
-            else:
-                data[k] = v
+        data.update({k: v for k, v in other.items() if v is not None})
+        data["options"] = {**self.options, **(other.get("options") or {})}
         return LMSpec.model_validate(data)
 
 
@@ -201,10 +190,9 @@ class LMSettings(BaseModel):
 
     def describe(self) -> dict[str, str]:
         """Role -> model string (no secrets), for run summaries and reports."""
-        out = {"default": self.default.describe()}
-        for role in ROLES:
-            out[role] = self.spec_for(role).describe()
-        return out
+        return {"default": self.default.describe()} | {
+            role: self.spec_for(role).describe() for role in ROLES
+        }
 
 
 SPEC_KEYS: tuple[str, ...] = tuple(LMSpec.model_fields)
@@ -267,22 +255,15 @@ def _parse_config_text(path: Path) -> Any:
         ) from None
     except OSError as exc:
         raise LMConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    if suffix == ".toml":
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise LMConfigError(f"{path}: not valid TOML: {exc}") from None
-        except RecursionError:
-            raise LMConfigError(f"{path}: not valid TOML: nested too deeply") from None
+    parse, kind = (tomllib.loads, "TOML") if suffix == ".toml" else (yaml.safe_load, "YAML")
     try:
-        return yaml.safe_load(text)
+        return parse(text)
     except RecursionError:
-        raise LMConfigError(f"{path}: not valid YAML: nested too deeply") from None
+        raise LMConfigError(f"{path}: not valid {kind}: nested too deeply") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise LMConfigError(f"{path}: not valid TOML: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise LMConfigError(f"{path}: not valid YAML: {problem}{at}") from None
+        raise LMConfigError(f"{path}: not valid YAML: {yaml_problem(exc)}") from None
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -297,8 +278,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         raise LMConfigError(f"{path}: is a folder; give the path of csc.toml or csc.yaml")
     data = _parse_config_text(path)
-    if data is None:
-        data = {}
+    data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise LMConfigError(
             f"{path}: the top level must be a table of sections (e.g. [lm]), "
@@ -343,24 +323,17 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _env_layer(env: Mapping[str, str]) -> dict[str, Any]:
-    layer: dict[str, Any] = {"default": {}, "roles": {}}
-    if env.get("CSC_LM"):
-        layer["default"]["model"] = env["CSC_LM"]
-    if env.get("CSC_API_BASE"):
-        layer["default"]["api_base"] = env["CSC_API_BASE"]
+    def fields(suffix: str) -> dict[str, Any]:
+        names = {"model": f"CSC_LM{suffix}", "api_base": f"CSC_API_BASE{suffix}"}
+        return {key: env[name] for key, name in names.items() if env.get(name)}
+
+    default = fields("")
     if env.get("CSC_TEMPERATURE"):
-        layer["default"]["temperature"] = _env_number(env, "CSC_TEMPERATURE", float)
+        default["temperature"] = _env_number(env, "CSC_TEMPERATURE", float)
     if env.get("CSC_MAX_TOKENS"):
-        layer["default"]["max_tokens"] = _env_number(env, "CSC_MAX_TOKENS", int)
-    for role in ROLES:
-        spec: dict[str, Any] = {}
-        if env.get(f"CSC_LM_{role.upper()}"):
-            spec["model"] = env[f"CSC_LM_{role.upper()}"]
-        if env.get(f"CSC_API_BASE_{role.upper()}"):
-            spec["api_base"] = env[f"CSC_API_BASE_{role.upper()}"]
-        if spec:
-            layer["roles"][role] = spec
-    return layer
+        default["max_tokens"] = _env_number(env, "CSC_MAX_TOKENS", int)
+    roles = {role: fields(f"_{role.upper()}") for role in ROLES}
+    return {"default": default, "roles": {role: spec for role, spec in roles.items() if spec}}
 
 
 def _env_number(env: Mapping[str, str], name: str, kind: type) -> Any:
@@ -382,10 +355,7 @@ def find_config_file(
     if env.get("CSC_CONFIG"):
         return Path(env["CSC_CONFIG"])
     base = Path(cwd or Path.cwd())
-    for name in CONFIG_FILES:
-        if (base / name).exists():
-            return base / name
-    return None
+    return next((base / name for name in CONFIG_FILES if (base / name).exists()), None)
 
 
 def load_lm_settings(
@@ -401,10 +371,8 @@ def load_lm_settings(
     ``role_overrides`` map a role to a model string or a dict of fields (CLI ``--lm-ROLE``).
     """
     env = os.environ if env is None else env
-    layers: list[dict[str, Any]] = []
     path = Path(config_file) if config_file else find_config_file(env=env)
-    if path is not None:
-        layers.append(read_config_file(path))
+    layers = [read_config_file(path)] if path is not None else []
     layers.append(_env_layer(env))
     cli: dict[str, Any] = {"default": {k: v for k, v in (overrides or {}).items() if v is not None}}
     cli["roles"] = {
@@ -437,10 +405,8 @@ def load_lm_settings(
 
 def _explain(exc: ValidationError) -> str:
     """A pydantic error on one line, without the input values (which may hold a key)."""
-    parts = []
-    for err in exc.errors(include_input=False, include_url=False, include_context=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(settings)"
-        parts.append(f"{where}: {err['msg']}")
+    errors = exc.errors(include_input=False, include_url=False, include_context=False)
+    parts = [f"{'.'.join(map(str, e['loc'])) or '(settings)'}: {e['msg']}" for e in errors]
     return redact_secrets("; ".join(parts))
 
 
@@ -454,15 +420,16 @@ def register_lm_scheme(scheme: str, factory: LMFactory) -> None:
     _SCHEMES[scheme] = factory
 
 
+def _call_kwargs(spec: LMSpec) -> dict[str, Any]:
+    """The spec's options plus its temperature and max_tokens where set."""
+    sampling = {"temperature": spec.temperature, "max_tokens": spec.max_tokens}
+    return {**spec.options, **{k: v for k, v in sampling.items() if v is not None}}
+
+
 def _local_factory(arg: str, spec: LMSpec) -> Any:
     from csc.engine import LocalLM
 
-    kwargs = dict(spec.options)
-    if spec.temperature is not None:
-        kwargs["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        kwargs["max_tokens"] = spec.max_tokens
-    return LocalLM(model_path=arg or None, **kwargs)
+    return LocalLM(model_path=arg or None, **_call_kwargs(spec))
 
 
 def _finetuned_factory(arg: str, spec: LMSpec) -> Any:
@@ -470,12 +437,7 @@ def _finetuned_factory(arg: str, spec: LMSpec) -> Any:
         raise LMConfigError("finetuned:<dir> needs the folder written by `csc finetune`")
     from csc.engine import LocalLM
 
-    kwargs = dict(spec.options)
-    if spec.temperature is not None:
-        kwargs["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        kwargs["max_tokens"] = spec.max_tokens
-    return LocalLM.from_finetuned(arg, **kwargs)
+    return LocalLM.from_finetuned(arg, **_call_kwargs(spec))
 
 
 register_lm_scheme("local", _local_factory)
@@ -487,9 +449,7 @@ def split_scheme(model: str) -> tuple[str | None, str]:
     if model in _SCHEMES:
         return model, ""
     head, sep, rest = model.partition(":")
-    if sep and head in _SCHEMES:
-        return head, rest
-    return None, model
+    return (head, rest) if sep and head in _SCHEMES else (None, model)
 
 
 def build_lm(
@@ -527,11 +487,12 @@ def build_lm(
         os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import dspy
 
-    kwargs: dict[str, Any] = dict(spec.options)
+    kwargs = _call_kwargs(spec)
     if spec.api_base:
         kwargs["api_base"] = spec.api_base
         for url in spec.api_base if isinstance(spec.api_base, list) else [spec.api_base]:
-            remember_secret(_url_password(url))
+            with contextlib.suppress(ValueError):  # a malformed URL has no password to hide
+                remember_secret(urlsplit(url).password)
     if spec.api_key_env:
         key = os.environ.get(spec.api_key_env)
         if not key:
@@ -541,10 +502,6 @@ def build_lm(
     elif spec.api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
         # Local OpenAI-compatible servers (vLLM, SGLang) usually accept any key.
         kwargs["api_key"] = "EMPTY"
-    if spec.temperature is not None:
-        kwargs["temperature"] = spec.temperature
-    if spec.max_tokens is not None:
-        kwargs["max_tokens"] = spec.max_tokens
     kwargs.setdefault("num_retries", 5)  # LiteLLM retries rate limits/timeouts with backoff
     if isinstance(spec.api_base, list) and len(spec.api_base) > 1:
         from csc.endpoints import routed_lm
@@ -605,13 +562,11 @@ def lm_for_role(
     """Build (or reuse from ``cache``) the LM of a role; roles with equal specs share one LM.
     ``connections``: calls in flight at once (see :func:`build_lm`)."""
     spec = settings.spec_for(role)
+    cache = {} if cache is None else cache
     key = spec.model_dump_json()
-    if cache is not None and key in cache:
-        return cache[key]
-    lm = build_lm(spec, connections=connections)
-    if cache is not None:
-        cache[key] = lm
-    return lm
+    if key not in cache:
+        cache[key] = build_lm(spec, connections=connections)
+    return cache[key]
 
 
 def lm_name(lm: Any) -> str:

@@ -1,19 +1,9 @@
 """Per-call overheads of remote LM calls that matter when thousands of dialogues run at once.
 
-Measured with ``benchmarks/synthesis_scale.py`` (a fake OpenAI-compatible server), two costs of
-DSPy 3.4's call path dominate the driver's CPU time per LM call, and both are pure waste in a
-synthesis run:
-
-* **price look-up**: after every call DSPy estimates its cost with
-  ``dspy.clients.model_metadata.model_info``, which, for a model name not in its price table
-  (every self-hosted vLLM/SGLang model served as ``openai/<name>``), scans the whole table and
-  its fallback rules, twice per call. :func:`memoize_model_metadata` remembers each answer.
-* **response cache**: every response is written to DSPy's on-disk cache (SQLite) and kept in the
-  in-memory cache. A synthesis call never repeats (each one carries its own rollout id), so the
-  writes only cost time and make memory grow with the run. :func:`without_response_cache`
-  turns the cache off for the LMs of one run.
-* **pydantic adapters**: DSPy's adapters build a ``TypeAdapter`` per field per call;
-  :func:`reuse_type_adapters` keeps one per type.
+Measured with ``benchmarks/synthesis_scale.py`` (a fake OpenAI-compatible server), parts of DSPy
+3.4's call path cost the driver CPU on every call and are pure waste in a synthesis run: the
+price look-up (:func:`memoize_model_metadata`), the response cache (:func:`without_response_cache`)
+and per-call pydantic adapters (:func:`reuse_type_adapters`). docs/scaling.md has the figures.
 """
 
 from __future__ import annotations

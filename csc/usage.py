@@ -2,29 +2,13 @@
 
 Why not ``dspy.track_usage()``: DSPy's ``ParallelExecutor`` (used by ``dspy.Evaluate``, the
 optimizers, ``Module.batch`` and the csc runners) gives every worker thread a *deep copy* of the
-active usage tracker and never merges it back, so usage recorded on worker threads is lost and a
-run at 8 threads reports a fraction of its tokens.
+active usage tracker and never merges it back, so usage recorded on worker threads is lost.
 
 :class:`UsageMeter` is a DSPy callback attached to the LM object itself (``lm.callbacks``, which
-``lm.copy()`` keeps), so it sees every call of that LM from any thread, in ``dspy.Evaluate``
-workers, optimizer threads and raw threads alike. For each call it installs a per-call usage
-tracker for the duration of the call (forwarding to whatever tracker was active, so
-``dspy.track_usage()`` and ``Prediction.get_lm_usage()`` keep working) and adds what DSPy
-reports for that call to its totals:
-
-* ``prompt_tokens`` — everything the model was asked to read (the whole prompt);
-* ``cached_prompt_tokens`` — the part of it the server served from its prefix cache
-  (``prompt_tokens_details.cached_tokens``, OpenAI-style); already included in ``prompt_tokens``;
-* ``completion_tokens``, ``calls`` and ``lm_seconds`` (call latencies summed over calls, so
-  above the wall time when calls overlap; commands report their own wall time next to it);
-* ``cost_usd`` — priced by LiteLLM's model price table where it knows the model, else ``None``.
-
-**DSPy cache hits** (an identical request answered from DSPy's own response cache) reach no model
-and DSPy reports no usage for them; the meter counts them as ``cached_calls`` with zero tokens and
-zero cost, separately from ``calls``. Calls that raise are counted in ``failed_calls`` together
-with whatever usage DSPy attributed to them before failing.
-
-Python use::
+``lm.copy()`` keeps), so it sees every call of that LM from any thread. For each call it installs
+a per-call usage tracker (forwarding to whatever tracker was active, so ``dspy.track_usage()``
+and ``Prediction.get_lm_usage()`` keep working) and adds what DSPy reports for that call to its
+totals; docs/evaluation.md ("LM usage and cost") says what each field counts. Python use::
 
     lm = meter(build_lm("local"))            # attach (idempotent) and return the LM
     before = usage_of(lm)
@@ -37,12 +21,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import io
+import operator
 import os
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from dspy.dsp.utils.settings import settings, thread_local_overrides
@@ -50,26 +35,12 @@ from dspy.dsp.utils.utils import dotdict
 from dspy.utils.callback import BaseCallback
 from dspy.utils.usage_tracker import UsageTracker
 
-__all__ = [
-    "Usage",
-    "UsageMeter",
-    "add_role_usage",
-    "format_usage",
-    "labelled_usage_of",
-    "litellm_cost",
-    "meter",
-    "meters_of",
-    "reported_tokens",
-    "usage_label",
-    "usage_of",
-]
-
 _LABEL: contextvars.ContextVar[str | None] = contextvars.ContextVar("csc_usage_label", default=None)
 
 
 @dataclass
 class Usage:
-    """Usage totals of a set of LM calls (see the module docstring for what each field means)."""
+    """Usage totals of a set of LM calls (docs/evaluation.md says what each field counts)."""
 
     calls: int = 0
     cached_calls: int = 0
@@ -85,19 +56,21 @@ class Usage:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Usage:
+        """A Usage from :meth:`to_dict`'s output (keys it does not know, such as
+        ``total_tokens``, are ignored)."""
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def _combine(self, other: Usage, op: Callable[[Any, Any], Any]) -> Usage:
+        values = {f.name: (getattr(self, f.name), getattr(other, f.name)) for f in fields(self)}
+        return Usage(**{k: None if None in (a, b) else op(a, b) for k, (a, b) in values.items()})
+
     def __add__(self, other: Usage) -> Usage:
-        out = Usage()
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            setattr(out, f.name, None if a is None or b is None else a + b)
-        return out
+        return self._combine(other, operator.add)
 
     def __sub__(self, other: Usage) -> Usage:
-        out = Usage()
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            setattr(out, f.name, None if a is None or b is None else a - b)
-        return out
+        return self._combine(other, operator.sub)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, times and cost rounded."""
@@ -157,7 +130,7 @@ class _CallTracker(UsageTracker):
 
 @dataclass
 class _OpenCall:
-    token: contextvars.Token | None
+    token: contextvars.Token
     tracker: _CallTracker
     start: float
     model: str
@@ -193,10 +166,9 @@ class UsageMeter(BaseCallback):
             call = self._open.pop(call_id, None)
         if call is None:
             return
-        if call.token is not None:
-            # ValueError: a different context (should not happen); leave it be.
-            with contextlib.suppress(ValueError):
-                thread_local_overrides.reset(call.token)
+        # ValueError: a different context (should not happen); leave it be.
+        with contextlib.suppress(ValueError):
+            thread_local_overrides.reset(call.token)
         usage = reported_tokens(call.tracker.entries)
         usage.lm_seconds = end - call.start
         if exception is not None:
@@ -210,31 +182,27 @@ class UsageMeter(BaseCallback):
             self._totals[key] = self._totals.get(key, Usage()) + usage
 
     # -------------------------------------------------------------- reading
-    def by_model(self) -> dict[str, Usage]:
-        """Totals per model name."""
-        out: dict[str, Usage] = {}
+    def _grouped(self, part: int) -> dict[Any, Usage]:
+        """Totals per model (``part`` 0) or per label (1) of the (model, label) keys."""
+        out: dict[Any, Usage] = {}
         with self._lock:
             items = list(self._totals.items())
-        for (model, _), usage in items:
-            out[model] = out.get(model, Usage()) + usage
+        for key, usage in items:
+            out[key[part]] = out.get(key[part], Usage()) + usage
         return out
+
+    def by_model(self) -> dict[str, Usage]:
+        """Totals per model name."""
+        return self._grouped(0)
 
     def by_label(self) -> dict[str | None, Usage]:
         """Totals per :func:`usage_label` (``None``: calls made outside any label)."""
-        out: dict[str | None, Usage] = {}
-        with self._lock:
-            items = list(self._totals.items())
-        for (_, label), usage in items:
-            out[label] = out.get(label, Usage()) + usage
-        return out
+        return self._grouped(1)
 
     def total(self) -> Usage:
         """All calls so far, priced where LiteLLM knows the model."""
-        total = Usage()
-        for model, usage in self.by_model().items():
-            usage.cost_usd = litellm_cost(model, usage)
-            total = total + usage
-        return total
+        by_model = self.by_model().items()
+        return sum((replace(u, cost_usd=litellm_cost(m, u)) for m, u in by_model), Usage())
 
 
 def _int(value: Any) -> int:
@@ -248,8 +216,7 @@ def litellm_cost(model: str, usage: Usage) -> float | None:
     """Price ``usage`` with LiteLLM's model table; None when it does not know the model."""
     if usage.prompt_tokens == 0 and usage.completion_tokens == 0:
         return 0.0
-    provider = model.split("/", 1)[0] if "/" in model else ""
-    if not provider or provider in ("local", "finetuned", "dummy"):
+    if "/" not in model or model.split("/", 1)[0] in ("local", "finetuned", "dummy"):
         return None  # the embedded engine and test fakes have no price
     if "litellm" not in sys.modules:
         # LiteLLM's bundled price table; never fetch one over the network for a report.
@@ -284,31 +251,20 @@ def meter(lm: Any) -> Any:
 
 def meters_of(lms: Iterable[Any]) -> list[UsageMeter]:
     """The distinct meters of some LMs (attaching one where missing); shared LMs count once."""
-    seen: dict[int, UsageMeter] = {}
-    for lm in lms:
-        if lm is None:
-            continue
-        meter(lm)
-        for cb in lm.callbacks:
-            if isinstance(cb, UsageMeter):
-                seen.setdefault(id(cb), cb)
-    return list(seen.values())
+    callbacks = [cb for lm in lms if lm is not None for cb in meter(lm).callbacks]
+    return list({id(cb): cb for cb in callbacks if isinstance(cb, UsageMeter)}.values())
 
 
 def usage_of(*lms: Any) -> Usage:
     """Total usage so far of these LMs (an LM shared by several roles counts once)."""
-    total = Usage()
-    for m in meters_of(lms):
-        total = total + m.total()
-    return total
+    return sum((m.total() for m in meters_of(lms)), Usage())
 
 
 def labelled_usage_of(*lms: Any) -> dict[str | None, Usage]:
     """Usage so far per :func:`usage_label` over these LMs."""
     out: dict[str | None, Usage] = {}
-    for m in meters_of(lms):
-        for label, usage in m.by_label().items():
-            out[label] = out.get(label, Usage()) + usage
+    for label, usage in (item for m in meters_of(lms) for item in m.by_label().items()):
+        out[label] = out.get(label, Usage()) + usage
     return out
 
 
@@ -324,16 +280,11 @@ def usage_label(label: str | None) -> Iterator[None]:
 
 def format_usage(usage: Usage) -> str:
     """One line for the console: calls, tokens, cached share, time and cost."""
-    parts = [f"LM calls: {usage.calls}"]
-    if usage.cached_calls:
-        parts[0] += f" (+{usage.cached_calls} answered from the DSPy cache)"
-    if usage.failed_calls:
-        parts[0] += f" (+{usage.failed_calls} failed)"
-    tokens = f"tokens: {usage.prompt_tokens} prompt"
-    if usage.cached_prompt_tokens:
-        tokens += f" (of which {usage.cached_prompt_tokens} cached)"
-    tokens += f" + {usage.completion_tokens} completion"
-    parts.append(tokens)
-    parts.append(f"{usage.lm_seconds:.1f} s in LM calls")
-    parts.append("cost unknown" if usage.cost_usd is None else f"cost ${usage.cost_usd:.4f}")
-    return "; ".join(parts)
+    u = usage
+    calls = f"LM calls: {u.calls}"
+    calls += f" (+{u.cached_calls} answered from the DSPy cache)" if u.cached_calls else ""
+    calls += f" (+{u.failed_calls} failed)" if u.failed_calls else ""
+    cached = f" (of which {u.cached_prompt_tokens} cached)" if u.cached_prompt_tokens else ""
+    tokens = f"tokens: {u.prompt_tokens} prompt{cached} + {u.completion_tokens} completion"
+    cost = "cost unknown" if u.cost_usd is None else f"cost ${u.cost_usd:.4f}"
+    return f"{calls}; {tokens}; {u.lm_seconds:.1f} s in LM calls; {cost}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,18 +170,14 @@ def to_record(
             ) from None
         turns.append({"speaker": SPEAKER_LABELS[t.speaker], "strategy": strategy, "text": t.text})
     record: dict[str, Any] = {"dialogue": turns, "source": dialogue.topic}
-    if include_id:
-        record["id"] = dialogue.id
-    return record
+    return record | {"id": dialogue.id} if include_id else record
 
 
 def _label(framework: Framework, code: str, style: LabelStyle) -> str:
     code = framework.normalize(code)
     if style == "official":
         return framework.official_label(code)
-    if style == "name":
-        return framework.strategy(code).name
-    return code
+    return framework.strategy(code).name if style == "name" else code
 
 
 def write_dianjin(
@@ -243,29 +240,18 @@ def _write_parquet(records: Iterable[dict[str, Any]], path: Path, include_ids: b
 
     schema = parquet_schema(include_ids)
     count = 0
+    records = iter(records)
     with pq.ParquetWriter(path, schema) as writer:
-        batch: list[dict[str, Any]] = []
-        for record in records:
-            batch.append(record)
-            if len(batch) >= _PARQUET_WRITE_ROWS:
-                writer.write_table(pa.Table.from_pylist(batch, schema=schema))
-                count += len(batch)
-                batch = []
-        if batch:
+        while batch := list(islice(records, _PARQUET_WRITE_ROWS)):
             writer.write_table(pa.Table.from_pylist(batch, schema=schema))
             count += len(batch)
     return count
 
 
+_KINDS = {dict: "an object", list: "a list", type(None): "null", bool: "a boolean"}
+
+
 def _kind(value: Any) -> str:
-    names = {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        type(None): "null",
-        bool: "a boolean",
-    }
-    for kind, name in names.items():
-        if isinstance(value, kind):
-            return f"{name} ({value!r:.40})" if kind is str else name
-    return f"a {type(value).__name__}"
+    if isinstance(value, str):
+        return f"a string ({value!r:.40})"
+    return next((n for k, n in _KINDS.items() if isinstance(value, k)), f"a {type(value).__name__}")

@@ -83,12 +83,9 @@ class RecordLocation:
 
     def describe(self) -> str:
         """``data.jsonl: record 3 (line 4)``; just the file when no record is known."""
-        text = self.path
-        if self.record is not None:
-            text += f": record {self.record}"
-            if self.line is not None:
-                text += f" (line {self.line})"
-        return text
+        if self.record is None:
+            return self.path
+        return f"{self.path}: record {self.record}" + (f" (line {self.line})" if self.line else "")
 
     def error(
         self,
@@ -104,10 +101,7 @@ class RecordLocation:
         ``hints`` are further remedies through an option, appended to ``fix``; ``fallback`` is
         appended instead when the running command has none of their flags.
         """
-        message = self.describe()
-        if field:
-            message += f", field '{field}'"
-        message += f": {problem}"
+        message = self.describe() + (f", field '{field}'" if field else "") + f": {problem}"
         if fix or hints or fallback:
             message += f" — {fix}"
         return DataFormatError(

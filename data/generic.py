@@ -1,31 +1,13 @@
 """Other corpora and raw support logs, read through a small mapping (a YAML file or a dict).
 
-A mapping says where a record's list of turns is, which turn fields hold the speaker, text and
-strategy, which speaker values mean supporter and customer, optional id/topic/scenario fields, and
-how labels map to the framework (``labels:`` first, then :meth:`Framework.normalize`). Field names
-may be dotted paths into nested objects (ESConv keeps strategies in ``annotation.strategy``).
-Fields a mapping does not use are kept in ``metadata``, never dropped. Example
-(``data/mappings/esconv.yaml``, for the ``esc`` framework)::
-
-    turns_field: dialog
-    speaker_field: speaker
-    text_field: content
-    strategy_field: annotation.strategy
-    supporter: [supporter, sys]
-    customer: [seeker, usr]
-    topic_field: problem_type
-
-Raw support logs come in rougher shapes, which the mapping reads as they are:
-
-- list-valued text (``text_join: "\\n"`` joins a turn's messages; empty messages are dropped);
-- empty turns (``drop_empty: true``, the default with ``text_join``);
-- speakers that are neither side, such as system or bot lines (``drop: [system]``);
-- same-speaker runs (``merge_consecutive: true``, the first step of the CSConv rule pre-filter);
-- flat logs with one row per message (CSV, JSONL or parquet): ``group_by:`` names the
-  conversation id column, ``order_by:`` the column that orders a conversation's messages.
-
-Everything dropped or merged is counted in :class:`MappingCounts` (``reader.counts``), which
-``csc data validate`` prints.
+A mapping says where a record's list of turns is (or, for a flat log with one row per message,
+which column groups and orders the rows), which fields hold the speaker, text and strategy, which
+speaker values mean supporter and customer, and how labels map to the framework. Field names may
+be dotted paths into nested objects; fields a mapping does not use are kept in ``metadata``.
+Rough logs are read as they are (list-valued text, empty turns, system lines, same-speaker runs),
+and everything dropped or merged is counted in :class:`MappingCounts` (``reader.counts``), which
+``csc data validate`` prints. docs/data-formats.md describes every key, with examples;
+``data/mappings/esconv.yaml`` is a complete mapping.
 """
 
 from __future__ import annotations
@@ -39,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import combinations, groupby
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,39 +48,23 @@ class CorpusMapping(BaseModel):
 
     name: str = "custom"
     description: str = ""
-    framework: str | None = Field(
-        None, description="framework the labels are meant for (a hint for error messages)"
-    )
-    container: MappingContainer | None = Field(
-        None, description="json (a list), jsonl, parquet or csv; default: from the file suffix"
-    )
-    turns_field: str | None = Field(None, description="where a record's list of turns is")
-    group_by: str | None = Field(
-        None, description="flat logs: the field holding the conversation id of each row"
-    )
-    order_by: list[str] = Field(
-        default_factory=list, description="flat logs: fields ordering a conversation's rows"
-    )
-    grouped: bool = Field(
-        True, description="flat logs: rows of a conversation are contiguous (streams)"
-    )
+    framework: str | None = None  # framework the labels are meant for (a hint for error messages)
+    # json (a list), jsonl, parquet or csv; default: from the file suffix
+    container: MappingContainer | None = None
+    turns_field: str | None = None  # where a record's list of turns is
+    group_by: str | None = None  # flat logs: the field holding the conversation id of each row
+    order_by: list[str] = []  # flat logs: fields ordering a conversation's rows
+    grouped: bool = True  # flat logs: rows of a conversation are contiguous (streams)
     csv_delimiter: str = Field(",", min_length=1, max_length=1)
     speaker_field: str = "speaker"
     text_field: str = "text"
-    strategy_field: str | None = Field(
-        "strategy", description="null for a corpus without strategy labels"
-    )
+    strategy_field: str | None = "strategy"  # null for a corpus without strategy labels
     supporter: list[str] = Field(min_length=1)
     customer: list[str] = Field(min_length=1)
-    drop: list[str] = Field(
-        default_factory=list, description="speaker values whose turns are dropped (counted)"
-    )
-    text_join: str | None = Field(
-        None, description="separator joining list-valued text (and merged turns)"
-    )
-    drop_empty: bool | None = Field(
-        None, description="drop empty turns instead of failing; default: true with text_join"
-    )
+    drop: list[str] = []  # speaker values whose turns are dropped (counted)
+    text_join: str | None = None  # separator joining list-valued text (and merged turns)
+    # drop empty turns instead of failing; default: true with text_join
+    drop_empty: bool | None = None
     merge_consecutive: bool = False
     id_field: str | None = None
     topic_field: str | None = None
@@ -124,12 +91,9 @@ class CorpusMapping(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> CorpusMapping:
         sides = {"supporter": self.supporter, "customer": self.customer, "drop": self.drop}
-        names = list(sides)
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                both = set(sides[a]) & set(sides[b])
-                if both:
-                    raise ValueError(f"speaker values {sorted(both)} are both {a} and {b}")
+        for a, b in combinations(sides, 2):
+            if both := set(sides[a]) & set(sides[b]):
+                raise ValueError(f"speaker values {sorted(both)} are both {a} and {b}")
         if (self.turns_field is None) == (self.group_by is None):
             raise ValueError(
                 "give either turns_field (records holding a list of turns) or group_by "
@@ -154,11 +118,8 @@ class CorpusMapping(BaseModel):
     def speaker(self, value: Any) -> Speaker | None:
         """The speaker a raw speaker value means, or None when the mapping does not know it."""
         text = _speaker_text(value)
-        if text in self.supporter:
-            return Speaker.SUPPORTER
-        if text in self.customer:
-            return Speaker.CUSTOMER
-        return None
+        sides = {Speaker.SUPPORTER: self.supporter, Speaker.CUSTOMER: self.customer}
+        return next((speaker for speaker, values in sides.items() if text in values), None)
 
     def is_dropped(self, value: Any) -> bool:
         """True when the raw speaker value is one of the ``drop:`` values."""
@@ -180,9 +141,9 @@ class CorpusMapping(BaseModel):
             try:
                 resolved[raw] = framework.normalize(target)
             except FrameworkError as exc:
-                fix = f"map {raw!r} to a strategy of the {framework.name} framework"
-                if self.framework_hint(framework):
-                    fix = self.framework_hint(framework)
+                fix = self.framework_hint(framework) or (
+                    f"map {raw!r} to a strategy of the {framework.name} framework"
+                )
                 raise file_location(self.source).error(
                     str(exc), field=f"labels.{raw}", fix=fix
                 ) from None
@@ -197,18 +158,12 @@ def _speaker_text(value: Any) -> str | None:
 class MappingCounts:
     """What a mapping dropped or merged while reading; nothing is dropped without a count."""
 
-    rows: int = 0
-    """Rows read from a flat log (0 for records holding turn lists)."""
-    empty_messages: int = 0
-    """Empty or whitespace-only messages dropped (list items, or a turn's whole text)."""
-    empty_turns: int = 0
-    """Turns dropped because no text was left."""
-    dropped_speakers: Counter[str] = field(default_factory=Counter)
-    """Turns dropped per ``drop:`` speaker value."""
-    merged_turns: int = 0
-    """Turns merged into the previous turn of the same speaker (a run of 3 counts 2)."""
-    empty_dialogues: int = 0
-    """Dialogues dropped because no turn was left."""
+    rows: int = 0  # read from a flat log (0 for records holding turn lists)
+    empty_messages: int = 0  # empty or whitespace-only (list items, or a turn's whole text)
+    empty_turns: int = 0  # turns dropped because no text was left
+    dropped_speakers: Counter[str] = field(default_factory=Counter)  # per drop: speaker value
+    merged_turns: int = 0  # into the previous turn of the same speaker (a run of 3 counts 2)
+    empty_dialogues: int = 0  # dialogues dropped because no turn was left
 
     @property
     def dropped_speaker_turns(self) -> int:
@@ -228,11 +183,6 @@ class MappingCounts:
         }
 
 
-def builtin_mapping_path(name: str) -> Path:
-    """Path of a mapping YAML shipped with csc (``data/mappings/<name>.yaml``)."""
-    return Path(str(resources.files("csc.data") / "mappings" / f"{name}.yaml"))
-
-
 MAPPING_KEYS = tuple(k for k in CorpusMapping.model_fields if k != "source")
 
 
@@ -243,8 +193,9 @@ def load_mapping(mapping: CorpusMapping | dict[str, Any] | str | Path) -> Corpus
     source = "<dict>"
     if not isinstance(mapping, dict):
         path = Path(mapping)
-        if not path.is_file() and builtin_mapping_path(str(mapping)).is_file():
-            path = builtin_mapping_path(str(mapping))
+        shipped = Path(str(resources.files("csc.data") / "mappings" / f"{mapping}.yaml"))
+        if not path.is_file() and shipped.is_file():
+            path = shipped
         if not path.is_file():
             raise file_location(path).error(
                 "mapping not found", fix="give the path of a mapping YAML file, or 'esconv'"
@@ -277,26 +228,13 @@ def load_mapping(mapping: CorpusMapping | dict[str, Any] | str | Path) -> Corpus
         ) from None
 
 
-def read_generic(
-    path: str | Path,
-    mapping: CorpusMapping | dict[str, Any] | str | Path,
-    *,
-    framework: Framework | str = "csc",
-    allow_unlabelled: bool = False,
-) -> GenericReader:
+class GenericReader(Iterator[Dialogue]):
     """Stream dialogues from a corpus or flat log (JSON list, JSONL, parquet, CSV) via ``mapping``.
 
     Ids are the ``id_field`` (or ``group_by``) value, else ``<file stem>-<index>`` (0-based).
-    The returned iterator's ``counts`` (:class:`MappingCounts`) fill in as it is consumed.
-    """
-    return GenericReader(path, mapping, framework=framework, allow_unlabelled=allow_unlabelled)
-
-
-class GenericReader(Iterator[Dialogue]):
-    """An iterator of the dialogues a mapping reads from a file, with running ``counts``.
-
-    The mapping is loaded and the file opened on the first ``next()``, so a bad mapping or file
-    raises :class:`DataFormatError` then, as from any other reader.
+    ``counts`` (:class:`MappingCounts`) fill in as the iterator is consumed. The mapping is
+    loaded and the file opened on the first ``next()``, so a bad mapping or file raises
+    :class:`DataFormatError` then, as from any other reader.
     """
 
     def __init__(
@@ -335,7 +273,8 @@ class GenericReader(Iterator[Dialogue]):
             self._allow_unlabelled or spec.strategy_field is None,
             self.counts,
         )
-        container = spec.container or _container(self.path)
+        csv_file = self.path.suffix.lower() in (".csv", ".tsv")
+        container = spec.container or ("csv" if csv_file else container_for(self.path))
         if container == "csv":
             records = _iter_csv(self.path, spec.csv_delimiter)
         else:
@@ -346,27 +285,25 @@ class GenericReader(Iterator[Dialogue]):
                     "a CSV file holds one row per message, not records with a list of turns",
                     fix="describe it as a flat log (group_by: and order_by: instead of turns_field)",
                 )
-            for index, (loc, record) in enumerate(records):
-                dialogue = _nested_dialogue(record, loc, spec, turns, f"{self.path.stem}-{index}")
-                if dialogue is None:
-                    self.counts.empty_dialogues += 1
-                else:
-                    yield dialogue
-            return
-        rows = _counted(records, self.counts)
-        groups = _contiguous_groups(rows, spec) if spec.grouped else _gathered_groups(rows, spec)
-        for key, members in groups:
-            dialogue = _flat_dialogue(key, members, spec, turns, container == "csv")
+            dialogues = (
+                _nested_dialogue(record, loc, spec, turns, f"{self.path.stem}-{index}")
+                for index, (loc, record) in enumerate(records)
+            )
+        else:
+            rows = _counted(records, self.counts)
+            grouped = _contiguous_groups if spec.grouped else _gathered_groups
+            dialogues = (
+                _flat_dialogue(key, members, spec, turns, container == "csv")
+                for key, members in grouped(rows, spec)
+            )
+        for dialogue in dialogues:
             if dialogue is None:
                 self.counts.empty_dialogues += 1
             else:
                 yield dialogue
 
 
-def _container(path: Path) -> str | None:
-    if path.suffix.lower() in (".csv", ".tsv"):
-        return "csv"
-    return container_for(path)
+read_generic = GenericReader
 
 
 @dataclass
@@ -427,17 +364,11 @@ class _TurnReader:
             if label is _MISSING:
                 if speaker is Speaker.SUPPORTER and not self.allow_unlabelled:
                     # A misspelt strategy_field looks like an unlabelled corpus; say what it is.
-                    raise _missing(
-                        loc,
-                        raw,
-                        at,
-                        spec.strategy_field,
-                        "strategy_field",
-                        also=(
-                            " (for a corpus without labels set strategy_field: null, or allow "
-                            "unlabelled supporter turns with --allow-unlabelled)"
-                        ),
+                    also = (
+                        " (for a corpus without labels set strategy_field: null, or allow "
+                        "unlabelled supporter turns with --allow-unlabelled)"
                     )
+                    raise _missing(loc, raw, at, spec.strategy_field, "strategy_field", also)
                 label = None
         used = (spec.strategy_field, spec.speaker_field, spec.text_field, *skip)
         # One copy for the top-level fields; dotted paths into nested objects one by one.
@@ -527,14 +458,11 @@ class _TurnReader:
                 text=prev.text + sep + turn.text,
                 strategy=prev.strategy or turn.strategy,
                 # The run's first turn describes it (e.g. when it started); later keys are added.
-                metadata={**prev.metadata, **_new_keys(turn.metadata, prev.metadata)},
+                metadata=prev.metadata
+                | {k: v for k, v in turn.metadata.items() if k not in prev.metadata},
             )
             self.counts.merged_turns += 1
         return out
-
-
-def _new_keys(later: dict[str, Any], first: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in later.items() if k not in first}
 
 
 def _nested_dialogue(
@@ -617,25 +545,17 @@ def _group_key(loc: RecordLocation, row: Any, spec: CorpusMapping) -> str:
 def _contiguous_groups(rows: Rows, spec: CorpusMapping) -> Iterator[Group]:
     """Groups of a log whose rows are already grouped: one conversation in memory at a time."""
     finished: set[str] = set()
-    key: str | None = None
-    members: list[tuple[RecordLocation, dict[str, Any]]] = []
-    for loc, row in rows:
-        row_key = _group_key(loc, row, spec)
-        if row_key != key:
-            if key is not None:
-                yield key, members
-                finished.add(key)
-            if row_key in finished:
-                raise loc.error(
-                    f"rows of conversation {row_key!r} are not contiguous (it appeared earlier, "
-                    "before other conversations)",
-                    field=spec.group_by,
-                    fix=f"sort the log by {spec.group_by!r}, or set grouped: false in the mapping "
-                    "(gathers all rows in memory first)",
-                )
-            key, members = row_key, []
-        members.append((loc, row))
-    if key is not None:
+    for key, group in groupby(rows, key=lambda item: _group_key(*item, spec)):
+        members = list(group)
+        if key in finished:
+            raise members[0][0].error(
+                f"rows of conversation {key!r} are not contiguous (it appeared earlier, "
+                "before other conversations)",
+                field=spec.group_by,
+                fix=f"sort the log by {spec.group_by!r}, or set grouped: false in the mapping "
+                "(gathers all rows in memory first)",
+            )
+        finished.add(key)
         yield key, members
 
 
@@ -666,16 +586,9 @@ def _gathered_groups(rows: Rows, spec: CorpusMapping) -> Iterator[Group]:
                 "SELECT row.key, path, record, line, data FROM conv JOIN row ON row.key = conv.key "
                 "ORDER BY conv.id, row.record"
             )
-            current: str | None = None
-            members: list[tuple[RecordLocation, dict[str, Any]]] = []
-            for key, path, record, line, data in cursor:
-                if key != current:
-                    if current is not None:
-                        yield current, members
-                    current, members = key, []
-                members.append((RecordLocation(path, record, line), json.loads(data)))
-            if current is not None:
-                yield current, members
+            for key, group in groupby(cursor, key=lambda found: found[0]):
+                members = [(RecordLocation(*found[1:4]), json.loads(found[4])) for found in group]
+                yield key, members
         finally:
             db.close()
 
@@ -716,14 +629,11 @@ def _flat_dialogue(
 
 def _plain_row(row: dict[str, Any], from_csv: bool, keep: set[str | None]) -> dict[str, Any]:
     """Row values as JSON-ready data: timestamps as ISO text; CSV's empty cells left out."""
-    out = {}
-    for k, v in row.items():
-        if v is None and from_csv and k not in keep:
-            continue
-        if isinstance(v, (dt.datetime, dt.date, dt.time)):
-            v = v.isoformat()
-        out[k] = v
-    return out
+    return {
+        k: v.isoformat() if isinstance(v, (dt.datetime, dt.date, dt.time)) else v
+        for k, v in row.items()
+        if not (v is None and from_csv and k not in keep)
+    }
 
 
 def _order_keys(members: list[tuple[RecordLocation, dict[str, Any]]], fields: list[str]) -> Any:
@@ -752,16 +662,12 @@ def _order_keys(members: list[tuple[RecordLocation, dict[str, Any]]], fields: li
 
 
 def _as_number(value: Any) -> float | None:
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
-    if isinstance(value, (int, float)):
+    try:
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return None
-    return None
+    except ValueError:
+        return None
 
 
 def _iter_csv(path: Path, delimiter: str) -> Rows:
@@ -845,9 +751,7 @@ def _get(obj: Any, dotted: str) -> Any:
 def _without(obj: dict[str, Any], dotted: str) -> dict[str, Any]:
     """A copy of ``obj`` without the dotted field; parents it leaves empty are removed too."""
     if dotted in obj:
-        out = copy.copy(obj)
-        del out[dotted]
-        return out
+        return {k: v for k, v in obj.items() if k != dotted}
     head, _, tail = dotted.partition(".")
     if head not in obj:
         return obj

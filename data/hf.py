@@ -29,21 +29,12 @@ def features() -> Any:
     """The ``datasets.Features`` of a dialogue dataset."""
     from datasets import Features, List, Value
 
-    turn = {
-        "speaker": Value("string"),
-        "text": Value("string"),
-        "strategy": Value("string"),
-        "metadata": Value("string"),
-    }
+    def text(*names: str) -> dict[str, Any]:
+        return dict.fromkeys(names, Value("string"))
+
+    turn = text("speaker", "text", "strategy", "metadata")
     return Features(
-        {
-            "id": Value("string"),
-            "topic": Value("string"),
-            "turns": List(turn),
-            "scenario": Value("string"),
-            "profile": Value("string"),
-            "metadata": Value("string"),
-        }
+        {**text("id", "topic"), "turns": List(turn), **text("scenario", "profile", "metadata")}
     )
 
 
@@ -79,8 +70,7 @@ def to_dataset(dialogues: Iterable[Dialogue], *, cache_dir: str | Path | None = 
     iterator = iter(dialogues)
 
     def rows() -> Iterator[dict[str, Any]]:
-        for dialogue in iterator:
-            yield dialogue_row(dialogue)
+        yield from map(dialogue_row, iterator)
 
     # A fresh fingerprint: the generator cannot be hashed by content, and a fixed one would make
     # datasets return the cached rows of an earlier call.
@@ -114,13 +104,10 @@ def from_dataset(
     """
     fw = as_framework(framework)
     columns = list(dataset.column_names or [])
-    name = name or _dataset_name(dataset)
+    name = name or getattr(getattr(dataset, "info", None), "dataset_name", None) or "dataset"
     label = where or name
-    if "turns" in columns and "id" in columns:
-        parse = _parse_row
-    elif "dialogue" in columns:
-        parse = None
-    else:
+    ours = "turns" in columns and "id" in columns
+    if not ours and "dialogue" not in columns:
         raise file_location(label).error(
             f"dataset columns {columns} are neither ours (id, turns, ...) nor DianJin's "
             "(dialogue, source)",
@@ -128,12 +115,12 @@ def from_dataset(
         )
     for index, row in enumerate(dataset):
         loc = RecordLocation(label, index + 1)
-        if parse is None:
+        if ours:
+            yield _parse_row(row, loc, fw, allow_unlabelled)
+        else:
             yield parse_record(
                 row, loc, fw, default_id=f"{name}-{index}", allow_unlabelled=allow_unlabelled
             )
-        else:
-            yield parse(row, loc, fw, allow_unlabelled)
 
 
 def _parse_row(
@@ -166,11 +153,6 @@ def _decode(value: Any, loc: RecordLocation, field: str, default: Any) -> Any:
             field=field,
             fix="this column holds JSON text; write it with json.dumps or csc.data.hf.to_dataset",
         ) from None
-
-
-def _dataset_name(dataset: Any) -> str:
-    info = getattr(dataset, "info", None)
-    return getattr(info, "dataset_name", None) or "dataset"
 
 
 def is_saved_dataset(path: str | Path) -> bool:
@@ -215,18 +197,14 @@ def read_hf(
         name=path.name,
         where=str(path),
     )
-    while True:
-        try:
-            dialogue = next(rows)
-        except StopIteration:
-            return
-        except DataFormatError:
-            raise
-        except Exception as exc:
-            raise file_location(path).error(
-                f"unreadable dataset rows ({type(exc).__name__}: {_one_line(exc)})", fix=fix
-            ) from None
-        yield dialogue
+    try:
+        yield from rows
+    except DataFormatError:
+        raise
+    except Exception as exc:
+        raise file_location(path).error(
+            f"unreadable dataset rows ({type(exc).__name__}: {_one_line(exc)})", fix=fix
+        ) from None
 
 
 def write_hf(dialogues: Iterable[Dialogue], path: str | Path) -> int:

@@ -13,35 +13,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from csc.data.dianjin import LabelStyle, read_dianjin, write_dianjin
-from csc.data.errors import DataFormatError, Hint, RecordLocation, file_location
-from csc.data.generic import CorpusMapping, load_mapping, read_generic
-from csc.data.hf import from_dataset, is_saved_dataset, read_hf, to_dataset, write_hf
+from csc.data.errors import DataFormatError, Hint, file_location
+from csc.data.generic import CorpusMapping, read_generic
+from csc.data.hf import is_saved_dataset, read_hf, write_hf
 from csc.data.jsonl import JsonlWriter, read_jsonl, write_jsonl
 from csc.data.records import container_for
 from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.framework import Framework
 
-__all__ = [
-    "FORMATS",
-    "READ_FORMATS",
-    "CorpusMapping",
-    "DataFormatError",
-    "DialogueFormat",
-    "JsonlWriter",
-    "RecordLocation",
-    "detect_format",
-    "from_dataset",
-    "load_mapping",
-    "read_dialogues",
-    "to_dataset",
-    "write_dialogues",
-]
+# Re-exported: what most callers need comes from this one module.
+__all__ = ["DataFormatError", "JsonlWriter", "detect_format", "read_dialogues", "write_dialogues"]
 
-DialogueFormat = Literal["dianjin", "jsonl", "hf", "generic"]
 READ_FORMATS: tuple[str, ...] = ("dianjin", "jsonl", "hf", "generic")
 FORMATS: tuple[str, ...] = ("dianjin", "jsonl", "hf")  # the ones that can be written
 
@@ -98,12 +84,9 @@ def read_dialogues(
     fw = as_framework(framework)
     fmt = format or ("generic" if mapping is not None else detect_format(path))
     _check_format(fmt, READ_FORMATS, path)
-    if fmt == "dianjin":
-        return read_dianjin(path, framework=fw, allow_unlabelled=allow_unlabelled)
-    if fmt == "jsonl":
-        return read_jsonl(path, framework=fw, allow_unlabelled=allow_unlabelled)
-    if fmt == "hf":
-        return read_hf(path, framework=fw, allow_unlabelled=allow_unlabelled)
+    readers = {"dianjin": read_dianjin, "jsonl": read_jsonl, "hf": read_hf}
+    if fmt in readers:
+        return readers[fmt](path, framework=fw, allow_unlabelled=allow_unlabelled)
     if mapping is None:
         raise file_location(path).error(
             "the generic format needs a mapping",

@@ -8,7 +8,6 @@ import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -45,7 +44,8 @@ def parse_dialogue(
         dialogue = Dialogue.model_validate(obj)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = _field_path(err["loc"])
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+        field = path.lstrip(".") or "(record)"
         problem = err["msg"].replace("Field required", "missing field")
         if err["type"] == "extra_forbidden":
             problem = "unknown field"
@@ -64,13 +64,6 @@ def parse_dialogue(
             ],
         ) from None
     return check_dialogue(dialogue, framework, loc, allow_unlabelled=allow_unlabelled)
-
-
-def _field_path(parts: tuple[Any, ...]) -> str:
-    path = ""
-    for part in parts:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(record)"
 
 
 def write_jsonl(dialogues: Iterable[Dialogue], path: str | Path) -> int:
@@ -178,10 +171,5 @@ class JsonlWriter:
     def __enter__(self) -> JsonlWriter:
         return self.open()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

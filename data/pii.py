@@ -1,33 +1,12 @@
 """PII redaction for raw support dialogues, applied before any text reaches an LM or a file.
 
-Each type is found by the most reliable offline means available, and replaced by a typed
-placeholder in the style of the CSConv release (``[Phone number]`` / ``[电话号码]``):
-
-==============  ==================================================================================
-type            how it is found
-==============  ==================================================================================
-phone           ``phonenumbers`` (Google's libphonenumber) ``PhoneNumberMatcher``, region CN for
-                Chinese text and US for English, then the other region; plus a pattern for Chinese
-                mobile numbers written with spaces or dashes (``138 1234 5678``)
-id_number       18-character Chinese resident ID, checked with ``stdnum.cn.ric`` (checksum and
-                birth date)
-bank_card       13-19 digits, optionally grouped by spaces or dashes, Luhn-checked
-                (``stdnum.luhn``)
-email           pattern (RFC 5322 local part, dotted domain)
-url             pattern (``http(s)://``, ``www.``)
-ip              IPv4 / IPv6 candidates validated with :mod:`ipaddress`
-order_number    after a keyword (订单号, 账号, order number, account no., tracking number, ...),
-                and any remaining run of 8+ digits or a digit-heavy code of 8+ characters
-person          Chinese: ``jieba`` part-of-speech tags (``nr``) starting with a common surname,
-                and cue phrases (我叫, 姓名, X先生/女士); English: cue phrases only (my name is,
-                this is, Mr./Ms./Dr. X) — no English NER model ships on PyPI for offline use
-address         patterns: Chinese administrative/street chains (省, 市, 区, 路, 号, 室, ...) and
-                English street addresses (number + name + Street/Ave/Road/..., apartment, city,
-                state, ZIP)
-==============  ==================================================================================
-
-Structured types (phone, id_number, bank_card, email, url, ip) are measured on a labelled
-fixture by ``benchmarks/pii_redaction.py``; names and addresses are best effort.
+Each type is found by the most reliable offline means available (``phonenumbers`` for phones,
+``stdnum`` checksums for resident IDs and cards, :mod:`ipaddress` for IPs, ``jieba`` part-of-speech
+tags and cue phrases for names, patterns for the rest) and replaced by a typed placeholder in the
+style of the CSConv release (``[Phone number]`` / ``[电话号码]``); docs/rewriting.md has the
+table of types and how each is found. Structured types (phone, id_number, bank_card, email, url,
+ip) are measured on a labelled fixture by ``benchmarks/pii_redaction.py``; names and addresses
+are best effort.
 """
 
 from __future__ import annotations
@@ -38,51 +17,38 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
-
-PiiType = Literal[
-    "phone", "id_number", "bank_card", "email", "url", "ip", "order_number", "person", "address"
-]
-PII_TYPES: tuple[str, ...] = (
-    "email",
-    "url",
-    "ip",
-    "id_number",
-    "bank_card",
-    "phone",
-    "order_number",
-    "address",
-    "person",
-)
-"""Every type, in the priority order used when two findings overlap (earlier wins)."""
-
-STRUCTURED_TYPES: tuple[str, ...] = ("phone", "id_number", "bank_card", "email", "url", "ip")
+from typing import Any
 
 PLACEHOLDERS: dict[str, dict[str, str]] = {
     "en": {
-        "phone": "[Phone number]",
-        "id_number": "[ID number]",
-        "bank_card": "[Card number]",
         "email": "[Email address]",
         "url": "[URL]",
         "ip": "[IP address]",
+        "id_number": "[ID number]",
+        "bank_card": "[Card number]",
+        "phone": "[Phone number]",
         "order_number": "[Order number]",
-        "person": "[Name]",
         "address": "[Address]",
+        "person": "[Name]",
     },
     "zh": {
-        "phone": "[电话号码]",
-        "id_number": "[身份证号]",
-        "bank_card": "[银行卡号]",
         "email": "[邮箱地址]",
         "url": "[网址]",
         "ip": "[IP地址]",
+        "id_number": "[身份证号]",
+        "bank_card": "[银行卡号]",
+        "phone": "[电话号码]",
         "order_number": "[订单号]",
-        "person": "[姓名]",
         "address": "[地址]",
+        "person": "[姓名]",
     },
 }
-"""The placeholder of each type, per language."""
+"""The placeholder of each type, per language, in the priority order used when two findings
+overlap (earlier wins)."""
+PII_TYPES: tuple[str, ...] = tuple(PLACEHOLDERS["en"])
+"""Every type, in priority order."""
+STRUCTURED_TYPES: tuple[str, ...] = ("phone", "id_number", "bank_card", "email", "url", "ip")
+
 
 _PLACEHOLDER = re.compile(
     "|".join(re.escape(p) for lang in PLACEHOLDERS.values() for p in lang.values())
@@ -132,113 +98,25 @@ _EN_NAME_CUE = re.compile(
     r"registered to|under the name(?: of)?)\s+|(?:Mr|Mrs|Ms|Miss|Dr)\.?\s+)"
     r"(?P<value>[A-Z][a-z]+(?:[ \-][A-Z][a-z]+){0,2})"
 )
-_EN_NOT_NAMES = frozenset(
-    [
-        "I",
-        "The",
-        "A",
-        "An",
-        "Sorry",
-        "Thanks",
-        "Thank",
-        "Hello",
-        "Hi",
-        "Yes",
-        "No",
-        "Ok",
-        "Okay",
-        "Calling",
-        "Here",
-        "Very",
-        "Just",
-        "Not",
-        "So",
-        "Really",
-        "Still",
-        "Going",
-        "Trying",
-        "Looking",
-        "Waiting",
-        "Happy",
-        "Glad",
-        "Sure",
-        "Fine",
-        "Good",
-        "Great",
-        "Customer",
-        "Support",
-        "Service",
-        "Frustrated",
-        "Angry",
-        "Upset",
-        "Done",
-        "Back",
-        "Interested",
-        "Afraid",
-        "Worried",
-        "Confused",
-    ]
-)
+_EN_NOT_NAMES_WORDS = """
+    I The A An Sorry Thanks Thank Hello Hi Yes No Ok Okay Calling Here Very Just Not So
+    Really Still Going Trying Looking Waiting Happy Glad Sure Fine Good Great Customer
+    Support Service Frustrated Angry Upset Done Back Interested Afraid Worried Confused
+"""
+_EN_NOT_NAMES = frozenset(_EN_NOT_NAMES_WORDS.split())
 _ZH_SURNAMES = frozenset(
     "王李张刘陈杨黄赵吴周徐孙马朱胡郭何高林罗郑梁谢宋唐许韩冯邓曹彭曾肖田董袁潘于蒋蔡余杜叶程苏魏"
     "吕丁任沈姚卢姜崔钟谭陆汪范金石廖贾夏韦付方白邹孟熊秦邱江尹薛闫段雷侯龙史陶黎贺顾毛郝龚邵万"
     "钱严覃武戴莫孔向汤欧司上诸东"
 )
 # Words jieba tags as names that start with a surname character but are everyday words here.
-_ZH_NOT_NAMES = frozenset(
-    [
-        "谢谢",
-        "谢了",
-        "张卡",
-        "张图",
-        "张票",
-        "高兴",
-        "方便",
-        "程序",
-        "万一",
-        "周末",
-        "常规",
-        "金额",
-        "白天",
-        "余额",
-        "明白",
-        "安全",
-        "任何",
-        "应该",
-        "司机",
-        "江湖",
-        "马上",
-        "毛病",
-        "邮件",
-        "付款",
-        "付费",
-        "方式",
-        "方面",
-        "钱包",
-        "欧元",
-        "汤圆",
-        "雷达",
-        "龙头",
-        "孔雀",
-        "房东",
-        "于是",
-        "白名单",
-        "黑名单",
-        "顾问",
-        "顾客",
-        "上周",
-        "上午",
-        "下午",
-        "高速",
-        "高级",
-        "常见",
-        "程度",
-        "石油",
-        "黄金",
-        "金卡",
-        "金融",
-    ]
-)
+_ZH_NOT_NAMES_WORDS = """
+    谢谢 谢了 张卡 张图 张票 高兴 方便 程序 万一 周末 常规 金额 白天 余额
+    明白 安全 任何 应该 司机 江湖 马上 毛病 邮件 付款 付费 方式 方面 钱包
+    欧元 汤圆 雷达 龙头 孔雀 房东 于是 白名单 黑名单 顾问 顾客 上周 上午
+    下午 高速 高级 常见 程度 石油 黄金 金卡 金融
+"""
+_ZH_NOT_NAMES = frozenset(_ZH_NOT_NAMES_WORDS.split())
 # jieba also tags phrases such as 谢谢你们 or 上周三 as names: plural and weekday endings.
 _ZH_NOT_NAME_PATTERN = re.compile(r"们$|周[一二三四五六日天末]|名单|客户|客服")
 _ZH_NAME_CUE = re.compile(
@@ -289,52 +167,11 @@ def _valid_ric(candidate: str) -> bool:
     return True
 
 
-_PROVINCES = frozenset(
-    [
-        "11",
-        "12",
-        "13",
-        "14",
-        "15",
-        "21",
-        "22",
-        "23",
-        "31",
-        "32",
-        "33",
-        "34",
-        "35",
-        "36",
-        "37",
-        "41",
-        "42",
-        "43",
-        "44",
-        "45",
-        "46",
-        "50",
-        "51",
-        "52",
-        "53",
-        "54",
-        "61",
-        "62",
-        "63",
-        "64",
-        "65",
-        "71",
-        "81",
-        "82",
-        "83",
-        "91",
-    ]
-)
-
-
-def _valid_luhn(digits: str) -> bool:
-    from stdnum import luhn
-
-    return 13 <= len(digits) <= 19 and bool(luhn.is_valid(digits))
+_PROVINCE_CODES = """
+    11 12 13 14 15 21 22 23 31 32 33 34 35 36 37 41 42 43 44 45 46 50 51 52 53 54 61 62 63
+    64 65 71 81 82 83 91
+"""
+_PROVINCES = frozenset(_PROVINCE_CODES.split())
 
 
 class PiiRedactor:
@@ -469,9 +306,12 @@ class PiiRedactor:
         return (m.span() for m in _RIC.finditer(text) if _valid_ric(m.group()))
 
     def _find_bank_card(self, text: str, language: str) -> Iterable[tuple[int, int]]:
+        from stdnum import luhn
+
         for m in _CARD.finditer(text):
             digits = re.sub(r"\D", "", m.group())
-            if _valid_luhn(digits) and not _is_mobile(digits):
+            mobile = len(digits) == 11 and digits[0] == "1" and digits[1] in "3456789"
+            if 13 <= len(digits) <= 19 and luhn.is_valid(digits) and not mobile:
                 yield m.span()
 
     def _find_phone(self, text: str, language: str) -> Iterable[tuple[int, int]]:
@@ -556,10 +396,6 @@ def _jieba_names(text: str, lock: threading.Lock) -> Iterable[tuple[int, int]]:
             and not _ZH_NOT_NAME_PATTERN.search(w.word)
         ):
             yield start, pos
-
-
-def _is_mobile(digits: str) -> bool:
-    return len(digits) == 11 and digits[0] == "1" and digits[1] in "3456789"
 
 
 def _trim(text: str, start: int, end: int) -> tuple[int, int]:

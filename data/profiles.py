@@ -9,7 +9,6 @@ second-person text the agents read); ``id`` and the structured fields are option
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,20 +21,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from csc.framework import Language
-
-ATTRIBUTES: tuple[str, ...] = (
-    "age_range",
-    "gender",
-    "occupation",
-    "education",
-    "region",
-    "personality",
-    "emotion",
-    "communication_style",
-    "tech_savviness",
-    "company_history",
-)
-"""The structured profile attributes, in the order they are described."""
 
 DEFAULT_THRESHOLD = 0.85
 DEFAULT_POOL_SIZE = 24
@@ -77,6 +62,12 @@ class CustomerProfile(BaseModel):
     def attributes(self) -> dict[str, str]:
         """The structured attributes that are set, in schema order."""
         return {a: getattr(self, a) for a in ATTRIBUTES if getattr(self, a)}
+
+
+_TEXT_FIELDS = ("id", "description", "language", "description_source")
+ATTRIBUTES = tuple(f for f in CustomerProfile.model_fields if f not in _TEXT_FIELDS)
+"""The structured profile attributes (``age_range`` ... ``company_history``), in the order they
+are described."""
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -176,16 +167,13 @@ def _en_fix(attrs: dict[str, str]) -> dict[str, str]:
 def template_description(attrs: dict[str, str], language: Language = "en", variant: int = 0) -> str:
     """A deterministic second-person description; ``variant`` picks among sentence templates so a
     pool does not share one fixed sentence pattern."""
-    if language == "zh":
-        parts = (_ZH_OPENINGS, _ZH_MIDDLES, _ZH_ENDINGS)
-        fill = attrs
-    else:
-        parts = (_EN_OPENINGS, _EN_MIDDLES, _EN_ENDINGS)
-        fill = _en_fix(attrs)
-    sentences = []
-    for k, options in enumerate(parts):
-        sentences.append(options[(variant // (3**k)) % len(options)].format(**fill))
-    return ("" if language == "zh" else " ").join(sentences)
+    zh = language == "zh"
+    parts = (
+        (_ZH_OPENINGS, _ZH_MIDDLES, _ZH_ENDINGS) if zh else (_EN_OPENINGS, _EN_MIDDLES, _EN_ENDINGS)
+    )
+    fill = attrs if zh else _en_fix(attrs)
+    sentences = [opts[(variant // 3**k) % len(opts)].format(**fill) for k, opts in enumerate(parts)]
+    return ("" if zh else " ").join(sentences)
 
 
 def usable_description(text: str, language: Language = "en") -> bool:
@@ -249,23 +237,18 @@ def generate_profiles(
     else:
         texts = [describe(attrs) for attrs in combos]
     profiles: list[CustomerProfile] = []
-    used_lm = 0
     for i, (attrs, text) in enumerate(zip(combos, texts)):
-        text, source = text or "", "template"
-        if usable_description(text, language):
-            source = "lm"
-            used_lm += 1
-        else:
-            text = template_description(attrs, language, variant=i)
+        by_lm = usable_description(text or "", language)
         profiles.append(
             CustomerProfile(
                 id=f"p{seed}-{i:04d}",
-                description=text,
+                description=text if by_lm else template_description(attrs, language, variant=i),
                 language=language,
-                description_source=source,
+                description_source="lm" if by_lm else "template",
                 **attrs,
             )
         )
+    used_lm = sum(p.description_source == "lm" for p in profiles)
     kept, dropped = deduplicate(profiles, threshold=threshold, embed=embed)
     return GeneratedPool(kept, dropped, used_lm, len(profiles) - used_lm)
 
@@ -316,13 +299,10 @@ def embedding_text(profile: CustomerProfile) -> str:
 
 def _to_english(attrs: dict[str, str]) -> dict[str, str] | None:
     values = attribute_values()
-    out = {}
-    for attr, value in attrs.items():
-        match = next((en for en, zh in values[attr] if value in (en, zh)), None)
-        if match is None:
-            return None
-        out[attr] = match
-    return out
+    english = {
+        a: next((en for en, zh in values[a] if v in (en, zh)), None) for a, v in attrs.items()
+    }
+    return None if None in english.values() else english
 
 
 def deduplicate(
@@ -380,27 +360,15 @@ def read_profiles(path: str | Path) -> list[CustomerProfile]:
     path = Path(path)
     if not path.is_file():
         raise ProfileError(f"profiles file {path} does not exist")
+    from csc.data.errors import DataFormatError
+    from csc.data.records import iter_jsonl
+
     profiles: list[CustomerProfile] = []
-    with path.open("rb") as fh:  # bytes, so a non-UTF-8 line is reported with its number
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise ProfileError(
-                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[exc.start]:02x} at column "
-                    f"{exc.start + 1}); save the file as UTF-8"
-                ) from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ProfileError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            except RecursionError:
-                raise ProfileError(f"{path}:{lineno}: JSON nested too deeply") from None
+    try:
+        for loc, record in iter_jsonl(path):  # names the line of bad UTF-8 or JSON
             if not isinstance(record, dict) or not str(record.get("description", "")).strip():
                 raise ProfileError(
-                    f"{path}:{lineno}: a profile needs a non-empty 'description' (the "
+                    f"{path}:{loc.line}: a profile needs a non-empty 'description' (the "
                     "second-person text the agents read); add one to this record"
                 )
             try:
@@ -408,7 +376,9 @@ def read_profiles(path: str | Path) -> list[CustomerProfile]:
             except ValidationError as exc:
                 err = exc.errors()[0]
                 where = ".".join(str(p) for p in err["loc"])
-                raise ProfileError(f"{path}:{lineno}: field {where}: {err['msg']}") from None
+                raise ProfileError(f"{path}:{loc.line}: field {where}: {err['msg']}") from None
+    except DataFormatError as exc:
+        raise ProfileError(str(exc)) from None
     if not profiles:
         raise ProfileError(f"{path}: no profiles found")
     ids = [p.id for p in profiles]
@@ -422,12 +392,9 @@ def write_profiles(profiles: Iterable[CustomerProfile], path: str | Path) -> int
     """Write profiles as JSONL (unset fields left out); returns the number written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    count = 0
-    with path.open("w", encoding="utf-8") as fh:
-        for p in profiles:
-            fh.write(p.model_dump_json(exclude_none=True) + "\n")
-            count += 1
-    return count
+    lines = [p.model_dump_json(exclude_none=True) + "\n" for p in profiles]
+    path.write_text("".join(lines), encoding="utf-8")
+    return len(lines)
 
 
 def default_profiles(language: Language = "en") -> list[CustomerProfile]:

@@ -19,16 +19,13 @@ Container = Literal["json", "jsonl", "parquet"]
 PARQUET_BATCH_ROWS = 512
 
 
+_SUFFIXES: dict[str, Container] = {".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_SUFFIXES |= {".parquet": "parquet", ".pq": "parquet"}
+
+
 def container_for(path: str | Path) -> Container | None:
     """The container a file suffix implies (``.json``, ``.jsonl``/``.ndjson``, ``.parquet``)."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".json":
-        return "json"
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    return None
+    return _SUFFIXES.get(Path(path).suffix.lower())
 
 
 def iter_records(
@@ -45,17 +42,13 @@ def iter_records(
         raise file_location(path).error(
             "no such file", fix="check the path (a folder is only valid for the hf format)"
         )
-    if container == "json":
-        yield from iter_json_list(path)
-    elif container == "jsonl":
-        yield from iter_jsonl(path)
-    elif container == "parquet":
-        yield from iter_parquet(path)
-    else:
+    readers = {"json": iter_json_list, "jsonl": iter_jsonl, "parquet": iter_parquet}
+    if container not in readers:
         raise file_location(path).error(
             f"cannot tell the container from the suffix {path.suffix!r}",
             fix="use .json (a JSON list), .jsonl (one JSON object per line) or .parquet",
         )
+    yield from readers[container](path)
 
 
 def iter_jsonl(path: str | Path) -> Iterator[tuple[RecordLocation, Any]]:

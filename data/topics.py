@@ -32,15 +32,10 @@ class Topic(BaseModel):
         return f"{self.name}: {self.description}" if self.description else self.name
 
 
-def builtin_topics_path() -> Path:
-    """Path of the topics file shipped with csc."""
-    return Path(str(resources.files("csc.data") / "topics.yaml"))
-
-
 def load_topics(path: str | Path | None = None) -> list[Topic]:
     """Topics from a YAML file (``topics:`` list of code/name/name_zh/description) or the built-in
     seven; a ``.txt`` file holds one free-text topic per line."""
-    path = Path(path) if path is not None else builtin_topics_path()
+    path = Path(str(resources.files("csc.data") / "topics.yaml" if path is None else path))
     if not path.is_file():
         raise TopicError(f"topics file {path} does not exist")
     text = path.read_text(encoding="utf-8")
@@ -73,10 +68,7 @@ def resolve_topics(values: list[str] | None) -> list[Topic]:
     builtin = load_topics()
     if not values:
         return builtin
-    index = {}
-    for t in builtin:
-        for label in (t.code, t.name, t.name_zh):
-            index[label.casefold()] = t
+    index = {label.casefold(): t for t in builtin for label in (t.code, t.name, t.name_zh)}
     chosen: list[Topic] = []
     for value in values:
         if Path(value).suffix in (".yaml", ".yml", ".txt") and Path(value).is_file():

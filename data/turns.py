@@ -40,16 +40,12 @@ def strategy_code(
             field=field,
             fix="write the label as text, e.g. the official '策略1 礼貌问候' or the code",
         )
-    if labels and label in labels:
-        label = labels[label]
     try:
-        return framework.normalize(label)
+        return framework.normalize((labels or {}).get(label, label))
     except FrameworkError as exc:
         fix = "use one of the valid labels above"
-        if labels is not None:
-            fix += ", or add the label to the mapping's labels: table"
-        if hint:
-            fix += f"; {hint}"
+        fix += ", or add the label to the mapping's labels: table" if labels is not None else ""
+        fix += f"; {hint}" if hint else ""
         raise loc.error(str(exc), field=field, fix=fix) from None
 
 
@@ -98,10 +94,12 @@ def make_turn(
             )
     elif is_unlabelled(label):
         if not allow_unlabelled:
+            fb = framework.fallback
             raise loc.error(
                 "supporter turn without a strategy label",
                 field=strategy_at,
-                fix=f"label it (the framework's fallback strategy is {_fallback_name(framework)})",
+                fix="label it (the framework's fallback strategy is "
+                f"{f'{fb.code} ({fb.name})' if fb else 'none'})",
                 hints=[
                     Hint(
                         "--allow-unlabelled",
@@ -144,13 +142,6 @@ def check_dialogue(
     return dialogue.model_copy(update={"turns": turns})
 
 
-def _fallback_name(framework: Framework) -> str:
-    fallback = framework.fallback
-    return f"{fallback.code} ({fallback.name})" if fallback else "none"
-
-
 def as_framework(framework: Framework | str | Any) -> Framework:
     """A :class:`Framework` from a Framework, a built-in name (``csc``, ``esc``) or a YAML path."""
-    if isinstance(framework, Framework):
-        return framework
-    return Framework.load(framework)
+    return framework if isinstance(framework, Framework) else Framework.load(framework)

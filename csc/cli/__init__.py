@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pkgutil
 from typing import Any
 
 import typer
@@ -128,24 +129,6 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-# Modules under csc.cli that add commands; each defines register(app).
-COMMAND_MODULES = [
-    "compare",
-    "data",
-    "evaluate",
-    "finetune",
-    "framework",
-    "lm",
-    "optimize",
-    "profiles",
-    "review",
-    "rewrite",
-    "serve",
-    "stats",
-    "synthesize",
-    "view",
-]
-
 
 def _version(value: bool) -> None:
     if value:
@@ -162,8 +145,11 @@ def _root(
     """csc: strategy-aligned customer-support conversation with DSPy."""
 
 
-for _name in COMMAND_MODULES:
-    importlib.import_module(f"csc.cli.{_name}").register(app)
+# Each command group lives in a module of this package that defines register(app).
+for _module in pkgutil.iter_modules(__path__):
+    _commands = importlib.import_module(f"{__name__}.{_module.name}")
+    if hasattr(_commands, "register"):
+        _commands.register(app)
 
 
 def main() -> None:

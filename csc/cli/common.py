@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import typer
 
@@ -28,11 +28,39 @@ ConfigOption = typer.Option(
     help="csc.toml / csc.yaml with an \\[lm] section (default: ./csc.toml, $CSC_CONFIG).",
 )
 
-# Options shared by the commands that read an evaluation dataset (evaluate, compare).
+
+def concurrency_option(default: int, help: str) -> Any:
+    """``--concurrency`` / ``-c``: how many LM calls (or dialogues) run at once."""
+    return typer.Option(default, "--concurrency", "-c", min=1, help=help)
+
+
+def role_lm_option(role: str, what: str | None = None) -> Any:
+    """``--lm-ROLE``: the LM of one role (``what``, default: the role's name), over ``--lm``."""
+    return typer.Option(None, f"--lm-{role}", help=f"LM of the {what or role.replace('-', ' ')}.")
+
+
+MaxTokensOption = typer.Option(
+    None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
+)
+
+# Options shared by the commands that read a dialogue dataset.
+DataOption = typer.Option(
+    ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
+)
 FrameworkOption = typer.Option("csc", "--framework", help="csc, esc or a framework YAML.")
 LangOption = typer.Option(None, "--lang", help="Default: detected from the data.")
 DataFormatOption = typer.Option(
     None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
+)
+MappingOption = typer.Option(
+    None,
+    "--mapping",
+    help="Mapping YAML for another corpus (or 'esconv'); implies the generic format.",
+)
+UnlabelledOption = typer.Option(
+    False,
+    "--allow-unlabelled",
+    help="Accept supporter turns without a strategy label (default: an error).",
 )
 ContextOption = typer.Option("both", "--context", help="ref, gen or both.")
 LimitOption = typer.Option(
@@ -75,10 +103,9 @@ def resolve_lm_settings(
         )
     except LMConfigError as exc:
         fail(str(exc))
-        raise AssertionError from None  # unreachable
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     """Print an error in red on stderr, on one line and without credentials, and exit."""
     from csc.lm import redact_secrets
 
@@ -89,13 +116,49 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """A note or warning that does not stop the command: one yellow line on stderr."""
+    typer.secho(message, fg="yellow", err=True)
+
+
 @contextmanager
-def user_errors(*types: type[BaseException]) -> Iterator[None]:
-    """Turn expected user-facing exceptions into a clean error message and exit code 1."""
+def user_errors(*types: type[BaseException], prefix: str = "") -> Iterator[None]:
+    """Turn expected user-facing exceptions into a clean error message (after ``prefix``) and
+    exit code 1."""
     try:
         yield
     except types as exc:
-        fail(str(exc))
+        fail(f"{prefix}{exc}")
+
+
+def require_path(path: Path) -> None:
+    """Exit with an error when a path the user gave does not exist."""
+    if not path.exists():
+        fail(f"{path}: no such file or folder")
+
+
+def token_budgets(value: str, settings: LMSettings, roles: list[str], embedded: dict) -> dict:
+    """Per-role ``max_tokens`` from ``--turn-tokens``: ``auto`` (the ``embedded`` budgets, for
+    roles on an embedded LM only), ``none``, or one number (at least 16) for every role."""
+    from csc.lm import split_scheme
+
+    if value == "none":
+        return {}
+    if value == "auto":
+        # Small embedded models fill every text field to the engine's bound; remote LMs
+        # (possibly reasoning models) must not be cut short, so they get no limit.
+        return {
+            r: embedded[r]
+            for r in roles
+            if split_scheme(settings.spec_for(r).model)[0] in ("local", "finetuned")
+        }
+    try:
+        cap = int(value)
+    except ValueError:
+        fail(f"--turn-tokens must be auto, none or a number, got {value!r}")
+    if cap < 16:
+        fail("--turn-tokens must be at least 16")
+    return dict.fromkeys(roles, cap)
 
 
 def echo_json(data: Any) -> None:
@@ -142,25 +205,20 @@ def load_evaluation_dialogues(
     from csc.framework import Framework, FrameworkError
 
     split = split or ("test" if splits is not None else "all")
-    if not data.exists():
-        fail(f"{data}: no such file or folder")
+    require_path(data)
     if splits is not None and split != "test":
         fail("--splits selects held-out dialogues: use it with --split test")
-    try:
+    with user_errors(DataFormatError, FrameworkError):
         fw = Framework.load(framework)
         dialogues = list(islice(read_dialogues(data, data_format, framework=fw), limit))
-    except (DataFormatError, FrameworkError) as exc:
-        fail(str(exc))
     check_unique_ids(dialogues, data)
     sha = data_sha256(data)
     if split == "test":
         if splits is not None:
-            try:
+            with user_errors(SplitsError):
                 parts = DatasetSplits.read(splits)
                 parts.check_data(data, sha)
                 dialogues = parts.select(dialogues, "test", complete=limit is None)
-            except SplitsError as exc:
-                fail(str(exc))
         else:
             dialogues = split_dialogues(dialogues, seed=seed).test
     if not dialogues:

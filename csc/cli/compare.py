@@ -7,23 +7,7 @@ from pathlib import Path
 import typer
 
 from csc.choices import EvalSplit
-from csc.cli.common import (
-    AllowSeenOption,
-    ApiBaseOption,
-    ConfigOption,
-    ContextOption,
-    DataFormatOption,
-    FrameworkOption,
-    LangOption,
-    LimitOption,
-    LMOption,
-    SplitOption,
-    SplitSeedOption,
-    SplitsOption,
-    fail,
-    load_evaluation_dialogues,
-    resolve_lm_settings,
-)
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -35,33 +19,27 @@ def register(app: typer.Typer) -> None:
         epilog="Example: csc compare --data t.jsonl --supporter a=zero-shot --supporter b=direct",
     )
     def compare(
-        data: Path = typer.Option(
-            ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
-        ),
+        data: Path = common.DataOption,
         supporter: list[str] = typer.Option(
             ...,
             "--supporter",
             help="NAME=SPEC, repeatable; SPEC is zero-shot | direct | optimized:PATH.json | "
             "finetuned:DIR (e.g. --supporter ft=finetuned:runs/ft).",
         ),
-        lm: str | None = LMOption,
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
-        framework: str = FrameworkOption,
-        lang: Language | None = LangOption,
-        data_format: str | None = DataFormatOption,
-        context: str = ContextOption,
-        limit: int | None = LimitOption,
-        split: EvalSplit | None = SplitOption,
-        splits: Path | None = SplitsOption,
-        seed: int = SplitSeedOption,
-        allow_seen: bool = AllowSeenOption,
-        max_tokens: int | None = typer.Option(
-            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
-        ),
-        num_threads: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Concurrent requests per supporter."
-        ),
+        lm: str | None = common.LMOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
+        framework: str = common.FrameworkOption,
+        lang: Language | None = common.LangOption,
+        data_format: str | None = common.DataFormatOption,
+        context: str = common.ContextOption,
+        limit: int | None = common.LimitOption,
+        split: EvalSplit | None = common.SplitOption,
+        splits: Path | None = common.SplitsOption,
+        seed: int = common.SplitSeedOption,
+        allow_seen: bool = common.AllowSeenOption,
+        max_tokens: int | None = common.MaxTokensOption,
+        num_threads: int = common.concurrency_option(4, "Concurrent requests per supporter."),
         no_bertscore: bool = typer.Option(False, "--no-bertscore", help="Skip BERTScore."),
         bertscore_model: str | None = typer.Option(
             None, "--bertscore-model", help="Local model folder for BERTScore."
@@ -87,15 +65,13 @@ def register(app: typer.Typer) -> None:
         from csc.lm import LMConfigError
         from csc.optimizers.store import ProgramStoreError
 
-        try:
+        with common.user_errors(ValueError, CompareError):
             normalize_contexts(context)
             supporters = parse_supporter_args(supporter)
-        except (ValueError, CompareError) as exc:
-            fail(str(exc))
-        fw, dialogues, language, _, split = load_evaluation_dialogues(
+        fw, dialogues, language, _, split = common.load_evaluation_dialogues(
             data, data_format, framework, split, seed, lang, limit=limit, splits=splits
         )
-        settings = resolve_lm_settings(config, lm, api_base)
+        settings = common.resolve_lm_settings(config, lm, api_base)
         base = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
 
         def save_each(name: str, spec: str, result: object) -> None:
@@ -106,7 +82,7 @@ def register(app: typer.Typer) -> None:
             f"comparing {', '.join(supporters)} on {data} ({len(dialogues)} dialogues, "
             f"{language}, split {split}); default LM {base.model}"
         )
-        try:
+        with common.user_errors(ValueError, ProgramStoreError, LMConfigError, FileNotFoundError):
             comparison = compare_supporters(
                 dialogues,
                 supporters,
@@ -121,28 +97,16 @@ def register(app: typer.Typer) -> None:
                 bertscore_model=bertscore_model,
                 on_result=save_each,
             )
-        except (ValueError, ProgramStoreError, LMConfigError, FileNotFoundError) as exc:
-            fail(str(exc))
+        splits_name = str(splits) if splits else None
         comparison.info.update(
-            {
-                "data": str(data),
-                "split": split,
-                "splits": str(splits) if splits is not None else None,
-                "seed": seed,
-                "limit": limit,
-            }
+            data=str(data), split=split, splits=splits_name, seed=seed, limit=limit
         )
         files = write_comparison(comparison, out)
         typer.echo(markdown_table(comparison))
         from csc.usage import Usage, format_usage
 
         for name in supporters:
-            spent = Usage()
-            for row in comparison.rows:
-                if row.supporter == name and row.lm_usage:
-                    known = {
-                        k: v for k, v in row.lm_usage.items() if k in Usage.__dataclass_fields__
-                    }
-                    spent = spent + Usage(**known)
+            rows = [r for r in comparison.rows if r.supporter == name and r.lm_usage]
+            spent = sum((Usage.from_dict(r.lm_usage) for r in rows), Usage())
             typer.echo(f"{name}: {format_usage(spent)}")
         typer.echo(f"wrote {', '.join(str(p) for p in files.values())}")

@@ -11,23 +11,10 @@ from typing import Any
 
 import typer
 
-from csc.cli.common import echo_json, fail, user_errors
+from csc.cli import common
 from csc.data.dianjin import LabelStyle
 
 FORMAT_HELP = "dianjin (.json/.parquet, released format), jsonl (ours), hf (saved dataset folder)"
-FrameworkOption = typer.Option(
-    "csc", "--framework", help="Strategy framework: csc, esc, or the path of a framework YAML."
-)
-MappingOption = typer.Option(
-    None,
-    "--mapping",
-    help="Mapping YAML for another corpus (or 'esconv'); implies the generic format.",
-)
-UnlabelledOption = typer.Option(
-    False,
-    "--allow-unlabelled",
-    help="Accept supporter turns without a strategy label (default: an error).",
-)
 
 
 def register(app: typer.Typer) -> None:
@@ -50,8 +37,8 @@ def register(app: typer.Typer) -> None:
         to_format: str | None = typer.Option(
             None, "--to", help=f"Output format: {FORMAT_HELP}. Default: from the path."
         ),
-        framework: str = FrameworkOption,
-        mapping: Path | None = MappingOption,
+        framework: str = common.FrameworkOption,
+        mapping: Path | None = common.MappingOption,
         labels: LabelStyle = typer.Option(
             "official",
             "--labels",
@@ -60,7 +47,7 @@ def register(app: typer.Typer) -> None:
         with_ids: bool = typer.Option(
             False, "--with-ids", help="Add an 'id' field to dianjin output records."
         ),
-        allow_unlabelled: bool = UnlabelledOption,
+        allow_unlabelled: bool = common.UnlabelledOption,
         overwrite: bool = typer.Option(
             False, "--overwrite", help="Replace OUT if it already exists."
         ),
@@ -73,17 +60,17 @@ def register(app: typer.Typer) -> None:
         from csc.framework import FrameworkError
 
         if source.resolve() == target.resolve():
-            fail(f"{target}: input and output are the same path; choose another output")
+            common.fail(f"{target}: input and output are the same path; choose another output")
         if target.exists() and not overwrite:
-            fail(f"{target}: already exists; pass --overwrite to replace it")
-        with user_errors(DataFormatError, FrameworkError):
+            common.fail(f"{target}: already exists; pass --overwrite to replace it")
+        with common.user_errors(DataFormatError, FrameworkError):
             out_format = to_format or detect_format(target, for_writing=True)
         if target.is_dir() and out_format != "hf" and not is_saved_dataset(target):
-            fail(
+            common.fail(
                 f"{target}: is a folder; --overwrite replaces a file, not a folder — give a file "
                 f"path for {out_format} output"
             )
-        with user_errors(DataFormatError, FrameworkError), _writing(target):
+        with common.user_errors(DataFormatError, FrameworkError), _writing(target):
             dialogues = read_dialogues(
                 source,
                 from_format,
@@ -104,8 +91,7 @@ def register(app: typer.Typer) -> None:
                 )
         counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
         note = _counts_note(counts) if counts is not None else ""
-        note = f" ({note})" if note else ""
-        typer.echo(f"wrote {count} dialogues to {target}{note}")
+        typer.echo(f"wrote {count} dialogues to {target}{f' ({note})' if note else ''}")
 
     @group.command("validate", epilog="Example: csc data validate data/samples/sample_zh.json")
     def validate(
@@ -113,9 +99,9 @@ def register(app: typer.Typer) -> None:
         from_format: str | None = typer.Option(
             None, "--from", help=f"Input format: {FORMAT_HELP}, generic. Default: from the path."
         ),
-        framework: str = FrameworkOption,
-        mapping: Path | None = MappingOption,
-        allow_unlabelled: bool = UnlabelledOption,
+        framework: str = common.FrameworkOption,
+        mapping: Path | None = common.MappingOption,
+        allow_unlabelled: bool = common.UnlabelledOption,
         as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     ) -> None:
         """Read every dialogue, stop at the first malformed record, and print a summary.
@@ -127,7 +113,7 @@ def register(app: typer.Typer) -> None:
         from csc.data.io import DataFormatError, read_dialogues
         from csc.framework import Framework, FrameworkError
 
-        with user_errors(DataFormatError, FrameworkError):
+        with common.user_errors(DataFormatError, FrameworkError):
             fw = Framework.load(framework)
             dialogues = read_dialogues(
                 file, from_format, framework=fw, mapping=mapping, allow_unlabelled=allow_unlabelled
@@ -136,16 +122,15 @@ def register(app: typer.Typer) -> None:
             with bar:
                 summary = DataSummary.of(bar)
         if summary.dialogues == 0:
-            fail(f"{file}: no dialogues found; is it empty?")
+            common.fail(f"{file}: no dialogues found; is it empty?")
         if summary.duplicate_ids:
-            fail(f"{file}: {summary.describe_duplicates()}")
-        report = summary.to_dict(fw)
-        report = {"file": str(file), "framework": fw.name, "valid": True, **report}
+            common.fail(f"{file}: {summary.describe_duplicates()}")
+        report = {"file": str(file), "framework": fw.name, "valid": True, **summary.to_dict(fw)}
         counts = getattr(dialogues, "counts", None)  # a generic mapping's drops and merges
         if counts is not None:
             report["mapping"] = counts.to_dict()
         if as_json:
-            echo_json(report)
+            common.echo_json(report)
         else:
             _print_summary(report)
 
@@ -157,7 +142,7 @@ def _writing(target: Path) -> Iterator[None]:
         yield
     except OSError as exc:
         where = exc.filename if exc.filename is not None else target
-        fail(f"{target}: cannot write ({where}: {exc.strerror or exc})")
+        common.fail(f"{target}: cannot write ({where}: {exc.strerror or exc})")
 
 
 @dataclass
@@ -191,15 +176,11 @@ class DataSummary:
             first = s.first_record.setdefault(d.id, s.dialogues)
             if first != s.dialogues:
                 s.duplicate_ids.setdefault(d.id, [first]).append(s.dialogues)
-            for t in d.turns:
-                if t.is_supporter:
-                    s.supporter_turns += 1
-                    if t.strategy:
-                        s.strategies[t.strategy] += 1
-                    else:
-                        s.unlabelled_supporter_turns += 1
-                else:
-                    s.customer_turns += 1
+            supporter = [t for t in d.turns if t.is_supporter]
+            s.supporter_turns += len(supporter)
+            s.customer_turns += n - len(supporter)
+            s.strategies.update(t.strategy for t in supporter if t.strategy)
+            s.unlabelled_supporter_turns += sum(not t.strategy for t in supporter)
             s.non_alternating += not d.alternates()
             s.topics[d.topic or "(none)"] += 1
         return s
@@ -249,19 +230,11 @@ class DataSummary:
 def _print_summary(report: dict[str, Any]) -> None:
     per = report["turns_per_dialogue"]
     typer.secho(f"{report['file']}: valid ({report['framework']} framework)", fg="green", bold=True)
-    rows: Iterator[tuple[str, Any]] = iter(
-        [
-            ("dialogues", report["dialogues"]),
-            ("turns", report["turns"]),
-            ("supporter turns", report["supporter_turns"]),
-            ("customer turns", report["customer_turns"]),
-            ("unlabelled supporter turns", report["unlabelled_supporter_turns"]),
-            ("non-alternating dialogues", report["non_alternating_dialogues"]),
-            ("turns per dialogue", f"min {per['min']}, mean {per['mean']}, max {per['max']}"),
-        ]
-    )
-    for label, value in rows:
-        typer.echo(f"{label:<28}{value}")
+    for key in ["dialogues", "turns", "supporter_turns", "customer_turns"]:
+        typer.echo(f"{key.replace('_', ' '):<28}{report[key]}")
+    typer.echo(f"{'unlabelled supporter turns':<28}{report['unlabelled_supporter_turns']}")
+    typer.echo(f"{'non-alternating dialogues':<28}{report['non_alternating_dialogues']}")
+    typer.echo(f"{'turns per dialogue':<28}min {per['min']}, mean {per['mean']}, max {per['max']}")
     if "mapping" in report:
         typer.secho("\nread through the mapping", bold=True)
         m = report["mapping"]
@@ -290,11 +263,6 @@ def _print_summary(report: dict[str, Any]) -> None:
 
 def _counts_note(counts: Any) -> str:
     """A generic mapping's drops and merges in a few words, for ``convert``'s last line."""
-    parts = [
-        (counts.empty_messages, "empty messages dropped"),
-        (counts.empty_turns, "empty turns dropped"),
-        (counts.dropped_speaker_turns, "speaker turns dropped"),
-        (counts.merged_turns, "turns merged"),
-        (counts.empty_dialogues, "empty dialogues dropped"),
-    ]
-    return ", ".join(f"{n} {what}" for n, what in parts if n)
+    counted = counts.to_dict().items()
+    skip = ("rows", "dropped_speakers")
+    return ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in counted if n and key not in skip)

@@ -11,23 +11,7 @@ from pathlib import Path
 import typer
 
 from csc.choices import EvalSplit
-from csc.cli.common import (
-    AllowSeenOption,
-    ApiBaseOption,
-    ConfigOption,
-    ContextOption,
-    DataFormatOption,
-    FrameworkOption,
-    LangOption,
-    LimitOption,
-    LMOption,
-    SplitOption,
-    SplitSeedOption,
-    SplitsOption,
-    fail,
-    load_evaluation_dialogues,
-    resolve_lm_settings,
-)
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -37,32 +21,26 @@ def register(app: typer.Typer) -> None:
         epilog="Example: csc evaluate --data data/samples/sample_en.json --split test",
     )
     def evaluate(
-        data: Path = typer.Option(
-            ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
-        ),
+        data: Path = common.DataOption,
         supporter: str = typer.Option(
             "zero-shot",
             "--supporter",
             help="zero-shot | direct (no-strategy ablation) | optimized:PATH.json | finetuned:DIR.",
         ),
-        lm: str | None = LMOption,
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
-        framework: str = FrameworkOption,
-        lang: Language | None = LangOption,
-        data_format: str | None = DataFormatOption,
-        context: str = ContextOption,
-        limit: int | None = LimitOption,
-        split: EvalSplit | None = SplitOption,
-        splits: Path | None = SplitsOption,
-        seed: int = SplitSeedOption,
-        allow_seen: bool = AllowSeenOption,
-        num_threads: int = typer.Option(
-            4,
-            "--concurrency",
-            "-c",
-            min=1,
-            help="Concurrent requests (turns in ref, dialogues in gen).",
+        lm: str | None = common.LMOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
+        framework: str = common.FrameworkOption,
+        lang: Language | None = common.LangOption,
+        data_format: str | None = common.DataFormatOption,
+        context: str = common.ContextOption,
+        limit: int | None = common.LimitOption,
+        split: EvalSplit | None = common.SplitOption,
+        splits: Path | None = common.SplitsOption,
+        seed: int = common.SplitSeedOption,
+        allow_seen: bool = common.AllowSeenOption,
+        num_threads: int = common.concurrency_option(
+            4, "Concurrent requests (turns in ref, dialogues in gen)."
         ),
         bertscore_model: str | None = typer.Option(
             None,
@@ -73,9 +51,7 @@ def register(app: typer.Typer) -> None:
         bleu_tokenize: str | None = typer.Option(
             None, "--bleu-tokenize", help="sacrebleu tokenizer (default: zh or 13a by language)."
         ),
-        max_tokens: int | None = typer.Option(
-            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
-        ),
+        max_tokens: int | None = common.MaxTokensOption,
         out: Path = typer.Option(Path("eval_out"), "--out", help="Output folder."),
         shard: str | None = typer.Option(
             None,
@@ -106,38 +82,29 @@ def register(app: typer.Typer) -> None:
         from csc.optimizers.store import ProgramStoreError
         from csc.programs.run_folder import ShardError, parse_shard, shard_label
 
-        try:
+        with common.user_errors(ValueError, ShardError):
             contexts = normalize_contexts(context)
             shard_spec = parse_shard(shard)
-        except (ValueError, ShardError) as exc:
-            fail(str(exc))
-        fw, dialogues, language, sha, split = load_evaluation_dialogues(
+        fw, dialogues, language, sha, split = common.load_evaluation_dialogues(
             data, data_format, framework, split, seed, lang, limit=limit, splits=splits
         )
 
-        try:
+        with common.user_errors(ValueError, ProgramStoreError, FrameworkError):
             chosen = supporter_from_spec(supporter, framework=fw, language=language)
-        except (ValueError, ProgramStoreError, FrameworkError) as exc:
-            fail(str(exc))
         if not allow_seen:
-            try:
+            with common.user_errors(SeenDialoguesError):
                 check_unseen(chosen, dialogues)
-            except SeenDialoguesError as exc:
-                fail(str(exc))
         program = chosen.program
         if getattr(program, "framework", fw) != fw and chosen.metadata:
-            typer.secho(
+            common.warn(
                 f"note: {supporter} was compiled for framework "
-                f"{chosen.metadata.get('framework')!r}; using it",
-                fg="yellow",
-                err=True,
+                f"{chosen.metadata.get('framework')!r}; using it"
             )
-        settings = resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
+        settings = common.resolve_lm_settings(config, chosen.lm_spec or lm, api_base)
         spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
-        try:
+        errors = (LMConfigError, FileNotFoundError, OSError)
+        with common.user_errors(*errors, prefix=f"cannot build the LM {spec.model!r}: "):
             client = build_lm(spec, connections=num_threads)
-        except (LMConfigError, FileNotFoundError, OSError) as exc:
-            fail(f"cannot build the LM {spec.model!r}: {exc}")
 
         # Caches are keyed by everything that changes predictions, so a different run in the
         # same --out never reuses them.
@@ -193,24 +160,22 @@ def register(app: typer.Typer) -> None:
             info["contexts_done"] = list(partial.contexts)
             write_report(partial, out, info)
 
-        with dspy.context(lm=client):
-            try:
-                result = evaluate_supporter(
-                    program,
-                    dialogues,
-                    context=contexts,
-                    framework=fw,
-                    language=language,
-                    num_threads=num_threads,
-                    cache_dir=cache_dir,
-                    bleu_tokenize=bleu_tokenize,
-                    bertscore_model=bertscore_model,
-                    with_bertscore=not no_bertscore,
-                    on_context_done=write_partial,
-                    shard=shard_spec,
-                )
-            except RuntimeError as exc:  # e.g. the BERTScore model cannot be loaded
-                fail(str(exc))
+        # RuntimeError: e.g. the BERTScore model cannot be loaded.
+        with dspy.context(lm=client), common.user_errors(RuntimeError):
+            result = evaluate_supporter(
+                program,
+                dialogues,
+                context=contexts,
+                framework=fw,
+                language=language,
+                num_threads=num_threads,
+                cache_dir=cache_dir,
+                bleu_tokenize=bleu_tokenize,
+                bertscore_model=bertscore_model,
+                with_bertscore=not no_bertscore,
+                on_context_done=write_partial,
+                shard=shard_spec,
+            )
         info["seconds"] = round(time.perf_counter() - start, 2)
         files = write_report(result, out, info)
         _print_table(result)
@@ -221,38 +186,21 @@ def _print_table(result) -> None:  # type: ignore[no-untyped-def]
     from rich.console import Console
     from rich.table import Table
 
+    from csc.usage import Usage, format_usage
+
     table = Table(title="Supporter evaluation (%)")
-    cols = [
-        "bleu2",
-        "bleu4",
-        "rougeL",
-        "bertscore",
-        "acc",
-        "macro_f1",
-        "strategy_fallbacks",
-        "strategy_parse_errors",
-        "n_examples",
-    ]
+    cols = ["bleu2", "bleu4", "rougeL", "bertscore", "acc", "macro_f1"]
+    cols += ["strategy_fallbacks", "strategy_parse_errors", "n_examples"]
     headers = {"strategy_fallbacks": "fallbacks", "strategy_parse_errors": "unparsed"}
     table.add_column("context")
     for col in cols:
         table.add_column(headers.get(col, col), justify="right")
     for name, metrics in result.metrics.items():
-        cells = []
-        for col in cols:
-            value = metrics.get(col)
-            cells.append(
-                "n/a"
-                if value is None
-                else f"{value:.2f}"
-                if isinstance(value, float)
-                else str(value)
-            )
-        table.add_row(name, *cells)
+        table.add_row(name, *(_cell(metrics.get(col)) for col in cols))
     Console().print(table)
-    from csc.usage import Usage, format_usage
-
     for name, res in result.contexts.items():
-        raw = res.metrics.get("lm_usage") or {}
-        usage = Usage(**{k: v for k, v in raw.items() if k in Usage.__dataclass_fields__})
-        typer.echo(f"{name}: {format_usage(usage)}")
+        typer.echo(f"{name}: {format_usage(Usage.from_dict(res.metrics.get('lm_usage') or {}))}")
+
+
+def _cell(value: object) -> str:
+    return "n/a" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from csc.choices import Device, PromptVariant, SftTargets, SftTask
-from csc.cli.common import ApiBaseOption, ConfigOption, LangOption, echo_json, fail
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -25,9 +25,7 @@ def register(app: typer.Typer) -> None:
         "--teacher optimized:program.json --teacher-lm openai/gpt-4o-mini --targets teacher",
     )
     def export(
-        data: Path = typer.Option(
-            ..., "--data", help="Dialogues: JSONL, DianJin .json/.parquet, or an HF dataset folder."
-        ),
+        data: Path = common.DataOption,
         out: Path = typer.Option(
             ...,
             "--out",
@@ -42,10 +40,8 @@ def register(app: typer.Typer) -> None:
             "--splits",
             help="Reuse this splits.json (of the same data) instead of making a new split.",
         ),
-        data_format: str | None = typer.Option(
-            None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
-        ),
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
+        data_format: str | None = common.DataFormatOption,
+        framework: str = common.FrameworkOption,
         task: SftTask = typer.Option(
             "joint",
             "--task",
@@ -71,10 +67,8 @@ def register(app: typer.Typer) -> None:
             "`csc evaluate --split test`).",
         ),
         seed: int = typer.Option(0, "--seed", help="Seed of the dialogue split."),
-        lang: Language | None = LangOption,
-        limit: int | None = typer.Option(
-            None, "--limit", min=1, help="Read only the first N dialogues of the data file."
-        ),
+        lang: Language | None = common.LangOption,
+        limit: int | None = common.LimitOption,
         test_out: Path | None = typer.Option(
             None, "--test-out", help="Also write the test split's dialogues to this JSONL file."
         ),
@@ -97,14 +91,12 @@ def register(app: typer.Typer) -> None:
             help="LM of the teacher: local, a LiteLLM model (openai/gpt-4o-mini) or a served "
             "model with --api-base (default: the configured LM).",
         ),
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
         max_tokens: int | None = typer.Option(
             None, "--max-tokens", min=1, help="Completion limit per teacher call."
         ),
-        concurrency: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Concurrent teacher requests."
-        ),
+        concurrency: int = common.concurrency_option(4, "Concurrent teacher requests."),
         drop_disagreeing: bool = typer.Option(
             False,
             "--drop-disagreeing",
@@ -123,7 +115,7 @@ def register(app: typer.Typer) -> None:
         cached, and kept in OUT/teacher/ so an interrupted export resumes.
         """
         from rich.console import Console
-        from rich.table import Table
+        from rich.table import Column, Table
 
         from csc.data.errors import DataFormatError
         from csc.finetune.export import ExportError, export_sft, write_split_dialogues
@@ -131,22 +123,19 @@ def register(app: typer.Typer) -> None:
 
         teacher_spec = None
         if teacher is not None:
-            from csc.cli.common import resolve_lm_settings
-
             # The LM a teacher without its own (finetuned:DIR brings one) runs on.
-            settings = resolve_lm_settings(config, teacher_lm, api_base)
+            settings = common.resolve_lm_settings(config, teacher_lm, api_base)
             teacher_spec = settings.spec_for("supporter").merged({"max_tokens": max_tokens})
         elif teacher_lm or api_base or drop_disagreeing:
-            fail("--teacher-lm, --api-base and --drop-disagreeing need --teacher SPEC")
-        if not data.exists():
-            fail(f"{data}: no such file or folder")
+            common.fail("--teacher-lm, --api-base and --drop-disagreeing need --teacher SPEC")
+        common.require_path(data)
         if test_out is not None and (
             test_out.resolve() == data.resolve() or test_out.resolve().is_relative_to(out.resolve())
         ):
-            fail(
+            common.fail(
                 f"--test-out {test_out}: would overwrite the input data or the export; choose another file"
             )
-        try:
+        with common.user_errors(ExportError, DataFormatError, FrameworkError):
             result = export_sft(
                 data,
                 out,
@@ -171,24 +160,17 @@ def register(app: typer.Typer) -> None:
             if test_out is not None:
                 n = write_split_dialogues(result, "test", test_out)
                 typer.echo(f"wrote {n} test dialogues to {test_out}")
-        except (ExportError, DataFormatError, FrameworkError) as exc:
-            fail(str(exc))
         meta = result.metadata
-        table = Table(
-            title=f"SFT export ({task}, {prompt} prompt, {meta['targets']} targets) -> {out}"
-        )
-        for col in ("split", "dialogues", "rows", "strategy rows", "response rows"):
-            table.add_column(col, justify="right" if col != "split" else "left")
+        cols = ("dialogues", "rows", "strategy rows", "response rows")
+        title = f"SFT export ({task}, {prompt} prompt, {meta['targets']} targets) -> {out}"
+        table = Table("split", *(Column(col, justify="right") for col in cols), title=title)
         for split, c in result.counts.items():
-            table.add_row(
-                split, str(c.dialogues), str(c.rows), str(c.strategy_rows), str(c.response_rows)
-            )
+            counts = (c.dialogues, c.rows, c.strategy_rows, c.response_rows)
+            table.add_row(split, *map(str, counts))
         Console().print(table)
         if result.skipped_turns:
-            typer.secho(
-                f"note: skipped {result.skipped_turns} supporter turns without a strategy label",
-                fg="yellow",
-                err=True,
+            common.warn(
+                f"note: skipped {result.skipped_turns} supporter turns without a strategy label"
             )
         taught = meta.get("teacher")
         if taught:
@@ -226,19 +208,15 @@ def register(app: typer.Typer) -> None:
             f"completion; teacher wall time {taught['wall_time_s']:.1f} s"
         )
         if taught["failed_turns"]:
-            typer.secho(
+            common.warn(
                 f"note: the teacher failed on {taught['failed_turns']} turn(s); they have no "
-                "teacher rows. Re-run the same command (with --overwrite) to retry only those",
-                fg="yellow",
-                err=True,
+                "teacher rows. Re-run the same command (with --overwrite) to retry only those"
             )
         if taught.get("seen_held_out_dialogues"):
-            typer.secho(
+            common.warn(
                 f"note: the teacher was compiled or trained on {taught['seen_held_out_dialogues']} "
                 "of this export's validation/test dialogues; its outputs may carry them into "
-                "the student (re-split, or optimize the teacher on this export's splits.json)",
-                fg="yellow",
-                err=True,
+                "the student (re-split, or optimize the teacher on this export's splits.json)"
             )
 
     @group.command(
@@ -270,18 +248,10 @@ def register(app: typer.Typer) -> None:
         from csc.finetune.recipes import Recipe, RecipeError
         from csc.finetune.train import FinetuneError, train
 
-        try:
-            parsed = Recipe.load(recipe)
+        with common.user_errors(FinetuneError, RecipeError):
             result = train(
-                data,
-                parsed,
-                out,
-                resume=resume,
-                max_steps=max_steps,
-                device=device,
+                data, Recipe.load(recipe), out, resume=resume, max_steps=max_steps, device=device
             )
-        except (FinetuneError, RecipeError) as exc:
-            fail(str(exc))
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "n/a"
         typer.echo(
             f"trained {result.steps} steps on {result.metadata.get('device', result.device)} in "
@@ -304,10 +274,8 @@ def register(app: typer.Typer) -> None:
         """
         from csc.finetune.train import FinetuneError, merge_adapter
 
-        try:
+        with common.user_errors(FinetuneError):
             path = merge_adapter(run_dir, out)
-        except FinetuneError as exc:
-            fail(str(exc))
         typer.echo(f"wrote merged model to {path}; use it as --lm local:{path}")
 
     @group.command("recipes", epilog="Example: csc finetune recipes smollm2-135m-lora")
@@ -321,7 +289,5 @@ def register(app: typer.Typer) -> None:
             for name in builtin_recipes():
                 typer.echo(f"{name}\t{recipes_dir() / (name + '.yaml')}")
             return
-        try:
-            echo_json(Recipe.load(show).to_dict())
-        except RecipeError as exc:
-            fail(str(exc))
+        with common.user_errors(RecipeError):
+            common.echo_json(Recipe.load(show).to_dict())

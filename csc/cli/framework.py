@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from csc.cli.common import fail
+from csc.cli import common
 from csc.framework import Framework, FrameworkError, Language
 
 
@@ -23,10 +23,8 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """List the stages and strategies of a framework."""
-        try:
+        with common.user_errors(FrameworkError):
             fw = Framework.load(name)
-        except FrameworkError as exc:
-            fail(str(exc))
         title = fw.title_zh if lang == "zh" else fw.title
         typer.secho(
             f"{title} ({fw.name}): {len(fw.strategies)} strategies in {len(fw.stages)} stages",

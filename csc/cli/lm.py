@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli import common
 from csc.lm import ROLES, LMConfigError, build_lm
 
 
@@ -19,9 +19,9 @@ def register(app: typer.Typer) -> None:
 
     @group.command("check", epilog="Example: csc lm check --lm openai/gpt-4o-mini")
     def check(
-        lm: str = LMOption,
-        api_base: str = ApiBaseOption,
-        config: Path = ConfigOption,
+        lm: str = common.LMOption,
+        api_base: str = common.ApiBaseOption,
+        config: Path = common.ConfigOption,
         role: str = typer.Option(
             None, "--role", help=f"Check the LM of one role: {', '.join(ROLES)}."
         ),
@@ -33,17 +33,15 @@ def register(app: typer.Typer) -> None:
         max_tokens: int = typer.Option(48, "--max-tokens", help="Completion length limit."),
     ) -> None:
         """Send one prompt to the LM and print the model, answer, latency and token usage."""
-        settings = resolve_lm_settings(config, lm, api_base)
+        settings = common.resolve_lm_settings(config, lm, api_base)
         spec = settings.spec_for(role)
-        try:
+        with common.user_errors(LMConfigError, FileNotFoundError):
             client = build_lm(spec.merged({"max_tokens": max_tokens}))
-        except (LMConfigError, FileNotFoundError) as exc:
-            fail(str(exc))
         start = time.perf_counter()
         try:
             outputs = client(prompt)
         except Exception as exc:
-            fail(f"LM call to {spec.model} failed: {type(exc).__name__}: {exc}")
+            common.fail(f"LM call to {spec.model} failed: {type(exc).__name__}: {exc}")
         latency = time.perf_counter() - start
         text = outputs[0] if outputs else ""
         if isinstance(text, dict):
@@ -61,9 +59,11 @@ def register(app: typer.Typer) -> None:
 
     @group.command("show", epilog="Example: csc lm show --config csc.toml")
     def show(
-        lm: str = LMOption, api_base: str = ApiBaseOption, config: Path = ConfigOption
+        lm: str = common.LMOption,
+        api_base: str = common.ApiBaseOption,
+        config: Path = common.ConfigOption,
     ) -> None:
         """Print the effective LM of every role (no secrets)."""
-        settings = resolve_lm_settings(config, lm, api_base)
+        settings = common.resolve_lm_settings(config, lm, api_base)
         for role, model in settings.describe().items():
             typer.echo(f"{role:<20} {model}")

@@ -7,16 +7,7 @@ from pathlib import Path
 import typer
 
 from csc.choices import Budget, MetricName, OptimizerName, ProgramKind
-from csc.cli.common import (
-    ApiBaseOption,
-    ConfigOption,
-    LangOption,
-    LimitOption,
-    LMOption,
-    check_unique_ids,
-    fail,
-    resolve_lm_settings,
-)
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -46,35 +37,31 @@ def register(app: typer.Typer) -> None:
             help="splits.json written by `csc finetune export` for the --train file: compile on "
             "its train dialogues, score on its validation ones, never touch its test ones.",
         ),
-        limit: int | None = LimitOption,
+        limit: int | None = common.LimitOption,
         optimizer: OptimizerName = typer.Option("bootstrap", "--optimizer"),
         budget: Budget = typer.Option("light", "--budget"),
-        lm: str | None = LMOption,
+        lm: str | None = common.LMOption,
         prompt_lm: str | None = typer.Option(
             None,
             "--prompt-lm",
             help="LM that proposes instructions (mipro) or reflects (gepa); default: --lm.",
         ),
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
         metric: MetricName = typer.Option(
             "acc", "--metric", help="Strategy accuracy, or half accuracy half BERTScore."
         ),
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        lang: Language | None = LangOption,
+        framework: str = common.FrameworkOption,
+        lang: Language | None = common.LangOption,
         seed: int = typer.Option(0, "--seed", help="Seed of the split and of the optimizer."),
-        num_threads: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Concurrent requests."
-        ),
+        num_threads: int = common.concurrency_option(4, "Concurrent requests."),
         max_train: int | None = typer.Option(
             None, "--max-train", min=1, help="Use at most N training examples (turns)."
         ),
         max_dev: int | None = typer.Option(
             None, "--max-dev", min=1, help="Use at most N dev examples (turns)."
         ),
-        max_tokens: int | None = typer.Option(
-            None, "--max-tokens", min=1, help="Completion limit per LM call (overrides config)."
-        ),
+        max_tokens: int | None = common.MaxTokensOption,
         labeler: Path | None = typer.Option(
             None,
             "--labeler",
@@ -104,48 +91,41 @@ def register(app: typer.Typer) -> None:
         from csc.framework import Framework, FrameworkError
         from csc.lm import LMConfigError, build_lm, lm_name
         from csc.optimizers.optimize import optimize_program, optimize_rolecs
-        from csc.optimizers.store import (
-            ProgramStoreError,
-            load_program,
-            save_program,
-            sidecar_path,
-        )
+        from csc.optimizers.store import ProgramStoreError, load_program, save_program, sidecar_path
 
         if program != "rolecs" and (labeler or labeler_lm):
-            fail(
+            common.fail(
                 "--labeler and --labeler-lm judge the RoleCS supporter: use them with --program rolecs"
             )
         if program == "rolecs" and metric != "acc":
-            fail(
+            common.fail(
                 "--program rolecs has its own metrics (strategy accuracy for the supporter "
                 "assistant, strategy adherence for the supporter); leave --metric at acc"
             )
         if out.suffix != ".json":
-            fail(f"--out {out}: the program is saved as JSON state; give a .json path")
+            common.fail(f"--out {out}: the program is saved as JSON state; give a .json path")
         for path in (train, dev):
-            if path is not None and not path.exists():
-                fail(f"{path}: no such file or folder")
+            if path is not None:
+                common.require_path(path)
         if dev is not None and splits is not None:
-            fail("give either --dev or --splits (whose validation part is the dev set)")
-        try:
+            common.fail("give either --dev or --splits (whose validation part is the dev set)")
+        with common.user_errors(DataFormatError, FrameworkError, SplitsError):
             fw = Framework.load(framework)
             train_dialogues = list(islice(read_dialogues(train, framework=fw), limit))
-            check_unique_ids(train_dialogues, train)
+            common.check_unique_ids(train_dialogues, train)
             if dev is not None:
                 dev_dialogues = list(islice(read_dialogues(dev, framework=fw), limit))
-                check_unique_ids(dev_dialogues, dev)
+                common.check_unique_ids(dev_dialogues, dev)
             elif splits is not None:
                 parts = DatasetSplits.read(splits)
                 parts.check_data(train)
-                everything = train_dialogues
-                complete = limit is None
-                train_dialogues = parts.select(everything, "train", complete=complete)
-                dev_dialogues = parts.select(everything, "validation", complete=complete)
+                train_dialogues, dev_dialogues = (
+                    parts.select(train_dialogues, part, complete=limit is None)
+                    for part in ("train", "validation")
+                )
             else:
                 seeded = split_dialogues(train_dialogues, seed=seed)
                 train_dialogues, dev_dialogues = seeded.train, seeded.dev
-        except (DataFormatError, FrameworkError, SplitsError) as exc:
-            fail(str(exc))
         language = lang or dialogue_language(train_dialogues)
         if program == "rolecs":
             from csc.programs.rolecs_agents import rolecs_examples
@@ -156,21 +136,18 @@ def register(app: typer.Typer) -> None:
             trainset = supporter_examples(train_dialogues, language=language)[:max_train]
             devset = supporter_examples(dev_dialogues, language=language)[:max_dev]
 
-        settings = resolve_lm_settings(config, lm, api_base)
-        try:
+        settings = common.resolve_lm_settings(config, lm, api_base)
+        errors = (LMConfigError, FileNotFoundError, OSError)
+        with common.user_errors(*errors, prefix="cannot build the LM: "):
             task_lm = build_lm(settings.spec_for("supporter").merged({"max_tokens": max_tokens}))
             reflect_lm = build_lm(prompt_lm, api_base=api_base) if prompt_lm else task_lm
             judge_lm = build_lm(labeler_lm, api_base=api_base) if labeler_lm else task_lm
-        except (LMConfigError, FileNotFoundError, OSError) as exc:
-            fail(f"cannot build the LM: {exc}")
         judge = None
         if labeler is not None:
-            try:
+            with common.user_errors(ProgramStoreError):
                 judge, judge_meta = load_program(labeler, framework=fw)
-            except ProgramStoreError as exc:
-                fail(str(exc))
             if judge_meta["kind"] != "labeler":
-                fail(
+                common.fail(
                     f"--labeler {labeler}: a {judge_meta['kind']} program; give one from "
                     "`csc optimize --program labeler`"
                 )
@@ -183,7 +160,7 @@ def register(app: typer.Typer) -> None:
                 f"{projection.detail}"
             )
 
-        common = dict(
+        shared = dict(
             optimizer=optimizer,
             budget=budget,
             lm=task_lm,
@@ -194,22 +171,15 @@ def register(app: typer.Typer) -> None:
             num_threads=num_threads,
             on_projection=show_projection,
         )
-        try:
+        with common.user_errors(ValueError):
             if program == "rolecs":
                 result = optimize_rolecs(
-                    trainset, devset, labeler=judge, labeler_lm=judge_lm, **common
+                    trainset, devset, labeler=judge, labeler_lm=judge_lm, **shared
                 )
             else:
-                result = optimize_program(program, trainset, devset, metric=metric, **common)
-        except ValueError as exc:
-            fail(str(exc))
-        dev_source = (
-            str(dev)
-            if dev
-            else f"{train} (validation part of {splits})"
-            if splits
-            else f"{train} (seeded split, seed {seed})"
-        )
+                result = optimize_program(program, trainset, devset, metric=metric, **shared)
+        dev_part = f"validation part of {splits}" if splits else f"seeded split, seed {seed}"
+        dev_source = str(dev) if dev else f"{train} ({dev_part})"
         metadata = {
             **result.metadata,
             "train": str(train),
@@ -221,10 +191,8 @@ def register(app: typer.Typer) -> None:
             "train_dialogue_ids": sorted({str(ex.dialogue_id) for ex in trainset}),
             "dev_dialogue_ids": sorted({str(ex.dialogue_id) for ex in devset}),
         }
-        try:
+        with common.user_errors(ProgramStoreError):
             save_program(result.program, out, metadata)
-        except ProgramStoreError as exc:
-            fail(str(exc))
         from csc.usage import format_usage
 
         typer.echo(f"{format_usage(result.usage)}; {result.seconds:.1f} s wall")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -23,9 +23,9 @@ def register(app: typer.Typer) -> None:
             50, "--profiles", "-n", min=1, help="Profiles to sample before de-duplication."
         ),
         out: Path = typer.Option(Path("profiles.jsonl"), "--out", help="Output JSONL file."),
-        lm: str | None = LMOption,
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
+        lm: str | None = common.LMOption,
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
         seed: int = typer.Option(0, "--seed", help="Seed of the attribute sampling."),
         threshold: float = typer.Option(
             0.85, "--threshold", min=0.0, max=1.0, help="Drop profiles above this MiniLM cosine."
@@ -35,9 +35,7 @@ def register(app: typer.Typer) -> None:
             False, "--template", help="Describe profiles with templates only (no LM calls)."
         ),
         temperature: float = typer.Option(0.7, "--temperature", help="LM sampling temperature."),
-        concurrency: int = typer.Option(
-            8, "--concurrency", "-c", min=1, help="LM requests in flight at once."
-        ),
+        concurrency: int = common.concurrency_option(8, "LM requests in flight at once."),
     ) -> None:
         """Sample diverse attribute combinations, have the LM describe each in the second person
         (template fallback for unusable answers), and drop near-duplicates.
@@ -51,38 +49,35 @@ def register(app: typer.Typer) -> None:
             max_pairwise_similarity,
             write_profiles,
         )
-        from csc.lm import LMConfigError, lm_for_role
+        from csc.lm import LMConfigError, lm_for_role, split_scheme
         from csc.programs.profiles import lm_describer
 
         describer = None
         client = None
         if not template:
-            settings = resolve_lm_settings(config, lm, api_base, temperature)
-            try:
+            settings = common.resolve_lm_settings(config, lm, api_base, temperature)
+            errors = (LMConfigError, FileNotFoundError, ImportError)
+            with common.user_errors(*errors, prefix="cannot build the LM: "):
                 client = lm_for_role(settings, "planner")
-            except (LMConfigError, FileNotFoundError, ImportError) as exc:
-                fail(f"cannot build the LM: {exc}")
-            from csc.lm import split_scheme
-
             # Small embedded models fill text to the engine's bound; 3 sentences need ~120 tokens.
             embedded = split_scheme(settings.spec_for("planner").model)[0] in ("local", "finetuned")
             describer = lm_describer(
                 language, temperature=temperature, max_tokens=160 if embedded else None
             )
-        with tqdm(total=n, desc="profiles", unit="profile") as bar:
-            try:
-                with dspy.context(lm=client) if client is not None else dspy.context():
-                    pool = generate_profiles(
-                        n,
-                        seed=seed,
-                        language=language,
-                        describer=describer,
-                        threshold=threshold,
-                        progress=bar.update,
-                        concurrency=concurrency,
-                    )
-            except ProfileError as exc:
-                fail(str(exc))
+        with (
+            tqdm(total=n, desc="profiles", unit="profile") as bar,
+            common.user_errors(ProfileError),
+            dspy.context(lm=client) if client is not None else dspy.context(),
+        ):
+            pool = generate_profiles(
+                n,
+                seed=seed,
+                language=language,
+                describer=describer,
+                threshold=threshold,
+                progress=bar.update,
+                concurrency=concurrency,
+            )
         write_profiles(pool.profiles, out)
         worst = max_pairwise_similarity(pool.profiles)
         typer.echo(
@@ -100,10 +95,8 @@ def register(app: typer.Typer) -> None:
         """Print profiles of a pool (the built-in one by default)."""
         from csc.data.profiles import ProfileError, default_profiles, read_profiles
 
-        try:
+        with common.user_errors(ProfileError):
             pool = read_profiles(file) if file else default_profiles(language)
-        except ProfileError as exc:
-            fail(str(exc))
         typer.echo(f"{len(pool)} profiles" + (f" in {file}" if file else " (built-in)"))
         for p in pool[:limit]:
             typer.echo(f"- {p.id}: {p.description}")

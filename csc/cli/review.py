@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import echo_json, fail, user_errors
+from csc.cli import common
 
 
 def register(app: typer.Typer) -> None:
@@ -46,8 +46,7 @@ def register(app: typer.Typer) -> None:
         from csc.eval.viewer import ViewerError
         from csc.framework import FrameworkError
 
-        if not run.exists():
-            fail(f"{run}: no such file or folder")
+        common.require_path(run)
         if out is None:
             out = (
                 run / "reviewed.jsonl"
@@ -55,8 +54,8 @@ def register(app: typer.Typer) -> None:
                 else run.with_name(f"{run.stem}.reviewed.jsonl")
             )
         if out.exists() and not overwrite:
-            fail(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
-        with user_errors(ReviewError, DataFormatError, FrameworkError, ViewerError):
+            common.fail(f"{out}: already exists; pass --overwrite to replace it, or choose --out")
+        with common.user_errors(ReviewError, DataFormatError, FrameworkError, ViewerError):
             review = load_review(review_file)
             dialogues = review_dialogues(run, framework=framework)
             outcome = apply_review(review, dialogues, out, format=to_format, framework=framework)
@@ -65,14 +64,11 @@ def register(app: typer.Typer) -> None:
             "run": str(run),
             "reviewer": review.reviewer,
             "out": str(outcome.out),
-            "accepted": outcome.accepted,
-            "rejected": outcome.rejected,
-            "undecided": outcome.undecided,
-            "unreviewed": outcome.unreviewed,
+            **{k: getattr(outcome, k) for k in ("accepted", "rejected", "undecided", "unreviewed")},
             "agreement": [row.to_dict() for row in outcome.agreement],
         }
         if as_json:
-            echo_json(result)
+            common.echo_json(result)
             return
         typer.echo(
             f"{outcome.accepted} accepted, {outcome.rejected} rejected, {outcome.undecided} "
@@ -85,17 +81,13 @@ def register(app: typer.Typer) -> None:
         )
         for row in outcome.agreement:
             typer.echo(
-                f"  {row.criterion:<26}{row.n:>5}{_pct(row.agreement):>8}"
-                f"{_kappa(row.kappa):>8}{_pct(row.reviewer_accept_rate):>10}"
-                f"{_pct(row.judge_pass_rate):>8}"
+                f"  {row.criterion:<26}{row.n:>5}{_na(row.agreement, '.0%'):>8}"
+                f"{_na(row.kappa, '.2f'):>8}{_na(row.reviewer_accept_rate, '.0%'):>10}"
+                f"{_na(row.judge_pass_rate, '.0%'):>8}"
             )
         if any(row.n and row.kappa is None for row in outcome.agreement):
             typer.echo("  (kappa n/a: both gave every dialogue the same label)")
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
-def _kappa(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def _na(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import typer
 
 from csc.choices import OutputFormat
-from csc.cli.common import ApiBaseOption, ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli import common
 from csc.framework import Language
-
-_RULE_FLAGS = {
-    "min_turns": "--min-turns",
-    "max_turns": "--max-turns",
-    "customer_ratio": "--customer-ratio",
-    "short_customer_chars": "--short-customer-chars",
-    "min_long_customer_share": "--min-long-customer-share",
-    "max_utterance_chars": "--max-utterance-chars",
-}
 
 
 def register(app: typer.Typer) -> None:
@@ -40,10 +32,8 @@ def register(app: typer.Typer) -> None:
         """
         from csc.programs.rewrite_run import RunConfigError, merge_rewrite_runs
 
-        try:
+        with common.user_errors(RunConfigError):
             summary = merge_rewrite_runs(out, sources)
-        except RunConfigError as exc:
-            fail(str(exc))
         c, merged = summary["counts"], summary["merged"]
         typer.echo(
             f"merged {len(sources)} folder(s) (shards {', '.join(merged['shards'])}"
@@ -69,25 +59,17 @@ def register(app: typer.Typer) -> None:
             "--from",
             help="Input format: dianjin, jsonl, hf or generic (default: from the path).",
         ),
-        mapping: Path | None = typer.Option(
-            None, "--mapping", help="Mapping YAML for another corpus (implies --from generic)."
-        ),
+        mapping: Path | None = common.MappingOption,
         to: OutputFormat = typer.Option(
             "jsonl",
             "--to",
             help="Also write kept dialogues as DianJin JSON (dianjin); jsonl is always written.",
         ),
         format_alias: OutputFormat | None = typer.Option(None, "--format", hidden=True),
-        lang: Language | None = typer.Option(
-            None, "--lang", help="Default: detected from the first dialogues."
-        ),
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a framework YAML."),
-        limit: int | None = typer.Option(
-            None, "--limit", min=1, help="Read only the first N dialogues of the file."
-        ),
-        concurrency: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Dialogues processed at the same time."
-        ),
+        lang: Language | None = common.LangOption,
+        framework: str = common.FrameworkOption,
+        limit: int | None = common.LimitOption,
+        concurrency: int = common.concurrency_option(4, "Dialogues processed at the same time."),
         shard: str | None = typer.Option(
             None,
             "--shard",
@@ -95,19 +77,13 @@ def register(app: typer.Typer) -> None:
             "processes with the same flags together make the unsharded run. Combine with "
             "`csc rewrite merge`.",
         ),
-        lm: str | None = LMOption,
-        lm_prefilter: str | None = typer.Option(
-            None, "--lm-prefilter", help="LM of the LLM pre-filter."
-        ),
-        lm_rewriter: str | None = typer.Option(None, "--lm-rewriter", help="LM of the rewriter."),
-        lm_judge: str | None = typer.Option(
-            None, "--lm-judge", help="LM of the post-filter judge."
-        ),
-        lm_labeler: str | None = typer.Option(
-            None, "--lm-labeler", help="LM of the strategy labeler (utilization)."
-        ),
-        api_base: str | None = ApiBaseOption,
-        config: Path | None = ConfigOption,
+        lm: str | None = common.LMOption,
+        lm_prefilter: str | None = common.role_lm_option("prefilter", "LLM pre-filter"),
+        lm_rewriter: str | None = common.role_lm_option("rewriter"),
+        lm_judge: str | None = common.role_lm_option("judge", "post-filter judge"),
+        lm_labeler: str | None = common.role_lm_option("labeler", "strategy labeler (utilization)"),
+        api_base: str | None = common.ApiBaseOption,
+        config: Path | None = common.ConfigOption,
         temperature: float = typer.Option(
             0.7, "--temperature", min=0.0, help="Sampling temperature."
         ),
@@ -178,13 +154,13 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         if data is None or out is None:
-            fail("--data and --out are required: the raw dialogues and the run folder")
+            common.fail("--data and --out are required: the raw dialogues and the run folder")
         import yaml
 
         from csc.data.errors import DataFormatError
         from csc.data.io import read_dialogues
         from csc.framework import Framework, FrameworkError
-        from csc.lm import LMConfigError, lm_for_role, lm_name, split_scheme
+        from csc.lm import LMConfigError, lm_for_role, lm_name
         from csc.programs.rewrite import EMBEDDED_TOKEN_BUDGETS, REWRITE_ROLES, RewritePipeline
         from csc.programs.rewrite_run import (
             DIANJIN_FILE,
@@ -195,27 +171,23 @@ def register(app: typer.Typer) -> None:
         )
         from csc.programs.rule_filter import RuleFilterConfig
 
-        if format_alias is not None:
-            to = format_alias
-        if not data.exists():
-            fail(f"{data}: no such file or folder")
+        to = format_alias or to
+        common.require_path(data)
         if min_utterances > max_utterances:
-            fail("--min-utterances must not exceed --max-utterances")
+            common.fail("--min-utterances must not exceed --max-utterances")
         from csc.programs.run_folder import ShardError, parse_shard
 
-        try:
+        with common.user_errors(ShardError):
             shard_spec = parse_shard(shard)
-        except ShardError as exc:
-            fail(str(exc))
 
         rule_values: dict = {}
         if recipe is not None:
             try:
                 loaded = yaml.safe_load(recipe.read_text(encoding="utf-8")) or {}
             except (OSError, yaml.YAMLError) as exc:
-                fail(f"{recipe}: cannot read the recipe ({exc})")
+                common.fail(f"{recipe}: cannot read the recipe ({exc})")
             if not isinstance(loaded, dict):
-                fail(f"{recipe}: a recipe must be a YAML mapping of rule thresholds")
+                common.fail(f"{recipe}: a recipe must be a YAML mapping of rule thresholds")
             rule_values.update(loaded.get("rules", loaded))
         flags = {
             "min_turns": min_turns,
@@ -231,36 +203,32 @@ def register(app: typer.Typer) -> None:
         except Exception as exc:  # pydantic ValidationError: name the setting
             first = getattr(exc, "errors", lambda: [{}])()[0]
             name = ".".join(str(p) for p in first.get("loc", ())) or "rules"
-            flag = _RULE_FLAGS.get(name, name)
-            fail(f"rule setting {flag}: {first.get('msg', exc)}")
+            flag = "--" + name.replace("_", "-") if name in flags else name
+            common.fail(f"rule setting {flag}: {first.get('msg', exc)}")
 
-        try:
+        with common.user_errors(FrameworkError):
             fw = Framework.load(framework)
-        except FrameworkError as exc:
-            fail(str(exc))
 
         def dialogues():
-            stream = read_dialogues(
-                data, from_format, framework=fw, mapping=mapping, allow_unlabelled=True
+            # Called inside the error handlers below: reading starts (and may fail) there.
+            yield from islice(
+                read_dialogues(
+                    data, from_format, framework=fw, mapping=mapping, allow_unlabelled=True
+                ),
+                limit,
             )
-            for i, d in enumerate(stream):
-                if limit is not None and i >= limit:
-                    return
-                yield d
 
         # Validate the whole input (up to --limit) before any LM call: a malformed record stops
         # the run with the same error as `csc data validate`, and the count sizes the bar.
         total = 0
         sample_texts: list[str] = []
-        try:
+        with common.user_errors(DataFormatError):
             for d in dialogues():
                 total += 1
                 if len(sample_texts) < 400:
                     sample_texts.extend(t.text for t in d.turns)
-        except DataFormatError as exc:
-            fail(str(exc))
         if total == 0:
-            fail(f"{data}: no dialogues to rewrite")
+            common.fail(f"{data}: no dialogues to rewrite")
         from csc.eval.metrics import detect_language
 
         language = lang or detect_language(sample_texts)
@@ -270,17 +238,15 @@ def register(app: typer.Typer) -> None:
             from csc.optimizers.store import ProgramStoreError, load_program
             from csc.programs.supporter import StrategyLabeler
 
-            try:
+            with common.user_errors(ProgramStoreError):
                 labeler_program, meta = load_program(labeler, framework=fw)
-            except ProgramStoreError as exc:
-                fail(str(exc))
             if not isinstance(labeler_program, StrategyLabeler):
-                fail(
+                common.fail(
                     f"{labeler}: a {meta['kind']} program, not a labeler; compile one with "
                     "csc optimize --program labeler"
                 )
             if meta.get("language") != language:
-                fail(
+                common.fail(
                     f"{labeler}: compiled for language {meta.get('language')!r}, data is {language!r}"
                 )
 
@@ -290,74 +256,44 @@ def register(app: typer.Typer) -> None:
             "judge": lm_judge,
             "labeler": lm_labeler,
         }
-        settings = resolve_lm_settings(config, lm, api_base, temperature, roles)
-        active = [
-            r
-            for r in REWRITE_ROLES
-            if not (
-                (r == "prefilter" and no_prefilter)
-                or (r == "judge" and no_judge)
-                or (r == "labeler" and no_utilization)
-            )
-        ]
+        settings = common.resolve_lm_settings(config, lm, api_base, temperature, roles)
+        skipped = {"prefilter": no_prefilter, "judge": no_judge, "labeler": no_utilization}
+        active = [r for r in REWRITE_ROLES if not skipped.get(r)]
         described = settings.describe()
-        budgets: dict[str, int] = {}
-        if turn_tokens == "auto":
-            budgets = {
-                r: EMBEDDED_TOKEN_BUDGETS[r]
-                for r in active
-                if split_scheme(settings.spec_for(r).model)[0] in ("local", "finetuned")
-            }
-        elif turn_tokens != "none":
-            try:
-                budgets = dict.fromkeys(active, max(16, int(turn_tokens)))
-            except ValueError:
-                fail(f"--turn-tokens must be auto, none or a number, got {turn_tokens!r}")
+        # What the run's config and its pipeline share.
+        stages = dict(
+            rules=rules,
+            redact=not no_redact,
+            prefilter=not no_prefilter,
+            judge=not no_judge,
+            utilization=not no_utilization,
+            min_utterances=min_utterances,
+            max_utterances=max_utterances,
+            temperature=temperature,
+            token_budgets=common.token_budgets(
+                turn_tokens, settings, active, EMBEDDED_TOKEN_BUDGETS
+            ),
+        )
         run_config = RewriteConfig(
             data=str(data.resolve()),
             framework=fw.name,
             framework_digest=RewriteConfig.framework_digest_of(fw),
             language=language,
-            rules=rules,
-            redact=not no_redact,
-            prefilter=not no_prefilter,
-            judge=not no_judge,
-            utilization=not no_utilization,
-            min_utterances=min_utterances,
-            max_utterances=max_utterances,
-            temperature=temperature,
             seed=seed,
             lms={r: described.get(r, "") for r in active},
             labeler=str(labeler) if labeler else None,
-            token_budgets=budgets,
+            **stages,
         )
-        try:
-            cache: dict = {}
+        cache: dict = {}
+        errors = (LMConfigError, FileNotFoundError, ImportError)
+        with common.user_errors(*errors, prefix="cannot build the LM: "):
             lms = {r: lm_for_role(settings, r, cache, connections=concurrency) for r in active}
-        except (LMConfigError, FileNotFoundError, ImportError) as exc:
-            fail(f"cannot build the LM: {exc}")
-        pipeline = RewritePipeline(
-            fw,
-            language,
-            rules=rules,
-            redact=not no_redact,
-            prefilter=not no_prefilter,
-            judge=not no_judge,
-            utilization=not no_utilization,
-            min_utterances=min_utterances,
-            max_utterances=max_utterances,
-            labeler=labeler_program,
-            lms=lms,
-            temperature=temperature,
-            token_budgets=budgets,
-        )
+        pipeline = RewritePipeline(fw, language, labeler=labeler_program, lms=lms, **stages)
         run = RewriteRun(out, run_config, pipeline, lm_names={r: lm_name(lms[r]) for r in active})
         if no_redact:
-            typer.secho(
+            common.warn(
                 "warning: --no-redact: raw text, personal data included, goes to the LMs and "
-                "the output files",
-                fg="yellow",
-                err=True,
+                "the output files"
             )
         if shard_spec is not None:  # every N-th record from I
             total = len(range(shard_spec[0], total, shard_spec[1]))
@@ -365,7 +301,8 @@ def register(app: typer.Typer) -> None:
             f"run {run.key} -> {out}  ({total} dialogues, {fw.name}, {language}, "
             f"concurrency {concurrency}{f', shard {shard}' if shard_spec else ''})"
         )
-        try:
+        # DataFormatError: the file changed since it was validated.
+        with common.user_errors(RunConfigError, DataFormatError):
             summary = run.run(
                 dialogues(),
                 total=total,
@@ -373,10 +310,6 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
                 shard=shard_spec,
             )
-        except RunConfigError as exc:
-            fail(str(exc))
-        except DataFormatError as exc:  # the file changed since it was validated
-            fail(str(exc))
 
         if to == "dianjin":
             from csc.data.io import write_dialogues

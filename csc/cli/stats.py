@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import echo_json, fail
+from csc.cli import common
 
 
 def register(app: typer.Typer) -> None:
@@ -17,10 +17,8 @@ def register(app: typer.Typer) -> None:
         file: Path = typer.Argument(
             ..., help="Dialogue file: .jsonl (ours), DianJin .json/.parquet, ..."
         ),
-        from_format: str | None = typer.Option(
-            None, "--from", help="Input format: dianjin, jsonl or hf (default: from the path)."
-        ),
-        framework: str = typer.Option("csc", "--framework", help="csc, esc or a YAML path."),
+        from_format: str | None = common.DataFormatOption,
+        framework: str = common.FrameworkOption,
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
         seed: int = typer.Option(0, "--seed", help="Seed of the sampling in persona/self-BLEU."),
     ) -> None:
@@ -36,16 +34,13 @@ def register(app: typer.Typer) -> None:
         from csc.eval.stats import dialogue_stats, render_stats
         from csc.framework import Framework, FrameworkError
 
-        if not file.exists():
-            fail(f"{file}: no such file or folder")
-        try:
+        common.require_path(file)
+        with common.user_errors(FrameworkError, DataFormatError):
             fw = Framework.load(framework)
             # Streamed: statistics keep counters and bounded samples, never the whole file.
             dialogues = read_dialogues(file, from_format, framework=fw, allow_unlabelled=True)
             result = dialogue_stats(dialogues, fw, seed=seed)
-        except (FrameworkError, DataFormatError) as exc:
-            fail(str(exc))
         if as_json:
-            echo_json(result)
+            common.echo_json(result)
         else:
             Console().print(render_stats(result, title=f"Statistics of {file}"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from csc.choices import Executor, OutputFormat
-from csc.cli.common import ConfigOption, LMOption, fail, resolve_lm_settings
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -40,20 +40,18 @@ def register(app: typer.Typer) -> None:
         from csc.framework import Framework, FrameworkError
         from csc.programs.synthesis import RunConfigError, merge_runs
 
-        try:
+        with common.user_errors(RunConfigError):
             summary = merge_runs(out, sources)
-        except RunConfigError as exc:
-            fail(str(exc))
         run_info = json.loads((out / "run.json").read_text(encoding="utf-8"))
         config = run_info.get("config") or {}
         try:
             fw = Framework.load(framework or config.get("framework", "csc"))
         except FrameworkError as exc:
-            fail(f"{exc}; pass the run's framework YAML with --framework")
+            common.fail(f"{exc}; pass the run's framework YAML with --framework")
         from csc.programs.run_folder import digest
 
         if config.get("framework_digest") and digest(fw.to_dict()) != config["framework_digest"]:
-            fail(
+            common.fail(
                 f"framework {fw.name!r} differs from the one the run used; pass the run's "
                 "framework YAML with --framework"
             )
@@ -88,32 +86,22 @@ def register(app: typer.Typer) -> None:
             "file, or free text (default: the 7 built-in topics).",
         ),
         language: Language = typer.Option("en", "--lang", help="Dialogue language."),
-        framework: str = typer.Option(
-            "csc", "--framework", help="Strategy framework: csc, esc or a YAML path."
-        ),
-        lm: str | None = LMOption,
-        lm_planner: str | None = typer.Option(None, "--lm-planner", help="LM of the planner."),
-        lm_supporter_assistant: str | None = typer.Option(
-            None, "--lm-supporter-assistant", help="LM of the supporter assistant."
-        ),
-        lm_supporter: str | None = typer.Option(
-            None, "--lm-supporter", help="LM of the supporter."
-        ),
-        lm_customer_assistant: str | None = typer.Option(
-            None, "--lm-customer-assistant", help="LM of the customer assistant."
-        ),
-        lm_customer: str | None = typer.Option(None, "--lm-customer", help="LM of the customer."),
-        lm_judge: str | None = typer.Option(None, "--lm-judge", help="LM of the quality judge."),
+        framework: str = common.FrameworkOption,
+        lm: str | None = common.LMOption,
+        lm_planner: str | None = common.role_lm_option("planner"),
+        lm_supporter_assistant: str | None = common.role_lm_option("supporter-assistant"),
+        lm_supporter: str | None = common.role_lm_option("supporter"),
+        lm_customer_assistant: str | None = common.role_lm_option("customer-assistant"),
+        lm_customer: str | None = common.role_lm_option("customer"),
+        lm_judge: str | None = common.role_lm_option("judge", "quality judge"),
         api_base: list[str] | None = typer.Option(
             None,
             "--api-base",
             help="Base URL of an OpenAI-compatible server (vLLM, SGLang, Ollama); repeat it for "
             "several servers of the same model, balanced with retry on another one.",
         ),
-        config: Path | None = ConfigOption,
-        concurrency: int = typer.Option(
-            4, "--concurrency", "-c", min=1, help="Dialogues synthesized at the same time."
-        ),
+        config: Path | None = common.ConfigOption,
+        concurrency: int = common.concurrency_option(4, "Dialogues synthesized at the same time."),
         seed: int = typer.Option(0, "--seed", help="Run seed: grid order and sampling ids."),
         max_utterances: int = typer.Option(
             50, "--max-utterances", min=3, help="Utterance limit per dialogue (closing included)."
@@ -186,7 +174,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         if out is None:
-            fail("--out is required: the run folder (created; re-run the command to resume)")
+            common.fail("--out is required: the run folder (created; re-run the command to resume)")
         from rich.console import Console
         from rich.markup import escape
 
@@ -195,6 +183,8 @@ def register(app: typer.Typer) -> None:
         from csc.eval.stats import render_stats
         from csc.framework import Framework, FrameworkError
         from csc.lm import AGENT_ROLES, LMConfigError, lm_for_role, lm_name
+        from csc.programs.ray_executor import RayUnavailableError, import_ray
+        from csc.programs.rolecs import EMBEDDED_TOKEN_BUDGETS
         from csc.programs.synthesis import (
             DIANJIN_FILE,
             RunConfigError,
@@ -205,26 +195,18 @@ def register(app: typer.Typer) -> None:
         )
 
         if dialogues is not None and dialogues < 1:
-            fail("--dialogues must be at least 1")
-        try:
+            common.fail("--dialogues must be at least 1")
+        with common.user_errors(ShardError):
             shard_spec = parse_shard(shard)
-        except ShardError as exc:
-            fail(str(exc))
         if executor == "ray":
-            from csc.programs.ray_executor import RayUnavailableError, import_ray
-
-            try:
+            with common.user_errors(RayUnavailableError):
                 import_ray()
-            except RayUnavailableError as exc:
-                fail(str(exc))
         elif ray_address:
-            fail("--ray-address goes with --executor ray")
-        try:
+            common.fail("--ray-address goes with --executor ray")
+        with common.user_errors(FrameworkError, ProfileError, TopicError):
             fw = Framework.load(framework)
             pool = read_profiles(profiles) if profiles else default_profiles(language)
             chosen_topics = resolve_topics(topics)
-        except (FrameworkError, ProfileError, TopicError) as exc:
-            fail(str(exc))
         roles = {
             "planner": lm_planner,
             "supporter_assistant": lm_supporter_assistant,
@@ -234,11 +216,12 @@ def register(app: typer.Typer) -> None:
             "judge": lm_judge,
         }
         bases = list(api_base or [])
-        settings = resolve_lm_settings(
+        settings = common.resolve_lm_settings(
             config, lm, bases[0] if len(bases) == 1 else (bases or None), temperature, roles
         )
         described = settings.describe()
-        budgets = _token_budgets(turn_tokens, settings, no_filter)
+        active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
+        budgets = common.token_budgets(turn_tokens, settings, active_roles, EMBEDDED_TOKEN_BUDGETS)
         program_sha256 = _check_program(program, fw, language) if program else None
         run_config = SynthesisConfig.build(
             framework=fw,
@@ -257,15 +240,12 @@ def register(app: typer.Typer) -> None:
             program_sha256=program_sha256,
         )
         console = Console()
-        active_roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
-        try:
-            cache: dict = {}
+        cache: dict = {}
+        errors = (LMConfigError, FileNotFoundError, ImportError)
+        with common.user_errors(*errors, prefix="cannot build the LM: "):
             lms = {
-                role: lm_for_role(settings, role, cache, connections=concurrency)
-                for role in active_roles
+                r: lm_for_role(settings, r, cache, connections=concurrency) for r in active_roles
             }
-        except (LMConfigError, FileNotFoundError, ImportError) as exc:
-            fail(f"cannot build the LM: {exc}")
         names = {role: lm_name(lms[role]) for role in active_roles}
         from csc.throughput import (
             memoize_model_metadata,
@@ -280,20 +260,18 @@ def register(app: typer.Typer) -> None:
         if not lm_cache:
             for role_lm in lms.values():
                 without_response_cache(role_lm)
-        try:
+        errors = (RunConfigError, ValueError, KeyError)
+        with common.user_errors(
+            *errors, prefix=f"--program {program}: cannot load it into RoleCS: "
+        ):
             run = SynthesisRun(out, run_config, fw, pool, lms=lms, lm_names=names, program=program)
-        except (RunConfigError, ValueError, KeyError) as exc:
-            fail(f"--program {program}: cannot load it into RoleCS: {exc}")
+        ray_note = f", on Ray at {ray_address}" if ray_address else ", on Ray"
         console.print(
             f"run {run.key} -> {out}  ({fw.name}, {language}, {len(chosen_topics)} topics x "
             f"{len(pool)} profiles, seed {seed}, concurrency {concurrency}"
             + (f", shard {shard}" if shard_spec else "")
             + (f", program {program}" if program else "")
-            + (
-                f", on Ray{' at ' + ray_address if ray_address else ''}"
-                if executor == "ray"
-                else ""
-            )
+            + (ray_note if executor == "ray" else "")
             + ")"
         )
         outcomes = None
@@ -311,7 +289,8 @@ def register(app: typer.Typer) -> None:
                 "program": Path(program).read_bytes() if program else None,
             }
             outcomes = ray_outcomes(recipe, address=ray_address)
-        try:
+        # RayUnavailableError: the cluster cannot be reached.
+        with common.user_errors(RunConfigError, RayUnavailableError):
             summary = run.run(
                 dialogues,
                 concurrency=concurrency,
@@ -319,12 +298,6 @@ def register(app: typer.Typer) -> None:
                 keep_history=False,
                 outcomes=outcomes,
             )
-        except RunConfigError as exc:
-            fail(str(exc))
-        except RuntimeError as exc:  # RayUnavailableError: the cluster cannot be reached
-            if type(exc).__name__ != "RayUnavailableError":
-                raise
-            fail(str(exc))
 
         stats, stats_all = _write_stats(out, fw, no_filter, seed)
         n_kept, n_judged = stats["dialogues"], stats_all["dialogues"]
@@ -345,8 +318,7 @@ def register(app: typer.Typer) -> None:
         )
         from csc.usage import Usage, format_usage
 
-        lm_usage = {k: v for k, v in this["lm_usage"].items() if k in Usage.__dataclass_fields__}
-        console.print(format_usage(Usage(**lm_usage)), markup=False)
+        console.print(format_usage(Usage.from_dict(this["lm_usage"])), markup=False)
         if this["failed"]:
             console.print(
                 f"[yellow]{this['failed']} dialogue(s) failed; see {out / 'failures.jsonl'}. "
@@ -355,12 +327,8 @@ def register(app: typer.Typer) -> None:
         if n_kept or not n_judged:
             console.print(render_stats(stats, title=f"Statistics of {out / 'dialogues.jsonl'}"))
         else:
-            console.print(
-                render_stats(
-                    stats_all,
-                    title=f"Statistics of all {n_judged} finished dialogues (none kept)",
-                )
-            )
+            title = f"Statistics of all {n_judged} finished dialogues (none kept)"
+            console.print(render_stats(stats_all, title=title))
         from itertools import islice
 
         status = "kept" if n_kept else "rejected"
@@ -379,23 +347,21 @@ def _check_program(path: Path, fw, language: str) -> str:
     from csc.eval.splits import data_sha256
     from csc.optimizers.store import ProgramStoreError, read_metadata
 
-    try:
+    with common.user_errors(ProgramStoreError):
         meta = read_metadata(path)
-    except ProgramStoreError as exc:
-        fail(str(exc))
     if meta["kind"] != "rolecs":
-        fail(
+        common.fail(
             f"--program {path}: a {meta['kind']} program; csc synthesize runs the RoleCS "
             "supporter agents: compile them with `csc optimize --program rolecs`"
         )
     framework = str(meta.get("framework"))
     if framework not in (fw.name, fw.source):
-        fail(
+        common.fail(
             f"--program {path}: compiled for framework {framework!r}, the run uses {fw.name!r}; "
             "pass the same --framework"
         )
     if meta.get("language") != language:
-        fail(
+        common.fail(
             f"--program {path}: compiled for --lang {meta.get('language')}, the run uses "
             f"--lang {language}; pass the same --lang"
         )
@@ -422,35 +388,11 @@ def _write_stats(out: Path, fw, no_filter: bool, seed: int):
     def judged():
         return None if no_filter else _run_dialogues(out, "all")
 
-    stats = dialogue_stats(_run_dialogues(out, "kept"), fw, judged=judged(), seed=seed)
-    (out / STATS_FILE).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
-    # The same statistics over every finished dialogue, kept or rejected: with a weak judge
-    # (or LM) few pass the filter, and the rejected ones still say what the agents produce.
-    stats_all = dialogue_stats(_run_dialogues(out, "all"), fw, judged=judged(), seed=seed)
-    (out / STATS_ALL_FILE).write_text(json.dumps(stats_all, ensure_ascii=False, indent=2), "utf-8")
-    return stats, stats_all
-
-
-def _token_budgets(value: str, settings, no_filter: bool) -> dict[str, int]:
-    """Per-role ``max_tokens`` from ``--turn-tokens`` (see EMBEDDED_TOKEN_BUDGETS)."""
-    from csc.lm import AGENT_ROLES, split_scheme
-    from csc.programs.rolecs import EMBEDDED_TOKEN_BUDGETS
-
-    roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
-    if value == "none":
-        return {}
-    if value == "auto":
-        # Small embedded models fill every text field to the engine's bound; remote LMs
-        # (possibly reasoning models) must not be cut short, so they get no limit.
-        return {
-            r: EMBEDDED_TOKEN_BUDGETS[r]
-            for r in roles
-            if split_scheme(settings.spec_for(r).model)[0] in ("local", "finetuned")
-        }
-    try:
-        cap = int(value)
-    except ValueError:
-        fail(f"--turn-tokens must be auto, none or a number, got {value!r}")
-    if cap < 16:
-        fail("--turn-tokens must be at least 16")
-    return dict.fromkeys(roles, cap)
+    # stats_all: the same statistics over every finished dialogue, kept or rejected: with a weak
+    # judge (or LM) few pass the filter, and the rejected ones still say what the agents produce.
+    results = []
+    for which, name in (("kept", STATS_FILE), ("all", STATS_ALL_FILE)):
+        stats = dialogue_stats(_run_dialogues(out, which), fw, judged=judged(), seed=seed)
+        (out / name).write_text(json.dumps(stats, ensure_ascii=False, indent=2), "utf-8")
+        results.append(stats)
+    return tuple(results)

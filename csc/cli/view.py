@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from csc.cli.common import fail, user_errors
+from csc.cli import common
 from csc.framework import Language
 
 
@@ -31,9 +31,7 @@ def register(app: typer.Typer) -> None:
             help="Input format of a dialogue file: dianjin, jsonl, hf, generic (default: from the "
             "path).",
         ),
-        mapping: Path | None = typer.Option(
-            None, "--mapping", help="Mapping YAML for another corpus; implies --from generic."
-        ),
+        mapping: Path | None = common.MappingOption,
         framework: str | None = typer.Option(
             None,
             "--framework",
@@ -50,11 +48,7 @@ def register(app: typer.Typer) -> None:
             "--data",
             help="The evaluated dialogue file, when an evaluation's recorded path has moved.",
         ),
-        allow_unlabelled: bool = typer.Option(
-            False,
-            "--allow-unlabelled",
-            help="Accept supporter turns without a strategy label (default: an error).",
-        ),
+        allow_unlabelled: bool = common.UnlabelledOption,
     ) -> None:
         """Write one HTML page (no server, no network) to read and review dialogues.
 
@@ -64,9 +58,8 @@ def register(app: typer.Typer) -> None:
         from csc.eval.viewer import VIEWER_FILE, ViewerError, build_page, write_viewer
         from csc.framework import FrameworkError
 
-        if not path.exists():
-            fail(f"{path}: no such file or folder")
-        with user_errors(DataFormatError, FrameworkError, ViewerError):
+        common.require_path(path)
+        with common.user_errors(DataFormatError, FrameworkError, ViewerError):
             page = build_page(
                 path,
                 format=from_format,
@@ -80,9 +73,8 @@ def register(app: typer.Typer) -> None:
         if out is None:
             out = path / VIEWER_FILE if path.is_dir() else path.with_suffix(".html")
         write_viewer(page, out)
-        size = out.stat().st_size
+        n, size = len(page.items), out.stat().st_size
         typer.echo(
-            f"wrote {out} ({len(page.items)} dialogue{'s' if len(page.items) != 1 else ''}, "
-            f"{page.kind}, {size / 1e6:.1f} MB); "
+            f"wrote {out} ({n} dialogue{'s' if n != 1 else ''}, {page.kind}, {size / 1e6:.1f} MB); "
             "open it in a browser"
         )

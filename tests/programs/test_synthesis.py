@@ -189,9 +189,13 @@ def test_cli_synthesize_end_to_end(tmp_path, monkeypatch):
 
 
 def test_turn_token_budgets_apply_to_embedded_lms_only():
-    from csc.cli.synthesize import _token_budgets
-    from csc.lm import load_lm_settings
+    from csc.cli.common import token_budgets
+    from csc.lm import AGENT_ROLES, load_lm_settings
     from csc.programs.rolecs import EMBEDDED_TOKEN_BUDGETS
+
+    def _token_budgets(value, settings, no_filter):  # as `csc synthesize` calls it
+        roles = [r for r in AGENT_ROLES if r != "judge" or not no_filter]
+        return token_budgets(value, settings, roles, EMBEDDED_TOKEN_BUDGETS)
 
     mixed = load_lm_settings(
         env={}, overrides={"model": "local"}, role_overrides={"judge": "openai/gpt-4o-mini"}
