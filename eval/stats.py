@@ -170,10 +170,8 @@ def _profile_text(profile: Any) -> str | None:
 
 
 def _overlap(utterances: list[str], profile: str) -> float:
-    said = set().union(*(content_units(u) for u in utterances)) if utterances else set()
-    if not said:
-        return 0.0
-    return len(said & content_units(profile)) / len(said)
+    said = set().union(*map(content_units, utterances))
+    return len(said & content_units(profile)) / len(said) if said else 0.0
 
 
 def persona_fidelity(
@@ -183,29 +181,31 @@ def persona_fidelity(
 
     ``sample``: use a seeded uniform sample of at most this many dialogues with a profile.
     """
-    rows = [
-        (d, _profile_text(d.profile)) for d in dialogues if _profile_text(d.profile) is not None
-    ]
+    rows = [_persona_row(d) for d in dialogues if _profile_text(d.profile) is not None]
     if sample is not None and len(rows) > sample:
         rows = random.Random(seed).sample(rows, sample)
-    distinct = sorted({text for _, text in rows})
+    return _fidelity(rows, seed)
+
+
+def _persona_row(d: Dialogue) -> tuple[str, list[str]]:
+    """What persona fidelity reads of a dialogue: its profile text and customer utterances."""
+    return _profile_text(d.profile), [t.text for t in d.customer_turns]  # type: ignore[return-value]
+
+
+def _fidelity(rows: Sequence[tuple[str, list[str]]], seed: int) -> dict[str, Any] | None:
+    distinct = sorted({text for text, _ in rows})
     if len(distinct) < 2:
         return None
     rng = random.Random(seed)
-    own, other, wins = [], [], 0
-    for d, text in rows:
-        utterances = [t.text for t in d.customer_turns]
-        candidates = [p for p in distinct if p != text]
-        o = _overlap(utterances, text)
-        r = _overlap(utterances, rng.choice(candidates))
-        own.append(o)
-        other.append(r)
-        wins += o > r
+    own, other = [], []
+    for text, utterances in rows:
+        own.append(_overlap(utterances, text))
+        other.append(_overlap(utterances, rng.choice([p for p in distinct if p != text])))
     return {
         "dialogues": len(rows),
         "own_profile_overlap": sum(own) / len(own),
         "other_profile_overlap": sum(other) / len(other),
-        "own_higher_share": wins / len(rows),
+        "own_higher_share": sum(o > r for o, r in zip(own, other)) / len(rows),
     }
 
 
@@ -213,14 +213,10 @@ def stage_order_violations(dialogue: Dialogue, framework: Framework) -> int:
     """Backward stage steps between consecutive stage-bound supporter turns (see module)."""
     count, last = 0, None
     for code in dialogue.strategies():
-        if code not in framework.codes:
-            continue
-        idx = framework.stage_index(code)
-        if idx is None:
-            continue
-        if last is not None and idx < last:
-            count += 1
-        last = idx
+        idx = framework.stage_index(code) if code in framework.codes else None
+        if idx is not None:
+            count += last is not None and idx < last
+            last = idx
     return count
 
 
@@ -273,8 +269,7 @@ def dialogue_stats(
         reasks.update(d.metadata.get("policy_reasks") or {})
         corrected_dialogues += bool(sum(c.values()))
         if _profile_text(d.profile) is not None:
-            # Only what persona fidelity needs, not the whole dialogue.
-            personas.add(_PersonaRow(d.profile, [t.text for t in d.customer_turns]))
+            personas.add(_persona_row(d))  # only what persona fidelity needs
         if judged is None:
             judge.add(d)
     if judged is not None:
@@ -311,7 +306,7 @@ def dialogue_stats(
             "reasks": dict(sorted(reasks.items())),
             "dialogues_corrected": corrected_dialogues,
         },
-        "persona_fidelity": persona_fidelity(personas.items, seed=seed),
+        "persona_fidelity": _fidelity(personas.items, seed),
         "diversity": {
             "distinct_1": distinct_n(sampled_texts, 1),
             "distinct_2": distinct_n(sampled_texts, 2),
@@ -320,23 +315,6 @@ def dialogue_stats(
         "sampling": _sampling(texts, personas),
         "filter_pass_rate": judge.rates(),
     }
-
-
-class _PersonaRow:
-    """The parts of a dialogue persona fidelity reads (duck-types :class:`Dialogue`)."""
-
-    __slots__ = ("customer_turns", "profile")
-
-    def __init__(self, profile: Any, customer_texts: list[str]):
-        self.profile = profile
-        self.customer_turns = [_Text(t) for t in customer_texts]
-
-
-class _Text:
-    __slots__ = ("text",)
-
-    def __init__(self, text: str):
-        self.text = text
 
 
 class _JudgeTally:

@@ -151,12 +151,12 @@ class RewriteSignatures:
     exchange_model: type[BaseModel]
 
 
-def _localize(sig: type[dspy.Signature], name: str, language: Language) -> type[dspy.Signature]:
+def _localize(sig: type[dspy.Signature], language: Language) -> type[dspy.Signature]:
     if language != "zh":
         return sig
     return localized(
         sig,
-        _ZH_INSTRUCTIONS[name],
+        _ZH_INSTRUCTIONS[sig.__name__],
         _ZH_FIELD_DESCS,
         POSTFILTER_CRITERIA,
         reason_desc=ZH_REASON,
@@ -181,12 +181,12 @@ def exchange_model(framework: Framework) -> type[BaseModel]:
 @lru_cache(maxsize=16)
 def _build(framework: Framework, language: Language) -> RewriteSignatures:
     model = exchange_model(framework)
-    rewriter = _localize(DialogueRewrite, "DialogueRewrite", language)
+    rewriter = _localize(DialogueRewrite, language)
     rewriter = rewriter.with_updated_fields("exchanges", type_=list[model])  # type: ignore[valid-type]
     return RewriteSignatures(
-        prefilter=_localize(ConductScreen, "ConductScreen", language),
+        prefilter=_localize(ConductScreen, language),
         rewriter=rewriter,
-        judge=_localize(RewriteJudge, "RewriteJudge", language),
+        judge=_localize(RewriteJudge, language),
         exchange_model=model,
     )
 
