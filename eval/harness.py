@@ -38,7 +38,7 @@ from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.lm import redact_secrets
-from csc.programs.run_folder import in_shard, progress_bar, run_concurrently
+from csc.programs.run_folder import in_shard, progress_bar, read_json_object, run_concurrently
 from csc.signatures.supporter import PromptVariant
 from csc.signatures.types import DialogueHistory
 from csc.usage import reported_tokens, usage_of
@@ -89,6 +89,15 @@ class PredictionRecord:
     def from_dict(cls, data: dict[str, Any]) -> PredictionRecord:
         """Read a record back from its dict form."""
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+    @classmethod
+    def failed(
+        cls, dialogue_id: str, index: int, context: str, gold: Turn, error: str, **more: Any
+    ) -> PredictionRecord:
+        """An error row for a turn: the gold side, no prediction, the error (secrets redacted)."""
+        record = cls(dialogue_id, index, context, gold.strategy, None, gold.text, "", **more)
+        record.error = redact_secrets(error)
+        return record
 
 
 @dataclass
@@ -206,16 +215,13 @@ def _run_turn(
         unparsed = type(exc).__name__ == "AdapterParseError" and "strategy" in getattr(
             signature, "output_fields", {}
         )
-        return PredictionRecord(
+        return PredictionRecord.failed(
             dialogue_id,
             turn_index,
             context,
-            gold.strategy,
-            None,
-            gold.text,
-            "",
+            gold,
+            f"{type(exc).__name__}: {exc}",
             latency_s=time.perf_counter() - start,
-            error=redact_secrets(f"{type(exc).__name__}: {exc}"),
             strategy_unparsed=unparsed,
         )
     prompt, cached, completion = _usage(pred)
@@ -313,20 +319,16 @@ def _generated_context(
         if isinstance(res, list):
             records.extend(res)
         else:  # the rollout itself failed: keep every turn as an error row
-            for index in wanted[dialogue_id]:
-                gold = dialogues[dialogue_id].turns[index]
-                records.append(
-                    PredictionRecord(
-                        dialogue_id,
-                        index,
-                        "generated",
-                        gold.strategy,
-                        None,
-                        gold.text,
-                        "",
-                        error=redact_secrets(f"rollout failed: {res}"),
-                    )
+            records.extend(
+                PredictionRecord.failed(
+                    dialogue_id,
+                    i,
+                    "generated",
+                    dialogues[dialogue_id].turns[i],
+                    f"rollout failed: {res}",
                 )
+                for i in wanted[dialogue_id]
+            )
     return records
 
 
@@ -542,11 +544,7 @@ def finetuned_prompt_variant(run_dir: str | Path) -> PromptVariant:
     """
     from csc.signatures.supporter import PROMPT_VARIANTS
 
-    try:
-        meta = json.loads((Path(run_dir) / "csc_finetune.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return "full"
-    prompt = meta.get("prompt") if isinstance(meta, dict) else None
+    prompt = read_json_object(Path(run_dir) / "csc_finetune.json").get("prompt")
     return prompt if prompt in PROMPT_VARIANTS else "full"  # type: ignore[return-value]
 
 
@@ -559,9 +557,8 @@ def finetuned_training_ids(run_dir: str | Path) -> tuple[list[str], str]:
     from csc.eval.splits import SPLITS_FILE, DatasetSplits, SplitsError
 
     meta_path = Path(run_dir) / "csc_finetune.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    meta = read_json_object(meta_path)
+    if not meta:
         return [], ""
     data = meta.get("data") or {}
     if isinstance(data.get("train_dialogue_ids"), list):
@@ -573,12 +570,20 @@ def finetuned_training_ids(run_dir: str | Path) -> tuple[list[str], str]:
             return splits.parts["train"], f"{export_dir / SPLITS_FILE} (train split)"
         except SplitsError:
             pass
+    export = read_json_object(export_dir / "export.json")
     try:
-        export = json.loads((export_dir / "export.json").read_text(encoding="utf-8"))
-        ids = export.get("split_dialogue_ids", {}).get("train") or []
-        return list(ids), f"{export_dir / 'export.json'} (train split)"
-    except (OSError, json.JSONDecodeError, AttributeError):
+        ids = export["split_dialogue_ids"].get("train") or []
+    except (KeyError, AttributeError):
         return [], ""
+    return list(ids), f"{export_dir / 'export.json'} (train split)"
+
+
+def spec_file(spec: str) -> Path | None:
+    """The file that holds a supporter spec's program: ``P.json`` of ``optimized:P.json``,
+    ``DIR/csc_finetune.json`` of ``finetuned:DIR``; None for the built-in supporters."""
+    head, _, arg = spec.partition(":")
+    file = {"optimized": Path(arg), "finetuned": Path(arg) / "csc_finetune.json"}.get(head)
+    return file if arg and file is not None and file.is_file() else None
 
 
 class SeenDialoguesError(ValueError):

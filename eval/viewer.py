@@ -37,6 +37,7 @@ from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.eval.report import HEADLINE_METRICS, format_value
 from csc.framework import LANGUAGES, Framework, FrameworkError
+from csc.programs.run_folder import read_json_object
 
 __all__ = [
     "VIEWER_FILE",
@@ -151,21 +152,18 @@ def framework_legend(framework: Framework, language: str) -> dict[str, Any]:
         }
         for i, st in enumerate(framework.stages)
     ]
-    strategies = []
     n = len(framework.strategies)
-    for i, s in enumerate(framework.strategies):
-        colour = (
-            _STRATEGY_COLOURS[i] if n <= len(_STRATEGY_COLOURS) else f"hsl({i * 360 // n},55%,50%)"
-        )
-        strategies.append(
-            {
-                "code": s.code,
-                "name": s.display_name(lang),
-                "stage": s.stage,
-                "colour": colour,
-                "definition": s.definition_zh if lang == "zh" else s.definition,
-            }
-        )
+    palette = _STRATEGY_COLOURS if n <= len(_STRATEGY_COLOURS) else None
+    strategies = [
+        {
+            "code": s.code,
+            "name": s.display_name(lang),
+            "stage": s.stage,
+            "colour": palette[i] if palette else f"hsl({i * 360 // n},55%,50%)",
+            "definition": s.definition_zh if lang == "zh" else s.definition,
+        }
+        for i, s in enumerate(framework.strategies)
+    ]
     return {
         "name": framework.name,
         "title": framework.title_zh if lang == "zh" else framework.title,
@@ -434,22 +432,10 @@ def _run_page(folder: Path, framework: Any, language: str | None, limit: int | N
             counts[status] = len(records)
     if not items:
         raise ViewerError(f"{folder}: the run folder holds no dialogues yet")
-    summary: dict[str, Any] = {}
-    if (folder / "summary.json").is_file():
-        try:
-            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            summary = {}
+    summary = read_json_object(folder / "summary.json")
     lang = language or config.get("language")
     if lang not in LANGUAGES:
-        lang = next(
-            (
-                i["lang"]
-                for i in ({"lang": _item_language(it)} for it in items[:50])
-                if i["lang"] in LANGUAGES
-            ),
-            "en",
-        )
+        lang = next((lg for lg in map(_item_language, items[:50]) if lg in LANGUAGES), "en")
     info = {"counts": counts}
     for key in ("framework", "language", "seed", "lms", "filter", "max_utterances"):
         if key in config:

@@ -82,20 +82,18 @@ def describe_lm_spec(spec: Any) -> dict[str, Any]:
 
 
 def _program_info(spec: str, program: Any) -> dict[str, Any]:
-    head, _, arg = spec.partition(":")
+    from csc.eval.harness import spec_file
+
     info: dict[str, Any] = {
         "kind": getattr(program, "kind", type(program).__name__),
         "prompt": getattr(program, "prompt", None),
         "sha256": program_sha256(program),
         "demos": sum(len(p.demos) for p in program.predictors()),
     }
-    if head == "optimized" and Path(arg).is_file():
-        info["file"] = str(Path(arg).resolve())
-        info["file_sha256"] = hashlib.sha256(Path(arg).read_bytes()).hexdigest()
-    elif head == "finetuned" and (Path(arg) / "csc_finetune.json").is_file():
-        meta = Path(arg) / "csc_finetune.json"
-        info["file"] = str(meta.resolve())
-        info["file_sha256"] = hashlib.sha256(meta.read_bytes()).hexdigest()
+    file = spec_file(spec)
+    if file is not None:
+        info["file"] = str(file.resolve())
+        info["file_sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
     return info
 
 

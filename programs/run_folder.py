@@ -101,6 +101,16 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 ) from None
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when the file is missing, unreadable or not an object
+    (for derived data and metadata that only adds detail)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented UTF-8 JSON."""
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -199,13 +209,8 @@ class RunFolder:
 def previous_invocations(out: str | Path) -> list[dict[str, Any]]:
     """The invocations recorded in ``out/summary.json`` (an older summary without the list
     counts as its one ``this_run``)."""
-    path = Path(out) / SUMMARY_FILE
-    if not path.exists():
-        return []
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return []  # a summary is derived data: a damaged one is rebuilt from the next run
+    # A summary is derived data: a damaged one is rebuilt from the next run.
+    old = read_json_object(Path(out) / SUMMARY_FILE)
     if isinstance(old.get("invocations"), list):
         return list(old["invocations"])
     return [old["this_run"]] if isinstance(old.get("this_run"), dict) else []
@@ -384,8 +389,7 @@ def merge_folders(
     missing = 0
     base: dict[str, Any] = {}
     for src, _ in runs:
-        path = src / SUMMARY_FILE
-        old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        old = read_json_object(src / SUMMARY_FILE)
         base = base or old
         for inv in previous_invocations(src):
             if inv not in invocations:
