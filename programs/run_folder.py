@@ -28,6 +28,11 @@ from csc.data.jsonl import JsonlWriter, drop_torn_line
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
+# Result files of synthesis and rewrite runs (csc.programs.synthesis, csc.programs.rewrite_run).
+KEPT_FILE = "dialogues.jsonl"
+REJECTED_FILE = "rejected.jsonl"
+FAILURES_FILE = "failures.jsonl"
+DIANJIN_FILE = "dialogues.dianjin.json"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -109,6 +114,16 @@ def read_json_object(path: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def read_run_dialogues(out_dir: str | Path, which: str = "kept") -> list[Any]:
+    """The dialogues of a synthesis or rewrite run folder: ``kept``, ``rejected`` or ``all``."""
+    from csc.dialogue import Dialogue
+
+    names = {"kept": [KEPT_FILE], "rejected": [REJECTED_FILE], "all": [KEPT_FILE, REJECTED_FILE]}
+    return [
+        Dialogue.model_validate(o) for n in names[which] for o in read_records(Path(out_dir) / n)
+    ]
 
 
 def write_json(path: Path, data: Any) -> None:
