@@ -36,6 +36,7 @@ from csc.data.errors import DataFormatError
 from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.eval.report import HEADLINE_METRICS, format_value
+from csc.eval.review import judge_verdicts
 from csc.framework import LANGUAGES, Framework, FrameworkError
 from csc.programs.run_folder import read_json_object
 
@@ -204,22 +205,6 @@ def _policy_note(policy: Any) -> str | None:
     return None
 
 
-def _judge(metadata: dict[str, Any]) -> dict[str, list[Any]]:
-    """Judge verdicts ``{criterion: [passed, reason]}`` from a RoleCS dialogue
-    (``metadata.judge``) or a rewritten one (``metadata.postfilter.judge``)."""
-    judge = metadata.get("judge")
-    if not isinstance(judge, dict):
-        post = metadata.get("postfilter")
-        judge = post.get("judge") if isinstance(post, dict) else None
-    out: dict[str, list[Any]] = {}
-    for name, verdict in (judge or {}).items():
-        if isinstance(verdict, dict) and "pass" in verdict:
-            out[str(name)] = [bool(verdict["pass"]), str(verdict.get("reason") or "")]
-        elif isinstance(verdict, bool):
-            out[str(name)] = [verdict, ""]
-    return out
-
-
 def dialogue_item(dialogue: Dialogue, status: str | None = None) -> dict[str, Any]:
     """A dialogue as the page's compact record.
 
@@ -257,7 +242,7 @@ def dialogue_item(dialogue: Dialogue, status: str | None = None) -> dict[str, An
     details = {k: v for k, v in details.items() if v}
     if details:
         item["x"] = details
-    judge = _judge(meta)
+    judge = judge_verdicts(meta)
     if judge:
         item["j"] = judge
     corrections = {k: v for k, v in (meta.get("policy_corrections") or {}).items() if v}

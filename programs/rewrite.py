@@ -31,7 +31,8 @@ from csc.data.pii import PiiRedactor
 from csc.data.turns import as_framework
 from csc.dialogue import Dialogue, Speaker, Turn
 from csc.framework import Framework, Language, check_language
-from csc.programs.rolecs import _raw_output, rollout_id
+from csc.programs.rolecs import _raw_output, call_config
+from csc.programs.rolecs_judge import verdicts
 from csc.programs.rule_filter import RuleFilterConfig, check_rules, clean_dialogue
 from csc.programs.supporter import StrategyLabeler
 from csc.signatures.rewrite import POSTFILTER_CRITERIA, rewrite_signatures
@@ -196,11 +197,7 @@ class PostFilterJudge(dspy.Module):
             strategy_definitions=self.framework.render(self.language, with_rules=False),
             config=config or {},
         )
-        criteria = {
-            c: {"pass": bool(getattr(pred, c)), "reason": str(getattr(pred, f"{c}_reason"))}
-            for c in POSTFILTER_CRITERIA
-        }
-        return dspy.Prediction(criteria=criteria, passed=all(v["pass"] for v in criteria.values()))
+        return verdicts(pred, POSTFILTER_CRITERIA)
 
 
 def label_utilization(
@@ -343,12 +340,7 @@ class RewritePipeline(dspy.Module):
             raise RewriteFailure(role, exc, _raw_output(exc), usage) from exc
 
     def _config(self, role: str, seed: int, key: str, step: int) -> dict[str, Any]:
-        config: dict[str, Any] = {"rollout_id": rollout_id(seed, key, role, step)}
-        if self.temperature is not None:
-            config["temperature"] = self.temperature
-        if role in self.token_budgets:
-            config["max_tokens"] = self.token_budgets[role]
-        return config
+        return call_config(seed, key, role, step, 0, self.temperature, self.token_budgets)
 
     def _label(self, dialogue: Dialogue, usage: dict, seed: int, key: str, phase: int):
         assert self.labeler is not None
@@ -375,11 +367,7 @@ class RewritePipeline(dspy.Module):
         key = key or dialogue.id
         usage: dict[str, dict[str, int]] = {}
         cleaned = clean_dialogue(dialogue, self.rules, language=self.language)
-        cleaning = {
-            "merged": cleaned.merged,
-            "empty_removed": cleaned.empty_removed,
-            "system_removed": cleaned.system_removed,
-        }
+        cleaning = {k: getattr(cleaned, k) for k in ("merged", "empty_removed", "system_removed")}
         rule = check_rules(cleaned.dialogue, self.rules)
         base = {"cleaning": cleaning, "usage": usage}
         if rule is not None:

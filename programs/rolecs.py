@@ -65,17 +65,34 @@ def rollout_id(seed: int, dialogue_key: str, role: str, step: int, attempt: int 
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:12], 16)
 
 
+def call_config(
+    seed: int,
+    key: str,
+    role: str,
+    step: int,
+    attempt: int,
+    temperature: float | None,
+    token_budgets: Mapping[str, int],
+) -> dict[str, Any]:
+    """The ``config`` of one agent call: its rollout id, the temperature (when set) and the
+    role's ``max_tokens`` (when budgeted)."""
+    config: dict[str, Any] = {"rollout_id": rollout_id(seed, key, role, step, attempt)}
+    if temperature is not None:
+        config["temperature"] = temperature
+    if role in token_budgets:
+        config["max_tokens"] = token_budgets[role]
+    return config
+
+
 def _raw_output(exc: BaseException) -> str | None:
     """The raw LM text behind a parse failure, found on the exception or its causes."""
-    seen = exc
-    for _ in range(5):
-        raw = getattr(seen, "lm_response", None)
-        if raw:
-            return str(raw)
-        nxt = seen.__cause__ or seen.__context__
-        if nxt is None:
+    seen: BaseException | None = exc
+    for _ in range(5):  # bounded: a cause chain can loop
+        if seen is None:
             break
-        seen = nxt
+        if getattr(seen, "lm_response", None):
+            return str(seen.lm_response)  # type: ignore[attr-defined]
+        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -155,13 +172,9 @@ class RoleCS(dspy.Module):
         attempt: int = 0,
         **inputs: Any,
     ) -> dspy.Prediction:
-        config: dict[str, Any] = {
-            "rollout_id": rollout_id(state.seed, state.key, role, step, attempt)
-        }
-        if self.temperature is not None:
-            config["temperature"] = self.temperature
-        if role in self.token_budgets:
-            config["max_tokens"] = self.token_budgets[role]
+        config = call_config(
+            state.seed, state.key, role, step, attempt, self.temperature, self.token_budgets
+        )
         with self._as_role(role, state):
             return predictor(**inputs, config=config)
 
@@ -356,11 +369,7 @@ class RoleCS(dspy.Module):
 
         judgement = None
         if self.judge is not None:
-            config: dict[str, Any] = {"rollout_id": rollout_id(seed, key, "judge", 0)}
-            if self.temperature is not None:
-                config["temperature"] = self.temperature
-            if "judge" in self.token_budgets:
-                config["max_tokens"] = self.token_budgets["judge"]
+            config = call_config(seed, key, "judge", 0, 0, self.temperature, self.token_budgets)
             with self._as_role("judge", state):
                 judgement = self.judge(state.dialogue(), config=config)
             state.judge = judgement.criteria
