@@ -531,11 +531,7 @@ def compare_supporters(
     started = time.perf_counter()
     for name, spec in supporters.items():
         sup = chosen[name]
-        lm_spec = (
-            LMSpec(model=sup.lm_spec, temperature=base.temperature, max_tokens=base.max_tokens)
-            if sup.lm_spec
-            else base
-        )
+        lm_spec = sup.lm_for(base)
         key = lm_spec.model_dump_json()
         if key not in clients:
             clients[key] = factory(lm_spec)

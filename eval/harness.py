@@ -489,6 +489,16 @@ class SupporterSpec:
     seen_ids: frozenset[str] = frozenset()
     seen_source: str = ""
 
+    def lm_for(self, lm: Any) -> Any:
+        """The :class:`~csc.lm.LMSpec` this supporter runs on, given ``--lm`` (a spec, a model
+        string or None): its own LM with ``lm``'s sampling settings, or ``lm`` itself."""
+        from csc.lm import LMSpec
+
+        base = lm if isinstance(lm, LMSpec) else LMSpec(model=lm) if lm else LMSpec()
+        if not self.lm_spec:
+            return base
+        return LMSpec(model=self.lm_spec, temperature=base.temperature, max_tokens=base.max_tokens)
+
 
 def supporter_from_spec(
     spec: str, *, framework: Framework | str = "csc", language: str = "en"

@@ -59,13 +59,10 @@ def corpus_bleu(
     ``tokenize`` overrides the tokenizer chosen from ``language`` (detected from the references
     when not given): ``zh`` for Chinese, ``13a`` for English.
     """
-    from sacrebleu.metrics import BLEU
-
-    check_pairs(hypotheses, references)
-    if not hypotheses:
-        return 0.0
-    bleu = BLEU(max_ngram_order=max_order, tokenize=_bleu_tokenizer(language, tokenize, references))
-    return float(bleu.corpus_score(list(hypotheses), [list(references)]).score)
+    orders = corpus_bleu_orders(
+        hypotheses, references, (max_order,), language=language, tokenize=tokenize
+    )
+    return orders[max_order]
 
 
 def corpus_bleu_orders(

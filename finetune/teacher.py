@@ -128,19 +128,14 @@ def run_teacher(
 
     from csc.eval.harness import evaluate_supporter, supporter_from_spec
     from csc.framework import FrameworkError
-    from csc.lm import LMConfigError, LMSpec, build_lm, lm_name, redact_secrets
+    from csc.lm import LMConfigError, build_lm, lm_name, redact_secrets
     from csc.optimizers.store import ProgramStoreError
 
     try:
         chosen = supporter_from_spec(spec, framework=framework, language=language)
     except (ValueError, ProgramStoreError, FrameworkError) as exc:
         raise TeacherError(f"--teacher {spec}: {exc}") from None
-    base = lm if isinstance(lm, LMSpec) else LMSpec(model=lm) if lm else LMSpec()
-    lm_spec = (
-        LMSpec(model=chosen.lm_spec, temperature=base.temperature, max_tokens=base.max_tokens)
-        if chosen.lm_spec
-        else base
-    )
+    lm_spec = chosen.lm_for(lm)
     try:
         client = (lm_factory or build_lm)(lm_spec)
     except (LMConfigError, FileNotFoundError, OSError) as exc:
