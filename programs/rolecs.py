@@ -14,6 +14,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
@@ -289,7 +290,7 @@ class RoleCS(dspy.Module):
         topic_text = topic.display(self.language) if isinstance(topic, Topic) else str(topic)
         key = dialogue_id or hashlib.sha256(f"{description}|{topic_text}".encode()).hexdigest()[:16]
         state = _State(
-            on_turn=on_turn,
+            turns=_NotifyingList(on_turn),
             key=key,
             seed=seed,
             topic=topic.name if isinstance(topic, Topic) else str(topic),
@@ -397,29 +398,24 @@ class _NotifyingList(list):
             self._callback(turn)
 
 
+@dataclass
 class _State:
     """The dialogue under construction and its counters (one per forward call)."""
 
-    def __init__(
-        self,
-        key: str,
-        seed: int,
-        on_turn: Callable[[Turn], None] | None,
-        topic: str,
-        profile: Any,
-        framework: str,
-        language: str,
-    ) -> None:
-        self.key, self.seed, self.topic, self.profile = key, seed, topic, profile
-        self.framework, self.language = framework, language
-        self.scenario = ""
-        self.goal = ""
-        self.turns: list[Turn] = _NotifyingList(on_turn)
-        self.end_reason: str | None = None
-        self.corrections: Counter[str] = Counter()
-        self.reasks: Counter[str] = Counter()
-        self.usage: dict[str, dict[str, int]] = {}
-        self.judge: dict[str, Any] | None = None
+    key: str
+    seed: int
+    turns: list[Turn]  # a _NotifyingList: the runner's progress display sees each turn
+    topic: str
+    profile: Any
+    framework: str
+    language: str
+    scenario: str = ""
+    goal: str = ""
+    end_reason: str | None = None
+    corrections: Counter[str] = field(default_factory=Counter)
+    reasks: Counter[str] = field(default_factory=Counter)
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None
 
     def add_usage(
         self,

@@ -167,14 +167,12 @@ def _localize(sig: type[dspy.Signature], language: Language) -> type[dspy.Signat
 def exchange_model(framework: Framework) -> type[BaseModel]:
     """:class:`Exchange` with ``strategy`` typed by the framework's codes, so a parse (or the
     embedded engine's constrained decoding) only admits valid strategies."""
-    fields = Exchange.model_fields
+    description = Exchange.model_fields["strategy"].description
     return create_model(
         "Exchange",
-        __config__=ConfigDict(extra="forbid"),
+        __base__=Exchange,
         __doc__="A customer message and the supporter's reply with its strategy code.",
-        customer=(str, Field(description=fields["customer"].description)),
-        supporter=(str, Field(min_length=1, description=fields["supporter"].description)),
-        strategy=(framework.strategy_literal, Field(description=fields["strategy"].description)),
+        strategy=(framework.strategy_literal, Field(description=description)),
     )
 
 
