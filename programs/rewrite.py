@@ -308,18 +308,10 @@ class RewritePipeline(dspy.Module):
             t.model_copy(update={"text": red(t.text), "metadata": red(t.metadata)})
             for t in dialogue.turns
         ]
-        return (
-            dialogue.model_copy(
-                update={
-                    "turns": turns,
-                    "topic": red(dialogue.topic),
-                    "scenario": red(dialogue.scenario),
-                    "profile": red(dialogue.profile),
-                    "metadata": red(dialogue.metadata),
-                }
-            ),
-            counts,
-        )
+        fields = {
+            f: red(getattr(dialogue, f)) for f in ("topic", "scenario", "profile", "metadata")
+        }
+        return dialogue.model_copy(update={"turns": turns, **fields}), counts
 
     @contextmanager
     def _as_role(self, role: str, usage: dict[str, dict[str, int]]) -> Iterator[None]:
@@ -410,12 +402,8 @@ class RewritePipeline(dspy.Module):
         after = self._label(result, usage, seed, key, 2) if self.labeler and not problems else None
         fallback = self.framework.fallback.code if self.framework.fallback else None
         labels = [t.strategy for t in result.supporter_turns]
-        utilization: dict[str, Any] = {
-            "rewriter": {
-                "turns": len(labels),
-                "using": sum(1 for c in labels if c and c != fallback),
-            }
-        }
+        using = sum(1 for c in labels if c and c != fallback)
+        utilization: dict[str, Any] = {"rewriter": {"turns": len(labels), "using": using}}
         if before is not None:
             utilization["before"] = before
         if after is not None:
