@@ -188,17 +188,6 @@ class _RecordCache:
 
 
 # ---------------------------------------------------------------------------- running
-def _usage(pred: Any) -> tuple[int, int, int]:
-    """(prompt, cached prompt, completion) tokens of one program call, as DSPy reported them.
-
-    These come from the same per-call reports the :mod:`csc.usage` meter adds up, so on a fresh
-    run their sum equals the run's ``lm_usage``.
-    """
-    usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
-    u = reported_tokens((usage or {}).values())
-    return u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens
-
-
 def _run_turn(
     program: dspy.Module,
     history: DialogueHistory,
@@ -224,7 +213,10 @@ def _run_turn(
             latency_s=time.perf_counter() - start,
             strategy_unparsed=unparsed,
         )
-    prompt, cached, completion = _usage(pred)
+    # Tokens as DSPy reported them per call: the reports the csc.usage meter adds up, so on a
+    # fresh run their sum equals the run's lm_usage.
+    usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
+    u = reported_tokens((usage or {}).values())
     return PredictionRecord(
         dialogue_id,
         turn_index,
@@ -233,10 +225,10 @@ def _run_turn(
         getattr(pred, "strategy", None),
         gold.text,
         str(getattr(pred, "response", "") or ""),
-        prompt,
-        completion,
+        u.prompt_tokens,
+        u.completion_tokens,
         time.perf_counter() - start,
-        cached_prompt_tokens=cached,
+        cached_prompt_tokens=u.cached_prompt_tokens,
         strategy_fallback=bool(getattr(pred, "strategy_fallback", False)),
     )
 
@@ -259,12 +251,8 @@ def _reference_context(
     num_threads: int,
     progress: bool,
 ) -> list[PredictionRecord]:
-    todo = [
-        (ex.dialogue_id, ex.turn_index)
-        for ex in examples
-        if cache.get(ex.dialogue_id, ex.turn_index) is None
-    ]
     by_key = {(ex.dialogue_id, ex.turn_index): ex for ex in examples}
+    todo = [key for key in by_key if cache.get(*key) is None]
 
     def run(key: tuple[str, int]) -> PredictionRecord:
         ex = by_key[key]
@@ -423,8 +411,7 @@ def evaluate_supporter(
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"dialogue id {dup!r} occurs more than once; ids must be unique")
-    fw = framework or getattr(program, "framework", None)
-    fw = as_framework(fw)
+    fw = as_framework(framework or getattr(program, "framework", None))
     language = language or dialogue_language(dialogues)
     examples = supporter_examples(dialogues, language=language)
     if limit is not None:
@@ -464,8 +451,7 @@ def evaluate_supporter(
         metrics["n_from_cache"] = n_cached
         # Every LM call this context made now (not those of turns resumed from the cache).
         metrics["lm_usage"] = usage.to_dict()
-        res = ContextResult(ctx, records, metrics, strat, seconds)
-        result.contexts[ctx] = res
+        result.contexts[ctx] = ContextResult(ctx, records, metrics, strat, seconds)
         if on_context_done:
             on_context_done(result)
     return result
