@@ -53,6 +53,14 @@ _COLUMNS: tuple[str, ...] = (
     "prompt",
     *KNOWLEDGE_COLUMNS,
 )
+# Table columns -> ComparisonRow attributes, where the names differ.
+_ATTRS = {
+    "prompt_tok": "prompt_tokens",
+    "cached_tok": "cached_prompt_tokens",
+    "completion_tok": "completion_tokens",
+    "made_tok": "making_tokens",
+    "made_s": "making_s",
+}
 # Decimal places of the Markdown table's cost and knowledge cells.
 _DIGITS = {"prompt_tok": 0, "cached_tok": 0, "completion_tok": 1, "cost_usd": 6, "made_s": 1}
 # Harness metric keys -> table columns.
@@ -98,20 +106,8 @@ class ComparisonRow:
     def cells(self) -> dict[str, Any]:
         """The row as flat table cells, in column order."""
         return {
-            "supporter": self.supporter,
-            "spec": self.spec,
-            "context": self.context,
-            "turns": self.turns,
-            **{name: self.metrics.get(name) for name in METRIC_COLUMNS},
-            "prompt_tok": self.prompt_tokens,
-            "cached_tok": self.cached_prompt_tokens,
-            "completion_tok": self.completion_tokens,
-            "cost_usd": self.cost_usd,
-            "latency_s": self.latency_s,
-            "prompt": self.prompt,
-            "knowledge": self.knowledge,
-            "made_tok": self.making_tokens,
-            "made_s": self.making_s,
+            c: self.metrics.get(c) if c in METRIC_COLUMNS else getattr(self, _ATTRS.get(c, c))
+            for c in _COLUMNS
         }
 
 

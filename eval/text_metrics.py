@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,7 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-
 def detect_language(texts: Iterable[str], sample: int = 2000) -> Language:
     """``"zh"`` when at least 20% of the non-space characters (of up to ``sample`` texts) are CJK."""
     cjk = total = 0
-    for i, text in enumerate(texts):
-        if i >= sample:
-            break
+    for text in islice(texts, sample):
         stripped = re.sub(r"\s+", "", text or "")
         total += len(stripped)
         cjk += len(_CJK.findall(stripped))
