@@ -229,31 +229,22 @@ def _compile_and_score(
     with dspy.context(lm=lm):
         before = _evaluate(program, devset, score_fn, num_threads)
         demos, labeled, rounds = BUDGETS[budget]
+        limits = {"max_bootstrapped_demos": demos, "max_labeled_demos": labeled}
+        threads_seed = {"num_threads": num_threads, "seed": seed}
         if optimizer == "bootstrap":
-            compiler: Any = dspy.BootstrapFewShot(
-                metric=score_fn,
-                max_bootstrapped_demos=demos,
-                max_labeled_demos=labeled,
-                max_rounds=rounds,
-            )
+            compiler: Any = dspy.BootstrapFewShot(metric=score_fn, max_rounds=rounds, **limits)
         elif optimizer == "mipro":
             compiler = dspy.MIPROv2(
                 metric=score_fn,
                 prompt_model=prompt_lm,
                 task_model=lm,
                 auto=budget,
-                max_bootstrapped_demos=demos,
-                max_labeled_demos=labeled,
-                num_threads=num_threads,
-                seed=seed,
+                **limits,
+                **threads_seed,
             )
         elif optimizer == "gepa":
             compiler = dspy.GEPA(
-                metric=gepa_fn,
-                auto=budget,
-                reflection_lm=prompt_lm,
-                num_threads=num_threads,
-                seed=seed,
+                metric=gepa_fn, auto=budget, reflection_lm=prompt_lm, **threads_seed
             )
         else:
             raise ValueError(f"unknown optimizer {optimizer!r}; use bootstrap, mipro or gepa")
