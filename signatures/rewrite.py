@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from csc.data.turns import as_framework
 from csc.framework import Framework, Language, check_language
-from csc.signatures.types import ZH_REASON, ZH_VERDICT, DialogueHistory, localized
+from csc.signatures.types import DialogueHistory, localized, zh_judge_descs
 
 __all__ = [
     "POSTFILTER_CRITERIA",
@@ -138,6 +138,7 @@ _ZH_FIELD_DESCS: dict[str, str] = {
     "disrespectful_agent": "客服不耐烦或不尊重时为 true",
     "strategy_definitions": "框架的阶段与策略",
     "exchanges": "改写后的对话，按“客户消息 -> 客服回复（策略代码）”的轮次依次给出",
+    **zh_judge_descs(POSTFILTER_CRITERIA),
 }
 
 
@@ -154,14 +155,7 @@ class RewriteSignatures:
 def _localize(sig: type[dspy.Signature], language: Language) -> type[dspy.Signature]:
     if language != "zh":
         return sig
-    return localized(
-        sig,
-        _ZH_INSTRUCTIONS[sig.__name__],
-        _ZH_FIELD_DESCS,
-        POSTFILTER_CRITERIA,
-        reason_desc=ZH_REASON,
-        verdict_desc=ZH_VERDICT,
-    )
+    return localized(sig, _ZH_INSTRUCTIONS[sig.__name__], _ZH_FIELD_DESCS)
 
 
 def exchange_model(framework: Framework) -> type[BaseModel]:

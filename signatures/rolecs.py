@@ -17,7 +17,7 @@ import dspy
 
 from csc.data.turns import as_framework
 from csc.framework import Framework, Language, check_language
-from csc.signatures.types import ZH_REASON, ZH_VERDICT, DialogueHistory, localized
+from csc.signatures.types import DialogueHistory, localized, zh_judge_descs
 
 # ----------------------------------------------------------------------------- templates
 
@@ -204,7 +204,9 @@ _ZH_FIELD_DESCS: dict[str, str] = {
     "attributes": "画像属性，每行一个“名称: 值”",
     "description": "第二人称描述",
     "dialogue": "带策略代码的对话",
+    **zh_judge_descs(JUDGE_CRITERIA),
 }
+
 
 @dataclass(frozen=True)
 class RoleCSSignatures:
@@ -222,14 +224,7 @@ class RoleCSSignatures:
 def _localize(template: type[dspy.Signature], language: Language) -> type[dspy.Signature]:
     if language != "zh":
         return template
-    return localized(
-        template,
-        _ZH_INSTRUCTIONS[template.__name__],
-        _ZH_FIELD_DESCS,
-        JUDGE_CRITERIA,
-        reason_desc=ZH_REASON,
-        verdict_desc=ZH_VERDICT,
-    )
+    return localized(template, _ZH_INSTRUCTIONS[template.__name__], _ZH_FIELD_DESCS)
 
 
 @lru_cache(maxsize=16)
