@@ -220,11 +220,6 @@ def dialogue_item(dialogue: Dialogue, status: str | None = None) -> dict[str, An
         if note:
             row.append(note)
         turns.append(row)
-    item: dict[str, Any] = {"id": dialogue.id, "u": turns}
-    if dialogue.topic:
-        item["t"] = dialogue.topic
-    if status:
-        item["s"] = status
     details = {
         "scenario": _text(dialogue.scenario),
         "goal": _text(meta.get("goal")),
@@ -239,16 +234,14 @@ def dialogue_item(dialogue: Dialogue, status: str | None = None) -> dict[str, An
         else None,
         "policy re-asks": _text({k: v for k, v in (meta.get("policy_reasks") or {}).items() if v}),
     }
-    details = {k: v for k, v in details.items() if v}
-    if details:
-        item["x"] = details
-    judge = judge_verdicts(meta)
-    if judge:
-        item["j"] = judge
-    corrections = {k: v for k, v in (meta.get("policy_corrections") or {}).items() if v}
-    if corrections:
-        item["pc"] = corrections
-    return item
+    optional = {
+        "t": dialogue.topic,
+        "s": status,
+        "x": {k: v for k, v in details.items() if v},
+        "j": judge_verdicts(meta),
+        "pc": {k: v for k, v in (meta.get("policy_corrections") or {}).items() if v},
+    }
+    return {"id": dialogue.id, "u": turns, **{k: v for k, v in optional.items() if v}}
 
 
 def _failure_item(record: dict[str, Any], status: str) -> dict[str, Any]:
