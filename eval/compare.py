@@ -236,12 +236,7 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
     """Write compare.md, compare.csv, compare.json and compare.png to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "md": out / "compare.md",
-        "csv": out / "compare.csv",
-        "json": out / "compare.json",
-        "png": out / "compare.png",
-    }
+    paths = {ext: out / f"compare.{ext}" for ext in ("md", "csv", "json", "png")}
     info = comparison.info
     notes = []
     if info:

@@ -236,7 +236,7 @@ def dialogue_stats(
     """
     fw = as_framework(framework)
     fallback = fw.fallback.code if fw.fallback else None
-    n_dialogues = total_turns = min_turns = max_turns = 0
+    lengths: Counter[int] = Counter()  # dialogues per number of turns
     supporter_turns = labelled_turns = using = 0
     counts: Counter[str] = Counter()
     violation_total = violation_dialogues = 0
@@ -247,14 +247,8 @@ def dialogue_stats(
     personas = Reservoir(PERSONA_SAMPLE, seed)
     judge = _JudgeTally()
     for d in dialogues:
-        n = len(d.turns)
-        min_turns = n if n_dialogues == 0 else min(min_turns, n)
-        max_turns = max(max_turns, n)
-        n_dialogues += 1
-        total_turns += n
-        for t in d.turns:
-            if not t.is_supporter:
-                continue
+        lengths[len(d.turns)] += 1
+        for t in d.supporter_turns:
             supporter_turns += 1
             texts.add(t.text)
             if t.strategy:
@@ -276,6 +270,8 @@ def dialogue_stats(
         for d in judged:
             judge.add(d)
 
+    n_dialogues = sum(lengths.values())
+    total_turns = sum(n * k for n, k in lengths.items())
     sampled_texts = texts.items
     return {
         "framework": fw.name,
@@ -283,8 +279,8 @@ def dialogue_stats(
         "utterances": {
             "total": total_turns,
             "mean": total_turns / n_dialogues if n_dialogues else 0.0,
-            "min": min_turns,
-            "max": max_turns,
+            "min": min(lengths, default=0),
+            "max": max(lengths, default=0),
         },
         "supporter_turns": supporter_turns,
         "unlabelled_supporter_turns": supporter_turns - labelled_turns,

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -150,6 +151,7 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@dataclass
 class RunFolder:
     """The folder of one run: its ``run.json`` and result files.
 
@@ -160,17 +162,10 @@ class RunFolder:
         shard: the shard this folder holds, if any (a shard folder resumes only as that shard).
     """
 
-    def __init__(
-        self,
-        out: str | Path,
-        key: str,
-        config: Mapping[str, Any],
-        shard: tuple[int, int] | None = None,
-    ) -> None:
-        self.out = Path(out)
-        self.key = key
-        self.config = dict(config)
-        self.shard = shard
+    out: Path
+    key: str
+    config: dict[str, Any]
+    shard: tuple[int, int] | None = None
 
     def prepare(self) -> None:
         """Create the folder and write ``run.json``, or check that it holds this run."""
