@@ -165,14 +165,10 @@ class RoleCS(dspy.Module):
 
     # ------------------------------------------------------------------ calls
     def _call(
-        self,
-        role: str,
-        predictor: Any,
-        state: _State,
-        step: int,
-        attempt: int = 0,
-        **inputs: Any,
+        self, role: str, state: _State, step: int, attempt: int = 0, **inputs: Any
     ) -> dspy.Prediction:
+        """Call the agent ``role`` (the predictor of that name) as that role."""
+        predictor = getattr(self, role)
         config = call_config(
             state.seed, state.key, role, step, attempt, self.temperature, self.token_budgets
         )
@@ -206,9 +202,7 @@ class RoleCS(dspy.Module):
             history=self._history(state),
             strategy_definitions=self._definitions,
         )
-        pred = self._call(
-            "supporter_assistant", self.supporter_assistant, state, step, feedback="none", **inputs
-        )
+        pred = self._call("supporter_assistant", state, step, feedback="none", **inputs)
         chosen = self.framework.normalize(str(pred.strategy))
         meta: dict[str, Any] = {"predicted_stage": str(pred.stage)}
         violation = self.policy.check(chosen, previous)
@@ -217,7 +211,6 @@ class RoleCS(dspy.Module):
         # Re-ask once, telling the assistant which rule it broke.
         again = self._call(
             "supporter_assistant",
-            self.supporter_assistant,
             state,
             step,
             attempt=1,
@@ -248,7 +241,6 @@ class RoleCS(dspy.Module):
         definition = self.framework.render_strategy(strategy, self.language)
         pred = self._call(
             "supporter",
-            self.supporter,
             state,
             step,
             scenario=state.scenario,
@@ -300,7 +292,7 @@ class RoleCS(dspy.Module):
             framework=self.framework.name,
             language=self.language,
         )
-        plan = self._call("planner", self.planner, state, 0, profile=description, topic=topic_text)
+        plan = self._call("planner", state, 0, profile=description, topic=topic_text)
         state.scenario, state.goal = str(plan.scenario).strip(), str(plan.goal).strip()
 
         step = 0
@@ -325,7 +317,6 @@ class RoleCS(dspy.Module):
             history = self._history(state)
             direction = self._call(
                 "customer_assistant",
-                self.customer_assistant,
                 state,
                 step,
                 scenario=state.scenario,
@@ -335,7 +326,6 @@ class RoleCS(dspy.Module):
             ).direction
             said = self._call(
                 "customer",
-                self.customer,
                 state,
                 step,
                 profile=description,
