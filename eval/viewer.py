@@ -613,11 +613,8 @@ def _evaluation_report(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
                 "rows": [
                     [
                         {"text": code, "filter": {"context": name, "strategy": code}},
-                        format_value(v.get("precision"), 1),
-                        format_value(v.get("recall"), 1),
-                        format_value(v.get("f1"), 1),
-                        format_value(v.get("support")),
-                        format_value(v.get("predicted")),
+                        *(format_value(v.get(k), 1) for k in ("precision", "recall", "f1")),
+                        *(format_value(v.get(k)) for k in ("support", "predicted")),
                         {
                             "text": "show",
                             "filter": {"context": name, "strategy": code, "result": "wrong"},
@@ -627,10 +624,8 @@ def _evaluation_report(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
                 ],
             }
         )
-        for stem in ("confusion", "strategy_f1", "strategy_distribution"):
-            image = _image(folder / f"{stem}_{name}.png")
-            if image:
-                images.append(image)
+        stems = ("confusion", "strategy_f1", "strategy_distribution")
+        images += filter(None, (_image(folder / f"{stem}_{name}.png") for stem in stems))
     return {"tables": tables, "images": images}
 
 
@@ -640,11 +635,7 @@ def _comparison_report(
     """The comparison table of ``csc compare`` (each supporter links to its wrong turns) and
     its chart."""
     rows = compare.get("rows") or []
-    metric_names: list[str] = []
-    for row in rows:
-        for name in row.get("metrics") or {}:
-            if name not in metric_names:
-                metric_names.append(name)
+    metric_names = list(dict.fromkeys(name for row in rows for name in row.get("metrics") or {}))
     table = {
         "title": "Supporter comparison",
         "columns": ["supporter", "context", "turns", *metric_names, "latency (s)"],

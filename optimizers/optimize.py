@@ -103,12 +103,11 @@ def project_lm_calls(
     scored by one strategy-labeler call, which doubles its calls.
     """
     if kind == "rolecs":
-        assistant = _projection(1, optimizer, budget, n_train, n_dev)
-        reply = _projection(1, optimizer, budget, n_train, n_dev)
+        agent = _projection(1, optimizer, budget, n_train, n_dev)  # each agent alike
         return CallProjection(
-            assistant.task_calls + 2 * reply.task_calls,
-            assistant.prompt_calls + reply.prompt_calls,
-            f"supporter assistant: {assistant.detail}; supporter: the same, each run plus one "
+            agent.task_calls + 2 * agent.task_calls,
+            2 * agent.prompt_calls,
+            f"supporter assistant: {agent.detail}; supporter: the same, each run plus one "
             "labeler call",
         )
     return _projection(len(PROGRAM_KINDS[kind]().predictors()), optimizer, budget, n_train, n_dev)

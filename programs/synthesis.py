@@ -58,7 +58,7 @@ from csc.programs.run_folder import (
     shard_label,
     write_json,
 )
-from csc.usage import Usage, labelled_usage_of
+from csc.usage import Usage, labelled_usage_of, reported_tokens
 
 __all__ = [
     "DIANJIN_FILE",
@@ -373,12 +373,8 @@ class SynthesisRun:
             files[outcome].write(record)
             usage = (record.get("metadata") or {}).get("usage") or record.get("usage") or {}
             for role, u in usage.items():
-                add = Usage(
-                    calls=int(u.get("calls", 0)),
-                    prompt_tokens=int(u.get("prompt_tokens", 0)),
-                    completion_tokens=int(u.get("completion_tokens", 0)),
-                    cost_usd=None,
-                )
+                add = reported_tokens([u])
+                add.calls, add.cost_usd = int(u.get("calls", 0)), None
                 counts.usage[role] = counts.usage.get(role, Usage()) + add
                 counts.tokens += add.total_tokens
             setattr(counts, outcome, getattr(counts, outcome) + 1)
