@@ -307,14 +307,9 @@ def _generated_context(
         if isinstance(res, list):
             records.extend(res)
         else:  # the rollout itself failed: keep every turn as an error row
+            gold, error = dialogues[dialogue_id].turns, f"rollout failed: {res}"
             records.extend(
-                PredictionRecord.failed(
-                    dialogue_id,
-                    i,
-                    "generated",
-                    dialogues[dialogue_id].turns[i],
-                    f"rollout failed: {res}",
-                )
+                PredictionRecord.failed(dialogue_id, i, "generated", gold[i], error)
                 for i in wanted[dialogue_id]
             )
     return records

@@ -62,9 +62,9 @@ class TeacherOutputs:
 
 def program_sha256(program: Any) -> str:
     """SHA-256 of a DSPy program's saved state (instructions, fields, demos): what it sends."""
-    state = program.dump_state()
-    text = json.dumps(state, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    from csc.programs.run_folder import digest
+
+    return digest(program.dump_state())
 
 
 def describe_lm_spec(spec: Any) -> dict[str, Any]:
