@@ -575,11 +575,12 @@ def _cache_key(name: str, spec: str, lm_spec: Any, framework: Any, language: str
     import re
 
     from csc.eval.harness import spec_file
+    from csc.eval.splits import data_sha256
 
     file = spec_file(spec)
     parts = {
         "spec": spec,
-        "program": hashlib.sha256(file.read_bytes()).hexdigest() if file else None,
+        "program": data_sha256(file) if file else None,
         "lm": lm_spec.model_dump(exclude={"api_key_env"}),
         "framework": framework.to_dict(),
         "language": language,

@@ -83,6 +83,7 @@ def describe_lm_spec(spec: Any) -> dict[str, Any]:
 
 def _program_info(spec: str, program: Any) -> dict[str, Any]:
     from csc.eval.harness import spec_file
+    from csc.eval.splits import data_sha256
 
     info: dict[str, Any] = {
         "kind": getattr(program, "kind", type(program).__name__),
@@ -93,7 +94,7 @@ def _program_info(spec: str, program: Any) -> dict[str, Any]:
     file = spec_file(spec)
     if file is not None:
         info["file"] = str(file.resolve())
-        info["file_sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+        info["file_sha256"] = data_sha256(file)
     return info
 
 
