@@ -76,9 +76,7 @@ class RewriteFailure(RuntimeError):
         usage: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{role} failed: {type(cause).__name__}: {cause}")
-        self.role = role
-        self.cause = cause
-        self.raw_output = raw_output
+        self.role, self.cause, self.raw_output = role, cause, raw_output
         self.usage = dict(usage or {})
 
 

@@ -53,10 +53,7 @@ class DialogueFailure(RuntimeError):
         self, role: str, cause: BaseException, raw_output: str | None, partial: Dialogue
     ) -> None:
         super().__init__(f"{role} failed: {type(cause).__name__}: {cause}")
-        self.role = role
-        self.cause = cause
-        self.raw_output = raw_output
-        self.partial = partial
+        self.role, self.cause, self.raw_output, self.partial = role, cause, raw_output, partial
 
 
 def rollout_id(seed: int, dialogue_key: str, role: str, step: int, attempt: int = 0) -> int:

@@ -74,13 +74,18 @@ def rolecs_examples(
 
 
 class _AgentModule(dspy.Module):
-    """Framework and language bookkeeping, typed histories in loaded demos."""
+    """Framework and language bookkeeping, typed histories in loaded demos; one predictor per
+    name in ``agents``, named as RoleCS names its agent of that signature."""
+
+    agents: tuple[str, ...] = ()
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
         self.framework = as_framework(framework)
         self.language: Language = language
-        self._signatures = rolecs_signatures(self.framework, language)
+        signatures = rolecs_signatures(self.framework, language)
+        for name in self.agents:
+            setattr(self, name, dspy.Predict(getattr(signatures, name)))
 
     def load_state(self, state: dict, **kwargs: Any) -> None:
         """Load saved state, turning the JSON histories of saved demos back into typed ones."""
@@ -106,9 +111,7 @@ class _AgentModule(dspy.Module):
 class SupporterAssistantAgent(_AgentModule):
     """RoleCS's supporter assistant alone: the next strategy code and its stage."""
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
-        super().__init__(framework, language)
-        self.supporter_assistant = dspy.Predict(self._signatures.supporter_assistant)
+    agents = ("supporter_assistant",)
 
     def forward(self, scenario: str, history: Any) -> dspy.Prediction:
         """``Prediction(strategy, stage)`` for the conversation so far."""
@@ -121,9 +124,7 @@ class SupporterAssistantAgent(_AgentModule):
 class SupporterReplyAgent(_AgentModule):
     """RoleCS's supporter alone: the reply carrying out a given strategy."""
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
-        super().__init__(framework, language)
-        self.supporter = dspy.Predict(self._signatures.supporter)
+    agents = ("supporter",)
 
     def forward(self, scenario: str, history: Any, strategy: str) -> dspy.Prediction:
         """``Prediction(strategy, response)``: the reply and the strategy it was asked to use."""
@@ -142,10 +143,7 @@ class RoleCSAgents(_AgentModule):
 
     kind = "rolecs"
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
-        super().__init__(framework, language)
-        self.supporter_assistant = dspy.Predict(self._signatures.supporter_assistant)
-        self.supporter = dspy.Predict(self._signatures.supporter)
+    agents = ("supporter_assistant", "supporter")
 
     @classmethod
     def from_agents(
