@@ -137,10 +137,8 @@ def parse_supporter_args(values: Sequence[str]) -> dict[str, str]:
         raise CompareError("give at least one --supporter NAME=SPEC (e.g. zs=zero-shot)")
     out: dict[str, str] = {}
     for value in values:
-        name, sep, spec = value.partition("=")
+        name, _, spec = value.partition("=") if "=" in value else (value, "", value)
         name, spec = name.strip(), spec.strip()
-        if not sep:
-            name, spec = value.strip(), value.strip()
         if not name or not spec:
             raise CompareError(
                 f"--supporter {value!r}: expected NAME=SPEC, e.g. ft=finetuned:runs/ft"
@@ -172,11 +170,9 @@ def markdown_table(comparison: Comparison) -> str:
         cells = row.cells()
         out = [row.supporter, CONTEXT_NAMES.get(row.context, row.context), str(row.turns)]
         for name in METRIC_COLUMNS:
-            text = _fmt(cells[name])
-            value = cells[name]
-            if value is not None and best.get((row.context, name)) == value:
-                text = f"**{text}**"
-            out.append(text)
+            value, text = cells[name], _fmt(cells[name])
+            winner = value is not None and best.get((row.context, name)) == value
+            out.append(f"**{text}**" if winner else text)
         out += [_fmt(cells[c], _DIGITS.get(c, 2)) for c in header[3 + len(METRIC_COLUMNS) :]]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
