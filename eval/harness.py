@@ -408,9 +408,7 @@ def evaluate_supporter(
         raise ValueError(f"dialogue id {dup!r} occurs more than once; ids must be unique")
     fw = as_framework(framework or getattr(program, "framework", None))
     language = language or dialogue_language(dialogues)
-    examples = supporter_examples(dialogues, language=language)
-    if limit is not None:
-        examples = examples[:limit]
+    examples = supporter_examples(dialogues, language=language)[:limit]
     by_id = {d.id: d for d in dialogues}
     # Every LM the program can call; metered on the LM objects, so worker threads count too.
     lms = [dspy.settings.lm, *(p.lm for p in program.predictors() if p.lm is not None)]

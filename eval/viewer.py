@@ -367,9 +367,7 @@ def _read_records(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
     """JSON objects of a run's log file (failures / dropped), naming a bad line."""
     from csc.data.records import iter_jsonl
 
-    for n, (_loc, obj) in enumerate(iter_jsonl(path)):
-        if limit is not None and n >= limit:
-            return
+    for n, (_loc, obj) in enumerate(islice(iter_jsonl(path), limit)):
         if not isinstance(obj, dict):
             raise DataFormatError(
                 f"{path}: record {n + 1}: a record must be a JSON object — was the file edited?",
@@ -498,8 +496,7 @@ def _evaluation_page(
     dialogues = _evaluation_dialogues(folder, info, data, fw, set(predictions), notes)
     order = [d.id for d in dialogues if d.id in predictions]
     order += [i for i in predictions if i not in set(order)]
-    if limit:
-        order = order[:limit]
+    order = order[: limit or None]
     by_id = {d.id: d for d in dialogues}
     items = []
     for dialogue_id in order:
