@@ -70,6 +70,7 @@ __all__ = [
 ]
 
 DROPPED_FILE = "dropped.jsonl"
+_OUTCOMES = ("kept", "rejected", "dropped", "failed")  # what happens to an input dialogue
 
 
 class RewriteConfig(BaseModel):
@@ -216,13 +217,7 @@ class RewriteRun:
             done.add(item.key)
             files[outcome].write(record)
             counts[outcome] += 1
-            bar.set_postfix(
-                kept=counts["kept"],
-                rejected=counts["rejected"],
-                dropped=counts["dropped"],
-                failed=counts["failed"],
-                refresh=False,
-            )
+            bar.set_postfix({k: counts[k] for k in _OUTCOMES}, refresh=False)
 
         names = {
             "kept": KEPT_FILE,
@@ -300,12 +295,11 @@ class RewriteRun:
             redaction.update(o.get("redaction") or {})
             cleaning.update(o.get("cleaning") or {})
 
-        outcomes = ("kept", "rejected", "dropped", "failed")
         this_run = {
             "shard": shard_label(shard),
-            "processed": sum(counts[k] for k in outcomes),
+            "processed": sum(counts[k] for k in _OUTCOMES),
             "already_done": counts["already_done"],
-            **{k: counts[k] for k in outcomes},
+            **{k: counts[k] for k in _OUTCOMES},
             "wall_seconds": round(wall, 2),
             "finished_at": now(),
         }

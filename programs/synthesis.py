@@ -349,14 +349,8 @@ class SynthesisRun:
         utterances = [0]
 
         def show_progress() -> None:
-            bar.set_postfix(
-                utterances=utterances[0],
-                kept=counts.kept,
-                rejected=counts.rejected,
-                failed=counts.failed,
-                tokens=counts.tokens,
-                refresh=True,
-            )
+            shown = ("kept", "rejected", "failed", "tokens")
+            bar.set_postfix({"utterances": utterances[0], **{k: getattr(counts, k) for k in shown}})
 
         def on_turn(_turn: Any) -> None:
             utterances[0] += 1  # a progress figure: a lost update under threads is harmless
