@@ -71,6 +71,7 @@ __all__ = [
 
 DROPPED_FILE = "dropped.jsonl"
 _OUTCOMES = ("kept", "rejected", "dropped", "failed")  # what happens to an input dialogue
+_FILES = dict(zip(_OUTCOMES, (KEPT_FILE, REJECTED_FILE, DROPPED_FILE, FAILURES_FILE)))
 
 
 class RewriteConfig(BaseModel):
@@ -219,14 +220,8 @@ class RewriteRun:
             counts[outcome] += 1
             bar.set_postfix({k: counts[k] for k in _OUTCOMES}, refresh=False)
 
-        names = {
-            "kept": KEPT_FILE,
-            "rejected": REJECTED_FILE,
-            "dropped": DROPPED_FILE,
-            "failed": FAILURES_FILE,
-        }
         # trace=None: DSPy's optimizer trace would keep the last 10,000 calls' inputs.
-        with result_logs(self.out, names, bar) as files, dspy.context(trace=None):
+        with result_logs(self.out, _FILES, bar) as files, dspy.context(trace=None):
             run_concurrently(todo(), self.process, write, concurrency=concurrency, bar=bar)
 
         wall = time.perf_counter() - start
@@ -339,12 +334,7 @@ class RewriteRun:
             "this_run": this_run,
             # Every invocation of this folder (and, after a merge, of every shard).
             "invocations": [*previous_invocations(self.out), this_run],
-            "files": {
-                "kept": KEPT_FILE,
-                "rejected": REJECTED_FILE,
-                "dropped": DROPPED_FILE,
-                "failures": FAILURES_FILE,
-            },
+            "files": {("failures" if k == "failed" else k): f for k, f in _FILES.items()},
         }
 
 
