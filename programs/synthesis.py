@@ -195,15 +195,14 @@ def select_shard(items: Sequence[GridItem], shard: tuple[int, int] | None) -> li
     return [item for pos, item in enumerate(items) if in_shard(pos, shard)]
 
 
-def output_files() -> dict[str, str]:
-    """The ``files`` entry of a synthesis summary."""
-    return {
-        "kept": KEPT_FILE,
-        "rejected": REJECTED_FILE,
-        "failures": FAILURES_FILE,
-        "stats": STATS_FILE,
-        "stats_all": STATS_ALL_FILE,
-    }
+# The ``files`` entry of a synthesis summary.
+OUTPUT_FILES = {
+    "kept": KEPT_FILE,
+    "rejected": REJECTED_FILE,
+    "failures": FAILURES_FILE,
+    "stats": STATS_FILE,
+    "stats_all": STATS_ALL_FILE,
+}
 
 
 @dataclass
@@ -482,7 +481,7 @@ class SynthesisRun:
             # The whole folder: every invocation (and, after a merge, every shard) so far.
             "invocations": invocations,
             "totals": {**folder_totals(self.out, invocations), "missing": missing},
-            "files": output_files(),
+            "files": dict(OUTPUT_FILES),
         }
 
 
@@ -541,7 +540,7 @@ def merge_runs(out_dir: str | Path, sources: Sequence[str | Path]) -> dict[str, 
         "this_run": None,
         "invocations": parts["invocations"],
         "totals": {**folder_totals(out_dir, parts["invocations"]), "missing": parts["missing"]},
-        "files": output_files(),
+        "files": dict(OUTPUT_FILES),
     }
     write_json(Path(out_dir) / SUMMARY_FILE, summary)
     return summary
