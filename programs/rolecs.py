@@ -235,13 +235,12 @@ class RoleCS(dspy.Module):
     def _supporter_turn(
         self, state: _State, step: int, strategy: str, meta: dict[str, Any]
     ) -> Turn:
-        definition = self.framework.render_strategy(strategy, self.language)
         pred = self._call(
             "supporter",
             state,
             step,
             scenario=state.scenario,
-            strategy=definition,
+            strategy=self.framework.render_strategy(strategy, self.language),
             history=self._history(state),
         )
         stage = self.framework.strategy(strategy).stage
@@ -295,8 +294,7 @@ class RoleCS(dspy.Module):
         step = 0
         while True:
             step += 1
-            position = len(state.turns) + 1
-            if closing and position + 2 > limit:
+            if closing and len(state.turns) + 3 > limit:
                 # No room for another customer turn and a closing reply: close now.
                 strategy, meta = closing, {"forced": "closing"}
                 state.corrections["closing"] += 1
@@ -361,9 +359,8 @@ class RoleCS(dspy.Module):
             with self._as_role("judge", state):
                 judgement = self.judge(state.dialogue(), config=config)
             state.judge = judgement.criteria
-        dialogue = state.dialogue()
         return dspy.Prediction(
-            dialogue=dialogue,
+            dialogue=state.dialogue(),
             scenario=state.scenario,
             goal=state.goal,
             end_reason=state.end_reason,
