@@ -42,6 +42,7 @@ from csc.framework import Framework
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
+_TOKEN = re.compile(rf"{_CJK.pattern}|{_WORD.pattern}")  # a Chinese character or a word
 _STOPWORDS = frozenset(
     re.findall(
         r"\S+",
@@ -78,14 +79,7 @@ class Reservoir:
 
 def tokens(text: str) -> list[str]:
     """Word tokens for English and single characters for Chinese (so n-gram metrics work for both)."""
-    text = text.lower()
-    out: list[str] = []
-    for piece in re.split(r"([\u4e00-\u9fff])", text):
-        if _CJK.fullmatch(piece or " "):
-            out.append(piece)
-        else:
-            out.extend(_WORD.findall(piece))
-    return out
+    return _TOKEN.findall(text.lower())
 
 
 def content_units(text: str) -> set[str]:
@@ -336,10 +330,8 @@ class _JudgeTally:
     def rates(self) -> dict[str, Any] | None:
         if not self.judged:
             return None
-        out: dict[str, Any] = {"judged": self.judged}
-        out.update({c: self.passed[c] / self.judged for c in self.criteria})
-        out["all"] = self.all_passed / self.judged
-        return out
+        rates = {c: self.passed[c] / self.judged for c in self.criteria}
+        return {"judged": self.judged, **rates, "all": self.all_passed / self.judged}
 
 
 def _sampling(texts: Reservoir, personas: Reservoir) -> dict[str, Any]:
