@@ -262,14 +262,9 @@ def apply_review(
         decision = review.decision(dialogue.id)
         counts[decision] += 1
         if decision == "accept":
-            mark = review.marks[dialogue.id]
             copy = dialogue.model_copy(deep=True)
-            copy.metadata["review"] = {
-                "decision": "accept",
-                "criteria": mark["criteria"],
-                "note": mark["note"],
-                "reviewer": review.reviewer,
-            }
+            mark = review.marks[dialogue.id]  # its criteria and note
+            copy.metadata["review"] = {"decision": "accept", **mark, "reviewer": review.reviewer}
             accepted.append(copy)
     out = Path(out)
     write_dialogues(accepted, out, format, framework=framework)
