@@ -153,10 +153,8 @@ class _RecordCache:
     """
 
     def __init__(self, folder: Path | None, context: str, shard: tuple[int, int] | None = None):
-        self.path = None
-        if folder is not None:
-            name = f"{context}.shard-{shard[0]}-of-{shard[1]}" if shard else context
-            self.path = folder / f"{name}.jsonl"
+        name = f"{context}.shard-{shard[0]}-of-{shard[1]}" if shard else context
+        self.path = None if folder is None else folder / f"{name}.jsonl"
         self.lock = threading.Lock()
         self.done: dict[tuple[str, int], PredictionRecord] = {}
         self.writer: JsonlWriter | None = None
