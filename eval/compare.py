@@ -29,6 +29,7 @@ from typing import Any
 
 from csc.choices import CONTEXT_NAMES
 from csc.eval.report import format_value
+from csc.programs.run_folder import read_json_object
 
 # Column order of the table: quality metrics as in the paper, then cost.
 METRIC_COLUMNS: tuple[str, ...] = ("B-2", "B-4", "R-L", "BS", "ACC", "F1")
@@ -41,6 +42,27 @@ COST_COLUMNS: tuple[str, ...] = (
 )
 # Where the knowledge came from and the one-time cost of making it (see knowledge_source).
 KNOWLEDGE_COLUMNS: tuple[str, ...] = ("knowledge", "made_tok", "made_s")
+# Every column of compare.csv; the Markdown table leaves out the spec.
+_COLUMNS: tuple[str, ...] = (
+    "supporter",
+    "spec",
+    "context",
+    "turns",
+    *METRIC_COLUMNS,
+    *COST_COLUMNS,
+    "prompt",
+    *KNOWLEDGE_COLUMNS,
+)
+# Table columns -> ComparisonRow attributes, where the names differ.
+_ATTRS = {
+    "prompt_tok": "prompt_tokens",
+    "cached_tok": "cached_prompt_tokens",
+    "completion_tok": "completion_tokens",
+    "made_tok": "making_tokens",
+    "made_s": "making_s",
+}
+# Decimal places of the Markdown table's cost and knowledge cells.
+_DIGITS = {"prompt_tok": 0, "cached_tok": 0, "completion_tok": 1, "cost_usd": 6, "made_s": 1}
 # Harness metric keys -> table columns.
 _HARNESS_KEYS = {
     "B-2": "bleu2",
@@ -84,20 +106,8 @@ class ComparisonRow:
     def cells(self) -> dict[str, Any]:
         """The row as flat table cells, in column order."""
         return {
-            "supporter": self.supporter,
-            "spec": self.spec,
-            "context": self.context,
-            "turns": self.turns,
-            **{name: self.metrics.get(name) for name in METRIC_COLUMNS},
-            "prompt_tok": self.prompt_tokens,
-            "cached_tok": self.cached_prompt_tokens,
-            "completion_tok": self.completion_tokens,
-            "cost_usd": self.cost_usd,
-            "latency_s": self.latency_s,
-            "prompt": self.prompt,
-            "knowledge": self.knowledge,
-            "made_tok": self.making_tokens,
-            "made_s": self.making_s,
+            c: self.metrics.get(c) if c in METRIC_COLUMNS else getattr(self, _ATTRS.get(c, c))
+            for c in _COLUMNS
         }
 
 
@@ -127,10 +137,8 @@ def parse_supporter_args(values: Sequence[str]) -> dict[str, str]:
         raise CompareError("give at least one --supporter NAME=SPEC (e.g. zs=zero-shot)")
     out: dict[str, str] = {}
     for value in values:
-        name, sep, spec = value.partition("=")
+        name, _, spec = value.partition("=") if "=" in value else (value, "", value)
         name, spec = name.strip(), spec.strip()
-        if not sep:
-            name, spec = value.strip(), value.strip()
         if not name or not spec:
             raise CompareError(
                 f"--supporter {value!r}: expected NAME=SPEC, e.g. ft=finetuned:runs/ft"
@@ -148,15 +156,7 @@ def _fmt(value: Any, digits: int = 2) -> str:
 
 def markdown_table(comparison: Comparison) -> str:
     """The comparison as a Markdown table, best value per context and metric in bold."""
-    header = [
-        "supporter",
-        "context",
-        "turns",
-        *METRIC_COLUMNS,
-        *COST_COLUMNS,
-        "prompt",
-        *KNOWLEDGE_COLUMNS,
-    ]
+    header = [c for c in _COLUMNS if c != "spec"]
     values: dict[tuple[str, str], list[float]] = {}
     for row in comparison.rows:
         for name in METRIC_COLUMNS:
@@ -170,40 +170,18 @@ def markdown_table(comparison: Comparison) -> str:
         cells = row.cells()
         out = [row.supporter, CONTEXT_NAMES.get(row.context, row.context), str(row.turns)]
         for name in METRIC_COLUMNS:
-            text = _fmt(cells[name])
-            value = cells[name]
-            if value is not None and best.get((row.context, name)) == value:
-                text = f"**{text}**"
-            out.append(text)
-        out += [
-            _fmt(cells["prompt_tok"], 0),
-            _fmt(cells["cached_tok"], 0),
-            _fmt(cells["completion_tok"], 1),
-            _fmt(cells["cost_usd"], 6),
-            _fmt(cells["latency_s"], 2),
-            _fmt(cells["prompt"]),
-            _fmt(cells["knowledge"]),
-            _fmt(cells["made_tok"]),
-            _fmt(cells["made_s"], 1),
-        ]
+            value, text = cells[name], _fmt(cells[name])
+            winner = value is not None and best.get((row.context, name)) == value
+            out.append(f"**{text}**" if winner else text)
+        out += [_fmt(cells[c], _DIGITS.get(c, 2)) for c in header[3 + len(METRIC_COLUMNS) :]]
         lines.append("| " + " | ".join(out) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_csv(comparison: Comparison, path: Path) -> None:
     """One CSV row per supporter and context, columns as in the Markdown table plus the spec."""
-    columns = [
-        "supporter",
-        "spec",
-        "context",
-        "turns",
-        *METRIC_COLUMNS,
-        *COST_COLUMNS,
-        "prompt",
-        *KNOWLEDGE_COLUMNS,
-    ]
     with path.open("w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer = csv.DictWriter(fh, fieldnames=_COLUMNS)
         writer.writeheader()
         for row in comparison.rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.cells().items()})
@@ -254,12 +232,7 @@ def write_comparison(comparison: Comparison, out_dir: str | Path) -> dict[str, P
     """Write compare.md, compare.csv, compare.json and compare.png to ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "md": out / "compare.md",
-        "csv": out / "compare.csv",
-        "json": out / "compare.json",
-        "png": out / "compare.png",
-    }
+    paths = {ext: out / f"compare.{ext}" for ext in ("md", "csv", "json", "png")}
     info = comparison.info
     notes = []
     if info:
@@ -404,24 +377,16 @@ def _optimization_cost(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _optimized_knowledge(
     path: str, metadata: dict[str, Any] | None, program: Any
 ) -> KnowledgeSource:
     from csc.optimizers.store import sidecar_path
 
-    meta = metadata or _read_json(sidecar_path(path))
+    meta = metadata or read_json_object(sidecar_path(path))
     if program is not None:
         demos = sum(len(p.demos) for p in program.predictors())
     else:
-        state = _read_json(Path(path))
+        state = read_json_object(Path(path))
         demos = sum(len(v.get("demos") or []) for v in state.values() if isinstance(v, dict))
     cost = _optimization_cost(meta)
     label = "prompt demos" if demos else "prompt instructions"
@@ -431,9 +396,9 @@ def _optimized_knowledge(
 
 
 def _finetuned_knowledge(run_dir: Path) -> KnowledgeSource:
-    meta = _read_json(run_dir / "csc_finetune.json")
+    meta = read_json_object(run_dir / "csc_finetune.json")
     data = meta.get("data") or {}
-    export = _read_json(Path(str(data["dir"])) / "export.json") if data.get("dir") else {}
+    export = read_json_object(Path(str(data["dir"])) / "export.json") if data.get("dir") else {}
     targets = data.get("targets") or export.get("targets") or "gold"
     export_cost = data.get("export_cost") or export.get("cost") or {}
     teacher = data.get("teacher") or export.get("teacher") or None
@@ -452,7 +417,7 @@ def _finetuned_knowledge(run_dir: Path) -> KnowledgeSource:
         if file and str(teacher.get("spec", "")).startswith("optimized:"):
             from csc.optimizers.store import sidecar_path
 
-            sidecar = _read_json(sidecar_path(file))
+            sidecar = read_json_object(sidecar_path(file))
             if sidecar:
                 cost = _optimization_cost(sidecar)
                 add("teacher_optimization", cost["tokens"], cost["wall_time_s"], file=file)
@@ -553,11 +518,7 @@ def compare_supporters(
     started = time.perf_counter()
     for name, spec in supporters.items():
         sup = chosen[name]
-        lm_spec = (
-            LMSpec(model=sup.lm_spec, temperature=base.temperature, max_tokens=base.max_tokens)
-            if sup.lm_spec
-            else base
-        )
+        lm_spec = sup.lm_for(base)
         key = lm_spec.model_dump_json()
         if key not in clients:
             clients[key] = factory(lm_spec)
@@ -609,15 +570,13 @@ def _cache_key(name: str, spec: str, lm_spec: Any, framework: Any, language: str
     import hashlib
     import re
 
-    head, _, arg = spec.partition(":")
-    program = None
-    if head == "optimized" and Path(arg).is_file():
-        program = hashlib.sha256(Path(arg).read_bytes()).hexdigest()
-    elif head == "finetuned" and (Path(arg) / "csc_finetune.json").is_file():
-        program = hashlib.sha256((Path(arg) / "csc_finetune.json").read_bytes()).hexdigest()
+    from csc.eval.harness import spec_file
+    from csc.eval.splits import data_sha256
+
+    file = spec_file(spec)
     parts = {
         "spec": spec,
-        "program": program,
+        "program": data_sha256(file) if file else None,
         "lm": lm_spec.model_dump(exclude={"api_key_env"}),
         "framework": framework.to_dict(),
         "language": language,

@@ -17,9 +17,8 @@ def _text(obj: Any, name: str) -> str:
 
 def strategy_accuracy_metric(example: Any, pred: Any, trace: Any = None) -> float | bool:
     """DSPy metric: does the predicted strategy equal the gold ``example.strategy``?"""
-    match = bool(_text(example, "strategy")) and _text(pred, "strategy") == _text(
-        example, "strategy"
-    )
+    gold = _text(example, "strategy")
+    match = bool(gold) and _text(pred, "strategy") == gold
     return match if trace is not None else float(match)
 
 
@@ -138,10 +137,7 @@ def strategy_adherence_metric(
         raise ValueError("strategy_adherence_metric(feedback=True) needs the framework")
 
     def label(example: Any, pred: Any) -> str:
-        settings: dict[str, Any] = {"trace": None}
-        if lm is not None:
-            settings["lm"] = lm
-        with dspy.context(**settings):
+        with dspy.context(trace=None, **({} if lm is None else {"lm": lm})):
             return str(labeler(history=example.history, response=_text(pred, "response")).strategy)
 
     def metric(

@@ -38,7 +38,7 @@ from csc.eval.examples import dialogue_language, supporter_examples
 from csc.eval.metrics import bertscore, corpus_bleu_orders, rouge_l, strategy_scores
 from csc.framework import Framework
 from csc.lm import redact_secrets
-from csc.programs.run_folder import in_shard, progress_bar, run_concurrently
+from csc.programs.run_folder import in_shard, progress_bar, read_json_object, run_concurrently
 from csc.signatures.supporter import PromptVariant
 from csc.signatures.types import DialogueHistory
 from csc.usage import reported_tokens, usage_of
@@ -89,6 +89,15 @@ class PredictionRecord:
     def from_dict(cls, data: dict[str, Any]) -> PredictionRecord:
         """Read a record back from its dict form."""
         return cls(**{k: data.get(k) for k in cls.__dataclass_fields__ if k in data})
+
+    @classmethod
+    def failed(
+        cls, dialogue_id: str, index: int, context: str, gold: Turn, error: str, **more: Any
+    ) -> PredictionRecord:
+        """An error row for a turn: the gold side, no prediction, the error (secrets redacted)."""
+        record = cls(dialogue_id, index, context, gold.strategy, None, gold.text, "", **more)
+        record.error = redact_secrets(error)
+        return record
 
 
 @dataclass
@@ -144,10 +153,8 @@ class _RecordCache:
     """
 
     def __init__(self, folder: Path | None, context: str, shard: tuple[int, int] | None = None):
-        self.path = None
-        if folder is not None:
-            name = f"{context}.shard-{shard[0]}-of-{shard[1]}" if shard else context
-            self.path = folder / f"{name}.jsonl"
+        name = f"{context}.shard-{shard[0]}-of-{shard[1]}" if shard else context
+        self.path = None if folder is None else folder / f"{name}.jsonl"
         self.lock = threading.Lock()
         self.done: dict[tuple[str, int], PredictionRecord] = {}
         self.writer: JsonlWriter | None = None
@@ -179,17 +186,6 @@ class _RecordCache:
 
 
 # ---------------------------------------------------------------------------- running
-def _usage(pred: Any) -> tuple[int, int, int]:
-    """(prompt, cached prompt, completion) tokens of one program call, as DSPy reported them.
-
-    These come from the same per-call reports the :mod:`csc.usage` meter adds up, so on a fresh
-    run their sum equals the run's ``lm_usage``.
-    """
-    usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
-    u = reported_tokens((usage or {}).values())
-    return u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens
-
-
 def _run_turn(
     program: dspy.Module,
     history: DialogueHistory,
@@ -206,19 +202,19 @@ def _run_turn(
         unparsed = type(exc).__name__ == "AdapterParseError" and "strategy" in getattr(
             signature, "output_fields", {}
         )
-        return PredictionRecord(
+        return PredictionRecord.failed(
             dialogue_id,
             turn_index,
             context,
-            gold.strategy,
-            None,
-            gold.text,
-            "",
+            gold,
+            f"{type(exc).__name__}: {exc}",
             latency_s=time.perf_counter() - start,
-            error=redact_secrets(f"{type(exc).__name__}: {exc}"),
             strategy_unparsed=unparsed,
         )
-    prompt, cached, completion = _usage(pred)
+    # Tokens as DSPy reported them per call: the reports the csc.usage meter adds up, so on a
+    # fresh run their sum equals the run's lm_usage.
+    usage = pred.get_lm_usage() if hasattr(pred, "get_lm_usage") else None
+    u = reported_tokens((usage or {}).values())
     return PredictionRecord(
         dialogue_id,
         turn_index,
@@ -227,10 +223,10 @@ def _run_turn(
         getattr(pred, "strategy", None),
         gold.text,
         str(getattr(pred, "response", "") or ""),
-        prompt,
-        completion,
+        u.prompt_tokens,
+        u.completion_tokens,
         time.perf_counter() - start,
-        cached_prompt_tokens=cached,
+        cached_prompt_tokens=u.cached_prompt_tokens,
         strategy_fallback=bool(getattr(pred, "strategy_fallback", False)),
     )
 
@@ -253,12 +249,8 @@ def _reference_context(
     num_threads: int,
     progress: bool,
 ) -> list[PredictionRecord]:
-    todo = [
-        (ex.dialogue_id, ex.turn_index)
-        for ex in examples
-        if cache.get(ex.dialogue_id, ex.turn_index) is None
-    ]
     by_key = {(ex.dialogue_id, ex.turn_index): ex for ex in examples}
+    todo = [key for key in by_key if cache.get(*key) is None]
 
     def run(key: tuple[str, int]) -> PredictionRecord:
         ex = by_key[key]
@@ -313,20 +305,11 @@ def _generated_context(
         if isinstance(res, list):
             records.extend(res)
         else:  # the rollout itself failed: keep every turn as an error row
-            for index in wanted[dialogue_id]:
-                gold = dialogues[dialogue_id].turns[index]
-                records.append(
-                    PredictionRecord(
-                        dialogue_id,
-                        index,
-                        "generated",
-                        gold.strategy,
-                        None,
-                        gold.text,
-                        "",
-                        error=redact_secrets(f"rollout failed: {res}"),
-                    )
-                )
+            gold, error = dialogues[dialogue_id].turns, f"rollout failed: {res}"
+            records.extend(
+                PredictionRecord.failed(dialogue_id, i, "generated", gold[i], error)
+                for i in wanted[dialogue_id]
+            )
     return records
 
 
@@ -421,12 +404,9 @@ def evaluate_supporter(
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"dialogue id {dup!r} occurs more than once; ids must be unique")
-    fw = framework or getattr(program, "framework", None)
-    fw = as_framework(fw)
+    fw = as_framework(framework or getattr(program, "framework", None))
     language = language or dialogue_language(dialogues)
-    examples = supporter_examples(dialogues, language=language)
-    if limit is not None:
-        examples = examples[:limit]
+    examples = supporter_examples(dialogues, language=language)[:limit]
     by_id = {d.id: d for d in dialogues}
     # Every LM the program can call; metered on the LM objects, so worker threads count too.
     lms = [dspy.settings.lm, *(p.lm for p in program.predictors() if p.lm is not None)]
@@ -462,8 +442,7 @@ def evaluate_supporter(
         metrics["n_from_cache"] = n_cached
         # Every LM call this context made now (not those of turns resumed from the cache).
         metrics["lm_usage"] = usage.to_dict()
-        res = ContextResult(ctx, records, metrics, strat, seconds)
-        result.contexts[ctx] = res
+        result.contexts[ctx] = ContextResult(ctx, records, metrics, strat, seconds)
         if on_context_done:
             on_context_done(result)
     return result
@@ -486,6 +465,16 @@ class SupporterSpec:
     # that list came from (see :func:`check_unseen`).
     seen_ids: frozenset[str] = frozenset()
     seen_source: str = ""
+
+    def lm_for(self, lm: Any) -> Any:
+        """The :class:`~csc.lm.LMSpec` this supporter runs on, given ``--lm`` (a spec, a model
+        string or None): its own LM with ``lm``'s sampling settings, or ``lm`` itself."""
+        from csc.lm import LMSpec
+
+        base = lm if isinstance(lm, LMSpec) else LMSpec(model=lm) if lm else LMSpec()
+        if not self.lm_spec:
+            return base
+        return LMSpec(model=self.lm_spec, temperature=base.temperature, max_tokens=base.max_tokens)
 
 
 def supporter_from_spec(
@@ -542,11 +531,7 @@ def finetuned_prompt_variant(run_dir: str | Path) -> PromptVariant:
     """
     from csc.signatures.supporter import PROMPT_VARIANTS
 
-    try:
-        meta = json.loads((Path(run_dir) / "csc_finetune.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return "full"
-    prompt = meta.get("prompt") if isinstance(meta, dict) else None
+    prompt = read_json_object(Path(run_dir) / "csc_finetune.json").get("prompt")
     return prompt if prompt in PROMPT_VARIANTS else "full"  # type: ignore[return-value]
 
 
@@ -559,9 +544,8 @@ def finetuned_training_ids(run_dir: str | Path) -> tuple[list[str], str]:
     from csc.eval.splits import SPLITS_FILE, DatasetSplits, SplitsError
 
     meta_path = Path(run_dir) / "csc_finetune.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    meta = read_json_object(meta_path)
+    if not meta:
         return [], ""
     data = meta.get("data") or {}
     if isinstance(data.get("train_dialogue_ids"), list):
@@ -573,12 +557,20 @@ def finetuned_training_ids(run_dir: str | Path) -> tuple[list[str], str]:
             return splits.parts["train"], f"{export_dir / SPLITS_FILE} (train split)"
         except SplitsError:
             pass
+    export = read_json_object(export_dir / "export.json")
     try:
-        export = json.loads((export_dir / "export.json").read_text(encoding="utf-8"))
-        ids = export.get("split_dialogue_ids", {}).get("train") or []
-        return list(ids), f"{export_dir / 'export.json'} (train split)"
-    except (OSError, json.JSONDecodeError, AttributeError):
+        ids = export["split_dialogue_ids"].get("train") or []
+    except (KeyError, AttributeError):
         return [], ""
+    return list(ids), f"{export_dir / 'export.json'} (train split)"
+
+
+def spec_file(spec: str) -> Path | None:
+    """The file that holds a supporter spec's program: ``P.json`` of ``optimized:P.json``,
+    ``DIR/csc_finetune.json`` of ``finetuned:DIR``; None for the built-in supporters."""
+    head, _, arg = spec.partition(":")
+    file = {"optimized": Path(arg), "finetuned": Path(arg) / "csc_finetune.json"}.get(head)
+    return file if arg and file is not None and file.is_file() else None
 
 
 class SeenDialoguesError(ValueError):

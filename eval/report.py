@@ -66,11 +66,17 @@ def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
     labels: list[str] = res.strategy["labels"]
     paths: list[Path] = []
     if not labels:
         return paths
+
+    def save(fig: Any, stem: str) -> None:
+        fig.tight_layout()
+        paths.append(Path(out_dir) / f"{stem}_{res.context}.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
     rows = [lab for lab in labels if lab != "-"]
 
     fig, ax = plt.subplots(
@@ -89,10 +95,7 @@ def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
                 color = "white" if value > peak / 2 else "black"
                 ax.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
     ax.set_title(f"Strategy confusion ({res.context})", fontsize=10)
-    fig.tight_layout()
-    paths.append(out_dir / f"confusion_{res.context}.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "confusion")
 
     per = res.strategy["per_strategy"]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.45 * len(per)), 3.5))
@@ -100,10 +103,7 @@ def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
     ax.set_ylabel("F1 (%)")
     ax.set_ylim(0, 100)
     ax.set_title(f"Per-strategy F1 ({res.context} context)")
-    fig.tight_layout()
-    paths.append(out_dir / f"strategy_f1_{res.context}.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "strategy_f1")
 
     gold = Counter(r.gold_strategy for r in res.records if r.gold_strategy)
     pred = Counter(r.predicted_strategy or "-" for r in res.records if r.gold_strategy)
@@ -115,10 +115,7 @@ def plot_context(res: ContextResult, out_dir: str | Path) -> list[Path]:
     ax.set_ylabel("supporter turns")
     ax.legend()
     ax.set_title(f"Strategy distribution ({res.context} context)")
-    fig.tight_layout()
-    paths.append(out_dir / f"strategy_distribution_{res.context}.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "strategy_distribution")
     return paths
 
 

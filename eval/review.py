@@ -143,18 +143,19 @@ class AgreementRow:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
 
 
-def _judge_verdicts(dialogue: Dialogue) -> dict[str, bool]:
-    meta = dialogue.metadata or {}
-    judge = meta.get("judge")
+def judge_verdicts(metadata: dict[str, Any]) -> dict[str, list[Any]]:
+    """Judge verdicts ``{criterion: [passed, reason]}`` of a RoleCS dialogue (``metadata.judge``)
+    or a rewritten one (``metadata.postfilter.judge``)."""
+    judge = metadata.get("judge")
     if not isinstance(judge, dict):
-        post = meta.get("postfilter")
+        post = metadata.get("postfilter")
         judge = post.get("judge") if isinstance(post, dict) else None
-    out = {}
+    out: dict[str, list[Any]] = {}
     for name, verdict in (judge or {}).items():
         if isinstance(verdict, dict) and "pass" in verdict:
-            out[name] = bool(verdict["pass"])
+            out[str(name)] = [bool(verdict["pass"]), str(verdict.get("reason") or "")]
         elif isinstance(verdict, bool):
-            out[name] = verdict
+            out[str(name)] = [verdict, ""]
     return out
 
 
@@ -183,7 +184,7 @@ def judge_agreement(review: Review, dialogues: list[Dialogue]) -> list[Agreement
     overall: list[tuple[bool, bool]] = []
     for dialogue in dialogues:
         mark = review.marks.get(dialogue.id)
-        verdicts = _judge_verdicts(dialogue)
+        verdicts = {k: v[0] for k, v in judge_verdicts(dialogue.metadata or {}).items()}
         if not mark or not verdicts:
             continue
         for criterion, value in mark["criteria"].items():
@@ -261,14 +262,9 @@ def apply_review(
         decision = review.decision(dialogue.id)
         counts[decision] += 1
         if decision == "accept":
-            mark = review.marks[dialogue.id]
             copy = dialogue.model_copy(deep=True)
-            copy.metadata["review"] = {
-                "decision": "accept",
-                "criteria": mark["criteria"],
-                "note": mark["note"],
-                "reviewer": review.reviewer,
-            }
+            mark = review.marks[dialogue.id]  # its criteria and note
+            copy.metadata["review"] = {"decision": "accept", **mark, "reviewer": review.reviewer}
             accepted.append(copy)
     out = Path(out)
     write_dialogues(accepted, out, format, framework=framework)

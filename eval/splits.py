@@ -98,9 +98,8 @@ class DatasetSplits:
         from csc.eval.examples import split_dialogues
 
         ids = list(ids)
-        if len(set(ids)) != len(ids):
-            counts = Counter(ids)
-            repeated = sorted(i for i, n in counts.items() if n > 1)
+        repeated = sorted(i for i, n in Counter(ids).items() if n > 1)
+        if repeated:
             raise SplitsError(
                 f"{data_file}: dialogue ids must be unique to split without leakage; repeated: "
                 f"{repeated[:5]}"
@@ -211,8 +210,7 @@ class DatasetSplits:
         wanted = set(self.parts[part])
         chosen = [item for item in items if id_of(item) in wanted]
         if complete and len(chosen) != len(wanted):
-            found = {id_of(item) for item in chosen}
-            missing = sorted(wanted - found)
+            missing = sorted(wanted - {id_of(item) for item in chosen})
             raise SplitsError(
                 f"{self.source or 'the splits'}: {len(missing)} {part} dialogue id(s) are not "
                 f"in the data, e.g. {missing[:3]}; use the data file the splits were made from"

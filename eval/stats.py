@@ -42,6 +42,7 @@ from csc.framework import Framework
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
+_TOKEN = re.compile(rf"{_CJK.pattern}|{_WORD.pattern}")  # a Chinese character or a word
 _STOPWORDS = frozenset(
     re.findall(
         r"\S+",
@@ -78,14 +79,7 @@ class Reservoir:
 
 def tokens(text: str) -> list[str]:
     """Word tokens for English and single characters for Chinese (so n-gram metrics work for both)."""
-    text = text.lower()
-    out: list[str] = []
-    for piece in re.split(r"([\u4e00-\u9fff])", text):
-        if _CJK.fullmatch(piece or " "):
-            out.append(piece)
-        else:
-            out.extend(_WORD.findall(piece))
-    return out
+    return _TOKEN.findall(text.lower())
 
 
 def content_units(text: str) -> set[str]:
@@ -170,10 +164,8 @@ def _profile_text(profile: Any) -> str | None:
 
 
 def _overlap(utterances: list[str], profile: str) -> float:
-    said = set().union(*(content_units(u) for u in utterances)) if utterances else set()
-    if not said:
-        return 0.0
-    return len(said & content_units(profile)) / len(said)
+    said = set().union(*map(content_units, utterances))
+    return len(said & content_units(profile)) / len(said) if said else 0.0
 
 
 def persona_fidelity(
@@ -183,29 +175,31 @@ def persona_fidelity(
 
     ``sample``: use a seeded uniform sample of at most this many dialogues with a profile.
     """
-    rows = [
-        (d, _profile_text(d.profile)) for d in dialogues if _profile_text(d.profile) is not None
-    ]
+    rows = [_persona_row(d) for d in dialogues if _profile_text(d.profile) is not None]
     if sample is not None and len(rows) > sample:
         rows = random.Random(seed).sample(rows, sample)
-    distinct = sorted({text for _, text in rows})
+    return _fidelity(rows, seed)
+
+
+def _persona_row(d: Dialogue) -> tuple[str, list[str]]:
+    """What persona fidelity reads of a dialogue: its profile text and customer utterances."""
+    return _profile_text(d.profile), [t.text for t in d.customer_turns]  # type: ignore[return-value]
+
+
+def _fidelity(rows: Sequence[tuple[str, list[str]]], seed: int) -> dict[str, Any] | None:
+    distinct = sorted({text for text, _ in rows})
     if len(distinct) < 2:
         return None
     rng = random.Random(seed)
-    own, other, wins = [], [], 0
-    for d, text in rows:
-        utterances = [t.text for t in d.customer_turns]
-        candidates = [p for p in distinct if p != text]
-        o = _overlap(utterances, text)
-        r = _overlap(utterances, rng.choice(candidates))
-        own.append(o)
-        other.append(r)
-        wins += o > r
+    own, other = [], []
+    for text, utterances in rows:
+        own.append(_overlap(utterances, text))
+        other.append(_overlap(utterances, rng.choice([p for p in distinct if p != text])))
     return {
         "dialogues": len(rows),
         "own_profile_overlap": sum(own) / len(own),
         "other_profile_overlap": sum(other) / len(other),
-        "own_higher_share": wins / len(rows),
+        "own_higher_share": sum(o > r for o, r in zip(own, other)) / len(rows),
     }
 
 
@@ -213,14 +207,10 @@ def stage_order_violations(dialogue: Dialogue, framework: Framework) -> int:
     """Backward stage steps between consecutive stage-bound supporter turns (see module)."""
     count, last = 0, None
     for code in dialogue.strategies():
-        if code not in framework.codes:
-            continue
-        idx = framework.stage_index(code)
-        if idx is None:
-            continue
-        if last is not None and idx < last:
-            count += 1
-        last = idx
+        idx = framework.stage_index(code) if code in framework.codes else None
+        if idx is not None:
+            count += last is not None and idx < last
+            last = idx
     return count
 
 
@@ -240,7 +230,7 @@ def dialogue_stats(
     """
     fw = as_framework(framework)
     fallback = fw.fallback.code if fw.fallback else None
-    n_dialogues = total_turns = min_turns = max_turns = 0
+    lengths: Counter[int] = Counter()  # dialogues per number of turns
     supporter_turns = labelled_turns = using = 0
     counts: Counter[str] = Counter()
     violation_total = violation_dialogues = 0
@@ -251,14 +241,8 @@ def dialogue_stats(
     personas = Reservoir(PERSONA_SAMPLE, seed)
     judge = _JudgeTally()
     for d in dialogues:
-        n = len(d.turns)
-        min_turns = n if n_dialogues == 0 else min(min_turns, n)
-        max_turns = max(max_turns, n)
-        n_dialogues += 1
-        total_turns += n
-        for t in d.turns:
-            if not t.is_supporter:
-                continue
+        lengths[len(d.turns)] += 1
+        for t in d.supporter_turns:
             supporter_turns += 1
             texts.add(t.text)
             if t.strategy:
@@ -273,14 +257,15 @@ def dialogue_stats(
         reasks.update(d.metadata.get("policy_reasks") or {})
         corrected_dialogues += bool(sum(c.values()))
         if _profile_text(d.profile) is not None:
-            # Only what persona fidelity needs, not the whole dialogue.
-            personas.add(_PersonaRow(d.profile, [t.text for t in d.customer_turns]))
+            personas.add(_persona_row(d))  # only what persona fidelity needs
         if judged is None:
             judge.add(d)
     if judged is not None:
         for d in judged:
             judge.add(d)
 
+    n_dialogues = sum(lengths.values())
+    total_turns = sum(n * k for n, k in lengths.items())
     sampled_texts = texts.items
     return {
         "framework": fw.name,
@@ -288,8 +273,8 @@ def dialogue_stats(
         "utterances": {
             "total": total_turns,
             "mean": total_turns / n_dialogues if n_dialogues else 0.0,
-            "min": min_turns,
-            "max": max_turns,
+            "min": min(lengths, default=0),
+            "max": max(lengths, default=0),
         },
         "supporter_turns": supporter_turns,
         "unlabelled_supporter_turns": supporter_turns - labelled_turns,
@@ -311,7 +296,7 @@ def dialogue_stats(
             "reasks": dict(sorted(reasks.items())),
             "dialogues_corrected": corrected_dialogues,
         },
-        "persona_fidelity": persona_fidelity(personas.items, seed=seed),
+        "persona_fidelity": _fidelity(personas.items, seed),
         "diversity": {
             "distinct_1": distinct_n(sampled_texts, 1),
             "distinct_2": distinct_n(sampled_texts, 2),
@@ -320,23 +305,6 @@ def dialogue_stats(
         "sampling": _sampling(texts, personas),
         "filter_pass_rate": judge.rates(),
     }
-
-
-class _PersonaRow:
-    """The parts of a dialogue persona fidelity reads (duck-types :class:`Dialogue`)."""
-
-    __slots__ = ("customer_turns", "profile")
-
-    def __init__(self, profile: Any, customer_texts: list[str]):
-        self.profile = profile
-        self.customer_turns = [_Text(t) for t in customer_texts]
-
-
-class _Text:
-    __slots__ = ("text",)
-
-    def __init__(self, text: str):
-        self.text = text
 
 
 class _JudgeTally:
@@ -362,10 +330,8 @@ class _JudgeTally:
     def rates(self) -> dict[str, Any] | None:
         if not self.judged:
             return None
-        out: dict[str, Any] = {"judged": self.judged}
-        out.update({c: self.passed[c] / self.judged for c in self.criteria})
-        out["all"] = self.all_passed / self.judged
-        return out
+        rates = {c: self.passed[c] / self.judged for c in self.criteria}
+        return {"judged": self.judged, **rates, "all": self.all_passed / self.judged}
 
 
 def _sampling(texts: Reservoir, personas: Reservoir) -> dict[str, Any]:

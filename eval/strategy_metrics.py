@@ -33,9 +33,7 @@ class StrategyScores:
 
 def strategy_accuracy(gold: Sequence[str | None], predicted: Sequence[str | None]) -> float:
     """Share (0-100) of labelled examples whose predicted strategy equals the gold one."""
-    check_pairs(predicted, gold)
-    pairs = [(g, p) for g, p in zip(gold, predicted) if g]
-    return 100.0 * sum(g == p for g, p in pairs) / len(pairs) if pairs else 0.0
+    return strategy_scores(gold, predicted).accuracy
 
 
 def strategy_scores(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +30,7 @@ _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-
 def detect_language(texts: Iterable[str], sample: int = 2000) -> Language:
     """``"zh"`` when at least 20% of the non-space characters (of up to ``sample`` texts) are CJK."""
     cjk = total = 0
-    for i, text in enumerate(texts):
-        if i >= sample:
-            break
+    for text in islice(texts, sample):
         stripped = re.sub(r"\s+", "", text or "")
         total += len(stripped)
         cjk += len(_CJK.findall(stripped))
@@ -59,13 +58,10 @@ def corpus_bleu(
     ``tokenize`` overrides the tokenizer chosen from ``language`` (detected from the references
     when not given): ``zh`` for Chinese, ``13a`` for English.
     """
-    from sacrebleu.metrics import BLEU
-
-    check_pairs(hypotheses, references)
-    if not hypotheses:
-        return 0.0
-    bleu = BLEU(max_ngram_order=max_order, tokenize=_bleu_tokenizer(language, tokenize, references))
-    return float(bleu.corpus_score(list(hypotheses), [list(references)]).score)
+    orders = corpus_bleu_orders(
+        hypotheses, references, (max_order,), language=language, tokenize=tokenize
+    )
+    return orders[max_order]
 
 
 def corpus_bleu_orders(

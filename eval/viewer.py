@@ -36,7 +36,9 @@ from csc.data.errors import DataFormatError
 from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.eval.report import HEADLINE_METRICS, format_value
+from csc.eval.review import judge_verdicts
 from csc.framework import LANGUAGES, Framework, FrameworkError
+from csc.programs.run_folder import read_json_object
 
 __all__ = [
     "VIEWER_FILE",
@@ -151,21 +153,18 @@ def framework_legend(framework: Framework, language: str) -> dict[str, Any]:
         }
         for i, st in enumerate(framework.stages)
     ]
-    strategies = []
     n = len(framework.strategies)
-    for i, s in enumerate(framework.strategies):
-        colour = (
-            _STRATEGY_COLOURS[i] if n <= len(_STRATEGY_COLOURS) else f"hsl({i * 360 // n},55%,50%)"
-        )
-        strategies.append(
-            {
-                "code": s.code,
-                "name": s.display_name(lang),
-                "stage": s.stage,
-                "colour": colour,
-                "definition": s.definition_zh if lang == "zh" else s.definition,
-            }
-        )
+    palette = _STRATEGY_COLOURS if n <= len(_STRATEGY_COLOURS) else None
+    strategies = [
+        {
+            "code": s.code,
+            "name": s.display_name(lang),
+            "stage": s.stage,
+            "colour": palette[i] if palette else f"hsl({i * 360 // n},55%,50%)",
+            "definition": s.definition_zh if lang == "zh" else s.definition,
+        }
+        for i, s in enumerate(framework.strategies)
+    ]
     return {
         "name": framework.name,
         "title": framework.title_zh if lang == "zh" else framework.title,
@@ -206,22 +205,6 @@ def _policy_note(policy: Any) -> str | None:
     return None
 
 
-def _judge(metadata: dict[str, Any]) -> dict[str, list[Any]]:
-    """Judge verdicts ``{criterion: [passed, reason]}`` from a RoleCS dialogue
-    (``metadata.judge``) or a rewritten one (``metadata.postfilter.judge``)."""
-    judge = metadata.get("judge")
-    if not isinstance(judge, dict):
-        post = metadata.get("postfilter")
-        judge = post.get("judge") if isinstance(post, dict) else None
-    out: dict[str, list[Any]] = {}
-    for name, verdict in (judge or {}).items():
-        if isinstance(verdict, dict) and "pass" in verdict:
-            out[str(name)] = [bool(verdict["pass"]), str(verdict.get("reason") or "")]
-        elif isinstance(verdict, bool):
-            out[str(name)] = [verdict, ""]
-    return out
-
-
 def dialogue_item(dialogue: Dialogue, status: str | None = None) -> dict[str, Any]:
     """A dialogue as the page's compact record.
 
@@ -237,11 +220,6 @@ def dialogue_item(dialogue: Dialogue, status: str | None = None) -> dict[str, An
         if note:
             row.append(note)
         turns.append(row)
-    item: dict[str, Any] = {"id": dialogue.id, "u": turns}
-    if dialogue.topic:
-        item["t"] = dialogue.topic
-    if status:
-        item["s"] = status
     details = {
         "scenario": _text(dialogue.scenario),
         "goal": _text(meta.get("goal")),
@@ -256,16 +234,14 @@ def dialogue_item(dialogue: Dialogue, status: str | None = None) -> dict[str, An
         else None,
         "policy re-asks": _text({k: v for k, v in (meta.get("policy_reasks") or {}).items() if v}),
     }
-    details = {k: v for k, v in details.items() if v}
-    if details:
-        item["x"] = details
-    judge = _judge(meta)
-    if judge:
-        item["j"] = judge
-    corrections = {k: v for k, v in (meta.get("policy_corrections") or {}).items() if v}
-    if corrections:
-        item["pc"] = corrections
-    return item
+    optional = {
+        "t": dialogue.topic,
+        "s": status,
+        "x": {k: v for k, v in details.items() if v},
+        "j": judge_verdicts(meta),
+        "pc": {k: v for k, v in (meta.get("policy_corrections") or {}).items() if v},
+    }
+    return {"id": dialogue.id, "u": turns, **{k: v for k, v in optional.items() if v}}
 
 
 def _failure_item(record: dict[str, Any], status: str) -> dict[str, Any]:
@@ -391,9 +367,7 @@ def _read_records(path: Path, limit: int | None) -> Iterator[dict[str, Any]]:
     """JSON objects of a run's log file (failures / dropped), naming a bad line."""
     from csc.data.records import iter_jsonl
 
-    for n, (_loc, obj) in enumerate(iter_jsonl(path)):
-        if limit is not None and n >= limit:
-            return
+    for n, (_loc, obj) in enumerate(islice(iter_jsonl(path), limit)):
         if not isinstance(obj, dict):
             raise DataFormatError(
                 f"{path}: record {n + 1}: a record must be a JSON object — was the file edited?",
@@ -434,22 +408,10 @@ def _run_page(folder: Path, framework: Any, language: str | None, limit: int | N
             counts[status] = len(records)
     if not items:
         raise ViewerError(f"{folder}: the run folder holds no dialogues yet")
-    summary: dict[str, Any] = {}
-    if (folder / "summary.json").is_file():
-        try:
-            summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            summary = {}
+    summary = read_json_object(folder / "summary.json")
     lang = language or config.get("language")
     if lang not in LANGUAGES:
-        lang = next(
-            (
-                i["lang"]
-                for i in ({"lang": _item_language(it)} for it in items[:50])
-                if i["lang"] in LANGUAGES
-            ),
-            "en",
-        )
+        lang = next((lg for lg in map(_item_language, items[:50]) if lg in LANGUAGES), "en")
     info = {"counts": counts}
     for key in ("framework", "language", "seed", "lms", "filter", "max_utterances"):
         if key in config:
@@ -534,8 +496,7 @@ def _evaluation_page(
     dialogues = _evaluation_dialogues(folder, info, data, fw, set(predictions), notes)
     order = [d.id for d in dialogues if d.id in predictions]
     order += [i for i in predictions if i not in set(order)]
-    if limit:
-        order = order[:limit]
+    order = order[: limit or None]
     by_id = {d.id: d for d in dialogues}
     items = []
     for dialogue_id in order:
@@ -649,11 +610,8 @@ def _evaluation_report(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
                 "rows": [
                     [
                         {"text": code, "filter": {"context": name, "strategy": code}},
-                        format_value(v.get("precision"), 1),
-                        format_value(v.get("recall"), 1),
-                        format_value(v.get("f1"), 1),
-                        format_value(v.get("support")),
-                        format_value(v.get("predicted")),
+                        *(format_value(v.get(k), 1) for k in ("precision", "recall", "f1")),
+                        *(format_value(v.get(k)) for k in ("support", "predicted")),
                         {
                             "text": "show",
                             "filter": {"context": name, "strategy": code, "result": "wrong"},
@@ -663,10 +621,8 @@ def _evaluation_report(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
                 ],
             }
         )
-        for stem in ("confusion", "strategy_f1", "strategy_distribution"):
-            image = _image(folder / f"{stem}_{name}.png")
-            if image:
-                images.append(image)
+        stems = ("confusion", "strategy_f1", "strategy_distribution")
+        images += filter(None, (_image(folder / f"{stem}_{name}.png") for stem in stems))
     return {"tables": tables, "images": images}
 
 
@@ -676,11 +632,7 @@ def _comparison_report(
     """The comparison table of ``csc compare`` (each supporter links to its wrong turns) and
     its chart."""
     rows = compare.get("rows") or []
-    metric_names: list[str] = []
-    for row in rows:
-        for name in row.get("metrics") or {}:
-            if name not in metric_names:
-                metric_names.append(name)
+    metric_names = list(dict.fromkeys(name for row in rows for name in row.get("metrics") or {}))
     table = {
         "title": "Supporter comparison",
         "columns": ["supporter", "context", "turns", *metric_names, "latency (s)"],

@@ -123,7 +123,7 @@ class SFTRowBuilder:
         counts = TurnCounts()
         use_teacher = teacher is not None and targets != "gold"
         for example in supporter_examples([dialogue], language=self.language):
-            gold = self._gold_code(example.strategy)
+            gold = self.framework.normalize(example.strategy) if example.strategy else None
             has_gold = gold is not None and bool(example.response.strip())
             if not has_gold:
                 counts.skipped += 1  # an unlabelled or empty turn has no gold target
@@ -149,9 +149,6 @@ class SFTRowBuilder:
                 if row["messages"] not in seen:  # with "both", an identical row is written once
                     out.append(row)
         return out, counts
-
-    def _gold_code(self, label: str | None) -> str | None:
-        return self.framework.normalize(label) if label else None
 
     def _turn_rows(
         self,
@@ -294,18 +291,20 @@ def export_sft(
     from itertools import islice
 
     from datasets.arrow_writer import ArrowWriter
+    from tqdm.auto import tqdm
 
     from csc.data.io import read_dialogues
     from csc.eval.examples import dialogue_language
     from csc.eval.splits import SPLITS_FILE, DatasetSplits, SplitsError, data_sha256
 
-    if task not in TASKS:
-        raise ExportError(f"task {task!r}: choose one of {list(TASKS)}")
-    if prompt not in PROMPT_VARIANTS:
-        raise ExportError(f"prompt {prompt!r}: choose one of {list(PROMPT_VARIANTS)}")
     targets = targets or ("teacher" if teacher else "gold")
-    if targets not in TARGETS:
-        raise ExportError(f"targets {targets!r}: choose one of {list(TARGETS)}")
+    for name, value, allowed in (
+        ("task", task, TASKS),
+        ("prompt", prompt, PROMPT_VARIANTS),
+        ("targets", targets, TARGETS),
+    ):
+        if value not in allowed:
+            raise ExportError(f"{name} {value!r}: choose one of {list(allowed)}")
     if targets == "gold" and teacher:
         raise ExportError(
             f"--teacher {teacher} with --targets gold: the teacher's outputs would not be used; "
@@ -412,13 +411,14 @@ def export_sft(
     final = staging / "dataset"
     builder = SFTRowBuilder(fw, lang, prompt)
     features = _features()
-    writers = {}
     for split in SPLITS:
         (final / split).mkdir(parents=True)
-        writers[split] = ArrowWriter(features=features, path=str(final / split / _SHARD))
+    writers = {s: ArrowWriter(features=features, path=str(final / s / _SHARD)) for s in SPLITS}
     counts = {split: SplitCounts() for split in SPLITS}
     skipped = disagreeing = dropped = 0
-    bar = _progress(len(part_of), "Exporting dialogues", progress)
+    bar = tqdm(
+        total=len(part_of), desc="Exporting dialogues", unit="dialogue", disable=not progress
+    )
     try:
         for dialogue in read():
             split = part_of.get(dialogue.id)
@@ -510,14 +510,7 @@ def export_sft(
     finally:
         bar.close()
         shutil.rmtree(staging, ignore_errors=True)
-    return ExportResult(
-        out_dir=out,
-        counts=kept,
-        skipped_turns=skipped,
-        metadata=metadata,
-        disagreeing_turns=disagreeing,
-        dropped_disagreeing_turns=dropped,
-    )
+    return ExportResult(out, kept, skipped, metadata, disagreeing, dropped)
 
 
 def _export_cost(teacher_run: TeacherOutputs | None, seconds: float) -> dict[str, Any]:
@@ -598,9 +591,3 @@ def _features() -> Any:
             "messages": List({"role": Value("string"), "content": Value("string")}),
         }
     )
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="dialogue", disable=not enabled)

@@ -118,10 +118,7 @@ class Recipe(BaseModel):
         try:
             recipe = cls.model_validate({**data, "source": source})
         except ValidationError as exc:
-            parts = []
-            for err in exc.errors():
-                where = ".".join(str(p) for p in err["loc"])
-                parts.append(f"{where}: {err['msg']}")
+            parts = [f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in exc.errors()]
             raise RecipeError(f"{source}: invalid recipe: {'; '.join(parts)}") from None
         _check_keys(
             recipe.lora, _dataclass_fields("peft", "LoraConfig"), source, "lora", "LoraConfig"
@@ -148,9 +145,8 @@ class Recipe(BaseModel):
         """PEFT ``LoraConfig`` for this recipe (task type causal LM unless the recipe says else)."""
         from peft import LoraConfig
 
-        kwargs = {"task_type": "CAUSAL_LM", **self.lora}
         try:
-            return LoraConfig(**kwargs)
+            return LoraConfig(**{"task_type": "CAUSAL_LM", **self.lora})
         except (TypeError, ValueError) as exc:
             raise RecipeError(f"{self.source}: lora: {exc}") from None
 
@@ -191,12 +187,9 @@ def builtin_recipes() -> list[str]:
 
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
     """A recipe file path from a path or the name of a shipped recipe."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = recipes_dir() / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
+    for path in (Path(name_or_path), recipes_dir() / f"{name_or_path}.yaml"):
+        if path.is_file():
+            return path
     raise RecipeError(
         f"recipe {str(name_or_path)!r} not found: give a recipe YAML path or one of the shipped "
         f"recipes {builtin_recipes()}"

@@ -62,9 +62,9 @@ class TeacherOutputs:
 
 def program_sha256(program: Any) -> str:
     """SHA-256 of a DSPy program's saved state (instructions, fields, demos): what it sends."""
-    state = program.dump_state()
-    text = json.dumps(state, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    from csc.programs.run_folder import digest
+
+    return digest(program.dump_state())
 
 
 def describe_lm_spec(spec: Any) -> dict[str, Any]:
@@ -82,20 +82,19 @@ def describe_lm_spec(spec: Any) -> dict[str, Any]:
 
 
 def _program_info(spec: str, program: Any) -> dict[str, Any]:
-    head, _, arg = spec.partition(":")
+    from csc.eval.harness import spec_file
+    from csc.eval.splits import data_sha256
+
     info: dict[str, Any] = {
         "kind": getattr(program, "kind", type(program).__name__),
         "prompt": getattr(program, "prompt", None),
         "sha256": program_sha256(program),
         "demos": sum(len(p.demos) for p in program.predictors()),
     }
-    if head == "optimized" and Path(arg).is_file():
-        info["file"] = str(Path(arg).resolve())
-        info["file_sha256"] = hashlib.sha256(Path(arg).read_bytes()).hexdigest()
-    elif head == "finetuned" and (Path(arg) / "csc_finetune.json").is_file():
-        meta = Path(arg) / "csc_finetune.json"
-        info["file"] = str(meta.resolve())
-        info["file_sha256"] = hashlib.sha256(meta.read_bytes()).hexdigest()
+    file = spec_file(spec)
+    if file is not None:
+        info["file"] = str(file.resolve())
+        info["file_sha256"] = data_sha256(file)
     return info
 
 
@@ -130,19 +129,14 @@ def run_teacher(
 
     from csc.eval.harness import evaluate_supporter, supporter_from_spec
     from csc.framework import FrameworkError
-    from csc.lm import LMConfigError, LMSpec, build_lm, lm_name, redact_secrets
+    from csc.lm import LMConfigError, build_lm, lm_name, redact_secrets
     from csc.optimizers.store import ProgramStoreError
 
     try:
         chosen = supporter_from_spec(spec, framework=framework, language=language)
     except (ValueError, ProgramStoreError, FrameworkError) as exc:
         raise TeacherError(f"--teacher {spec}: {exc}") from None
-    base = lm if isinstance(lm, LMSpec) else LMSpec(model=lm) if lm else LMSpec()
-    lm_spec = (
-        LMSpec(model=chosen.lm_spec, temperature=base.temperature, max_tokens=base.max_tokens)
-        if chosen.lm_spec
-        else base
-    )
+    lm_spec = chosen.lm_for(lm)
     try:
         client = (lm_factory or build_lm)(lm_spec)
     except (LMConfigError, FileNotFoundError, OSError) as exc:

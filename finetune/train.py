@@ -20,6 +20,7 @@ Run it through ``csc finetune run``; for several GPUs, the same command under ac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import time
@@ -125,12 +126,11 @@ def build_sft_config(
         kwargs.setdefault("bf16", torch.cuda.is_bf16_supported())
         if not kwargs["bf16"]:
             kwargs.setdefault("fp16", False)
-    if recipe.data.loss == "completion":
-        kwargs["completion_only_loss"] = True
-    elif recipe.data.loss == "assistant":
-        kwargs["assistant_only_loss"] = True
-    else:
-        kwargs["completion_only_loss"] = False
+    # completion / assistant: loss on the reply only, by TRL's flag of that name; full: all.
+    loss = recipe.data.loss
+    kwargs["assistant_only_loss" if loss == "assistant" else "completion_only_loss"] = (
+        loss != "full"
+    )
     kwargs.setdefault("report_to", "none")
     try:
         return SFTConfig(output_dir=str(out_dir / CHECKPOINT_DIR), **kwargs)
@@ -188,7 +188,8 @@ def train(
     use_eval = val_ds is not None and str(config.eval_strategy) not in ("no", "IntervalStrategy.NO")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = TrainLogCallback(out_dir / TRAIN_LOG, resume_step=_checkpoint_step(checkpoint))
+    start_step = _checkpoint_step(checkpoint)
+    log = TrainLogCallback(out_dir / TRAIN_LOG, resume_step=start_step)
     trainer = SFTTrainer(
         model=model,
         args=config,
@@ -198,7 +199,6 @@ def train(
         peft_config=recipe.lora_config(),
         callbacks=[log],
     )
-    start_step = _checkpoint_step(checkpoint)
     started = time.perf_counter()
     cpu_started = time.process_time()
     if checkpoint and config.max_steps > 0 and start_step >= config.max_steps:
@@ -212,9 +212,7 @@ def train(
     cpu_time = time.process_time() - cpu_started
     steps = trainer.state.global_step
     run_steps = max(steps - start_step, 0)
-    eval_loss = None
-    if val_ds is not None and use_eval:
-        eval_loss = trainer.evaluate().get("eval_loss")
+    eval_loss = trainer.evaluate().get("eval_loss") if use_eval else None
 
     adapter_dir = out_dir / ADAPTER_DIR
     metadata: dict[str, Any] = {}
@@ -285,12 +283,8 @@ def _teacher_summary(teacher: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _checkpoint_step(checkpoint: str | None) -> int:
-    if not checkpoint:
-        return 0
-    try:
-        return int(Path(checkpoint).name.rsplit("-", 1)[-1])
-    except ValueError:
-        return 0
+    step = Path(checkpoint or "").name.rsplit("-", 1)[-1]
+    return int(step) if step.isdigit() else 0
 
 
 def _device_description(device: str, world_size: int) -> str:
@@ -309,10 +303,8 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for pkg in ("torch", "transformers", "trl", "peft", "datasets", "dspy"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            continue
     return out
 
 

@@ -103,12 +103,11 @@ def project_lm_calls(
     scored by one strategy-labeler call, which doubles its calls.
     """
     if kind == "rolecs":
-        assistant = _projection(1, optimizer, budget, n_train, n_dev)
-        reply = _projection(1, optimizer, budget, n_train, n_dev)
+        agent = _projection(1, optimizer, budget, n_train, n_dev)  # each agent alike
         return CallProjection(
-            assistant.task_calls + 2 * reply.task_calls,
-            assistant.prompt_calls + reply.prompt_calls,
-            f"supporter assistant: {assistant.detail}; supporter: the same, each run plus one "
+            agent.task_calls + 2 * agent.task_calls,
+            2 * agent.prompt_calls,
+            f"supporter assistant: {agent.detail}; supporter: the same, each run plus one "
             "labeler call",
         )
     return _projection(len(PROGRAM_KINDS[kind]().predictors()), optimizer, budget, n_train, n_dev)
@@ -186,28 +185,16 @@ class OptimizationResult:
         metadata: dict[str, Any],
     ) -> OptimizationResult:
         """A result whose metadata also records the dev scores, the usage and the time."""
+        totals = (usage.calls, usage.prompt_tokens, usage.completion_tokens)
         metadata = {
             **metadata,
             "dev_before": before,
             "dev_after": after,
-            "lm_calls": usage.calls,
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
+            **dict(zip(("lm_calls", "prompt_tokens", "completion_tokens"), totals)),
             "lm_usage": usage.to_dict(),
             "seconds": round(seconds, 2),
         }
-        return cls(
-            program,
-            before,
-            after,
-            usage.calls,
-            usage.prompt_tokens,
-            usage.completion_tokens,
-            seconds,
-            projection,
-            metadata,
-            usage,
-        )
+        return cls(program, before, after, *totals, seconds, projection, metadata, usage)
 
 
 def _evaluate(
@@ -219,46 +206,6 @@ def _evaluate(
         devset=list(devset), metric=metric, num_threads=threads, display_progress=True
     )
     return float(evaluate(program).score)
-
-
-def _compiler(
-    optimizer: str,
-    budget: str,
-    metric: Callable,
-    gepa_metric: Callable,
-    task_lm: Any,
-    prompt_lm: Any,
-    seed: int,
-    threads: int,
-) -> Any:
-    demos, labeled, rounds = BUDGETS[budget]
-    if optimizer == "bootstrap":
-        return dspy.BootstrapFewShot(
-            metric=metric,
-            max_bootstrapped_demos=demos,
-            max_labeled_demos=labeled,
-            max_rounds=rounds,
-        )
-    if optimizer == "mipro":
-        return dspy.MIPROv2(
-            metric=metric,
-            prompt_model=prompt_lm,
-            task_model=task_lm,
-            auto=budget,
-            max_bootstrapped_demos=demos,
-            max_labeled_demos=labeled,
-            num_threads=threads,
-            seed=seed,
-        )
-    if optimizer == "gepa":
-        return dspy.GEPA(
-            metric=gepa_metric,
-            auto=budget,
-            reflection_lm=prompt_lm,
-            num_threads=threads,
-            seed=seed,
-        )
-    raise ValueError(f"unknown optimizer {optimizer!r}; use bootstrap, mipro or gepa")
 
 
 def _compile_and_score(
@@ -280,7 +227,26 @@ def _compile_and_score(
     compiled program, and score that: (compiled, dev before, dev after)."""
     with dspy.context(lm=lm):
         before = _evaluate(program, devset, score_fn, num_threads)
-        compiler = _compiler(optimizer, budget, score_fn, gepa_fn, lm, prompt_lm, seed, num_threads)
+        demos, labeled, rounds = BUDGETS[budget]
+        limits = {"max_bootstrapped_demos": demos, "max_labeled_demos": labeled}
+        threads_seed = {"num_threads": num_threads, "seed": seed}
+        if optimizer == "bootstrap":
+            compiler: Any = dspy.BootstrapFewShot(metric=score_fn, max_rounds=rounds, **limits)
+        elif optimizer == "mipro":
+            compiler = dspy.MIPROv2(
+                metric=score_fn,
+                prompt_model=prompt_lm,
+                task_model=lm,
+                auto=budget,
+                **limits,
+                **threads_seed,
+            )
+        elif optimizer == "gepa":
+            compiler = dspy.GEPA(
+                metric=gepa_fn, auto=budget, reflection_lm=prompt_lm, **threads_seed
+            )
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}; use bootstrap, mipro or gepa")
         kwargs: dict[str, Any] = {"trainset": list(trainset)}
         if optimizer in ("mipro", "gepa") and devset:
             kwargs["valset"] = list(devset)
@@ -330,25 +296,13 @@ def optimize_program(
             raise ValueError(f"unknown program {kind!r}; use strategy, supporter or labeler")
         program = PROGRAM_KINDS[kind](fw, language)
         kind_name = kind
-    lm = lm or dspy.settings.lm
-    if lm is None:
-        raise ValueError("no task LM: pass lm= or configure dspy.settings.lm")
-    prompt_lm = prompt_lm or lm
-    trainset = [ex for ex in trainset if ex.get("strategy")]
-    devset = [ex for ex in devset if ex.get("strategy")]
+    lm, prompt_lm, trainset, devset = _labelled_run(lm, prompt_lm, trainset, devset)
     if kind_name == "labeler":  # the labeler reads the gold reply too: history + reply -> strategy
         trainset = [ex.with_inputs("history", "response") for ex in trainset]
         devset = [ex.with_inputs("history", "response") for ex in devset]
-    if not trainset:
-        raise ValueError("the training set has no supporter turns with a gold strategy")
     score_fn = build_metric(metric, fw, language)
-    projection = project_lm_calls(
-        kind_name if kind_name in PROGRAM_KINDS else "supporter",
-        optimizer,
-        budget,
-        len(trainset),
-        len(devset),
-    )
+    projected = kind_name if kind_name in PROGRAM_KINDS else "supporter"
+    projection = project_lm_calls(projected, optimizer, budget, len(trainset), len(devset))
     if on_projection:
         on_projection(projection)
 
@@ -372,20 +326,51 @@ def optimize_program(
     )
     seconds = time.perf_counter() - start
     usage = usage_of(lm, prompt_lm) - usage_before
-    metadata = {
-        "kind": kind_name,
+    metadata = _run_metadata(
+        fw, language, optimizer, budget, seed, lm, prompt_lm, trainset, devset, kind=kind_name
+    )
+    metadata["metric"] = metric
+    return OptimizationResult.of(compiled, before, after, usage, seconds, projection, metadata)
+
+
+def _labelled_run(
+    lm: Any, prompt_lm: Any, trainset: Sequence[dspy.Example], devset: Sequence[dspy.Example]
+) -> tuple[Any, Any, list[dspy.Example], list[dspy.Example]]:
+    """The task and prompt LMs (defaults applied) and the examples with a gold strategy."""
+    lm = lm or dspy.settings.lm
+    if lm is None:
+        raise ValueError("no task LM: pass lm= or configure dspy.settings.lm")
+    trainset = [ex for ex in trainset if ex.get("strategy")]
+    if not trainset:
+        raise ValueError("the training set has no supporter turns with a gold strategy")
+    return lm, prompt_lm or lm, trainset, [ex for ex in devset if ex.get("strategy")]
+
+
+def _run_metadata(
+    fw: Framework,
+    language: str,
+    optimizer: str,
+    budget: str,
+    seed: int,
+    lm: Any,
+    prompt_lm: Any,
+    trainset: Sequence[Any],
+    devset: Sequence[Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    """The sidecar metadata every optimization run records (``extra`` first: ``kind``...)."""
+    return {
+        **extra,
         "framework": fw.name if fw.source.endswith(f"{fw.name}.yaml") else fw.source,
         "language": language,
         "optimizer": optimizer,
         "budget": budget,
-        "metric": metric,
         "seed": seed,
         "lm": lm_name(lm),
         "prompt_lm": lm_name(prompt_lm),
         "n_train": len(trainset),
         "n_dev": len(devset),
     }
-    return OptimizationResult.of(compiled, before, after, usage, seconds, projection, metadata)
 
 
 def optimize_rolecs(
@@ -431,17 +416,10 @@ def optimize_rolecs(
     from csc.programs.supporter import StrategyLabeler
 
     fw = as_framework(framework)
-    lm = lm or dspy.settings.lm
-    if lm is None:
-        raise ValueError("no task LM: pass lm= or configure dspy.settings.lm")
-    prompt_lm = prompt_lm or lm
+    lm, prompt_lm, trainset, devset = _labelled_run(lm, prompt_lm, trainset, devset)
     labeler_spec = "zero-shot" if labeler is None else type(labeler).__name__
     labeler = labeler or StrategyLabeler(fw, language)
     judge_lm = labeler_lm or lm
-    trainset = [ex for ex in trainset if ex.get("strategy")]
-    devset = [ex for ex in devset if ex.get("strategy")]
-    if not trainset:
-        raise ValueError("the training set has no supporter turns with a gold strategy")
     projection = project_lm_calls("rolecs", optimizer, budget, len(trainset), len(devset))
     if on_projection:
         on_projection(projection)
@@ -449,9 +427,6 @@ def optimize_rolecs(
     lms = list({id(x): x for x in (lm, prompt_lm, judge_lm)}.values())
     for each in lms:
         meter(each)
-
-    def finish(program: dspy.Module) -> None:
-        tidy_agent_demos(program, fw, language)
 
     agents: dict[str, dict[str, Any]] = {}
     compiled: dict[str, dspy.Module] = {}
@@ -492,7 +467,7 @@ def optimize_rolecs(
             prompt_lm=prompt_lm,
             seed=seed,
             num_threads=num_threads,
-            finish=finish,
+            finish=lambda compiled: tidy_agent_demos(compiled, fw, language),
         )
         usage = usage_of(*lms) - usage_before
         agents[name] = {
@@ -506,22 +481,14 @@ def optimize_rolecs(
     seconds = time.perf_counter() - start
     usage = usage_of(*lms) - usage_start
     program = RoleCSAgents.from_agents(compiled["supporter_assistant"], compiled["supporter"])
-    assistant = agents["supporter_assistant"]
-    metadata = {
-        "kind": "rolecs",
-        "framework": fw.name if fw.source.endswith(f"{fw.name}.yaml") else fw.source,
-        "language": language,
-        "optimizer": optimizer,
-        "budget": budget,
-        "metric": "acc (supporter_assistant), adherence (supporter)",
-        "seed": seed,
-        "lm": lm_name(lm),
-        "prompt_lm": lm_name(prompt_lm),
-        "labeler": labeler_spec,
-        "labeler_lm": lm_name(judge_lm),
-        "n_train": len(trainset),
-        "n_dev": len(devset),
-        "agents": agents,
-    }
-    before, after = assistant["dev_before"], assistant["dev_after"]
+    metadata = _run_metadata(
+        fw, language, optimizer, budget, seed, lm, prompt_lm, trainset, devset, kind="rolecs"
+    )
+    metadata.update(
+        metric="acc (supporter_assistant), adherence (supporter)",
+        labeler=labeler_spec,
+        labeler_lm=lm_name(judge_lm),
+        agents=agents,
+    )
+    before, after = (agents["supporter_assistant"][k] for k in ("dev_before", "dev_after"))
     return OptimizationResult.of(program, before, after, usage, seconds, projection, metadata)

@@ -24,11 +24,8 @@ class ProfileWriter(dspy.Module):
     ):
         super().__init__()
         self.describe = dspy.Predict(rolecs_signatures("csc", language).profile_describer)
-        self.config: dict[str, Any] = {}
-        if temperature is not None:
-            self.config["temperature"] = temperature
-        if max_tokens is not None:
-            self.config["max_tokens"] = max_tokens
+        settings = {"temperature": temperature, "max_tokens": max_tokens}
+        self.config: dict[str, Any] = {k: v for k, v in settings.items() if v is not None}
 
     def forward(self, attributes: dict[str, str]) -> dspy.Prediction:
         """A prediction whose ``description`` describes the profile with ``attributes``."""

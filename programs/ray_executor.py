@@ -43,7 +43,7 @@ def import_ray() -> Any:
     return ray
 
 
-def synthesize_shard(recipe: dict[str, Any], items: list[dict[str, Any]], threads: int):
+def synthesize_shard(recipe: dict[str, Any], items: list[tuple[Any, ...]], threads: int):
     """Run one shard's dialogues on this worker; yields ``(key, (outcome, record))`` as each
     finishes. ``recipe`` rebuilds the run (see :func:`ray_outcomes`)."""
     import dspy
@@ -77,13 +77,8 @@ def synthesize_shard(recipe: dict[str, Any], items: list[dict[str, Any]], thread
     )
     topics = {(t.code, t.name): t for t in config.topics}
     grid = [
-        GridItem(
-            topics[(i["topic_code"], i["topic_name"])],
-            profiles[i["profile"]],
-            i["replica"],
-            i["key"],
-        )
-        for i in items
+        GridItem(topics[(code, name)], profiles[profile_id], replica, key)
+        for code, name, profile_id, replica, key in items
     ]
     exit_after = int(os.environ.get(FAULT_ENV, "0") or 0) if recipe["shard"] == 0 else 0
     yielded = 0
@@ -150,14 +145,9 @@ def _stream(
     by_key = {item.key: item for item in todo}
     pending = {}
     for shard in range(n):
+        # Grid items travel as (topic code, topic name, profile id, replica, key).
         items = [
-            {
-                "topic_code": it.topic.code,
-                "topic_name": it.topic.name,
-                "profile": it.profile.id,
-                "replica": it.replica,
-                "key": it.key,
-            }
+            (it.topic.code, it.topic.name, it.profile.id, it.replica, it.key)
             for it in todo[shard::n]
         ]
         pending[remote.remote({**recipe, "shard": shard}, items, threads)] = shard

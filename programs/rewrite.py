@@ -31,7 +31,8 @@ from csc.data.pii import PiiRedactor
 from csc.data.turns import as_framework
 from csc.dialogue import Dialogue, Speaker, Turn
 from csc.framework import Framework, Language, check_language
-from csc.programs.rolecs import _raw_output, rollout_id
+from csc.programs.rolecs import _raw_output, call_config
+from csc.programs.rolecs_judge import verdicts
 from csc.programs.rule_filter import RuleFilterConfig, check_rules, clean_dialogue
 from csc.programs.supporter import StrategyLabeler
 from csc.signatures.rewrite import POSTFILTER_CRITERIA, rewrite_signatures
@@ -75,9 +76,7 @@ class RewriteFailure(RuntimeError):
         usage: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(f"{role} failed: {type(cause).__name__}: {cause}")
-        self.role = role
-        self.cause = cause
-        self.raw_output = raw_output
+        self.role, self.cause, self.raw_output = role, cause, raw_output
         self.usage = dict(usage or {})
 
 
@@ -196,11 +195,7 @@ class PostFilterJudge(dspy.Module):
             strategy_definitions=self.framework.render(self.language, with_rules=False),
             config=config or {},
         )
-        criteria = {
-            c: {"pass": bool(getattr(pred, c)), "reason": str(getattr(pred, f"{c}_reason"))}
-            for c in POSTFILTER_CRITERIA
-        }
-        return dspy.Prediction(criteria=criteria, passed=all(v["pass"] for v in criteria.values()))
+        return verdicts(pred, POSTFILTER_CRITERIA)
 
 
 def label_utilization(
@@ -311,18 +306,10 @@ class RewritePipeline(dspy.Module):
             t.model_copy(update={"text": red(t.text), "metadata": red(t.metadata)})
             for t in dialogue.turns
         ]
-        return (
-            dialogue.model_copy(
-                update={
-                    "turns": turns,
-                    "topic": red(dialogue.topic),
-                    "scenario": red(dialogue.scenario),
-                    "profile": red(dialogue.profile),
-                    "metadata": red(dialogue.metadata),
-                }
-            ),
-            counts,
-        )
+        fields = {
+            f: red(getattr(dialogue, f)) for f in ("topic", "scenario", "profile", "metadata")
+        }
+        return dialogue.model_copy(update={"turns": turns, **fields}), counts
 
     @contextmanager
     def _as_role(self, role: str, usage: dict[str, dict[str, int]]) -> Iterator[None]:
@@ -343,12 +330,7 @@ class RewritePipeline(dspy.Module):
             raise RewriteFailure(role, exc, _raw_output(exc), usage) from exc
 
     def _config(self, role: str, seed: int, key: str, step: int) -> dict[str, Any]:
-        config: dict[str, Any] = {"rollout_id": rollout_id(seed, key, role, step)}
-        if self.temperature is not None:
-            config["temperature"] = self.temperature
-        if role in self.token_budgets:
-            config["max_tokens"] = self.token_budgets[role]
-        return config
+        return call_config(seed, key, role, step, 0, self.temperature, self.token_budgets)
 
     def _label(self, dialogue: Dialogue, usage: dict, seed: int, key: str, phase: int):
         assert self.labeler is not None
@@ -375,11 +357,7 @@ class RewritePipeline(dspy.Module):
         key = key or dialogue.id
         usage: dict[str, dict[str, int]] = {}
         cleaned = clean_dialogue(dialogue, self.rules, language=self.language)
-        cleaning = {
-            "merged": cleaned.merged,
-            "empty_removed": cleaned.empty_removed,
-            "system_removed": cleaned.system_removed,
-        }
+        cleaning = {k: getattr(cleaned, k) for k in ("merged", "empty_removed", "system_removed")}
         rule = check_rules(cleaned.dialogue, self.rules)
         base = {"cleaning": cleaning, "usage": usage}
         if rule is not None:
@@ -422,12 +400,8 @@ class RewritePipeline(dspy.Module):
         after = self._label(result, usage, seed, key, 2) if self.labeler and not problems else None
         fallback = self.framework.fallback.code if self.framework.fallback else None
         labels = [t.strategy for t in result.supporter_turns]
-        utilization: dict[str, Any] = {
-            "rewriter": {
-                "turns": len(labels),
-                "using": sum(1 for c in labels if c and c != fallback),
-            }
-        }
+        using = sum(1 for c in labels if c and c != fallback)
+        utilization: dict[str, Any] = {"rewriter": {"turns": len(labels), "using": using}}
         if before is not None:
             utilization["before"] = before
         if after is not None:

@@ -36,6 +36,10 @@ from csc.framework import Framework, Language
 from csc.programs.rewrite import RewriteFailure, RewritePipeline
 from csc.programs.rule_filter import RULES, RuleFilterConfig
 from csc.programs.run_folder import (
+    DIANJIN_FILE,
+    FAILURES_FILE,
+    KEPT_FILE,
+    REJECTED_FILE,
     RUN_FILE,
     SUMMARY_FILE,
     RunConfigError,
@@ -48,19 +52,26 @@ from csc.programs.run_folder import (
     previous_invocations,
     progress_bar,
     read_records,
+    read_run_dialogues,
     result_logs,
     run_concurrently,
     shard_label,
     write_json,
 )
+from csc.usage import add_role_usage
 
-__all__ = ["RewriteConfig", "RewriteRun", "RunConfigError", "merge_rewrite_runs"]
+__all__ = [
+    "DIANJIN_FILE",
+    "RewriteConfig",
+    "RewriteRun",
+    "RunConfigError",
+    "merge_rewrite_runs",
+    "read_run",
+]
 
-KEPT_FILE = "dialogues.jsonl"
-REJECTED_FILE = "rejected.jsonl"
 DROPPED_FILE = "dropped.jsonl"
-FAILURES_FILE = "failures.jsonl"
-DIANJIN_FILE = "dialogues.dianjin.json"
+_OUTCOMES = ("kept", "rejected", "dropped", "failed")  # what happens to an input dialogue
+_FILES = dict(zip(_OUTCOMES, (KEPT_FILE, REJECTED_FILE, DROPPED_FILE, FAILURES_FILE)))
 
 
 class RewriteConfig(BaseModel):
@@ -132,11 +143,6 @@ class RewriteRun:
     def folder(self, shard: tuple[int, int] | None = None) -> RunFolder:
         """The run folder (``run.json`` bookkeeping) of this run, as ``shard``."""
         return RunFolder(self.out, self.key, self.config.model_dump(mode="json"), shard)
-
-    def prepare(self, shard: tuple[int, int] | None = None) -> None:
-        """Create the folder and write ``run.json``, or check it belongs to this configuration
-        (and shard)."""
-        self.folder(shard).prepare()
 
     def item_key(self, index: int, dialogue_id: str) -> str:
         """The key of the ``index``-th input dialogue (0-based)."""
@@ -212,22 +218,10 @@ class RewriteRun:
             done.add(item.key)
             files[outcome].write(record)
             counts[outcome] += 1
-            bar.set_postfix(
-                kept=counts["kept"],
-                rejected=counts["rejected"],
-                dropped=counts["dropped"],
-                failed=counts["failed"],
-                refresh=False,
-            )
+            bar.set_postfix({k: counts[k] for k in _OUTCOMES}, refresh=False)
 
-        names = {
-            "kept": KEPT_FILE,
-            "rejected": REJECTED_FILE,
-            "dropped": DROPPED_FILE,
-            "failed": FAILURES_FILE,
-        }
         # trace=None: DSPy's optimizer trace would keep the last 10,000 calls' inputs.
-        with result_logs(self.out, names, bar) as files, dspy.context(trace=None):
+        with result_logs(self.out, _FILES, bar) as files, dspy.context(trace=None):
             run_concurrently(todo(), self.process, write, concurrency=concurrency, bar=bar)
 
         wall = time.perf_counter() - start
@@ -266,7 +260,7 @@ class RewriteRun:
     def summary(
         self,
         keys: list[str],
-        counts: Counter[str] | None,
+        counts: Counter[str],
         wall: float,
         concurrency: int,
         shard: tuple[int, int] | None = None,
@@ -279,56 +273,32 @@ class RewriteRun:
             o for o in read_records(self.out / REJECTED_FILE) if o["metadata"].get("key") in wanted
         ]
         dropped = [o for o in read_records(self.out / DROPPED_FILE) if o.get("key") in wanted]
-        failure_records = list(read_records(self.out / FAILURES_FILE))
         finished = {o["metadata"]["key"] for o in kept + rejected} | {o["key"] for o in dropped}
         failed_keys = wanted - finished
         by_rule = Counter(o["rule"] for o in dropped if o.get("stage") == "rules")
         by_prefilter = sum(1 for o in dropped if o.get("stage") == "prefilter")
-
+        # What the pipeline recorded per input: a dialogue's metadata or a dropped record.
+        records = [o["metadata"] for o in kept + rejected] + dropped
+        failures = [o for o in read_records(self.out / FAILURES_FILE) if o.get("key") in wanted]
         tokens: dict[str, dict[str, int]] = {}
-
-        def add(usage: Mapping[str, Any] | None) -> None:
-            for role, u in (usage or {}).items():
-                entry = tokens.setdefault(
-                    role, {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0}
-                )
-                for k in entry:
-                    entry[k] += int(u.get(k, 0) or 0)
-
-        for o in kept + rejected:
-            add(o["metadata"].get("usage"))
-        for o in dropped:
-            add(o.get("usage"))
-        for o in failure_records:  # every attempt's tokens were spent, retried or not
-            if o.get("key") in wanted:
-                add(o.get("usage"))
-
+        for o in records + failures:  # every attempt's tokens were spent, retried or not
+            for role, u in (o.get("usage") or {}).items():
+                add_role_usage(tokens, role, [u], calls=int(u.get("calls") or 0))
         redaction: Counter[str] = Counter()
         cleaning: Counter[str] = Counter()
-        for o in kept + rejected:
-            redaction.update(o["metadata"].get("redaction") or {})
-            cleaning.update(o["metadata"].get("cleaning") or {})
-        for o in dropped:
+        for o in records:
             redaction.update(o.get("redaction") or {})
             cleaning.update(o.get("cleaning") or {})
 
-        n_in = len(wanted)
-        this_run = (
-            None
-            if counts is None
-            else {
-                "shard": shard_label(shard),
-                "processed": sum(counts[k] for k in ("kept", "rejected", "dropped", "failed")),
-                "already_done": counts["already_done"],
-                "kept": counts["kept"],
-                "rejected": counts["rejected"],
-                "dropped": counts["dropped"],
-                "failed": counts["failed"],
-                "wall_seconds": round(wall, 2),
-                "finished_at": now(),
-            }
-        )
-        result: dict[str, Any] = {
+        this_run = {
+            "shard": shard_label(shard),
+            "processed": sum(counts[k] for k in _OUTCOMES),
+            "already_done": counts["already_done"],
+            **{k: counts[k] for k in _OUTCOMES},
+            "wall_seconds": round(wall, 2),
+            "finished_at": now(),
+        }
+        return {
             "config_hash": self.key,
             "data": self.config.data,
             "framework": self.config.framework,
@@ -339,7 +309,7 @@ class RewriteRun:
             "lms": {r: self.lm_names.get(r, "") for r in self.config.lms},
             "labeler": self.config.labeler or "zero-shot",
             "counts": {
-                "in": n_in,
+                "in": len(wanted),
                 "dropped": len(dropped),
                 "dropped_by_rule": {r: by_rule.get(r, 0) for r in RULES},
                 "dropped_by_prefilter": by_prefilter,
@@ -363,18 +333,9 @@ class RewriteRun:
             "shard": shard_label(shard),
             "this_run": this_run,
             # Every invocation of this folder (and, after a merge, of every shard).
-            "invocations": [
-                *previous_invocations(self.out),
-                *([this_run] if this_run else []),
-            ],
-            "files": {
-                "kept": KEPT_FILE,
-                "rejected": REJECTED_FILE,
-                "dropped": DROPPED_FILE,
-                "failures": FAILURES_FILE,
-            },
+            "invocations": [*previous_invocations(self.out), this_run],
+            "files": {("failures" if k == "failed" else k): f for k, f in _FILES.items()},
         }
-        return result
 
 
 def _utilization(kept: list[dict], rejected: list[dict]) -> dict[str, Any]:
@@ -427,8 +388,4 @@ def merge_rewrite_runs(out_dir: str | Path, sources: Sequence[str | Path]) -> di
     return summary
 
 
-def read_run(out_dir: str | Path, which: str = "kept") -> list[Dialogue]:
-    """The dialogues of a rewrite run folder: ``kept``, ``rejected`` or ``all``."""
-    out = Path(out_dir)
-    names = {"kept": [KEPT_FILE], "rejected": [REJECTED_FILE], "all": [KEPT_FILE, REJECTED_FILE]}
-    return [Dialogue.model_validate(o) for n in names[which] for o in read_records(out / n)]
+read_run = read_run_dialogues

@@ -14,6 +14,7 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
@@ -52,10 +53,7 @@ class DialogueFailure(RuntimeError):
         self, role: str, cause: BaseException, raw_output: str | None, partial: Dialogue
     ) -> None:
         super().__init__(f"{role} failed: {type(cause).__name__}: {cause}")
-        self.role = role
-        self.cause = cause
-        self.raw_output = raw_output
-        self.partial = partial
+        self.role, self.cause, self.raw_output, self.partial = role, cause, raw_output, partial
 
 
 def rollout_id(seed: int, dialogue_key: str, role: str, step: int, attempt: int = 0) -> int:
@@ -65,17 +63,34 @@ def rollout_id(seed: int, dialogue_key: str, role: str, step: int, attempt: int 
     return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:12], 16)
 
 
+def call_config(
+    seed: int,
+    key: str,
+    role: str,
+    step: int,
+    attempt: int,
+    temperature: float | None,
+    token_budgets: Mapping[str, int],
+) -> dict[str, Any]:
+    """The ``config`` of one agent call: its rollout id, the temperature (when set) and the
+    role's ``max_tokens`` (when budgeted)."""
+    config: dict[str, Any] = {"rollout_id": rollout_id(seed, key, role, step, attempt)}
+    if temperature is not None:
+        config["temperature"] = temperature
+    if role in token_budgets:
+        config["max_tokens"] = token_budgets[role]
+    return config
+
+
 def _raw_output(exc: BaseException) -> str | None:
     """The raw LM text behind a parse failure, found on the exception or its causes."""
-    seen = exc
-    for _ in range(5):
-        raw = getattr(seen, "lm_response", None)
-        if raw:
-            return str(raw)
-        nxt = seen.__cause__ or seen.__context__
-        if nxt is None:
+    seen: BaseException | None = exc
+    for _ in range(5):  # bounded: a cause chain can loop
+        if seen is None:
             break
-        seen = nxt
+        if getattr(seen, "lm_response", None):
+            return str(seen.lm_response)  # type: ignore[attr-defined]
+        seen = seen.__cause__ or seen.__context__
     return None
 
 
@@ -147,21 +162,13 @@ class RoleCS(dspy.Module):
 
     # ------------------------------------------------------------------ calls
     def _call(
-        self,
-        role: str,
-        predictor: Any,
-        state: _State,
-        step: int,
-        attempt: int = 0,
-        **inputs: Any,
+        self, role: str, state: _State, step: int, attempt: int = 0, **inputs: Any
     ) -> dspy.Prediction:
-        config: dict[str, Any] = {
-            "rollout_id": rollout_id(state.seed, state.key, role, step, attempt)
-        }
-        if self.temperature is not None:
-            config["temperature"] = self.temperature
-        if role in self.token_budgets:
-            config["max_tokens"] = self.token_budgets[role]
+        """Call the agent ``role`` (the predictor of that name) as that role."""
+        predictor = getattr(self, role)
+        config = call_config(
+            state.seed, state.key, role, step, attempt, self.temperature, self.token_budgets
+        )
         with self._as_role(role, state):
             return predictor(**inputs, config=config)
 
@@ -192,9 +199,7 @@ class RoleCS(dspy.Module):
             history=self._history(state),
             strategy_definitions=self._definitions,
         )
-        pred = self._call(
-            "supporter_assistant", self.supporter_assistant, state, step, feedback="none", **inputs
-        )
+        pred = self._call("supporter_assistant", state, step, feedback="none", **inputs)
         chosen = self.framework.normalize(str(pred.strategy))
         meta: dict[str, Any] = {"predicted_stage": str(pred.stage)}
         violation = self.policy.check(chosen, previous)
@@ -203,7 +208,6 @@ class RoleCS(dspy.Module):
         # Re-ask once, telling the assistant which rule it broke.
         again = self._call(
             "supporter_assistant",
-            self.supporter_assistant,
             state,
             step,
             attempt=1,
@@ -231,14 +235,12 @@ class RoleCS(dspy.Module):
     def _supporter_turn(
         self, state: _State, step: int, strategy: str, meta: dict[str, Any]
     ) -> Turn:
-        definition = self.framework.render_strategy(strategy, self.language)
         pred = self._call(
             "supporter",
-            self.supporter,
             state,
             step,
             scenario=state.scenario,
-            strategy=definition,
+            strategy=self.framework.render_strategy(strategy, self.language),
             history=self._history(state),
         )
         stage = self.framework.strategy(strategy).stage
@@ -276,7 +278,7 @@ class RoleCS(dspy.Module):
         topic_text = topic.display(self.language) if isinstance(topic, Topic) else str(topic)
         key = dialogue_id or hashlib.sha256(f"{description}|{topic_text}".encode()).hexdigest()[:16]
         state = _State(
-            on_turn=on_turn,
+            turns=_NotifyingList(on_turn),
             key=key,
             seed=seed,
             topic=topic.name if isinstance(topic, Topic) else str(topic),
@@ -286,14 +288,13 @@ class RoleCS(dspy.Module):
             framework=self.framework.name,
             language=self.language,
         )
-        plan = self._call("planner", self.planner, state, 0, profile=description, topic=topic_text)
+        plan = self._call("planner", state, 0, profile=description, topic=topic_text)
         state.scenario, state.goal = str(plan.scenario).strip(), str(plan.goal).strip()
 
         step = 0
         while True:
             step += 1
-            position = len(state.turns) + 1
-            if closing and position + 2 > limit:
+            if closing and len(state.turns) + 3 > limit:
                 # No room for another customer turn and a closing reply: close now.
                 strategy, meta = closing, {"forced": "closing"}
                 state.corrections["closing"] += 1
@@ -311,7 +312,6 @@ class RoleCS(dspy.Module):
             history = self._history(state)
             direction = self._call(
                 "customer_assistant",
-                self.customer_assistant,
                 state,
                 step,
                 scenario=state.scenario,
@@ -321,7 +321,6 @@ class RoleCS(dspy.Module):
             ).direction
             said = self._call(
                 "customer",
-                self.customer,
                 state,
                 step,
                 profile=description,
@@ -356,17 +355,12 @@ class RoleCS(dspy.Module):
 
         judgement = None
         if self.judge is not None:
-            config: dict[str, Any] = {"rollout_id": rollout_id(seed, key, "judge", 0)}
-            if self.temperature is not None:
-                config["temperature"] = self.temperature
-            if "judge" in self.token_budgets:
-                config["max_tokens"] = self.token_budgets["judge"]
+            config = call_config(seed, key, "judge", 0, 0, self.temperature, self.token_budgets)
             with self._as_role("judge", state):
                 judgement = self.judge(state.dialogue(), config=config)
             state.judge = judgement.criteria
-        dialogue = state.dialogue()
         return dspy.Prediction(
-            dialogue=dialogue,
+            dialogue=state.dialogue(),
             scenario=state.scenario,
             goal=state.goal,
             end_reason=state.end_reason,
@@ -388,29 +382,24 @@ class _NotifyingList(list):
             self._callback(turn)
 
 
+@dataclass
 class _State:
     """The dialogue under construction and its counters (one per forward call)."""
 
-    def __init__(
-        self,
-        key: str,
-        seed: int,
-        on_turn: Callable[[Turn], None] | None,
-        topic: str,
-        profile: Any,
-        framework: str,
-        language: str,
-    ) -> None:
-        self.key, self.seed, self.topic, self.profile = key, seed, topic, profile
-        self.framework, self.language = framework, language
-        self.scenario = ""
-        self.goal = ""
-        self.turns: list[Turn] = _NotifyingList(on_turn)
-        self.end_reason: str | None = None
-        self.corrections: Counter[str] = Counter()
-        self.reasks: Counter[str] = Counter()
-        self.usage: dict[str, dict[str, int]] = {}
-        self.judge: dict[str, Any] | None = None
+    key: str
+    seed: int
+    turns: list[Turn]  # a _NotifyingList: the runner's progress display sees each turn
+    topic: str
+    profile: Any
+    framework: str
+    language: str
+    scenario: str = ""
+    goal: str = ""
+    end_reason: str | None = None
+    corrections: Counter[str] = field(default_factory=Counter)
+    reasks: Counter[str] = field(default_factory=Counter)
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)
+    judge: dict[str, Any] | None = None
 
     def add_usage(
         self,

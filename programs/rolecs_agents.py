@@ -22,7 +22,7 @@ samples and CSConv) and the gold reply.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 import dspy
@@ -31,6 +31,7 @@ from csc.data.turns import as_framework
 from csc.dialogue import Dialogue
 from csc.framework import Framework, Language
 from csc.programs.rolecs_policy import policy_definitions
+from csc.programs.supporter import as_history
 from csc.signatures.rolecs import rolecs_signatures
 from csc.signatures.types import DialogueHistory, type_demo_histories
 
@@ -40,13 +41,6 @@ __all__ = [
     "SupporterReplyAgent",
     "rolecs_examples",
 ]
-
-AGENT_NAMES: tuple[str, ...] = ("supporter_assistant", "supporter")
-"""The RoleCS predictors a saved :class:`RoleCSAgents` program holds."""
-
-
-def _framework(framework: Framework | str) -> Framework:
-    return as_framework(framework)
 
 
 def rolecs_examples(
@@ -59,7 +53,7 @@ def rolecs_examples(
     reply), ``dialogue_id``, ``turn_index``. Inputs: ``scenario`` and ``history`` (the supporter
     assistant's); the reply agent adds ``strategy``.
     """
-    fw = _framework(framework)
+    fw = as_framework(framework)
     examples = []
     for dialogue in dialogues:
         for index, turn in enumerate(dialogue.turns):
@@ -80,13 +74,18 @@ def rolecs_examples(
 
 
 class _AgentModule(dspy.Module):
-    """Framework and language bookkeeping, typed histories in loaded demos."""
+    """Framework and language bookkeeping, typed histories in loaded demos; one predictor per
+    name in ``agents``, named as RoleCS names its agent of that signature."""
+
+    agents: tuple[str, ...] = ()
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
         super().__init__()
-        self.framework = _framework(framework)
+        self.framework = as_framework(framework)
         self.language: Language = language
-        self._signatures = rolecs_signatures(self.framework, language)
+        signatures = rolecs_signatures(self.framework, language)
+        for name in self.agents:
+            setattr(self, name, dspy.Predict(getattr(signatures, name)))
 
     def load_state(self, state: dict, **kwargs: Any) -> None:
         """Load saved state, turning the JSON histories of saved demos back into typed ones."""
@@ -96,7 +95,7 @@ class _AgentModule(dspy.Module):
     def _assistant_inputs(self, scenario: str, history: Any) -> dict[str, Any]:
         return {
             "scenario": scenario,
-            "history": _history(history, self.language),
+            "history": as_history(history, self.language),
             "strategy_definitions": policy_definitions(self.framework, self.language),
             "feedback": "none",
         }
@@ -105,24 +104,14 @@ class _AgentModule(dspy.Module):
         return {
             "scenario": scenario,
             "strategy": self.framework.render_strategy(strategy, self.language),
-            "history": _history(history, self.language),
+            "history": as_history(history, self.language),
         }
-
-
-def _history(history: Any, language: str) -> DialogueHistory:
-    if isinstance(history, DialogueHistory):
-        return history
-    if isinstance(history, Mapping):
-        return DialogueHistory.model_validate(history)
-    return DialogueHistory.of(list(history), language=language)
 
 
 class SupporterAssistantAgent(_AgentModule):
     """RoleCS's supporter assistant alone: the next strategy code and its stage."""
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
-        super().__init__(framework, language)
-        self.supporter_assistant = dspy.Predict(self._signatures.supporter_assistant)
+    agents = ("supporter_assistant",)
 
     def forward(self, scenario: str, history: Any) -> dspy.Prediction:
         """``Prediction(strategy, stage)`` for the conversation so far."""
@@ -135,9 +124,7 @@ class SupporterAssistantAgent(_AgentModule):
 class SupporterReplyAgent(_AgentModule):
     """RoleCS's supporter alone: the reply carrying out a given strategy."""
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
-        super().__init__(framework, language)
-        self.supporter = dspy.Predict(self._signatures.supporter)
+    agents = ("supporter",)
 
     def forward(self, scenario: str, history: Any, strategy: str) -> dspy.Prediction:
         """``Prediction(strategy, response)``: the reply and the strategy it was asked to use."""
@@ -156,20 +143,14 @@ class RoleCSAgents(_AgentModule):
 
     kind = "rolecs"
 
-    def __init__(self, framework: Framework | str = "csc", language: Language = "en") -> None:
-        super().__init__(framework, language)
-        self.supporter_assistant = dspy.Predict(self._signatures.supporter_assistant)
-        self.supporter = dspy.Predict(self._signatures.supporter)
+    agents = ("supporter_assistant", "supporter")
 
     @classmethod
     def from_agents(
         cls, assistant: SupporterAssistantAgent, reply: SupporterReplyAgent
     ) -> RoleCSAgents:
         """One program holding the predictors of two (compiled) agents."""
-        if (assistant.framework.name, assistant.language) != (
-            reply.framework.name,
-            reply.language,
-        ):
+        if len({(a.framework.name, a.language) for a in (assistant, reply)}) != 1:
             raise ValueError("both agents must use the same framework and language")
         program = cls(assistant.framework, assistant.language)
         program.supporter_assistant = assistant.supporter_assistant

@@ -32,8 +32,13 @@ class RoleCSJudge(dspy.Module):
             strategy_definitions=self.framework.render(self.language, with_rules=False),
             config=config or {},
         )
-        criteria = {
-            c: {"pass": bool(getattr(pred, c)), "reason": str(getattr(pred, f"{c}_reason"))}
-            for c in JUDGE_CRITERIA
-        }
-        return dspy.Prediction(criteria=criteria, passed=all(v["pass"] for v in criteria.values()))
+        return verdicts(pred, JUDGE_CRITERIA)
+
+
+def verdicts(pred: dspy.Prediction, names: tuple[str, ...]) -> dspy.Prediction:
+    """A judge's answer as ``criteria`` ({name: {"pass", "reason"}}) and ``passed`` (all pass)."""
+    criteria = {
+        c: {"pass": bool(getattr(pred, c)), "reason": str(getattr(pred, f"{c}_reason"))}
+        for c in names
+    }
+    return dspy.Prediction(criteria=criteria, passed=all(v["pass"] for v in criteria.values()))

@@ -97,12 +97,8 @@ class StrategyPolicy:
         """The most plausible other strategy: one of the current or the next stage, never the
         opening, closing or fallback strategy, nor one that would repeat too often."""
         fw, p = self.framework, self.policy
-        current = 0
-        for code in reversed(previous):
-            idx = fw.stage_index(code)
-            if idx is not None:
-                current = idx
-                break
+        stages = (fw.stage_index(code) for code in reversed(previous))
+        current = next((idx for idx in stages if idx is not None), 0)
         banned = {avoid, p.opening, p.closing}
         if (
             p.max_repeat

@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,11 @@ from csc.data.jsonl import JsonlWriter, drop_torn_line
 
 RUN_FILE = "run.json"
 SUMMARY_FILE = "summary.json"
+# Result files of synthesis and rewrite runs (csc.programs.synthesis, csc.programs.rewrite_run).
+KEPT_FILE = "dialogues.jsonl"
+REJECTED_FILE = "rejected.jsonl"
+FAILURES_FILE = "failures.jsonl"
+DIANJIN_FILE = "dialogues.dianjin.json"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -101,6 +107,26 @@ def read_records(path: Path) -> Iterator[dict[str, Any]]:
                 ) from None
 
 
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; empty when the file is missing, unreadable or not an object
+    (for derived data and metadata that only adds detail)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_run_dialogues(out_dir: str | Path, which: str = "kept") -> list[Any]:
+    """The dialogues of a synthesis or rewrite run folder: ``kept``, ``rejected`` or ``all``."""
+    from csc.dialogue import Dialogue
+
+    names = {"kept": [KEPT_FILE], "rejected": [REJECTED_FILE], "all": [KEPT_FILE, REJECTED_FILE]}
+    return [
+        Dialogue.model_validate(o) for n in names[which] for o in read_records(Path(out_dir) / n)
+    ]
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented UTF-8 JSON."""
     path.write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
@@ -125,6 +151,7 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+@dataclass
 class RunFolder:
     """The folder of one run: its ``run.json`` and result files.
 
@@ -135,17 +162,10 @@ class RunFolder:
         shard: the shard this folder holds, if any (a shard folder resumes only as that shard).
     """
 
-    def __init__(
-        self,
-        out: str | Path,
-        key: str,
-        config: Mapping[str, Any],
-        shard: tuple[int, int] | None = None,
-    ) -> None:
-        self.out = Path(out)
-        self.key = key
-        self.config = dict(config)
-        self.shard = shard
+    out: Path
+    key: str
+    config: dict[str, Any]
+    shard: tuple[int, int] | None = None
 
     def prepare(self) -> None:
         """Create the folder and write ``run.json``, or check that it holds this run."""
@@ -199,13 +219,8 @@ class RunFolder:
 def previous_invocations(out: str | Path) -> list[dict[str, Any]]:
     """The invocations recorded in ``out/summary.json`` (an older summary without the list
     counts as its one ``this_run``)."""
-    path = Path(out) / SUMMARY_FILE
-    if not path.exists():
-        return []
-    try:
-        old = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return []  # a summary is derived data: a damaged one is rebuilt from the next run
+    # A summary is derived data: a damaged one is rebuilt from the next run.
+    old = read_json_object(Path(out) / SUMMARY_FILE)
     if isinstance(old.get("invocations"), list):
         return list(old["invocations"])
     return [old["this_run"]] if isinstance(old.get("this_run"), dict) else []
@@ -384,8 +399,7 @@ def merge_folders(
     missing = 0
     base: dict[str, Any] = {}
     for src, _ in runs:
-        path = src / SUMMARY_FILE
-        old = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        old = read_json_object(src / SUMMARY_FILE)
         base = base or old
         for inv in previous_invocations(src):
             if inv not in invocations:

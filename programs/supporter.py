@@ -72,6 +72,10 @@ class _SupporterModule(dspy.Module):
         self.framework = as_framework(framework)
         self.language: Language = language
         self.prompt: PromptVariant = check_prompt_variant(prompt)
+        self._add_predictors()
+
+    def _add_predictors(self) -> None:
+        """Create the module's predictors (after framework, language and prompt are set)."""
 
     def load_state(self, state: dict, **kwargs: Any) -> None:
         """Load saved state, turning the JSON histories of saved demos back into typed histories."""
@@ -95,15 +99,9 @@ class StrategyPredictor(_SupporterModule):
 
     kind = "strategy"
 
-    def __init__(
-        self,
-        framework: Framework | str = "csc",
-        language: Language = "en",
-        prompt: PromptVariant = "full",
-    ):
-        super().__init__(framework, language, prompt)
+    def _add_predictors(self) -> None:
         self.strategist = dspy.Predict(
-            strategy_prediction_signature(self.framework, language, self.prompt)
+            strategy_prediction_signature(self.framework, self.language, self.prompt)
         )
 
     def forward(self, history: HistoryLike) -> dspy.Prediction:
@@ -118,17 +116,11 @@ class Supporter(_SupporterModule):
 
     kind = "supporter"
 
-    def __init__(
-        self,
-        framework: Framework | str = "csc",
-        language: Language = "en",
-        prompt: PromptVariant = "full",
-    ):
-        super().__init__(framework, language, prompt)
+    def _add_predictors(self) -> None:
         self.strategist = dspy.Predict(
-            strategy_prediction_signature(self.framework, language, self.prompt)
+            strategy_prediction_signature(self.framework, self.language, self.prompt)
         )
-        self.responder = dspy.Predict(response_generation_signature(language, self.prompt))
+        self.responder = dspy.Predict(response_generation_signature(self.language, self.prompt))
 
     def responder_inputs(self, history: DialogueHistory, code: str) -> dict[str, Any]:
         """The responder's inputs for a history and strategy code: the full prompt adds the
@@ -157,16 +149,10 @@ class DirectSupporter(_SupporterModule):
 
     kind = "direct"
 
-    def __init__(
-        self,
-        framework: Framework | str = "csc",
-        language: Language = "en",
-        prompt: PromptVariant = "full",
-    ):
-        super().__init__(framework, language, prompt)
-        self.responder = dspy.Predict(direct_response_signature(language, self.prompt))
+    def _add_predictors(self) -> None:
+        self.responder = dspy.Predict(direct_response_signature(self.language, self.prompt))
         self.labeler = dspy.Predict(
-            strategy_labeling_signature(self.framework, language, self.prompt)
+            strategy_labeling_signature(self.framework, self.language, self.prompt)
         )
 
     def forward(self, history: HistoryLike) -> dspy.Prediction:
@@ -187,7 +173,9 @@ class StrategyLabeler(_SupporterModule):
 
     def __init__(self, framework: Framework | str = "csc", language: Language = "en"):
         super().__init__(framework, language)
-        self.labeler = dspy.Predict(strategy_labeling_signature(self.framework, language))
+
+    def _add_predictors(self) -> None:
+        self.labeler = dspy.Predict(strategy_labeling_signature(self.framework, self.language))
 
     def forward(
         self, history: HistoryLike, response: str, config: dict[str, Any] | None = None

@@ -35,6 +35,10 @@ from csc.framework import Framework, Language
 from csc.lm import AGENT_ROLES
 from csc.programs.rolecs import DialogueFailure, RoleCS
 from csc.programs.run_folder import (
+    DIANJIN_FILE,
+    FAILURES_FILE,
+    KEPT_FILE,
+    REJECTED_FILE,
     SUMMARY_FILE,
     RunConfigError,
     RunFolder,
@@ -48,14 +52,16 @@ from csc.programs.run_folder import (
     previous_invocations,
     progress_bar,
     read_records,
+    read_run_dialogues,
     result_logs,
     run_concurrently,
     shard_label,
     write_json,
 )
-from csc.usage import Usage, labelled_usage_of
+from csc.usage import Usage, labelled_usage_of, reported_tokens
 
 __all__ = [
+    "DIANJIN_FILE",
     "GridItem",
     "RunConfigError",
     "ShardError",
@@ -68,12 +74,8 @@ __all__ = [
     "select_shard",
 ]
 
-KEPT_FILE = "dialogues.jsonl"
-REJECTED_FILE = "rejected.jsonl"
-FAILURES_FILE = "failures.jsonl"
 STATS_FILE = "stats.json"
 STATS_ALL_FILE = "stats_all.json"
-DIANJIN_FILE = "dialogues.dianjin.json"
 
 
 class SynthesisConfig(BaseModel):
@@ -119,17 +121,15 @@ class SynthesisConfig(BaseModel):
         program_sha256: str | None = None,
     ) -> SynthesisConfig:
         """A configuration from its parts; the framework and profiles enter by content digest."""
-        fw_digest = digest(framework.to_dict())
-        prof_digest = digest([p.model_dump(exclude_none=True) for p in profiles])
         roles = {r: lms.get(r, lms.get("default", "")) for r in AGENT_ROLES}
         if not filter:
             roles.pop("judge")
         return cls(
             framework=framework.name,
-            framework_digest=fw_digest,
+            framework_digest=digest(framework.to_dict()),
             language=language,
             topics=list(topics),
-            profiles_digest=prof_digest,
+            profiles_digest=digest([p.model_dump(exclude_none=True) for p in profiles]),
             profiles_count=len(profiles),
             seed=seed,
             max_utterances=max_utterances,
@@ -195,22 +195,14 @@ def select_shard(items: Sequence[GridItem], shard: tuple[int, int] | None) -> li
     return [item for pos, item in enumerate(items) if in_shard(pos, shard)]
 
 
-def read_run_dialogues(out_dir: str | Path, which: str = "kept") -> list[Dialogue]:
-    """The dialogues of a run folder: ``kept``, ``rejected`` or ``all``."""
-    out = Path(out_dir)
-    names = {"kept": [KEPT_FILE], "rejected": [REJECTED_FILE], "all": [KEPT_FILE, REJECTED_FILE]}
-    return [Dialogue.model_validate(obj) for n in names[which] for obj in read_records(out / n)]
-
-
-def output_files() -> dict[str, str]:
-    """The ``files`` entry of a synthesis summary."""
-    return {
-        "kept": KEPT_FILE,
-        "rejected": REJECTED_FILE,
-        "failures": FAILURES_FILE,
-        "stats": STATS_FILE,
-        "stats_all": STATS_ALL_FILE,
-    }
+# The ``files`` entry of a synthesis summary.
+OUTPUT_FILES = {
+    "kept": KEPT_FILE,
+    "rejected": REJECTED_FILE,
+    "failures": FAILURES_FILE,
+    "stats": STATS_FILE,
+    "stats_all": STATS_ALL_FILE,
+}
 
 
 @dataclass
@@ -284,11 +276,6 @@ class SynthesisRun:
         """The run folder (``run.json`` bookkeeping) of this run, as ``shard``."""
         return RunFolder(self.out, self.key, self.config.model_dump(mode="json"), shard)
 
-    def prepare(self, shard: tuple[int, int] | None = None) -> None:
-        """Create the folder and write ``run.json``, or check it belongs to this configuration
-        (and to the same shard: a shard folder resumes only as that shard)."""
-        self.folder(shard).prepare()
-
     def done_keys(self) -> set[str]:
         """Keys of dialogues already written (kept or rejected), after repairing torn lines."""
         return self.folder().done_keys((KEPT_FILE, REJECTED_FILE), lambda obj: obj.get("id"))
@@ -361,14 +348,8 @@ class SynthesisRun:
         utterances = [0]
 
         def show_progress() -> None:
-            bar.set_postfix(
-                utterances=utterances[0],
-                kept=counts.kept,
-                rejected=counts.rejected,
-                failed=counts.failed,
-                tokens=counts.tokens,
-                refresh=True,
-            )
+            shown = ("kept", "rejected", "failed", "tokens")
+            bar.set_postfix({"utterances": utterances[0], **{k: getattr(counts, k) for k in shown}})
 
         def on_turn(_turn: Any) -> None:
             utterances[0] += 1  # a progress figure: a lost update under threads is harmless
@@ -385,12 +366,8 @@ class SynthesisRun:
             files[outcome].write(record)
             usage = (record.get("metadata") or {}).get("usage") or record.get("usage") or {}
             for role, u in usage.items():
-                add = Usage(
-                    calls=int(u.get("calls", 0)),
-                    prompt_tokens=int(u.get("prompt_tokens", 0)),
-                    completion_tokens=int(u.get("completion_tokens", 0)),
-                    cost_usd=None,
-                )
+                add = reported_tokens([u])
+                add.calls, add.cost_usd = int(u.get("calls", 0)), None
                 counts.usage[role] = counts.usage.get(role, Usage()) + add
                 counts.tokens += add.total_tokens
             setattr(counts, outcome, getattr(counts, outcome) + 1)
@@ -415,9 +392,9 @@ class SynthesisRun:
 
         wall = time.perf_counter() - start
         cpu = time.process_time() - cpu_start
-        usage_after = labelled_usage_of(*lms)
         role_usage = {
-            label: after - usage_before.get(label, Usage()) for label, after in usage_after.items()
+            label: after - usage_before.get(label, Usage())
+            for label, after in labelled_usage_of(*lms).items()
         }
         if outcomes is not None:  # the calls ran elsewhere: add up what the records say
             role_usage = counts.usage
@@ -463,11 +440,7 @@ class SynthesisRun:
     ) -> dict[str, Any]:
         finished = counts.kept + counts.rejected
         role_usage = {k: v for k, v in (role_usage or {}).items() if v.calls or v.cached_calls}
-        total = sum(role_usage.values(), Usage())
-        if role_usage:
-            total.cost_usd = (
-                None if any(u.cost_usd is None for u in role_usage.values()) else total.cost_usd
-            )
+        total = sum(role_usage.values(), Usage())  # one unpriced role makes the cost None
         this_run = {
             "shard": shard_label(shard),
             "dialogues": planned,
@@ -508,7 +481,7 @@ class SynthesisRun:
             # The whole folder: every invocation (and, after a merge, every shard) so far.
             "invocations": invocations,
             "totals": {**folder_totals(self.out, invocations), "missing": missing},
-            "files": output_files(),
+            "files": dict(OUTPUT_FILES),
         }
 
 
@@ -567,7 +540,7 @@ def merge_runs(out_dir: str | Path, sources: Sequence[str | Path]) -> dict[str, 
         "this_run": None,
         "invocations": parts["invocations"],
         "totals": {**folder_totals(out_dir, parts["invocations"]), "missing": parts["missing"]},
-        "files": output_files(),
+        "files": dict(OUTPUT_FILES),
     }
     write_json(Path(out_dir) / SUMMARY_FILE, summary)
     return summary

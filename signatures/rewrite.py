@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from csc.data.turns import as_framework
 from csc.framework import Framework, Language, check_language
-from csc.signatures.types import ZH_REASON, ZH_VERDICT, DialogueHistory, localized
+from csc.signatures.types import DialogueHistory, localized, zh_judge_descs
 
 __all__ = [
     "POSTFILTER_CRITERIA",
@@ -138,6 +138,7 @@ _ZH_FIELD_DESCS: dict[str, str] = {
     "disrespectful_agent": "客服不耐烦或不尊重时为 true",
     "strategy_definitions": "框架的阶段与策略",
     "exchanges": "改写后的对话，按“客户消息 -> 客服回复（策略代码）”的轮次依次给出",
+    **zh_judge_descs(POSTFILTER_CRITERIA),
 }
 
 
@@ -151,42 +152,33 @@ class RewriteSignatures:
     exchange_model: type[BaseModel]
 
 
-def _localize(sig: type[dspy.Signature], name: str, language: Language) -> type[dspy.Signature]:
+def _localize(sig: type[dspy.Signature], language: Language) -> type[dspy.Signature]:
     if language != "zh":
         return sig
-    return localized(
-        sig,
-        _ZH_INSTRUCTIONS[name],
-        _ZH_FIELD_DESCS,
-        POSTFILTER_CRITERIA,
-        reason_desc=ZH_REASON,
-        verdict_desc=ZH_VERDICT,
-    )
+    return localized(sig, _ZH_INSTRUCTIONS[sig.__name__], _ZH_FIELD_DESCS)
 
 
 def exchange_model(framework: Framework) -> type[BaseModel]:
     """:class:`Exchange` with ``strategy`` typed by the framework's codes, so a parse (or the
     embedded engine's constrained decoding) only admits valid strategies."""
-    fields = Exchange.model_fields
+    description = Exchange.model_fields["strategy"].description
     return create_model(
         "Exchange",
-        __config__=ConfigDict(extra="forbid"),
+        __base__=Exchange,
         __doc__="A customer message and the supporter's reply with its strategy code.",
-        customer=(str, Field(description=fields["customer"].description)),
-        supporter=(str, Field(min_length=1, description=fields["supporter"].description)),
-        strategy=(framework.strategy_literal, Field(description=fields["strategy"].description)),
+        strategy=(framework.strategy_literal, Field(description=description)),
     )
 
 
 @lru_cache(maxsize=16)
 def _build(framework: Framework, language: Language) -> RewriteSignatures:
     model = exchange_model(framework)
-    rewriter = _localize(DialogueRewrite, "DialogueRewrite", language)
+    rewriter = _localize(DialogueRewrite, language)
     rewriter = rewriter.with_updated_fields("exchanges", type_=list[model])  # type: ignore[valid-type]
     return RewriteSignatures(
-        prefilter=_localize(ConductScreen, "ConductScreen", language),
+        prefilter=_localize(ConductScreen, language),
         rewriter=rewriter,
-        judge=_localize(RewriteJudge, "RewriteJudge", language),
+        judge=_localize(RewriteJudge, language),
         exchange_model=model,
     )
 

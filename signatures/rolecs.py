@@ -17,7 +17,7 @@ import dspy
 
 from csc.data.turns import as_framework
 from csc.framework import Framework, Language, check_language
-from csc.signatures.types import ZH_REASON, ZH_VERDICT, DialogueHistory, localized
+from csc.signatures.types import DialogueHistory, localized, zh_judge_descs
 
 # ----------------------------------------------------------------------------- templates
 
@@ -208,16 +208,7 @@ _ZH_FIELD_DESCS: dict[str, str] = {
     "attributes": "画像属性，每行一个“名称: 值”",
     "description": "第二人称描述",
     "dialogue": "带策略代码的对话",
-}
-
-_TEMPLATES: dict[str, type[dspy.Signature]] = {
-    "Planner": Planner,
-    "SupporterAssistant": SupporterAssistant,
-    "SupporterReply": SupporterReply,
-    "CustomerAssistant": CustomerAssistant,
-    "Customer": Customer,
-    "ProfileDescriber": ProfileDescriber,
-    "DialogueJudge": DialogueJudge,
+    **zh_judge_descs(JUDGE_CRITERIA),
 }
 
 
@@ -234,34 +225,27 @@ class RoleCSSignatures:
     judge: type[dspy.Signature]
 
 
-def _localize(name: str, language: Language) -> type[dspy.Signature]:
+def _localize(template: type[dspy.Signature], language: Language) -> type[dspy.Signature]:
     if language != "zh":
-        return _TEMPLATES[name]
-    return localized(
-        _TEMPLATES[name],
-        _ZH_INSTRUCTIONS[name],
-        _ZH_FIELD_DESCS,
-        JUDGE_CRITERIA,
-        reason_desc=ZH_REASON,
-        verdict_desc=ZH_VERDICT,
-    )
+        return template
+    return localized(template, _ZH_INSTRUCTIONS[template.__name__], _ZH_FIELD_DESCS)
 
 
 @lru_cache(maxsize=16)
 def _build(framework: Framework, language: Language) -> RoleCSSignatures:
-    assistant = _localize("SupporterAssistant", language)
+    assistant = _localize(SupporterAssistant, language)
     # The assistant's answer is typed with the framework's own codes, so a parse (or, with the
     # embedded engine, constrained decoding) only admits valid strategies and stages.
     assistant = assistant.with_updated_fields("strategy", type_=framework.strategy_literal)
     assistant = assistant.with_updated_fields("stage", type_=framework.stage_literal)
     return RoleCSSignatures(
-        planner=_localize("Planner", language),
+        planner=_localize(Planner, language),
         supporter_assistant=assistant,
-        supporter=_localize("SupporterReply", language),
-        customer_assistant=_localize("CustomerAssistant", language),
-        customer=_localize("Customer", language),
-        profile_describer=_localize("ProfileDescriber", language),
-        judge=_localize("DialogueJudge", language),
+        supporter=_localize(SupporterReply, language),
+        customer_assistant=_localize(CustomerAssistant, language),
+        customer=_localize(Customer, language),
+        profile_describer=_localize(ProfileDescriber, language),
+        judge=_localize(DialogueJudge, language),
     )
 
 

@@ -71,25 +71,19 @@ def localized(
     template: type[dspy.Signature],
     instructions: str | None = None,
     descs: Mapping[str, str] | None = None,
-    criteria: Sequence[str] = (),
-    *,
-    reason_desc: str = "",
-    verdict_desc: str = "",
 ) -> type[dspy.Signature]:
     """A signature class template in another language (or prompt variant): the same fields and
-    types, with other ``instructions`` and field descriptions.
-
-    ``descs`` maps field names to descriptions; a judge's ``<criterion>_reason`` and
-    ``<criterion>`` fields not named there get ``reason_desc`` and ``verdict_desc``. Every csc
-    signature is written as a class (its docstring the English prompt) and localized this way.
+    types, with other ``instructions`` and the field descriptions ``descs`` (field name ->
+    description; names the template lacks are skipped). Every csc signature is written as a
+    class (its docstring the English prompt) and localized this way.
     """
     sig = template if instructions is None else template.with_instructions(instructions)
-    for field in list(sig.fields):
-        desc = (descs or {}).get(field)
-        if desc is None and reason_desc and field in {f"{c}_reason" for c in criteria}:
-            desc = reason_desc
-        elif desc is None and verdict_desc and field in criteria:
-            desc = verdict_desc
-        if desc is not None:
+    for field, desc in (descs or {}).items():
+        if field in sig.fields:
             sig = sig.with_updated_fields(field, desc=desc)
     return sig
+
+
+def zh_judge_descs(criteria: Sequence[str]) -> dict[str, str]:
+    """Chinese descriptions of a judge's ``<criterion>_reason`` and ``<criterion>`` fields."""
+    return {f: d for c in criteria for f, d in ((f"{c}_reason", ZH_REASON), (c, ZH_VERDICT))}
