@@ -27,7 +27,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import dspy
 from dspy.clients.engines.base import validate_request
@@ -80,6 +81,7 @@ class ContextLengthError(ValueError):
     """A request needs more tokens (prompt + max_tokens) than the model's context holds."""
 
 
+@dataclass(eq=False)
 class LocalEngine:
     """DSPy engine (``complete(Request) -> Response``) over the shared in-process :class:`Engine`.
 
@@ -88,37 +90,25 @@ class LocalEngine:
     and ``max_string_chars`` shape every answer of this LM.
     """
 
-    supports_function_calling = False
-    supports_reasoning = False
-    supports_response_schema = True  # JSON schemas are enforced by grammar-constrained decoding
-    supported_params = SUPPORTED_PARAMS
+    supports_function_calling: ClassVar[bool] = False
+    supports_reasoning: ClassVar[bool] = False
+    # JSON schemas are enforced by grammar-constrained decoding.
+    supports_response_schema: ClassVar[bool] = True
+    supported_params: ClassVar[frozenset[str]] = SUPPORTED_PARAMS
 
-    def __init__(
-        self,
-        source: ModelSource,
-        *,
-        device: str | None = None,
-        dtype: str | None = None,
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
-        num_threads: int | None = None,
-        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
-        max_string_chars: int = 400,
-        repetition_penalty: float = 1.15,
-        multiline_text: bool = False,
-        calibrate_choices: bool = DEFAULT_CALIBRATE_CHOICES,
-    ) -> None:
-        self.source = source
-        self.device = device
-        self.dtype = dtype
-        self.max_batch_size = max_batch_size
-        self.batch_wait_ms = batch_wait_ms
-        self.num_threads = num_threads
-        self.prefix_cache_mb = prefix_cache_mb
-        self.max_string_chars = max_string_chars
-        self.repetition_penalty = repetition_penalty
-        self.multiline_text = multiline_text
-        self.calibrate_choices = calibrate_choices
+    source: ModelSource
+    device: str | None = None
+    dtype: str | None = None
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS
+    num_threads: int | None = None
+    prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB
+    max_string_chars: int = 400
+    repetition_penalty: float = 1.15
+    multiline_text: bool = False
+    calibrate_choices: bool = DEFAULT_CALIBRATE_CHOICES
+
+    def __post_init__(self) -> None:
         self._seen: OrderedDict[str, int] = OrderedDict()
         self._seen_lock = threading.Lock()
 
@@ -150,18 +140,7 @@ class LocalEngine:
 
     def options(self) -> dict[str, Any]:
         """Constructor options (for ``LocalLM.dump_state``)."""
-        return {
-            "device": self.device,
-            "dtype": self.dtype,
-            "max_batch_size": self.max_batch_size,
-            "batch_wait_ms": self.batch_wait_ms,
-            "num_threads": self.num_threads,
-            "prefix_cache_mb": self.prefix_cache_mb,
-            "max_string_chars": self.max_string_chars,
-            "repetition_penalty": self.repetition_penalty,
-            "multiline_text": self.multiline_text,
-            "calibrate_choices": self.calibrate_choices,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "source"}
 
     # ------------------------------------------------------------------ DSPy engine contract
     def complete(self, request: Request) -> Response:
