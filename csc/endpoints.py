@@ -40,23 +40,10 @@ def _engine_class() -> type:
                 raw = self.router.completion(**data)
             return self._response(raw, request)
 
-        def complete_legacy(self, lm: Any, request: dict[str, Any], **context: Any) -> Any:
-            """DSPy's usual path for chat calls: a LiteLLM request dict, sent by the router."""
-            from dspy.clients.call_context import completed_legacy
-            from dspy.clients.call_result import CallResult
-
-            data = {
-                k: v
-                for k, v in request.items()
-                if k not in ("model", "rollout_id", "num_retries", "api_base", "api_key")
-            }
-            with litellm_errors(model=lm.model):
-                raw = self.router.completion(
-                    model=ROUTER_GROUP, cache={"no-cache": True, "no-store": True}, **data
-                )
-            completed_legacy(raw)
-            lm._check_truncation(raw)
-            return CallResult.legacy(lm, raw, kwargs=request)
+        # DSPy sends ChatAdapter calls to a ``complete_legacy`` when an engine has one (the
+        # parent's would call LiteLLM itself, past the router). The shortcut is deprecated for
+        # custom engines (DSPy 3.5 removes it), so every call takes the canonical complete().
+        complete_legacy = None
 
         def stream(self, request: Any) -> Any:  # pragma: no cover - synthesis does not stream
             raise NotImplementedError("streaming through several endpoints is not supported")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -109,9 +110,14 @@ def test_router_retries_a_failing_endpoint_on_the_other(monkeypatch):
             cache=False,
         )
         predict = dspy.Predict("question -> answer")
-        with dspy.context(lm=lm):
+        with dspy.context(lm=lm), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             answers = [predict(question=f"q{i} {time.time()}").answer for i in range(6)]
         assert all(answers)
+        # Not DSPy's deprecated complete_legacy() shortcut (removed in DSPy 3.5).
+        assert not [w for w in caught if "complete_legacy" in str(w.message)]
+        # Every call went through the router's canonical engine path and reports its tokens.
+        assert all(entry["usage"].get("prompt_tokens", 0) > 0 for entry in lm.history[-6:])
 
         def stats(port):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats") as r:
