@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from csc.engine.engine import GROUPED_ATTENTION, use_grouped_attention  # noqa: E402
+from csc.engine.kernels import GROUPED_ATTENTION, use_grouped_attention  # noqa: E402
 
 
 def _tiny_gqa_llama() -> object:
