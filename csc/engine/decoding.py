@@ -613,7 +613,15 @@ class RowDecoder:
             sorted_probs, order = torch.sort(probs, descending=True)
             keep = torch.cumsum(sorted_probs, 0) - sorted_probs < self.sampling.top_p
             probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-        return int(torch.multinomial(probs, 1, generator=self.generator).item())
+        # Inverse-CDF draw: one uniform number from the row's generator. torch.multinomial
+        # draws an exponential variate per vocabulary entry (about 1.6 ms a row per step on
+        # SmolLM2's 49,152 tokens, single-threaded); this takes a cumulative sum.
+        cdf = torch.cumsum(probs.double(), 0)
+        u = torch.rand((), generator=self.generator, dtype=torch.float64) * cdf[-1]
+        index = int(torch.searchsorted(cdf, u, right=True))
+        if index >= len(probs):  # u rounded up to the total: the last token that can be drawn
+            index = int(probs.nonzero()[-1])
+        return index
 
     def settled_text(self) -> str:
         """The part of :meth:`text` that can no longer change: all of it, except a guarded

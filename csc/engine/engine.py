@@ -31,7 +31,12 @@ from typing import Any
 import torch
 
 from csc.engine.decoding import RowDecoder, Sampling, Vocabulary
-from csc.engine.kernels import use_grouped_attention, use_packed_linears
+from csc.engine.kernels import (
+    GROUPED_ATTENTION,
+    QUERY_LENGTHS,
+    use_grouped_attention,
+    use_packed_linears,
+)
 from csc.engine.model_store import ModelSource, load_model
 from csc.engine.structure import OutputPlan, Text
 
@@ -816,6 +821,10 @@ class Engine:
         offsets = (new_mask.cumsum(-1) - 1).clamp(min=0)
         positions = start.unsqueeze(1) + offsets
         self._mask = torch.cat([self._mask, new_mask.to(device)], dim=1)
+        ragged = {}
+        grouped = self.model.config._attn_implementation == GROUPED_ATTENTION
+        if grouped and width > 1 and int(lengths.min()) < width:  # forced tokens in some rows
+            ragged[QUERY_LENGTHS] = lengths.tolist()
         out = self.model(
             input_ids=tokens.to(device),
             attention_mask=self._mask,
@@ -823,6 +832,7 @@ class Engine:
             past_key_values=self._cache,
             use_cache=True,
             logits_to_keep=1,
+            **ragged,
         )
         logits = out.logits[:, -1, :].float().cpu()
         self._positions = self._positions + lengths.to(self._positions.device)
