@@ -49,6 +49,8 @@ def _grouped_sdpa(
     grouped = key.shape[1] != query.shape[1]
     lengths = kwargs.get(QUERY_LENGTHS)
     width = query.shape[2]
+    if width == 1 and not dropout:
+        return _one_query_attention(query, key, value, attention_mask, scaling), None
     if lengths is not None and attention_mask is not None and width > 1:
         # Rows of a decode step are left-padded to the longest run of tokens fed; a row that
         # feeds one token attends with one query instead of `width` (the padded queries'
@@ -77,6 +79,33 @@ def _grouped_sdpa(
         enable_gqa=grouped,
     )
     return out.transpose(1, 2).contiguous(), None
+
+
+def _one_query_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """Attention of one query per row (a decode step) as two batched matmuls.
+
+    The query heads that share a key/value head become that head's rows, so keys and values
+    are read once, in place. For one query PyTorch's CPU flash kernel is the slower choice:
+    3 rows over 1,300 cached tokens took 0.73 ms per layer there and 0.45 ms here (0.29 and
+    0.26 ms over 600 tokens). Returns [batch, 1, query heads, head dim].
+    """
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    q = query.reshape(batch, kv_heads, heads // kv_heads, dim)
+    scores = torch.matmul(q, key.transpose(-1, -2)).mul_(scaling or dim**-0.5)
+    if mask is not None:  # [batch, 1, 1, keys]: True (or 0.0) where a key may be read
+        if mask.dtype == torch.bool:
+            scores.masked_fill_(~mask, float("-inf"))
+        else:
+            scores.add_(mask)
+    out = torch.matmul(torch.softmax(scores, dim=-1), value)
+    return out.reshape(batch, 1, heads, dim)
 
 
 def use_grouped_attention(model: Any) -> None:

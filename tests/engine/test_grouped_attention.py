@@ -32,12 +32,12 @@ def _tiny_gqa_llama() -> object:
 @torch.inference_mode()
 def test_grouped_attention_matches_sdpa_on_padded_batches_with_a_cache() -> None:
     model = _tiny_gqa_llama()
-    ids = torch.randint(3, 97, (3, 20))
-    mask = torch.ones(3, 20, dtype=torch.long)
+    ids = torch.randint(3, 97, (3, 21))
+    mask = torch.ones(3, 21, dtype=torch.long)
     mask[0, :6] = 0  # a left-padded row, as the engine lays batches out
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
-    def run() -> tuple[torch.Tensor, torch.Tensor]:
+    def run() -> tuple[torch.Tensor, ...]:
         cache = transformers.DynamicCache()
         prefill = model(
             input_ids=ids[:, :17],
@@ -47,13 +47,20 @@ def test_grouped_attention_matches_sdpa_on_padded_batches_with_a_cache() -> None
             use_cache=True,
         ).logits
         step = model(  # three tokens at once, as forced header tokens are fed
-            input_ids=ids[:, 17:],
-            attention_mask=mask,
-            position_ids=positions[:, 17:],
+            input_ids=ids[:, 17:20],
+            attention_mask=mask[:, :20],
+            position_ids=positions[:, 17:20],
             past_key_values=cache,
             use_cache=True,
         ).logits
-        return prefill, step
+        decode = model(  # one token per row: the one-query path
+            input_ids=ids[:, 20:],
+            attention_mask=mask,
+            position_ids=positions[:, 20:],
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+        return prefill, step, decode
 
     expected = run()
     use_grouped_attention(model)
