@@ -24,7 +24,7 @@ QUERY_LENGTHS = "csc_query_lengths"
 # bucket >= M. Below PACKED_MIN_ROWS MKL's own small-matrix path is as fast, and beyond the
 # largest bucket (a long prefill) its packing cost is spread over enough rows to matter little.
 PACKED_MIN_ROWS = 4
-PACKED_BUCKETS = (8, 16, 32, 64)
+PACKED_BUCKETS = (16, 32, 64)
 
 
 def _grouped_sdpa(
@@ -120,7 +120,7 @@ def use_grouped_attention(model: Any) -> None:
 
 # --------------------------------------------------------------------------- packed matmuls
 # Packed copies cost the weight's size each; at most this much per model (SmolLM2-135M uses
-# about 1.6 GiB with every bucket packed; a larger model packs its first buckets only).
+# about 1.2 GiB with every bucket packed; a larger model packs its first buckets only).
 PACKED_MAX_BYTES = 2 * 2**30
 
 
