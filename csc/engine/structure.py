@@ -415,7 +415,12 @@ class ReplyGuard:
         opening = re.compile(
             rf"^\s*(?:\d{{1,2}}[.)]\s*|[-*•]\s+)?(?:{label}|{tag}|{meta}|{short})", re.I
         )
-        line = re.compile(rf"(?:(?<=\n)|(?<=[.!?。！？…]))[ \t\n]*(?:{label}|{meta})", re.I)
+        # A new line that opens with a few words and a strategy tag ("No [GT]: ...") is a turn
+        # of a transcript whose speaker name the model made up.
+        named_tag = rf"(?<=\n)[ \t]*[^\n.!?。！？:：\[【]{{0,24}}{tag}"
+        line = re.compile(
+            rf"(?:(?<=\n)|(?<=[.!?。！？…]))[ \t\n]*(?:{label}|{meta})|{named_tag}", re.I
+        )
         return cls(opening, line)
 
 

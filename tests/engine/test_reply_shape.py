@@ -202,6 +202,14 @@ def test_reply_mid_line_speaker_turn_ends_it(vocab) -> None:
     assert _response(text) == "Sorry to hear that!"
 
 
+def test_reply_ends_at_a_line_with_a_made_up_speaker_and_a_strategy_tag(vocab) -> None:
+    # Seen in the README command's output: "Yes, No\nNo [GT]: You are a freelance designer."
+    plan = plan_for_request(_reply_messages("en"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    text = _scripted(decoder, vocab, "Yes, we can.\nNo [GT]: You are a freelance designer.")
+    assert _response(text) == "Yes, we can."
+
+
 def test_chinese_reply_drops_label_and_keeps_two_sentences(vocab) -> None:
     plan = plan_for_request(_reply_messages("zh"))
     decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
