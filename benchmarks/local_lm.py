@@ -12,6 +12,9 @@ Scenarios (``--only``, comma-separated; default all but ``readme``):
   varied histories; target >= 99 % over 100 calls), with the entropy of the predicted-label
   distribution (0 bits = the same strategy for every history);
 * ``raw``: the raw forward limit, a plain ``model(input_ids)`` prefill with 1 and 2 threads;
+* ``kernels``: the engine's CPU kernels on the loaded model's own layers: every linear layer
+  through ``F.linear`` and through the packed weights at 1, 3, 16 and 48 rows, and one-query
+  attention against PyTorch's SDPA for 3 rows over 1,300 cached tokens (best of 5, interleaved);
 * ``prefix``: 32 strategy predictions of the CSC supporter program (StrategyPredictor) over
   growing dialogue histories, 8 in flight: effective prompt tokens/s, and the rate of the
   uncached part as a ratio to the raw 2-thread forward (target >= 0.8); with
@@ -198,6 +201,67 @@ def raw_prefill(engine: Any, threads: int, tokens: int = 512, trials: int = 3) -
         return tokens / best
     finally:
         torch.set_num_threads(before)
+
+
+def kernels(engine: Any) -> dict[str, Any]:
+    """Packed vs plain matmuls over the model's linear layers, and one-query attention vs SDPA."""
+    import torch
+    import torch.nn.functional as F
+
+    from csc.engine.kernels import PackedLinear, _one_query_attention
+
+    def best_ms(fn: Any, trials: int = 5) -> float:
+        fn()
+        times = []
+        for _ in range(trials):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times) * 1000
+
+    layers = [m for m in engine.model.modules() if isinstance(m, PackedLinear)]
+    out: dict[str, Any] = {"linear_layers": len(layers), "rows": {}}
+    with torch.inference_mode():
+        for rows in (1, 3, 16, 48):
+            inputs = {n: torch.randn(1, rows, n) for n in {m.in_features for m in layers}}
+
+            def plain(inputs: dict = inputs) -> None:
+                for m in layers:
+                    F.linear(inputs[m.in_features], m.weight, m.bias)
+
+            def packed(inputs: dict = inputs) -> None:
+                for m in layers:
+                    m(inputs[m.in_features])
+
+            result = {"linear_ms": 1e9, "packed_ms": 1e9}
+            for _ in range(5):  # interleaved, best of each
+                result["linear_ms"] = min(result["linear_ms"], best_ms(plain, 1))
+                result["packed_ms"] = min(result["packed_ms"], best_ms(packed, 1))
+            out["rows"][rows] = result
+            print(
+                f"kernels: {len(layers)} linear layers at {rows:2d} rows: F.linear "
+                f"{result['linear_ms']:.1f} ms, packed {result['packed_ms']:.1f} ms"
+            )
+        config = engine.model.config
+        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+        dim = config.hidden_size // heads
+        keys = torch.randn(3, kv_heads, 1300 + 64, dim)[:, :, :1300]  # a strided cache view
+        values = torch.randn(3, kv_heads, 1300 + 64, dim)[:, :, :1300]
+        query = torch.randn(3, 1, heads, dim).transpose(1, 2)
+        mask = torch.ones(3, 1, 1, 1300, dtype=torch.bool)
+        mask[0, ..., :300] = False  # a left-padded row
+        sdpa = lambda: F.scaled_dot_product_attention(  # noqa: E731
+            query, keys, values, attn_mask=mask, enable_gqa=kv_heads != heads
+        )
+        mine = lambda: _one_query_attention(query, keys, values, mask, None)  # noqa: E731
+        sdpa_ms = min(best_ms(lambda: [sdpa() for _ in range(50)]) for _ in range(3)) / 50
+        mine_ms = min(best_ms(lambda: [mine() for _ in range(50)]) for _ in range(3)) / 50
+        out["attention"] = {"sdpa_ms": sdpa_ms, "one_query_ms": mine_ms}
+        print(
+            f"kernels: one-query attention, 3 rows x 1,300 cached tokens, per layer: SDPA "
+            f"{sdpa_ms:.2f} ms, two matmuls {mine_ms:.2f} ms"
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- prefix-heavy
@@ -506,7 +570,17 @@ def readme_command(args: Any, report: dict[str, Any]) -> None:
     print(line)
 
 
-SCENARIOS = ("load", "throughput", "parse", "raw", "prefix", "threads", "serve", "readme")
+SCENARIOS = (
+    "load",
+    "throughput",
+    "parse",
+    "raw",
+    "kernels",
+    "prefix",
+    "threads",
+    "serve",
+    "readme",
+)
 
 
 def main() -> None:
@@ -570,6 +644,8 @@ def main() -> None:
         raw2 = raw_prefill(engine, 2)
         report["raw"] = {"1": raw1, "2": raw2}
         print(f"raw forward       : {raw1:.0f} prompt tokens/s with 1 thread, {raw2:.0f} with 2")
+    if "kernels" in chosen:
+        report["kernels"] = kernels(engine)
     if "throughput" in chosen:
         lm("Hello", max_tokens=4)  # warm-up
         # The machine may be shared: run the levels interleaved, several times, and keep each
