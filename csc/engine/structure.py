@@ -407,8 +407,9 @@ class ReplyGuard:
             rf"|[^\n。！？:：]{{0,20}}{_ZH_META_WORDS}[^\n。！？:：]{{0,10}}[:：]"
         )
         # An echoed list item ("1. `response` (str): ...") counts as meta-text too.
-        # A bare strategy tag ("1. [GT]: ...") is a transcript label without its name.
-        tag = r"[\[【][^\]】\n]{1,40}[\]】]\s*[:：]"
+        # A bare strategy tag ("1. [GT]: ...", "1. [Version 2,3] In action: ...") is a
+        # transcript label without its name.
+        tag = r"[\[【][^\]】\n]{1,40}[\]】][^\n.!?。！？:：]{0,24}[:：]"
         # Any short label closed by a colon before the first clause ends ("AC（感谢与告别）：",
         # "Agent reply:"), the way a strategy code or a role is written in the prompt.
         short = r"[^\n.!?。！？:：,，;；]{1,24}[:：]"

@@ -210,6 +210,14 @@ def test_reply_ends_at_a_line_with_a_made_up_speaker_and_a_strategy_tag(vocab) -
     assert _response(text) == "Yes, we can."
 
 
+def test_reply_drops_a_bracketed_tag_opening_with_words_before_its_colon(vocab) -> None:
+    # Seen in the README command's output: "1. [Version 2,3] In action: You are ..."
+    plan = plan_for_request(_reply_messages("en"))
+    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
+    text = _scripted(decoder, vocab, "1. [Version 2,3] In action: We can fix it today.")
+    assert _response(text) == "We can fix it today."
+
+
 def test_chinese_reply_drops_label_and_keeps_two_sentences(vocab) -> None:
     plan = plan_for_request(_reply_messages("zh"))
     decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
