@@ -120,7 +120,7 @@ def use_grouped_attention(model: Any) -> None:
 
 # --------------------------------------------------------------------------- packed matmuls
 # Packed copies cost the weight's size each; at most this much per model (SmolLM2-135M uses
-# about 1.2 GiB with every bucket packed; a larger model packs its first buckets only).
+# about 1.5 GiB with every bucket packed; a larger model packs its first buckets only).
 PACKED_MAX_BYTES = 2 * 2**30
 
 
