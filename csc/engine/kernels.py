@@ -51,7 +51,7 @@ def _grouped_sdpa(
     width = query.shape[2]
     if width == 1 and not dropout:
         return _one_query_attention(query, key, value, attention_mask, scaling), None
-    if lengths is not None and attention_mask is not None and width > 1:
+    if lengths is not None and attention_mask is not None:
         # Rows of a decode step are left-padded to the longest run of tokens fed; a row that
         # feeds one token attends with one query instead of `width` (the padded queries'
         # outputs are never read).

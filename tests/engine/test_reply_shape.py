@@ -202,20 +202,21 @@ def test_reply_mid_line_speaker_turn_ends_it(vocab) -> None:
     assert _response(text) == "Sorry to hear that!"
 
 
-def test_reply_ends_at_a_line_with_a_made_up_speaker_and_a_strategy_tag(vocab) -> None:
-    # Seen in the README command's output: "Yes, No\nNo [GT]: You are a freelance designer."
+@pytest.mark.parametrize(
+    ("script", "reply"),
+    [
+        # A new line with a made-up speaker and a strategy tag ends the reply.
+        ("Yes, we can.\nNo [GT]: You are a freelance designer.", "Yes, we can."),
+        # An opening bracketed tag with words before its colon is dropped.
+        ("1. [Version 2,3] In action: We can fix it today.", "We can fix it today."),
+    ],
+)
+def test_transcript_shapes_seen_in_the_readme_output_leave_the_reply(
+    vocab, script: str, reply: str
+) -> None:
     plan = plan_for_request(_reply_messages("en"))
     decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
-    text = _scripted(decoder, vocab, "Yes, we can.\nNo [GT]: You are a freelance designer.")
-    assert _response(text) == "Yes, we can."
-
-
-def test_reply_drops_a_bracketed_tag_opening_with_words_before_its_colon(vocab) -> None:
-    # Seen in the README command's output: "1. [Version 2,3] In action: You are ..."
-    plan = plan_for_request(_reply_messages("en"))
-    decoder = RowDecoder(vocab, plan, Sampling(max_tokens=300))
-    text = _scripted(decoder, vocab, "1. [Version 2,3] In action: We can fix it today.")
-    assert _response(text) == "We can fix it today."
+    assert _response(_scripted(decoder, vocab, script)) == reply
 
 
 def test_chinese_reply_drops_label_and_keeps_two_sentences(vocab) -> None:
