@@ -111,12 +111,10 @@ def option_probabilities(
     One pass over the prompt; options longer than one token share its KV cache in one more
     batched pass.
     """
-    from transformers import DynamicCache
-
     vocab = engine.vocab
     model = engine.model
     ids = list(prompt_ids) + list(vocab.encode(prefix))
-    cache = DynamicCache()
+    cache = engine.new_cache()
     out = model(
         input_ids=torch.tensor([ids], device=engine.device),
         past_key_values=cache,

@@ -37,6 +37,7 @@ from csc.engine.kernels import (
     use_grouped_attention,
     use_packed_linears,
 )
+from csc.engine.llama import KVCache, KVLayer, NativeLlamaForCausalLM
 from csc.engine.model_store import ModelSource, load_model
 from csc.engine.structure import OutputPlan, Text
 
@@ -345,38 +346,21 @@ class PrefixCache:
 
 
 # --------------------------------------------------------------------------- batch KV storage
+_BUFFER_LAYER: type | None = None
+
+
 def _buffer_layer_class() -> type:
-    from transformers.cache_utils import DynamicLayer
+    """:class:`KVLayer` as a transformers cache layer (for models loaded through transformers)."""
+    global _BUFFER_LAYER
+    if _BUFFER_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
 
-    class BufferLayer(DynamicLayer):
-        """A cache layer over a preallocated buffer: a decode step writes one column in place
-        instead of copying the whole cache (DynamicLayer concatenates on every step)."""
+        class BufferLayer(KVLayer, DynamicLayer):
+            """A cache layer over a preallocated buffer: a decode step writes one column in
+            place instead of copying the whole cache (DynamicLayer concatenates every step)."""
 
-        def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int) -> None:
-            super().__init__()
-            self.buf_k, self.buf_v, self.length = keys, values, length
-            self.dtype, self.device = keys.dtype, keys.device
-            self.is_initialized = True
-            self._views()
-
-        def _views(self) -> None:
-            self.keys = self.buf_k[:, :, : self.length]
-            self.values = self.buf_v[:, :, : self.length]
-
-        def update(self, key_states, value_states, *args, **kwargs):  # type: ignore[override]
-            n = key_states.shape[-2]
-            if self.length + n > self.buf_k.shape[2]:
-                extra = max(_GROW, n, self.buf_k.shape[2] // 2)
-                pad = (0, 0, 0, extra)
-                self.buf_k = torch.nn.functional.pad(self.buf_k[:, :, : self.length], pad)
-                self.buf_v = torch.nn.functional.pad(self.buf_v[:, :, : self.length], pad)
-            self.buf_k[:, :, self.length : self.length + n] = key_states
-            self.buf_v[:, :, self.length : self.length + n] = value_states
-            self.length += n
-            self._views()
-            return self.keys, self.values
-
-    return BufferLayer
+        _BUFFER_LAYER = BufferLayer
+    return _BUFFER_LAYER
 
 
 class Engine:
@@ -400,6 +384,7 @@ class Engine:
         self.batch_wait_s = max(0.0, float(batch_wait_ms)) / 1000.0
         self.prefix_cache = PrefixCache(int(max(0.0, float(prefix_cache_mb)) * 2**20))
         self.model: Any = None
+        self.native = False  # the model runs on csc.engine.llama's forward, not transformers'
         self.tokenizer: Any = None
         self.vocab: Vocabulary | None = None
         self.load_seconds: float | None = None
@@ -435,6 +420,7 @@ class Engine:
                 if threads > 0:
                     torch.set_num_threads(threads)  # process-wide in PyTorch
             model, tokenizer = load_model(self.source, self.device, self.dtype)
+            self.native = isinstance(model, NativeLlamaForCausalLM)
             if self.device == "cpu":
                 if model.config._attn_implementation == "sdpa":
                     use_grouped_attention(model)
@@ -679,8 +665,6 @@ class Engine:
         next position, the last-token logits [B, V] and how many tokens came from the cache.
         A row is laid out ``[pad | cached prefix | pad | new tokens]``; the mask hides the pads.
         """
-        from transformers import DynamicCache
-
         matches = []
         for ids in prompts:
             n, k, v = self.prefix_cache.match(ids)
@@ -702,18 +686,21 @@ class Engine:
             mask[b, width_cached + width_new - len(suffix) :] = 1
             input_ids[b, width_new - len(suffix) :] = torch.tensor(suffix, dtype=torch.long)
             positions[b, width_new - len(suffix) :] = torch.arange(n, n + len(suffix))
-        cache = DynamicCache()
+        cache = self.new_cache()
         if width_cached > 0:
             ref = next(k for n, k, _ in matches if n > 0)
             layers, heads, _, dim = ref.shape
-            shape = (layers, batch, heads, width_cached, dim)
+            # The native model writes the new columns into spare room of the same buffer.
+            spare = width_new if self.native else 0
+            shape = (layers, batch, heads, width_cached + spare, dim)
             all_k = ref.new_zeros(shape)
             all_v = ref.new_zeros(shape)
             for b, (n, k, v) in enumerate(matches):
                 if n > 0:
-                    all_k[:, b, :, width_cached - n :] = k
-                    all_v[:, b, :, width_cached - n :] = v
-            cache = DynamicCache(ddp_cache_data=[(all_k[i], all_v[i]) for i in range(layers)])
+                    all_k[:, b, :, width_cached - n : width_cached] = k
+                    all_v[:, b, :, width_cached - n : width_cached] = v
+            pairs = [(all_k[i], all_v[i]) for i in range(layers)]
+            cache = self.new_cache(pairs, width_cached)
         device = self.device
         out = self.model(
             input_ids=input_ids.to(device),
@@ -750,7 +737,6 @@ class Engine:
         positions: torch.Tensor,
     ) -> None:
         """Add prefilled rows to the running batch (left-padding the narrower side)."""
-        layer_class = _buffer_layer_class()
         if not self._rows:
             new_keys, new_values, new_mask = keys, values, mask
             new_positions = positions
@@ -778,24 +764,39 @@ class Engine:
             new_positions = torch.cat([self._positions, positions], 0)
         self._rows = self._rows + rows
         self._mask, self._positions = new_mask, new_positions
-        self._cache = self._batch_cache(layer_class, new_keys, new_values)
+        self._cache = self._batch_cache(new_keys, new_values)
 
-    def _batch_cache(
-        self, layer_class: type, keys: list[torch.Tensor], values: list[torch.Tensor]
+    def new_cache(
+        self, pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None, length: int | None = None
     ) -> Any:
+        """A key/value cache for this engine's model: empty, or over per-layer buffers
+        [batch, heads, width, dim] whose first ``length`` columns are filled (all by default)."""
+        if self.native:
+            if pairs is None:
+                return KVCache()
+            return KVCache([KVLayer(k, v, length) for k, v in pairs])
         from transformers import DynamicCache
 
+        if pairs is None:
+            return DynamicCache()
+        if length is not None and length != pairs[0][0].shape[2]:
+            pairs = [(k[:, :, :length], v[:, :, :length]) for k, v in pairs]
+        return DynamicCache(ddp_cache_data=pairs)
+
+    def _batch_cache(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> Any:
+        """The running batch's cache: the given columns plus room to decode into."""
+        pad = (0, 0, 0, _GROW)
+        buffers = [
+            (torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad))
+            for k, v in zip(keys, values)
+        ]
+        if self.native:
+            return KVCache([KVLayer(k, v, length=k.shape[2] - _GROW) for k, v in buffers])
+        from transformers import DynamicCache
+
+        layer_class = _buffer_layer_class()
         cache = DynamicCache()
-        layers = []
-        for k, v in zip(keys, values):
-            length = k.shape[2]
-            pad = (0, 0, 0, _GROW)
-            layers.append(
-                layer_class(
-                    torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad), length
-                )
-            )
-        cache.layers = layers
+        cache.layers = [layer_class(k, v, k.shape[2] - _GROW) for k, v in buffers]
         cache.layer_class_to_replicate = None
         return cache
 
@@ -901,7 +902,7 @@ class Engine:
         values = [layer.values.index_select(0, index)[:, :, lead:] for layer in self._cache.layers]
         self._rows = [self._rows[i] for i in keep]
         self._mask, self._positions = mask, self._positions[index]
-        self._cache = self._batch_cache(_buffer_layer_class(), keys, values)
+        self._cache = self._batch_cache(keys, values)
 
     def _stream(self, row: _Row) -> None:
         if row.job.on_text is None:

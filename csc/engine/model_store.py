@@ -201,23 +201,52 @@ def load_tokenizer(source: ModelSource) -> Any:
     Serving (:mod:`csc.engine`) and training (:mod:`csc.finetune.train`) both take it from here,
     so a fine-tuned model is prompted at inference with exactly the text it was trained on.
     """
-    from transformers import AutoTokenizer
-
     folder = source.resolve_base()
     if source.adapter_dir and (Path(source.adapter_dir) / "tokenizer_config.json").exists():
         folder = Path(source.adapter_dir)  # training may have added tokens or a template
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = _named_tokenizer_class(folder).from_pretrained(folder)
     ensure_chat_template(tokenizer)
     return tokenizer
+
+
+def _named_tokenizer_class(folder: Path) -> Any:
+    """The tokenizer class ``tokenizer_config.json`` names, else ``AutoTokenizer``.
+
+    ``AutoTokenizer`` takes the same class from that file, but first loads the model's config
+    class, and for Llama that imports transformers' activation and kernel-hub modules (seconds
+    of imports a tokenizer does not need).
+    """
+    import transformers
+
+    try:
+        name = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8")).get(
+            "tokenizer_class"
+        )
+    except (OSError, ValueError):
+        name = None
+    if name in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return getattr(transformers, name, transformers.AutoTokenizer)
+    return transformers.AutoTokenizer
 
 
 def load_model(
     source: ModelSource, device: str, dtype: Any, *, trust_remote_code: bool = False
 ) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for a source onto a device, in eval mode."""
-    from transformers import AutoModelForCausalLM
+    """Load (model, tokenizer) for a source onto a device, in eval mode.
+
+    A plain Llama checkpoint without an adapter (the embedded SmolLM2, most ``local:`` folders)
+    runs on :mod:`csc.engine.llama`'s native forward (same arithmetic, a fraction of the load
+    time); anything else, or ``CSC_NATIVE_MODEL=0``, loads through transformers.
+    """
+    from csc.engine.llama import load_native, native_config, native_enabled
 
     tokenizer = load_tokenizer(source)
+    if not source.adapter_dir and not trust_remote_code and native_enabled():
+        config, _ = native_config(source.resolve_base())
+        if config is not None:
+            return load_native(source.resolve_base(), config, device, dtype), tokenizer
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(
         source.resolve_base(), dtype=dtype, trust_remote_code=trust_remote_code
     )

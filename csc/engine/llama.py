@@ -1,0 +1,388 @@
+"""A native PyTorch forward for plain Llama checkpoints (SmolLM2 among them).
+
+The engine serves the embedded model through this module instead of transformers'
+``LlamaForCausalLM``. The arithmetic is the same (float32 RMSNorm, rotary embeddings, grouped
+attention, SwiGLU, in the same order of operations), so answers match transformers' to float32
+rounding; what changes is what a process has to load. transformers' model classes pull in its
+kernel hub, flash-attention and continuous-batching modules, ``torch._dynamo`` and
+``torch.distributed.tensor`` on import: about 4-5 s of a 10-12 s warm load on this project's
+2-core machine, for a 135M-parameter model whose weights read in 0.1 s. Here the weights are
+read straight from ``model.safetensors`` and the forward is about 150 lines.
+
+Only what the engine needs is supported: a causal LM forward over a 2-D attention mask (1 where
+a key may be read, left padding allowed), explicit positions, a key/value cache whose layers
+have ``update(keys, values) -> (keys, values)``, ``logits_to_keep`` and per-row query lengths
+(:data:`csc.engine.kernels.QUERY_LENGTHS`). Checkpoints it does not cover (other
+architectures, RoPE scaling, biases, sharded or ``.bin`` weights, adapters) keep the transformers
+path; :func:`native_config` says which. Set ``CSC_NATIVE_MODEL=0`` to use transformers for every
+model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from csc.engine.kernels import GROUPED_ATTENTION, QUERY_LENGTHS, _grouped_sdpa
+
+NATIVE_ENV = "CSC_NATIVE_MODEL"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def native_enabled() -> bool:
+    """Whether the native forward may be used (``CSC_NATIVE_MODEL`` is not 0/false/no/off)."""
+    return os.environ.get(NATIVE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclass
+class LlamaConfig:
+    """The fields of a Llama ``config.json`` the native forward reads."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    tie_word_embeddings: bool
+    max_position_embeddings: int
+    # Read by the engine as on a transformers config: the native forward always runs the
+    # grouped attention (and so accepts per-row query lengths).
+    _attn_implementation: str = GROUPED_ATTENTION
+
+
+def native_config(folder: str | Path) -> tuple[LlamaConfig | None, str]:
+    """The native config of a model folder, or ``(None, why not)`` when only transformers can
+    load it."""
+    folder = Path(folder)
+    try:
+        raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"no readable config.json ({exc})"
+    if raw.get("model_type") != "llama" or raw.get("architectures") not in (
+        None,
+        ["LlamaForCausalLM"],
+    ):
+        return None, f"architecture {raw.get('architectures') or raw.get('model_type')}"
+    if not (folder / WEIGHTS_FILE).exists():
+        return None, f"no single {WEIGHTS_FILE}"
+    if raw.get("hidden_act", "silu") != "silu":
+        return None, f"activation {raw.get('hidden_act')}"
+    if raw.get("attention_bias") or raw.get("mlp_bias") or raw.get("pretraining_tp", 1) != 1:
+        return None, "biases or tensor-parallel weights"
+    rope = raw.get("rope_parameters") or {}
+    if raw.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        return None, "scaled rotary embeddings"
+    theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+    heads = int(raw["num_attention_heads"])
+    hidden = int(raw["hidden_size"])
+    return (
+        LlamaConfig(
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(raw["intermediate_size"]),
+            num_hidden_layers=int(raw["num_hidden_layers"]),
+            num_attention_heads=heads,
+            num_key_value_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_theta=float(theta),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            max_position_embeddings=int(raw.get("max_position_embeddings", 2048)),
+        ),
+        "",
+    )
+
+
+# --------------------------------------------------------------------------- KV cache
+class KVLayer:
+    """One layer's keys and values [batch, kv heads, width, head dim] in a buffer with spare
+    columns: feeding tokens writes them in place instead of concatenating the whole cache."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int | None = None):
+        super().__init__()
+        self.buf_k, self.buf_v = keys, values
+        self.length = keys.shape[2] if length is None else length
+        self.dtype, self.device = keys.dtype, keys.device
+        self.is_initialized = True
+        self._views()
+
+    def _views(self) -> None:
+        self.keys = self.buf_k[:, :, : self.length]
+        self.values = self.buf_v[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):  # noqa: ARG002
+        n = key_states.shape[-2]
+        if self.length + n > self.buf_k.shape[2]:
+            extra = max(64, n, self.buf_k.shape[2] // 2)
+            pad = (0, 0, 0, extra)
+            self.buf_k = nn.functional.pad(self.buf_k[:, :, : self.length], pad)
+            self.buf_v = nn.functional.pad(self.buf_v[:, :, : self.length], pad)
+        self.buf_k[:, :, self.length : self.length + n] = key_states
+        self.buf_v[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self._views()
+        return self.keys, self.values
+
+
+class KVCache:
+    """The native forward's key/value cache: one :class:`KVLayer` per layer (empty until fed)."""
+
+    def __init__(self, layers: list[Any] | None = None, num_layers: int = 0) -> None:
+        self.layers: list[Any] = list(layers) if layers is not None else []
+        self._num_layers = num_layers if layers is None else len(self.layers)
+
+    def get_seq_length(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+    def layer(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed one layer's new keys and values; returns everything that layer may attend to."""
+        if index < len(self.layers):
+            return self.layers[index].update(keys, values)
+        pad = (0, 0, 0, 64)
+        self.layers.append(
+            KVLayer(nn.functional.pad(keys, pad), nn.functional.pad(values, pad), keys.shape[2])
+        )
+        return self.layers[index].keys, self.layers[index].values
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat every row ``repeats`` times (one prompt's cache shared by several options)."""
+        self.layers = [
+            KVLayer(
+                layer.keys.repeat_interleave(repeats, dim=0),
+                layer.values.repeat_interleave(repeats, dim=0),
+            )
+            for layer in self.layers
+        ]
+
+
+# --------------------------------------------------------------------------- the model
+# Parameters are created empty on the meta device and take the checkpoint's tensors at load:
+# initialising them (or building under ``torch.device("meta")``) would run PyTorch's Python
+# decompositions of the random initialisers, whose import alone takes seconds.
+def _empty(*shape: int) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape, device="meta"), requires_grad=False)
+
+
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    """A bias-free ``nn.Linear`` (the exact class, so the packed matmuls apply) left empty."""
+    layer = nn.Linear.__new__(nn.Linear)
+    nn.Module.__init__(layer)
+    layer.in_features, layer.out_features = in_features, out_features
+    layer.weight = _empty(out_features, in_features)
+    layer.register_parameter("bias", None)
+    return layer
+
+
+class Embedding(nn.Module):
+    def __init__(self, num: int, size: int) -> None:
+        super().__init__()
+        self.weight = _empty(num, size)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(ids, self.weight)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = _empty(size)
+        self.variance_epsilon = eps
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        dtype = hidden.dtype
+        hidden = hidden.to(torch.float32)
+        variance = hidden.pow(2).mean(-1, keepdim=True)
+        hidden = hidden * torch.rsqrt(variance + self.variance_epsilon)
+        return self.weight * hidden.to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.head_dim = config.head_dim
+        self.scaling = config.head_dim**-0.5
+        hidden, heads, kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        self.q_proj = _linear(hidden, heads * self.head_dim)
+        self.k_proj = _linear(hidden, kv * self.head_dim)
+        self.v_proj = _linear(hidden, kv * self.head_dim)
+        self.o_proj = _linear(heads * self.head_dim, hidden)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: KVCache | None,
+        index: int,
+        lengths: list[int] | None,
+    ) -> torch.Tensor:
+        batch, width, _ = hidden.shape
+        shape = (batch, width, -1, self.head_dim)
+        q = self.q_proj(hidden).view(shape).transpose(1, 2)
+        k = self.k_proj(hidden).view(shape).transpose(1, 2)
+        v = self.v_proj(hidden).view(shape).transpose(1, 2)
+        q = (q * cos) + (_rotate_half(q) * sin)
+        k = (k * cos) + (_rotate_half(k) * sin)
+        if cache is not None:
+            k, v = cache.layer(index, k, v)
+        extra = {QUERY_LENGTHS: lengths} if lengths is not None else {}
+        out, _ = _grouped_sdpa(self, q, k, v, mask, scaling=self.scaling, **extra)
+        return self.o_proj(out.reshape(batch, width, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.gate_proj = _linear(config.hidden_size, config.intermediate_size)
+        self.up_proj = _linear(config.hidden_size, config.intermediate_size)
+        self.down_proj = _linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.mlp = MLP(config)
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaBody(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+@dataclass
+class Output:
+    logits: torch.Tensor
+    past_key_values: KVCache | None
+
+
+def _inv_freq(config: LlamaConfig) -> torch.Tensor:
+    dim = config.head_dim
+    return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
+
+
+class NativeLlamaForCausalLM(nn.Module):
+    """Llama as a causal LM, with transformers' parameter names (``model.layers.N....``)."""
+
+    generation_config = None
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaBody(config)
+        self.lm_head = _linear(config.hidden_size, config.vocab_size)
+        self.register_buffer("inv_freq", _inv_freq(config), persistent=False)
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def _rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = positions[..., None].float() * self.inv_freq.to(positions.device)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
+
+    @staticmethod
+    def _mask(
+        attention_mask: torch.Tensor | None, batch: int, past: int, width: int, device: torch.device
+    ) -> torch.Tensor | None:
+        """[batch, 1, width, past + width] booleans: key readable and not in the future."""
+        if attention_mask is None and past == 0:
+            return None  # plain causal: SDPA's own flag
+        total = past + width
+        keys = (
+            attention_mask.to(device=device, dtype=torch.bool)
+            if attention_mask is not None
+            else torch.ones((batch, total), dtype=torch.bool, device=device)
+        )
+        if width == 1:
+            return keys[:, None, None, :]
+        columns = torch.arange(total, device=device)
+        queries = torch.arange(past, total, device=device)
+        mask = keys[:, None, None, :] & (columns[None, :] <= queries[:, None])[None, None]
+        # A padding query that may read nothing would give NaN; let it read everything (its
+        # output is never used, as in transformers' SDPA masks).
+        return mask | ~mask.any(dim=-1, keepdim=True)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values: KVCache | None = None,
+        use_cache: bool = True,
+        logits_to_keep: int = 0,
+        **kwargs: Any,
+    ) -> Output:
+        batch, width = input_ids.shape
+        cache = past_key_values
+        if cache is None and use_cache:
+            cache = KVCache()
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past, past + width, device=input_ids.device)
+            position_ids = position_ids.unsqueeze(0).expand(batch, -1)
+        hidden = self.model.embed_tokens(input_ids)
+        cos, sin = self._rotary(position_ids, hidden.dtype)
+        mask = self._mask(attention_mask, batch, past, width, hidden.device)
+        lengths = kwargs.get(QUERY_LENGTHS)
+        for index, layer in enumerate(self.model.layers):
+            residual = hidden
+            hidden = layer.self_attn(
+                layer.input_layernorm(hidden), cos, sin, mask, cache, index, lengths
+            )
+            hidden = residual + hidden
+            residual = hidden
+            hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
+        hidden = self.model.norm(hidden)
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        return Output(logits=self.lm_head(hidden), past_key_values=cache)
+
+
+def load_native(folder: str | Path, config: LlamaConfig, device: str, dtype: torch.dtype) -> NativeLlamaForCausalLM:
+    """Build the model on the meta device and take the tensors of ``model.safetensors``."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    if config.tie_word_embeddings or "lm_head.weight" not in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model = NativeLlamaForCausalLM(config)
+    expected = set(model.state_dict())
+    missing = sorted(expected - set(state))
+    if missing:
+        raise ValueError(
+            f"{folder / WEIGHTS_FILE} lacks {len(missing)} tensors of a Llama checkpoint "
+            f"(first: {missing[0]}); set {NATIVE_ENV}=0 to load it with transformers"
+        )
+    state = {name: state[name].to(dtype) for name in expected}
+    model.load_state_dict(state, assign=True, strict=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.to(device)
+    model.eval()
+    return model
