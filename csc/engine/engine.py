@@ -767,7 +767,9 @@ class Engine:
         self._cache = self._batch_cache(new_keys, new_values)
 
     def new_cache(
-        self, pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None, length: int | None = None
+        self,
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        length: int | None = None,
     ) -> Any:
         """A key/value cache for this engine's model: empty, or over per-layer buffers
         [batch, heads, width, dim] whose first ``length`` columns are filled (all by default)."""

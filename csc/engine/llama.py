@@ -24,6 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -120,7 +121,9 @@ class KVLayer:
         self.keys = self.buf_k[:, :, : self.length]
         self.values = self.buf_v[:, :, : self.length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):  # noqa: ARG002
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+    ):
         n = key_states.shape[-2]
         if self.length + n > self.buf_k.shape[2]:
             extra = max(64, n, self.buf_k.shape[2] // 2)
@@ -144,7 +147,9 @@ class KVCache:
     def get_seq_length(self) -> int:
         return self.layers[0].length if self.layers else 0
 
-    def layer(self, index: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer(
+        self, index: int, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed one layer's new keys and values; returns everything that layer may attend to."""
         if index < len(self.layers):
             return self.layers[index].update(keys, values)
@@ -216,7 +221,11 @@ class Attention(nn.Module):
         super().__init__()
         self.head_dim = config.head_dim
         self.scaling = config.head_dim**-0.5
-        hidden, heads, kv = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+        hidden, heads, kv = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+        )
         self.q_proj = _linear(hidden, heads * self.head_dim)
         self.k_proj = _linear(hidden, kv * self.head_dim)
         self.v_proj = _linear(hidden, kv * self.head_dim)
@@ -288,7 +297,7 @@ def _inv_freq(config: LlamaConfig) -> torch.Tensor:
 class NativeLlamaForCausalLM(nn.Module):
     """Llama as a causal LM, with transformers' parameter names (``model.layers.N....``)."""
 
-    generation_config = None
+    generation_config: Any = None  # the folder's generation_config.json (eos ids), if any
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
@@ -300,7 +309,9 @@ class NativeLlamaForCausalLM(nn.Module):
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
 
-    def _rotary(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rotary(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions[..., None].float() * self.inv_freq.to(positions.device)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
@@ -363,7 +374,9 @@ class NativeLlamaForCausalLM(nn.Module):
         return Output(logits=self.lm_head(hidden), past_key_values=cache)
 
 
-def load_native(folder: str | Path, config: LlamaConfig, device: str, dtype: torch.dtype) -> NativeLlamaForCausalLM:
+def load_native(
+    folder: str | Path, config: LlamaConfig, device: str, dtype: torch.dtype
+) -> NativeLlamaForCausalLM:
     """Build the model on the meta device and take the tensors of ``model.safetensors``."""
     from safetensors.torch import load_file
 
@@ -383,6 +396,11 @@ def load_native(folder: str | Path, config: LlamaConfig, device: str, dtype: tor
     model.load_state_dict(state, assign=True, strict=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
+    try:
+        generation = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+        model.generation_config = SimpleNamespace(eos_token_id=generation.get("eos_token_id"))
+    except (OSError, ValueError):
+        pass  # no generation config: the tokenizer's eos token stops replies
     model.to(device)
     model.eval()
     return model
