@@ -204,11 +204,10 @@ class RMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        dtype = hidden.dtype
-        hidden = hidden.to(torch.float32)
-        variance = hidden.pow(2).mean(-1, keepdim=True)
-        hidden = hidden * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden.to(dtype)
+        # One fused op; in float32 it gives transformers' LlamaRMSNorm bit for bit.
+        return nn.functional.rms_norm(
+            hidden, (hidden.shape[-1],), self.weight, self.variance_epsilon
+        )
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -217,53 +216,45 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    """Grouped-query attention with one projection for queries, keys and values."""
+
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.head_dim = config.head_dim
         self.scaling = config.head_dim**-0.5
-        hidden, heads, kv = (
-            config.hidden_size,
-            config.num_attention_heads,
-            config.num_key_value_heads,
-        )
-        self.q_proj = _linear(hidden, heads * self.head_dim)
-        self.k_proj = _linear(hidden, kv * self.head_dim)
-        self.v_proj = _linear(hidden, kv * self.head_dim)
-        self.o_proj = _linear(heads * self.head_dim, hidden)
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        hidden = config.hidden_size
+        self.qkv_proj = _linear(hidden, (self.heads + 2 * self.kv_heads) * self.head_dim)
+        self.o_proj = _linear(self.heads * self.head_dim, hidden)
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        mask: torch.Tensor | None,
-        cache: KVCache | None,
-        index: int,
-        lengths: list[int] | None,
+        self, hidden: torch.Tensor, step: _Step, cache: KVCache | None, index: int
     ) -> torch.Tensor:
-        batch, width, _ = hidden.shape
-        shape = (batch, width, -1, self.head_dim)
-        q = self.q_proj(hidden).view(shape).transpose(1, 2)
-        k = self.k_proj(hidden).view(shape).transpose(1, 2)
-        v = self.v_proj(hidden).view(shape).transpose(1, 2)
-        q = (q * cos) + (_rotate_half(q) * sin)
-        k = (k * cos) + (_rotate_half(k) * sin)
+        """``hidden`` holds the step's real tokens [tokens, hidden]; returns the same shape."""
+        qkv = step.unpack(self.qkv_proj(hidden))  # [batch, width, features]
+        batch, width = step.batch, step.width
+        heads, kv = self.heads, self.kv_heads
+        qkv = qkv.view(batch, width, heads + 2 * kv, self.head_dim).transpose(1, 2)
+        qk = qkv[:, : heads + kv]
+        qk = (qk * step.cos) + (_rotate_half(qk) * step.sin)  # queries and keys at once
+        q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv :]
         if cache is not None:
             k, v = cache.layer(index, k, v)
-        extra = {QUERY_LENGTHS: lengths} if lengths is not None else {}
-        out, _ = _grouped_sdpa(self, q, k, v, mask, scaling=self.scaling, **extra)
-        return self.o_proj(out.reshape(batch, width, -1))
+        extra = {QUERY_LENGTHS: step.lengths} if step.lengths is not None else {}
+        out, _ = _grouped_sdpa(self, q, k, v, step.mask, scaling=self.scaling, **extra)
+        return self.o_proj(step.pack(out.reshape(batch, width, -1)))
 
 
 class MLP(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        self.gate_proj = _linear(config.hidden_size, config.intermediate_size)
-        self.up_proj = _linear(config.hidden_size, config.intermediate_size)
+        self.intermediate = config.intermediate_size
+        self.gate_up_proj = _linear(config.hidden_size, 2 * config.intermediate_size)
         self.down_proj = _linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        return self.down_proj(nn.functional.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -289,13 +280,51 @@ class Output:
     past_key_values: KVCache | None
 
 
+class _Step:
+    """What every layer of one forward shares: the layout of its tokens, rotary factors, mask.
+
+    Rows are left-padded to the step's width. Only real tokens go through the projections and
+    the MLP, packed as [tokens, hidden] (a step where one row feeds 12 forced header tokens and
+    two rows one token each multiplies 14 rows, not 36); attention and the cache see the padded
+    [batch, width] layout the engine's masks describe.
+    """
+
+    def __init__(
+        self,
+        batch: int,
+        width: int,
+        real: torch.Tensor | None,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        lengths: list[int] | None,
+    ) -> None:
+        self.batch, self.width, self.real = batch, width, real
+        self.cos, self.sin, self.mask, self.lengths = cos, sin, mask, lengths
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, width, features] -> [tokens, features] (real tokens only)."""
+        flat = x.reshape(self.batch * self.width, x.shape[-1])
+        return flat if self.real is None else flat.index_select(0, self.real)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        """[tokens, features] -> [batch, width, features] (zeros at padding)."""
+        if self.real is None:
+            return x.view(self.batch, self.width, x.shape[-1])
+        full = x.new_zeros((self.batch * self.width, x.shape[-1]))
+        full.index_copy_(0, self.real, x)
+        return full.view(self.batch, self.width, x.shape[-1])
+
+
 def _inv_freq(config: LlamaConfig) -> torch.Tensor:
     dim = config.head_dim
     return 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float) / dim))
 
 
 class NativeLlamaForCausalLM(nn.Module):
-    """Llama as a causal LM, with transformers' parameter names (``model.layers.N....``)."""
+    """Llama as a causal LM. Loaded from transformers' parameter names, with the query, key and
+    value projections (and the MLP's gate and up projections) joined into one matrix each: a
+    decode step then makes 121 matrix products instead of 211 (bit-identical results)."""
 
     generation_config: Any = None  # the folder's generation_config.json (eos ids), if any
 
@@ -356,41 +385,76 @@ class NativeLlamaForCausalLM(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + width, device=input_ids.device)
             position_ids = position_ids.unsqueeze(0).expand(batch, -1)
-        hidden = self.model.embed_tokens(input_ids)
+        real = None
+        if attention_mask is not None and width > 1:
+            fed = attention_mask[:, -width:].reshape(-1).to(torch.bool)
+            if not bool(fed.all()):
+                real = fed.nonzero().squeeze(1)
+        ids = input_ids.reshape(-1)
+        hidden = self.model.embed_tokens(ids if real is None else ids.index_select(0, real))
         cos, sin = self._rotary(position_ids, hidden.dtype)
-        mask = self._mask(attention_mask, batch, past, width, hidden.device)
-        lengths = kwargs.get(QUERY_LENGTHS)
+        step = _Step(
+            batch,
+            width,
+            real,
+            cos,
+            sin,
+            self._mask(attention_mask, batch, past, width, hidden.device),
+            kwargs.get(QUERY_LENGTHS),
+        )
         for index, layer in enumerate(self.model.layers):
-            residual = hidden
-            hidden = layer.self_attn(
-                layer.input_layernorm(hidden), cos, sin, mask, cache, index, lengths
-            )
-            hidden = residual + hidden
-            residual = hidden
-            hidden = residual + layer.mlp(layer.post_attention_layernorm(hidden))
-        hidden = self.model.norm(hidden)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        return Output(logits=self.lm_head(hidden), past_key_values=cache)
+            hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), step, cache, index)
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        if logits_to_keep == 1 and real is not None:
+            # Rows are left-padded, so each row's last column is its last real token.
+            last = torch.arange(1, batch + 1, device=hidden.device) * width - 1
+            hidden = hidden.index_select(0, torch.searchsorted(real, last)).unsqueeze(1)
+        else:
+            hidden = step.unpack(hidden)
+            if logits_to_keep:
+                hidden = hidden[:, -logits_to_keep:]
+        return Output(logits=self.lm_head(self.model.norm(hidden)), past_key_values=cache)
+
+
+# transformers' names of the matrices each joined one is made of, in order.
+_JOINED = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+}
+
+
+def _join(state: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:
+    """transformers' per-projection tensors -> the native model's joined ones."""
+    state = dict(state)
+    for i in range(layers):
+        for joined, parts in _JOINED.items():
+            names = [f"model.layers.{i}.{part}.weight" for part in parts]
+            if all(name in state for name in names):
+                state[f"model.layers.{i}.{joined}.weight"] = torch.cat(
+                    [state.pop(name) for name in names]
+                )
+    return state
 
 
 def load_native(
     folder: str | Path, config: LlamaConfig, device: str, dtype: torch.dtype
 ) -> NativeLlamaForCausalLM:
-    """Build the model on the meta device and take the tensors of ``model.safetensors``."""
+    """Build the model (parameters left empty on the meta device) and take the tensors of
+    ``model.safetensors``."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    state = _join(load_file(str(folder / WEIGHTS_FILE), device="cpu"), config.num_hidden_layers)
     if config.tie_word_embeddings or "lm_head.weight" not in state:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        state["lm_head.weight"] = state.get("model.embed_tokens.weight")
     model = NativeLlamaForCausalLM(config)
     expected = set(model.state_dict())
-    missing = sorted(expected - set(state))
+    missing = sorted(name for name in expected if state.get(name) is None)
     if missing:
         raise ValueError(
-            f"{folder / WEIGHTS_FILE} lacks {len(missing)} tensors of a Llama checkpoint "
-            f"(first: {missing[0]}); set {NATIVE_ENV}=0 to load it with transformers"
+            f"{folder / WEIGHTS_FILE} lacks tensors of a Llama checkpoint for "
+            f"{len(missing)} parameters (first: {missing[0]}); set {NATIVE_ENV}=0 to load it "
+            "with transformers"
         )
     state = {name: state[name].to(dtype) for name in expected}
     model.load_state_dict(state, assign=True, strict=True)

@@ -104,6 +104,15 @@ def test_native_forward_matches_transformers_on_the_engines_calls(
         real = slice(4 - n, 4)
         assert torch.allclose(expected[1][b, real], got[1][b, real], atol=1e-5)
     assert torch.allclose(expected[2], got[2], atol=1e-5)
+    # Only each row's last token's logits (left-padded rows: the last column), as the engine asks.
+    last = native(
+        input_ids=ids[:, :12],
+        attention_mask=prompt_mask,
+        position_ids=positions,
+        past_key_values=KVCache(),
+        logits_to_keep=1,
+    ).logits
+    assert torch.allclose(expected[0][:, -1:], last, atol=1e-5)
     # No mask and no cache (the raw forward of the benchmark): plain causal attention.
     plain = native(input_ids=ids[:1], use_cache=False).logits
     assert torch.allclose(reference(input_ids=ids[:1]).logits, plain, atol=1e-5)
@@ -170,7 +179,7 @@ def test_missing_tensors_name_the_file_and_the_way_out(tmp_path: Path) -> None:
     del state["model.layers.1.mlp.up_proj.weight"]
     save_file(state, weights)
     config, _ = native_config(tmp_path)
-    with pytest.raises(ValueError, match=r"model\.safetensors.*up_proj.*CSC_NATIVE_MODEL=0"):
+    with pytest.raises(ValueError, match=r"model\.safetensors.*gate_up_proj.*CSC_NATIVE_MODEL=0"):
         load_native(tmp_path, config, "cpu", torch.float32)
 
 
