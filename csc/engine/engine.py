@@ -8,8 +8,11 @@ so a request never waits for a whole batch to finish. Finished rows leave at onc
 Prefill reuses a **prefix cache** (:class:`PrefixCache`, a radix tree of token sequences with
 their KV tensors, LRU-evicted under a memory bound): the system message of every signature, and
 the dialogue history of the previous turn, are computed once and then only the new tokens of a
-prompt are prefilled. Requests admitted together that share a prefix not cached yet have it
-computed once before their own suffixes.
+prompt are prefilled. Requests admitted together that share a prefix not cached yet are
+prefilled in rounds (:meth:`Engine._next_round`), so the shared part is computed once.
+
+Plain Llama checkpoints run on :mod:`csc.engine.llama`'s native forward, other models on
+transformers'; :meth:`Engine.new_cache` gives the KV cache type each one takes.
 
 Each row keeps its own output plan, sampling options and random generator, so batching and
 caching change throughput, not answers.
@@ -17,7 +20,6 @@ caching change throughput, not answers.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import queue
@@ -47,7 +49,7 @@ DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_BATCH_WAIT_MS = 15.0
 DEFAULT_PREFIX_CACHE_MB = 1024.0
 MAX_GATHER_FACTOR = 8
-MIN_SHARED_PREFIX = 16  # below this, a separate prefix pass costs more than it saves
+MIN_SHARED_PREFIX = 16  # below this, waiting for another request's prefill saves too little
 _GROW = 64  # KV buffer growth step (tokens) of the running batch
 # Prefill grouping: uncached parts up to PREFILL_SHORT tokens always share a forward (the
 # weights' memory traffic dominates there); longer ones only with parts at most PREFILL_SPREAD
@@ -185,6 +187,17 @@ class _Node:
         return self.keys.numel() * self.keys.element_size() * 2
 
 
+def _cut_segments(segments: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """The first ``n`` columns (dim 2) of consecutive segments."""
+    out: list[torch.Tensor] = []
+    for seg in segments:
+        if n <= 0:
+            break
+        out.append(seg[:, :, :n])
+        n -= seg.shape[2]
+    return out
+
+
 def _common_length(a: tuple[int, ...] | list[int], b: list[int], start: int) -> int:
     n = min(len(a), len(b) - start)
     i = 0
@@ -218,6 +231,16 @@ class PrefixCache:
 
     def match(self, ids: list[int]) -> tuple[int, torch.Tensor | None, torch.Tensor | None]:
         """(length, keys, values) of the longest cached prefix of ``ids`` (tensors [L, H, n, D])."""
+        pos, keys, values = self.match_segments(ids)
+        if not keys:
+            return 0, None, None
+        if len(keys) == 1:
+            return pos, keys[0], values[0]
+        return pos, torch.cat(keys, dim=2), torch.cat(values, dim=2)
+
+    def match_segments(self, ids: list[int]) -> tuple[int, list[torch.Tensor], list[torch.Tensor]]:
+        """Like :meth:`match`, but the tensors of each tree edge on the path, in order (views,
+        not copies: the caller copies them once, into its own layout)."""
         with self._lock:
             self.lookups += 1
             node, pos = self.root, 0
@@ -238,11 +261,7 @@ class PrefixCache:
                     break
                 node = child
             self.hit_tokens += pos
-            if pos == 0:
-                return 0, None, None
-            if len(keys) == 1:
-                return pos, keys[0], values[0]
-            return pos, torch.cat(keys, dim=2), torch.cat(values, dim=2)
+            return pos, keys, values
 
     def match_length(self, ids: list[int]) -> int:
         """How many leading tokens of ``ids`` are cached (no tensors, no statistics)."""
@@ -567,9 +586,11 @@ class Engine:
             return
         self.batches_run += 1
         self.requests_served += len(live)
-        self._share_prefixes([job.prompt_ids for job, _ in live])
-        for group in self._prefill_groups(live):
-            self._admit_group(group)
+        pending = live
+        while pending:
+            ready, pending = self._next_round(pending)
+            for group in self._prefill_groups(ready):
+                self._admit_group(group)
         self.largest_batch = max(self.largest_batch, len(self._rows))
 
     def _guarded_prompt(self, job: _Job) -> str:
@@ -634,24 +655,33 @@ class Engine:
             mask, positions = mask[index], positions[index]
         self._merge(new_rows, keys, values, mask, positions)
 
-    def _share_prefixes(self, prompts: list[list[int]]) -> None:
-        """Compute once, into the prefix cache, the prefixes that new requests share."""
-        if len(prompts) < 2 or self.prefix_cache.max_bytes <= 0:
-            return
-        ordered = sorted(prompts)
-        shared: set[tuple[int, ...]] = set()
-        for a, b in itertools.pairwise(ordered):
-            n = _common_length(a, b, 0)
-            n = min(n, len(a) - 1, len(b) - 1)  # each request keeps >= 1 token to compute
-            if n >= MIN_SHARED_PREFIX:
-                shared.add(tuple(a[:n]))
-        for prefix in sorted(shared, key=len):
-            ids = list(prefix)
-            cached, _, _ = self.prefix_cache.match(ids)
-            if len(ids) - cached >= MIN_SHARED_PREFIX:
-                start = time.perf_counter()
-                self._prefill([ids], want_logits=False)
-                self.prefill_seconds += time.perf_counter() - start
+    def _next_round(
+        self, live: list[tuple[_Job, RowDecoder]]
+    ) -> tuple[list[tuple[_Job, RowDecoder]], list[tuple[_Job, RowDecoder]]]:
+        """Split new requests into those prefilled now and those that wait for them.
+
+        A request that shares at least ``MIN_SHARED_PREFIX`` uncached prompt tokens with one
+        taken now (the same new system message, a dialogue history one turn shorter) waits:
+        once the first is prefilled that part is in the prefix cache, so it is computed once,
+        and no forward pass runs for the shared part alone. Longest prompts go first, since
+        they hold the most of what shorter ones share.
+        """
+        if len(live) < 2 or self.prefix_cache.max_bytes <= 0:
+            return live, []
+        ready: list[tuple[_Job, RowDecoder]] = []
+        later: list[tuple[_Job, RowDecoder]] = []
+        for item in sorted(live, key=lambda item: -len(item[0].prompt_ids)):
+            ids = item[0].prompt_ids
+            cached = self.prefix_cache.match_length(ids)
+            if any(
+                min(_common_length(other.prompt_ids, ids, 0), len(ids) - 1) - cached
+                >= MIN_SHARED_PREFIX
+                for other, _ in ready
+            ):
+                later.append(item)
+            else:
+                ready.append(item)
+        return ready, later
 
     @torch.inference_mode()
     def _prefill(
@@ -667,12 +697,11 @@ class Engine:
         """
         matches = []
         for ids in prompts:
-            n, k, v = self.prefix_cache.match(ids)
+            n, ks, vs = self.prefix_cache.match_segments(ids)
             if n >= len(ids):  # the whole prompt is cached: recompute its last token for logits
                 n = len(ids) - 1
-                k = None if n == 0 else k[:, :, :n]  # type: ignore[index]
-                v = None if n == 0 else v[:, :, :n]  # type: ignore[index]
-            matches.append((n, k, v))
+                ks, vs = _cut_segments(ks, n), _cut_segments(vs, n)
+            matches.append((n, ks, vs))
         batch = len(prompts)
         width_cached = max(n for n, _, _ in matches)
         suffixes = [ids[n:] for ids, (n, _, _) in zip(prompts, matches)]
@@ -688,17 +717,19 @@ class Engine:
             positions[b, width_new - len(suffix) :] = torch.arange(n, n + len(suffix))
         cache = self.new_cache()
         if width_cached > 0:
-            ref = next(k for n, k, _ in matches if n > 0)
+            ref = next(ks[0] for n, ks, _ in matches if n > 0)
             layers, heads, _, dim = ref.shape
             # The native model writes the new columns into spare room of the same buffer.
             spare = width_new if self.native else 0
             shape = (layers, batch, heads, width_cached + spare, dim)
             all_k = ref.new_zeros(shape)
             all_v = ref.new_zeros(shape)
-            for b, (n, k, v) in enumerate(matches):
-                if n > 0:
-                    all_k[:, b, :, width_cached - n : width_cached] = k
-                    all_v[:, b, :, width_cached - n : width_cached] = v
+            for b, (n, ks, vs) in enumerate(matches):
+                at = width_cached - n  # copy the cached edges straight into the row
+                for k, v in zip(ks, vs):
+                    all_k[:, b, :, at : at + k.shape[2]] = k
+                    all_v[:, b, :, at : at + v.shape[2]] = v
+                    at += k.shape[2]
             pairs = [(all_k[i], all_v[i]) for i in range(layers)]
             cache = self.new_cache(pairs, width_cached)
         device = self.device

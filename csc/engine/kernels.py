@@ -1,4 +1,4 @@
-"""CPU kernels the engine swaps into a transformers model: grouped attention, packed matmuls.
+"""CPU kernels of the engine: grouped attention, packed matmuls (native or transformers model).
 
 Both keep the model's arithmetic (float32 throughout) and change only how it is scheduled on
 the CPU:

@@ -7,7 +7,7 @@ rounding; what changes is what a process has to load. transformers' model classe
 kernel hub, flash-attention and continuous-batching modules, ``torch._dynamo`` and
 ``torch.distributed.tensor`` on import: about 4-5 s of a 10-12 s warm load on this project's
 2-core machine, for a 135M-parameter model whose weights read in 0.1 s. Here the weights are
-read straight from ``model.safetensors`` and the forward is about 150 lines.
+read straight from ``model.safetensors`` and the whole model is about 200 lines.
 
 Only what the engine needs is supported: a causal LM forward over a 2-D attention mask (1 where
 a key may be read, left padding allowed), explicit positions, a key/value cache whose layers

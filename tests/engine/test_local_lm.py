@@ -6,6 +6,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import dspy
@@ -95,6 +96,26 @@ def test_prefix_cache_returns_the_longest_cached_prefix_and_evicts_lru() -> None
     grown.insert([1, 2, 3], *kv([1, 2, 3]))
     grown.insert([1, 2, 3, 4, 5], *kv([4, 5]), offset=3)  # only the new tail is passed
     assert grown.match([1, 2, 3, 4, 5])[1][0, 0, :, 0].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_requests_sharing_an_uncached_prefix_are_prefilled_in_rounds() -> None:
+    """The longest prompt goes first; one sharing >= 16 uncached tokens with it waits for the
+    next round (its shared part is then cached); unrelated prompts go at once."""
+    import torch
+
+    engine = Engine(ModelSource("/nonexistent"), "cpu", None)  # type: ignore[arg-type]
+    system = list(range(100, 140))
+    long = SimpleNamespace(prompt_ids=[*system, 1, 2, 3, 4, 5, 6])
+    short = SimpleNamespace(prompt_ids=[*system, 7])
+    other = SimpleNamespace(prompt_ids=list(range(500, 560)))
+    ready, later = engine._next_round([(short, None), (other, None), (long, None)])
+    assert [job for job, _ in ready] == [other, long] and [job for job, _ in later] == [short]
+    ids = long.prompt_ids
+    keys = torch.zeros(1, 1, len(ids), 1)
+    engine.prefix_cache.insert(ids, keys, keys)  # what prefilling the first round does
+    assert engine._next_round(later) == (later, [])
+    engine.prefix_cache.max_bytes = 0  # no prefix cache: nothing to wait for
+    assert len(engine._next_round([(short, None), (long, None)])[0]) == 2
 
 
 def test_deprecation_warnings_from_csc_fail_the_tests() -> None:
