@@ -15,6 +15,10 @@ Scenarios (``--only``, comma-separated; default all but ``readme``):
 * ``kernels``: the engine's CPU kernels on the loaded model's own layers: every linear layer
   through ``F.linear`` and through the packed weights at 1, 3, 16 and 48 rows, and one-query
   attention against PyTorch's SDPA for 3 rows over 1,300 cached tokens (best of 5, interleaved);
+* ``native``: the native Llama forward against transformers' on the same weights, in this
+  process, alternating (6 trials, min and median): a prefill of 3 rows x 150 tokens over
+  1,000 cached ones, decode steps of 3 rows over 1,300 cached tokens; and warm load in fresh
+  processes with ``CSC_NATIVE_MODEL`` 1 and 0, alternating;
 * ``prefix``: 32 strategy predictions of the CSC supporter program (StrategyPredictor) over
   growing dialogue histories, 8 in flight: effective prompt tokens/s, and the rate of the
   uncached part as a ratio to the raw 2-thread forward (target >= 0.8); with
@@ -64,9 +68,10 @@ print(json.dumps({"seconds": time.perf_counter() - start, "engine_seconds": engi
 """
 
 
-def measure_load(cache_dir: str) -> dict[str, float]:
-    """Time ``LocalLM().batch_engine`` (imports included) in a fresh process with ``cache_dir``."""
-    env = {**os.environ, "CSC_CACHE_DIR": cache_dir}
+def measure_load(cache_dir: str, native: bool = True) -> dict[str, float]:
+    """Time ``LocalLM().batch_engine`` (imports included) in a fresh process with ``cache_dir``
+    (``native=False``: with ``CSC_NATIVE_MODEL=0``, the model loaded through transformers)."""
+    env = {**os.environ, "CSC_CACHE_DIR": cache_dir, "CSC_NATIVE_MODEL": "1" if native else "0"}
     out = subprocess.run(
         [sys.executable, "-c", LOAD_SNIPPET], env=env, capture_output=True, text=True, check=True
     )
@@ -180,6 +185,97 @@ def parse_success(lm: Any, calls: int, threads: int) -> dict[str, Any]:
         "distribution": counts,
         "entropy": label_entropy(counts),
     }
+
+
+# --------------------------------------------------------------------------- native vs transformers
+def native_vs_transformers(trials: int = 6) -> dict[str, Any]:
+    """Interleaved A/B of the native Llama forward and transformers' on the same weights."""
+    import torch
+
+    from csc.engine.engine import Engine
+    from csc.engine.model_store import ModelSource
+
+    engines = {}
+    before = os.environ.get("CSC_NATIVE_MODEL")
+    try:
+        for name, flag in (("native", "1"), ("transformers", "0")):
+            os.environ["CSC_NATIVE_MODEL"] = flag
+            engines[name] = Engine(ModelSource(None), "cpu", torch.float32).load()
+    finally:
+        if before is None:
+            os.environ.pop("CSC_NATIVE_MODEL", None)
+        else:
+            os.environ["CSC_NATIVE_MODEL"] = before
+    layers = engines["native"].model.config.num_hidden_layers
+    rows, new, cached, width, steps = 3, 150, 1000, 1300, 10
+    gen = torch.Generator().manual_seed(0)
+    prefix = [(torch.randn(rows, 3, cached + new, 64, generator=gen),) * 2 for _ in range(layers)]
+    ids = torch.randint(100, 40000, (rows, new), generator=gen)
+    mask = torch.ones(rows, cached + new, dtype=torch.long)
+    positions = torch.arange(cached, cached + new).expand(rows, -1)
+    history = [torch.randn(rows, 3, width, 64, generator=gen) for _ in range(layers)]
+
+    def prefill(engine: Any) -> float:
+        cache = engine.new_cache([(k, v) for k, v in prefix], cached)
+        start = time.perf_counter()
+        engine.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            logits_to_keep=1,
+        )
+        return time.perf_counter() - start
+
+    def decode(engine: Any) -> float:
+        cache = engine._batch_cache(history, history)
+        step_mask = torch.ones(rows, width, dtype=torch.long)
+        step_mask[0, :300] = 0  # a left-padded row
+        start = time.perf_counter()
+        for i in range(steps):
+            step_mask = torch.cat([step_mask, torch.ones(rows, 1, dtype=torch.long)], 1)
+            engine.model(
+                input_ids=ids[:, i : i + 1],
+                attention_mask=step_mask,
+                position_ids=torch.full((rows, 1), width + i),
+                past_key_values=cache,
+                logits_to_keep=1,
+            )
+        return (time.perf_counter() - start) / steps
+
+    times: dict[str, dict[str, list[float]]] = {n: {"prefill": [], "decode": []} for n in engines}
+    with torch.inference_mode():
+        for _ in range(trials):
+            for name, engine in engines.items():
+                times[name]["prefill"].append(prefill(engine))
+                times[name]["decode"].append(decode(engine))
+    out: dict[str, Any] = {}
+    for name in engines:
+        for kind in ("prefill", "decode"):
+            values = sorted(times[name][kind])
+            out[f"{name}_{kind}"] = {"min": values[0], "median": values[len(values) // 2]}
+    for kind, label in (
+        ("prefill", f"prefill {rows} rows x {new} tokens over {cached} cached"),
+        ("decode", f"decode step, {rows} rows over {width} cached"),
+    ):
+        a, b = out[f"native_{kind}"], out[f"transformers_{kind}"]
+        print(
+            f"native: {label}: min {1000 * a['min']:.0f} / median {1000 * a['median']:.0f} ms; "
+            f"transformers {1000 * b['min']:.0f} / {1000 * b['median']:.0f} ms "
+            f"(median ratio {a['median'] / b['median']:.2f})"
+        )
+    cache = str(_default_cache())
+    loads: dict[str, list[float]] = {"native": [], "transformers": []}
+    for _ in range(2):
+        loads["native"].append(measure_load(cache, native=True)["seconds"])
+        loads["transformers"].append(measure_load(cache, native=False)["seconds"])
+    out["load"] = loads
+    print(
+        "native: warm load, fresh processes, alternating: "
+        f"{' / '.join(f'{x:.1f}' for x in loads['native'])} s native, "
+        f"{' / '.join(f'{x:.1f}' for x in loads['transformers'])} s transformers"
+    )
+    return out
 
 
 # --------------------------------------------------------------------------- raw forward limit
@@ -576,6 +672,7 @@ SCENARIOS = (
     "parse",
     "raw",
     "kernels",
+    "native",
     "prefix",
     "threads",
     "serve",
@@ -646,6 +743,8 @@ def main() -> None:
         print(f"raw forward       : {raw1:.0f} prompt tokens/s with 1 thread, {raw2:.0f} with 2")
     if "kernels" in chosen:
         report["kernels"] = kernels(engine)
+    if "native" in chosen:
+        report["native"] = native_vs_transformers()
     if "throughput" in chosen:
         lm("Hello", max_tokens=4)  # warm-up
         # The machine may be shared: run the levels interleaved, several times, and keep each
