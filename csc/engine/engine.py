@@ -438,7 +438,7 @@ class Engine:
                 threads = self.num_threads if self.num_threads is not None else default_threads()
                 if threads > 0:
                     torch.set_num_threads(threads)  # process-wide in PyTorch
-            model, tokenizer = load_model(self.source, self.device, self.dtype)
+            model, tokenizer = load_model(self.source, self.device, self.dtype, native=True)
             self.native = isinstance(model, NativeLlamaForCausalLM)
             if self.device == "cpu":
                 if model.config._attn_implementation == "sdpa":

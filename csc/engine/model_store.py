@@ -230,18 +230,25 @@ def _named_tokenizer_class(folder: Path) -> Any:
 
 
 def load_model(
-    source: ModelSource, device: str, dtype: Any, *, trust_remote_code: bool = False
+    source: ModelSource,
+    device: str,
+    dtype: Any,
+    *,
+    trust_remote_code: bool = False,
+    native: bool = False,
 ) -> tuple[Any, Any]:
     """Load (model, tokenizer) for a source onto a device, in eval mode.
 
-    A plain Llama checkpoint without an adapter (the embedded SmolLM2, most ``local:`` folders)
-    runs on :mod:`csc.engine.llama`'s native forward (same arithmetic, a fraction of the load
-    time); anything else, or ``CSC_NATIVE_MODEL=0``, loads through transformers.
+    With ``native=True`` (the engine's inference), a plain Llama checkpoint without an adapter
+    (the embedded SmolLM2, most ``local:`` folders) runs on :mod:`csc.engine.llama`'s native
+    forward: same arithmetic, a fraction of the load time, but inference only. Anything else,
+    training (which needs transformers' modules for PEFT and TRL), or ``CSC_NATIVE_MODEL=0``
+    loads through transformers.
     """
     from csc.engine.llama import load_native, native_config, native_enabled
 
     tokenizer = load_tokenizer(source)
-    if not source.adapter_dir and not trust_remote_code and native_enabled():
+    if native and not source.adapter_dir and not trust_remote_code and native_enabled():
         config, _ = native_config(source.resolve_base())
         if config is not None:
             return load_native(source.resolve_base(), config, device, dtype), tokenizer
