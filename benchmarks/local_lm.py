@@ -228,7 +228,7 @@ def native_vs_transformers(trials: int = 6) -> dict[str, Any]:
         return time.perf_counter() - start
 
     def decode(engine: Any) -> float:
-        cache = engine._batch_cache(history, history)
+        cache = engine._batch_cache([[h] for h in history], [[h] for h in history])
         step_mask = torch.ones(rows, width, dtype=torch.long)
         step_mask[0, :300] = 0  # a left-padded row
         start = time.perf_counter()

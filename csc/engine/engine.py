@@ -187,6 +187,34 @@ class _Node:
         return self.keys.numel() * self.keys.element_size() * 2
 
 
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """Sorted indices as half-open runs of consecutive ones: [0, 1, 3] -> [(0, 2), (3, 4)]."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _assemble(blocks: list[torch.Tensor], spare: int) -> tuple[torch.Tensor, int]:
+    """Stack row blocks [rows, heads, columns, dim] into one buffer, each right-aligned to the
+    widest, with ``spare`` empty columns after; returns (buffer, width)."""
+    width = max(b.shape[2] for b in blocks)
+    ref = blocks[0]
+    rows = sum(b.shape[0] for b in blocks)
+    buf = ref.new_empty((rows, ref.shape[1], width + spare, ref.shape[3]))
+    at = 0
+    for block in blocks:
+        n, w = block.shape[0], block.shape[2]
+        if w < width:
+            buf[at : at + n, :, : width - w].zero_()
+        buf[at : at + n, :, width - w : width].copy_(block)
+        at += n
+    return buf, width
+
+
 def _cut_segments(segments: list[torch.Tensor], n: int) -> list[torch.Tensor]:
     """The first ``n`` columns (dim 2) of consecutive segments."""
     out: list[torch.Tensor] = []
@@ -769,33 +797,23 @@ class Engine:
     ) -> None:
         """Add prefilled rows to the running batch (left-padding the narrower side)."""
         if not self._rows:
-            new_keys, new_values, new_mask = keys, values, mask
-            new_positions = positions
+            blocks_k = [[k] for k in keys]
+            blocks_v = [[v] for v in values]
+            new_mask, new_positions = mask, positions
         else:
             old = self._cache.layers
-            width_old, width_new = self._mask.shape[1], mask.shape[1]
-            width = max(width_old, width_new)
+            width = max(self._mask.shape[1], mask.shape[1])
 
-            def left_pad(t: torch.Tensor, to: int) -> torch.Tensor:
-                extra = to - t.shape[-2] if t.dim() == 4 else to - t.shape[-1]
-                if extra <= 0:
-                    return t
-                pad = (0, 0, extra, 0) if t.dim() == 4 else (extra, 0)
-                return torch.nn.functional.pad(t, pad)
+            def left_pad(t: torch.Tensor) -> torch.Tensor:
+                return torch.nn.functional.pad(t, (width - t.shape[-1], 0))
 
-            new_keys = [
-                torch.cat([left_pad(layer.keys, width), left_pad(k, width)], 0)
-                for layer, k in zip(old, keys)
-            ]
-            new_values = [
-                torch.cat([left_pad(layer.values, width), left_pad(v, width)], 0)
-                for layer, v in zip(old, values)
-            ]
-            new_mask = torch.cat([left_pad(self._mask, width), left_pad(mask, width)], 0)
+            blocks_k = [[layer.keys, k] for layer, k in zip(old, keys)]
+            blocks_v = [[layer.values, v] for layer, v in zip(old, values)]
+            new_mask = torch.cat([left_pad(self._mask), left_pad(mask)], 0)
             new_positions = torch.cat([self._positions, positions], 0)
         self._rows = self._rows + rows
         self._mask, self._positions = new_mask, new_positions
-        self._cache = self._batch_cache(new_keys, new_values)
+        self._cache = self._batch_cache(blocks_k, blocks_v)
 
     def new_cache(
         self,
@@ -816,20 +834,22 @@ class Engine:
             pairs = [(k[:, :, :length], v[:, :, :length]) for k, v in pairs]
         return DynamicCache(ddp_cache_data=pairs)
 
-    def _batch_cache(self, keys: list[torch.Tensor], values: list[torch.Tensor]) -> Any:
-        """The running batch's cache: the given columns plus room to decode into."""
-        pad = (0, 0, 0, _GROW)
-        buffers = [
-            (torch.nn.functional.pad(k, pad), torch.nn.functional.pad(v, pad))
-            for k, v in zip(keys, values)
-        ]
+    def _batch_cache(self, keys: list[list[torch.Tensor]], values: list[list[torch.Tensor]]) -> Any:
+        """The running batch's cache, built from blocks of rows per layer (each block
+        [rows, heads, columns, dim], right-aligned to the widest) plus room to decode into.
+
+        Every column is written once: the blocks are copied straight into the new buffer and
+        only the left padding of narrower blocks is zeroed (a padded key is masked, but must
+        not be NaN: a zero attention weight times NaN is NaN).
+        """
+        layers = [(_assemble(k, _GROW), _assemble(v, _GROW)) for k, v in zip(keys, values)]
         if self.native:
-            return KVCache([KVLayer(k, v, length=k.shape[2] - _GROW) for k, v in buffers])
+            return KVCache([KVLayer(k, v, length) for (k, length), (v, _) in layers])
         from transformers import DynamicCache
 
         layer_class = _buffer_layer_class()
         cache = DynamicCache()
-        cache.layers = [layer_class(k, v, k.shape[2] - _GROW) for k, v in buffers]
+        cache.layers = [layer_class(k, v, length) for (k, length), (v, _) in layers]
         cache.layer_class_to_replicate = None
         return cache
 
@@ -931,8 +951,9 @@ class Engine:
         used = mask.any(dim=0).nonzero()
         lead = int(used[0]) if len(used) else 0
         mask = mask[:, lead:]
-        keys = [layer.keys.index_select(0, index)[:, :, lead:] for layer in self._cache.layers]
-        values = [layer.values.index_select(0, index)[:, :, lead:] for layer in self._cache.layers]
+        runs = _runs(keep)  # kept rows as slices: views, copied once into the new buffer
+        keys = [[layer.keys[a:b, :, lead:] for a, b in runs] for layer in self._cache.layers]
+        values = [[layer.values[a:b, :, lead:] for a, b in runs] for layer in self._cache.layers]
         self._rows = [self._rows[i] for i in keep]
         self._mask, self._positions = mask, self._positions[index]
         self._cache = self._batch_cache(keys, values)

@@ -118,6 +118,24 @@ def test_requests_sharing_an_uncached_prefix_are_prefilled_in_rounds() -> None:
     assert len(engine._next_round([(short, None), (long, None)])[0]) == 2
 
 
+def test_batch_buffers_are_assembled_in_one_copy_right_aligned() -> None:
+    """Row blocks of different widths land right-aligned in one buffer with spare columns;
+    the left padding is zeros (a masked key must not be NaN), kept rows become slices."""
+    import torch
+
+    from csc.engine.engine import _assemble, _runs
+
+    assert _runs([0, 1, 3, 4, 5, 7]) == [(0, 2), (3, 6), (7, 8)]
+    assert _runs([]) == []
+    wide = torch.arange(2 * 1 * 5 * 2, dtype=torch.float32).view(2, 1, 5, 2)
+    narrow = torch.full((1, 1, 3, 2), -1.0)
+    buf, width = _assemble([wide, narrow], spare=4)
+    assert width == 5 and buf.shape == (3, 1, 9, 2)
+    assert torch.equal(buf[:2, :, :5], wide)
+    assert torch.equal(buf[2, :, :2], torch.zeros(1, 2, 2))
+    assert torch.equal(buf[2, :, 2:5], narrow[0])
+
+
 def test_deprecation_warnings_from_csc_fail_the_tests() -> None:
     import warnings
 
