@@ -39,7 +39,7 @@ from csc.engine.kernels import (
     use_grouped_attention,
     use_packed_linears,
 )
-from csc.engine.llama import KVCache, KVLayer, NativeLlamaForCausalLM
+from csc.engine.llama import KV_GROW, KVCache, KVLayer, NativeLlamaForCausalLM
 from csc.engine.model_store import ModelSource, load_model
 from csc.engine.structure import OutputPlan, Text
 
@@ -50,7 +50,7 @@ DEFAULT_BATCH_WAIT_MS = 15.0
 DEFAULT_PREFIX_CACHE_MB = 1024.0
 MAX_GATHER_FACTOR = 8
 MIN_SHARED_PREFIX = 16  # below this, waiting for another request's prefill saves too little
-_GROW = 64  # KV buffer growth step (tokens) of the running batch
+_GROW = KV_GROW  # KV buffer growth step (tokens) of the running batch
 # Prefill grouping: uncached parts up to PREFILL_SHORT tokens always share a forward (the
 # weights' memory traffic dominates there); longer ones only with parts at most PREFILL_SPREAD
 # times the group's shortest (padding is computed too).

@@ -34,6 +34,7 @@ from csc.engine.kernels import GROUPED_ATTENTION, QUERY_LENGTHS, _grouped_sdpa
 
 NATIVE_ENV = "CSC_NATIVE_MODEL"
 WEIGHTS_FILE = "model.safetensors"
+KV_GROW = 64  # spare columns (tokens) a KV buffer gets when it is created or grows
 
 
 def native_enabled() -> bool:
@@ -126,7 +127,7 @@ class KVLayer:
     ):
         n = key_states.shape[-2]
         if self.length + n > self.buf_k.shape[2]:
-            extra = max(64, n, self.buf_k.shape[2] // 2)
+            extra = max(KV_GROW, n, self.buf_k.shape[2] // 2)
             pad = (0, 0, 0, extra)
             self.buf_k = nn.functional.pad(self.buf_k[:, :, : self.length], pad)
             self.buf_v = nn.functional.pad(self.buf_v[:, :, : self.length], pad)
@@ -153,7 +154,7 @@ class KVCache:
         """Feed one layer's new keys and values; returns everything that layer may attend to."""
         if index < len(self.layers):
             return self.layers[index].update(keys, values)
-        pad = (0, 0, 0, 64)
+        pad = (0, 0, 0, KV_GROW)
         self.layers.append(
             KVLayer(nn.functional.pad(keys, pad), nn.functional.pad(values, pad), keys.shape[2])
         )
