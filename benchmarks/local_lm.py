@@ -19,6 +19,9 @@ Scenarios (``--only``, comma-separated; default all but ``readme``):
   process, alternating (6 trials, min and median): a prefill of 3 rows x 150 tokens over
   1,000 cached ones, decode steps of 3 rows over 1,300 cached tokens; and warm load in fresh
   processes with ``CSC_NATIVE_MODEL`` 1 and 0, alternating;
+* ``quantized``: decode steps through the GGUF blocks (``csc.engine.quantized``) against the
+  same steps through the float32 weights, on the loaded model, alternating (5 trials,
+  median): 1, 3 and 8 rows x 1 token and 3 rows x 8 forced tokens over 1,300 cached tokens;
 * ``prefix``: 32 strategy predictions of the CSC supporter program (StrategyPredictor) over
   growing dialogue histories, 8 in flight: effective prompt tokens/s, and the rate of the
   uncached part as a ratio to the raw 2-thread forward (target >= 0.8); with
@@ -275,6 +278,59 @@ def native_vs_transformers(trials: int = 6) -> dict[str, Any]:
         f"{' / '.join(f'{x:.1f}' for x in loads['native'])} s native, "
         f"{' / '.join(f'{x:.1f}' for x in loads['transformers'])} s transformers"
     )
+    return out
+
+
+def quantized_vs_float(engine: Any, trials: int = 5) -> dict[str, Any]:
+    """Interleaved A/B of decode steps through the GGUF blocks and through the float32 weights,
+    on the same loaded model (the step's ``csc_quantized`` flag is the only difference)."""
+    import torch
+
+    from csc.engine.quantized import QUANTIZED_STEP
+
+    if not engine.quantized:
+        print(f"quantized: not available ({engine.quantized_note})")
+        return {"available": False, "why": engine.quantized_note}
+    layers = engine.model.config.num_hidden_layers
+    width, steps = 1300, 10
+    gen = torch.Generator().manual_seed(0)
+    history = [torch.randn(16, 3, width, 64, generator=gen) for _ in range(layers)]
+    ids = torch.randint(100, 40000, (16, steps + 8), generator=gen)
+
+    def step(rows: int, fed: int, quantized: bool) -> float:
+        part = [h[:rows] for h in history]
+        cache = engine._batch_cache([[h] for h in part], [[h] for h in part])
+        mask = torch.ones(rows, width, dtype=torch.long)
+        start = time.perf_counter()
+        for i in range(steps):
+            mask = torch.cat([mask, torch.ones(rows, fed, dtype=torch.long)], 1)
+            engine.model(
+                input_ids=ids[:rows, i : i + fed],
+                attention_mask=mask,
+                position_ids=torch.arange(width + i * fed, width + (i + 1) * fed).expand(rows, -1),
+                past_key_values=cache,
+                logits_to_keep=1,
+                **{QUANTIZED_STEP: quantized},
+            )
+        return (time.perf_counter() - start) / steps
+
+    shapes = [(1, 1), (3, 1), (8, 1), (3, 8)]
+    times: dict[tuple[int, int, bool], list[float]] = {}
+    with torch.inference_mode():
+        for _ in range(trials):
+            for rows, fed in shapes:
+                for quantized in (True, False):
+                    times.setdefault((rows, fed, quantized), []).append(step(rows, fed, quantized))
+    out: dict[str, Any] = {"available": True}
+    for rows, fed in shapes:
+        q = sorted(times[(rows, fed, True)])[trials // 2]
+        f = sorted(times[(rows, fed, False)])[trials // 2]
+        out[f"{rows}x{fed}"] = {"blocks_ms": 1000 * q, "float_ms": 1000 * f}
+        print(
+            f"quantized: decode step, {rows} rows x {fed} token(s) over {width} cached: "
+            f"median {1000 * q:.0f} ms through blocks, {1000 * f:.0f} ms float32 "
+            f"({f / q:.2f}x)"
+        )
     return out
 
 
@@ -673,6 +729,7 @@ SCENARIOS = (
     "raw",
     "kernels",
     "native",
+    "quantized",
     "prefix",
     "threads",
     "serve",
@@ -745,6 +802,8 @@ def main() -> None:
         report["kernels"] = kernels(engine)
     if "native" in chosen:
         report["native"] = native_vs_transformers()
+    if "quantized" in chosen:
+        report["quantized"] = quantized_vs_float(engine)
     if "throughput" in chosen:
         lm("Hello", max_tokens=4)  # warm-up
         # The machine may be shared: run the levels interleaved, several times, and keep each

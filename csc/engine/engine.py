@@ -20,8 +20,10 @@ caching change throughput, not answers.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import weakref
 import queue
 import threading
 import time
@@ -40,7 +42,8 @@ from csc.engine.kernels import (
     use_packed_linears,
 )
 from csc.engine.llama import KV_GROW, KVCache, KVLayer, NativeLlamaForCausalLM
-from csc.engine.model_store import ModelSource, load_model
+from csc.engine.model_store import ModelSource, embedded_gguf, load_model
+from csc.engine.quantized import QUANTIZED_STEP, attach, quantized_enabled
 from csc.engine.structure import OutputPlan, Text
 
 logger = logging.getLogger(__name__)
@@ -432,6 +435,10 @@ class Engine:
         self.prefix_cache = PrefixCache(int(max(0.0, float(prefix_cache_mb)) * 2**20))
         self.model: Any = None
         self.native = False  # the model runs on csc.engine.llama's forward, not transformers'
+        # Decode steps multiply through the GGUF file's blocks (csc.engine.quantized); when not,
+        # quantized_note says why.
+        self.quantized = False
+        self.quantized_note = "not loaded"
         self.tokenizer: Any = None
         self.vocab: Vocabulary | None = None
         self.load_seconds: float | None = None
@@ -445,7 +452,8 @@ class Engine:
         self.prefill_tokens = 0  # prompt tokens actually computed
         self.prefill_seconds = 0.0
         self.decode_steps = 0
-        self._queue: queue.Queue[_Job] = queue.Queue()
+        self._queue: queue.Queue[_Job | None] = queue.Queue()  # None: stop the worker
+        self._stopping = False
         self._load_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         self._rows: list[_Row] = []
@@ -468,6 +476,7 @@ class Engine:
                     torch.set_num_threads(threads)  # process-wide in PyTorch
             model, tokenizer = load_model(self.source, self.device, self.dtype, native=True)
             self.native = isinstance(model, NativeLlamaForCausalLM)
+            self._attach_blocks(model)
             if self.device == "cpu":
                 if model.config._attn_implementation == "sdpa":
                     use_grouped_attention(model)
@@ -478,7 +487,20 @@ class Engine:
             worker = threading.Thread(target=self._run, name="csc-local-lm", daemon=True)
             worker.start()
             self._worker = worker
+            _STARTED.add(self)
         return self
+
+    def _attach_blocks(self, model: Any) -> None:
+        """Decode the embedded model through its GGUF blocks where the kernel is available."""
+        if not self.native or self.source.base_dir is not None or self.source.adapter_dir:
+            self.quantized_note = "only the embedded model's native forward has GGUF blocks"
+        elif self.device != "cpu" or self.dtype != torch.float32:
+            self.quantized_note = f"float32 CPU only (running {self.dtype} on {self.device})"
+        else:
+            why = attach(model, embedded_gguf(), self.source.resolve_base())
+            self.quantized, self.quantized_note = not why, why
+            if why and quantized_enabled():  # not when turned off on purpose
+                logger.warning("decode steps stay in float32: %s", why)
 
     def _vocab_size(self) -> int:
         emb = self.model.get_output_embeddings()
@@ -537,14 +559,34 @@ class Engine:
         from the worker thread.
         """
         self.load()
+        if self._stopping:
+            raise RuntimeError("this engine has been closed")
         future: Future[Generation] = Future()
         self._queue.put(_Job(list(prompt_ids), plan, sampling, future, on_text))
         return future
 
     # ------------------------------------------------------------------ worker
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the worker: requests still queued or decoding fail with ``RuntimeError``.
+
+        Called for every started engine at interpreter exit. A daemon worker still freeing
+        tensors while Python finalises would otherwise be torn down inside PyTorch's C++ code,
+        and the process would abort ("terminate called without an active exception").
+        """
+        worker = self._worker
+        if worker is None or self._stopping:
+            return
+        self._stopping = True
+        self._queue.put(None)
+        if worker is not threading.current_thread():
+            worker.join(timeout)
+
     def _run(self) -> None:
-        while True:
+        jobs: list[_Job] = []
+        while not self._stopping:
             jobs = self._take_jobs()
+            if self._stopping:
+                break
             try:
                 if jobs:
                     self._admit(jobs)
@@ -556,6 +598,19 @@ class Engine:
                     if not job.future.done():
                         job.future.set_exception(exc)
                 self._reset_batch()
+        stopped = RuntimeError("the local LM engine was closed before this request finished")
+        pending = [*jobs, *(row.job for row in self._rows)]
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                pending.append(job)
+        for job in pending:
+            if not job.future.done():
+                job.future.set_exception(stopped)
+        self._reset_batch()
 
     def _take_jobs(self) -> list[_Job]:
         room = self.max_batch_size - len(self._rows)
@@ -589,7 +644,9 @@ class Engine:
                 except queue.Empty:
                     break
             self.joined_running += len(jobs)
-        return [job for job in jobs if job.future.set_running_or_notify_cancel()]
+        return [
+            job for job in jobs if job is not None and job.future.set_running_or_notify_cancel()
+        ]
 
     def _reset_batch(self) -> None:
         self._rows, self._cache, self._mask, self._positions = [], None, None, None
@@ -887,6 +944,7 @@ class Engine:
             use_cache=True,
             logits_to_keep=1,
             **ragged,
+            **({QUANTIZED_STEP: True} if self.quantized else {}),
         )
         logits = out.logits[:, -1, :].float().cpu()
         self._positions = self._positions + lengths.to(self._positions.device)
@@ -1027,6 +1085,15 @@ def shared_engine(
             )
             _ENGINES[key] = engine
         return engine
+
+
+_STARTED: weakref.WeakSet[Engine] = weakref.WeakSet()  # engines whose worker runs
+
+
+@atexit.register
+def _close_engines() -> None:
+    for engine in list(_STARTED):
+        engine.close()
 
 
 def loaded_engines() -> list[Engine]:

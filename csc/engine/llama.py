@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from csc.engine.kernels import GROUPED_ATTENTION, QUERY_LENGTHS, _grouped_sdpa
+from csc.engine.quantized import QUANTIZED_STEP
 
 NATIVE_ENV = "CSC_NATIVE_MODEL"
 WEIGHTS_FILE = "model.safetensors"
@@ -232,7 +233,7 @@ class Attention(nn.Module):
         self, hidden: torch.Tensor, step: _Step, cache: KVCache | None, index: int
     ) -> torch.Tensor:
         """``hidden`` holds the step's real tokens [tokens, hidden]; returns the same shape."""
-        qkv = step.unpack(self.qkv_proj(hidden))  # [batch, width, features]
+        qkv = step.unpack(step.project(self.qkv_proj, hidden))  # [batch, width, features]
         batch, width = step.batch, step.width
         heads, kv = self.heads, self.kv_heads
         qkv = qkv.view(batch, width, heads + 2 * kv, self.head_dim).transpose(1, 2)
@@ -243,7 +244,7 @@ class Attention(nn.Module):
             k, v = cache.layer(index, k, v)
         extra = {QUERY_LENGTHS: step.lengths} if step.lengths is not None else {}
         out, _ = _grouped_sdpa(self, q, k, v, step.mask, scaling=self.scaling, **extra)
-        return self.o_proj(step.pack(out.reshape(batch, width, -1)))
+        return step.project(self.o_proj, step.pack(out.reshape(batch, width, -1)))
 
 
 class MLP(nn.Module):
@@ -253,9 +254,9 @@ class MLP(nn.Module):
         self.gate_up_proj = _linear(config.hidden_size, 2 * config.intermediate_size)
         self.down_proj = _linear(config.intermediate_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(nn.functional.silu(gate) * up)
+    def forward(self, x: torch.Tensor, step: _Step) -> torch.Tensor:
+        gate, up = step.project(self.gate_up_proj, x).split(self.intermediate, dim=-1)
+        return step.project(self.down_proj, nn.functional.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -299,9 +300,17 @@ class _Step:
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         lengths: list[int] | None,
+        quantized: bool = False,
     ) -> None:
         self.batch, self.width, self.real = batch, width, real
         self.cos, self.sin, self.mask, self.lengths = cos, sin, mask, lengths
+        self.quantized = quantized
+
+    def project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``linear(x)``, through the matrix's GGUF blocks on a quantized step
+        (:mod:`csc.engine.quantized`) when it has them."""
+        blocks = getattr(linear, "quantized", None) if self.quantized else None
+        return linear(x) if blocks is None else blocks.matmul(x)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[batch, width, features] -> [tokens, features] (real tokens only)."""
@@ -402,10 +411,11 @@ class NativeLlamaForCausalLM(nn.Module):
             sin,
             self._mask(attention_mask, batch, past, width, hidden.device),
             kwargs.get(QUERY_LENGTHS),
+            bool(kwargs.get(QUANTIZED_STEP)),
         )
         for index, layer in enumerate(self.model.layers):
             hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), step, cache, index)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden), step)
         if logits_to_keep == 1 and real is not None:
             # Rows are left-padded, so each row's last column is its last real token.
             last = torch.arange(1, batch + 1, device=hidden.device) * width - 1
@@ -414,7 +424,9 @@ class NativeLlamaForCausalLM(nn.Module):
             hidden = step.unpack(hidden)
             if logits_to_keep:
                 hidden = hidden[:, -logits_to_keep:]
-        return Output(logits=self.lm_head(self.model.norm(hidden)), past_key_values=cache)
+        return Output(
+            logits=step.project(self.lm_head, self.model.norm(hidden)), past_key_values=cache
+        )
 
 
 # transformers' names of the matrices each joined one is made of, in order.

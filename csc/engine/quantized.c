@@ -1,0 +1,159 @@
+/* Matrix products over GGUF block-quantized weights, for the engine's decode steps.
+ *
+ * y[r, n] = sum_k x[r, k] * w[n, k], where w is stored as llama.cpp stores it:
+ *   Q4_1: blocks of 32 weights along k, w = d * q + m, q in 0..15 (16 bytes: byte j holds
+ *         element j in its low nibble and element j + 16 in its high nibble);
+ *   Q8_0: blocks of 32 weights along k, w = d * q, q a signed byte.
+ * Scales d and minimums m are kept as float32 (their float16 values widened exactly), so a
+ * dequantized weight is the same float32 number the engine's unpacked weights hold: d * q is
+ * exact in float32 and one rounding follows for + m, with or without a fused multiply-add.
+ *
+ * Every (row, output) is one sum in a fixed order (16 lanes over the blocks, then a fixed
+ * reduction), whatever the number of rows and threads: a row's result never depends on what
+ * else is in the batch. Outputs are split over threads (OpenMP; the process's runtime is
+ * PyTorch's own libgomp, loaded first under the same soname).
+ *
+ * AVX-512 only: without it this file builds a library whose csc_kernel_simd() returns 0, and
+ * the engine keeps its float32 matmuls (a portable loop measured 2.7x slower than them).
+ */
+#include <stdint.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#define CSC_AVX512 1
+#else
+#define CSC_AVX512 0
+#endif
+
+#define BLOCK 32
+#ifndef PREFETCH
+#define PREFETCH 8 /* rows ahead */
+#endif
+/* Bytes per block: GGUF's blocks with their float16 scales widened to float32 at load.
+ *   Q4_1: float d, float m, 16 bytes of nibbles;  Q8_0: float d, 32 signed bytes. */
+#define BYTES(KIND) ((KIND) == 4 ? 24 : 36)
+
+int csc_kernel_simd(void) { return CSC_AVX512; }
+
+#if CSC_AVX512
+#define INLINE static inline __attribute__((always_inline))
+
+/* The weights of one block as 2 x 16 floats. */
+static const float IOTA[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
+/* Q4_1: the 16 values a nibble can stand for (d * q + m) are computed once per block; the 32
+ * weights are then two lookups (vpermps reads the low 4 bits of each index). */
+INLINE void q4_1_block(const uint8_t *blk, __m512 *lo, __m512 *hi) {
+    __m512i bytes = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 8)));
+    __m512 table = _mm512_fmadd_ps(_mm512_set1_ps(*(const float *)blk), _mm512_loadu_ps(IOTA),
+                                   _mm512_set1_ps(*(const float *)(blk + 4)));
+    *lo = _mm512_permutexvar_ps(bytes, table);
+    *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(bytes, 4), table);
+}
+
+INLINE void q8_0_block(const uint8_t *blk, __m512 *lo, __m512 *hi) {
+    __m512 vd = _mm512_set1_ps(*(const float *)blk);
+    const int8_t *q = (const int8_t *)(blk + 4);
+    *lo = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q))));
+    *hi = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)))));
+}
+
+/* A tile of TN outputs x TM rows. Each (row, output) keeps two accumulators (first and second
+ * half of every block), added and reduced at the end: the same operations in the same order
+ * for every tile shape, so a row's result does not depend on the tile it was computed in.
+ * One function per (kind, TN, TM), so the accumulators live in registers. */
+#define DEFINE_TILE(KIND, TN, TM)                                                              \
+    static void tile_##KIND##_##TN##_##TM(const float *x, int K, const uint8_t *q,            \
+                                          int nb, int n0,                                     \
+                                          float *y, int r0, int N) {                          \
+        __m512 alo[TN][TM], ahi[TN][TM];                                                       \
+        _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++)                                  \
+            _Pragma("GCC unroll 8") for (int r = 0; r < TM; r++)                              \
+                alo[t][r] = ahi[t][r] = _mm512_setzero_ps();                                   \
+        for (int b = 0; b < nb; b++) {                                                         \
+            const float *xb = x + (size_t)r0 * K + BLOCK * b;                                  \
+            _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++) {                            \
+                const uint8_t *blk = q + ((size_t)(n0 + t) * nb + b) * BYTES(KIND);           \
+                _mm_prefetch((const char *)blk + PREFETCH * nb * BYTES(KIND), _MM_HINT_T0);   \
+                __m512 wlo, whi;                                                               \
+                if (KIND == 4) q4_1_block(blk, &wlo, &whi);                                    \
+                else q8_0_block(blk, &wlo, &whi);                                              \
+                _Pragma("GCC unroll 8") for (int r = 0; r < TM; r++) {                        \
+                    alo[t][r] = _mm512_fmadd_ps(wlo, _mm512_loadu_ps(xb + (size_t)r * K),      \
+                                                alo[t][r]);                                    \
+                    ahi[t][r] = _mm512_fmadd_ps(whi, _mm512_loadu_ps(xb + (size_t)r * K + 16), \
+                                                ahi[t][r]);                                    \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++)                                  \
+            _Pragma("GCC unroll 8") for (int r = 0; r < TM; r++)                              \
+                y[(size_t)(r0 + r) * N + n0 + t] =                                             \
+                    _mm512_reduce_add_ps(_mm512_add_ps(alo[t][r], ahi[t][r]));                 \
+    }
+
+#define DEFINE_TILES(KIND)                                                                     \
+    DEFINE_TILE(KIND, 4, 1) DEFINE_TILE(KIND, 4, 2) DEFINE_TILE(KIND, 2, 1)                    \
+    DEFINE_TILE(KIND, 2, 2) DEFINE_TILE(KIND, 2, 3) DEFINE_TILE(KIND, 2, 4)                    \
+    DEFINE_TILE(KIND, 1, 1) DEFINE_TILE(KIND, 1, 2) DEFINE_TILE(KIND, 1, 3)                    \
+    DEFINE_TILE(KIND, 1, 4) DEFINE_TILE(KIND, 1, 5) DEFINE_TILE(KIND, 1, 6)                    \
+    DEFINE_TILE(KIND, 1, 7) DEFINE_TILE(KIND, 1, 8)                                            \
+    static void tiles_##KIND(const float *x, int M, int K, const uint8_t *q, int N, float *y,  \
+                             int n0, int TN) {                                                 \
+        const int nb = K / BLOCK;                                                              \
+        for (int r0 = 0; r0 < M;) {                                                            \
+            int left = M - r0;                                                                 \
+            int step = TN == 4 ? (left >= 2 ? 2 : 1)                                           \
+                     : TN == 2 ? (left >= 4 ? 4 : left) : (left >= 8 ? 8 : left);             \
+            switch (TN * 16 + step) {                                                          \
+            case 65: tile_##KIND##_4_1(x, K, q, nb, n0, y, r0, N); break;                \
+            case 66: tile_##KIND##_4_2(x, K, q, nb, n0, y, r0, N); break;                \
+            case 33: tile_##KIND##_2_1(x, K, q, nb, n0, y, r0, N); break;                \
+            case 34: tile_##KIND##_2_2(x, K, q, nb, n0, y, r0, N); break;                \
+            case 35: tile_##KIND##_2_3(x, K, q, nb, n0, y, r0, N); break;                \
+            case 36: tile_##KIND##_2_4(x, K, q, nb, n0, y, r0, N); break;                \
+            case 17: tile_##KIND##_1_1(x, K, q, nb, n0, y, r0, N); break;                \
+            case 18: tile_##KIND##_1_2(x, K, q, nb, n0, y, r0, N); break;                \
+            case 19: tile_##KIND##_1_3(x, K, q, nb, n0, y, r0, N); break;                \
+            case 20: tile_##KIND##_1_4(x, K, q, nb, n0, y, r0, N); break;                \
+            case 21: tile_##KIND##_1_5(x, K, q, nb, n0, y, r0, N); break;                \
+            case 22: tile_##KIND##_1_6(x, K, q, nb, n0, y, r0, N); break;                \
+            case 23: tile_##KIND##_1_7(x, K, q, nb, n0, y, r0, N); break;                \
+            default: tile_##KIND##_1_8(x, K, q, nb, n0, y, r0, N); break;                \
+            }                                                                                  \
+            r0 += step;                                                                        \
+        }                                                                                      \
+    }
+
+DEFINE_TILES(4)
+DEFINE_TILES(8)
+
+static void matmul(int kind, const float *x, int M, int K, const uint8_t *q, int N, float *y,
+                   int threads) {
+    /* Outputs per tile: more for few rows (independent sums hide the FMA latency). */
+    const int TN = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
+    const int groups = N / TN;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int g = 0; g < groups; g++) {
+        if (kind == 4) tiles_4(x, M, K, q, N, y, g * TN, TN);
+        else tiles_8(x, M, K, q, N, y, g * TN, TN);
+    }
+    for (int n0 = groups * TN; n0 < N; n0++) {
+        if (kind == 4) tiles_4(x, M, K, q, N, y, n0, 1);
+        else tiles_8(x, M, K, q, N, y, n0, 1);
+    }
+}
+
+/* x [M, K] float32, row-major; q: N rows of K/32 Q4_1 blocks (24 bytes each); y [M, N]. */
+void csc_q4_1_matmul(const float *x, int M, int K, const uint8_t *q, int N, float *y,
+                     int threads) {
+    matmul(4, x, M, K, q, N, y, threads);
+}
+
+/* x [M, K] float32; q: N rows of K/32 Q8_0 blocks (36 bytes each); y [M, N]. */
+void csc_q8_0_matmul(const float *x, int M, int K, const uint8_t *q, int N, float *y,
+                     int threads) {
+    matmul(8, x, M, K, q, N, y, threads);
+}
+#endif
+

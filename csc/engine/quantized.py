@@ -1,0 +1,351 @@
+"""Decode steps on the embedded model's own 4-bit weights.
+
+The embedded SmolLM2 ships as a GGUF file whose matrices are llama.cpp's Q4_1 blocks (and Q8_0
+for the tied embedding). The engine's float32 weights are exactly those blocks de-quantised, so
+the float32 model and the blocks are the same model. A decode step reads every weight once for
+a handful of tokens: it is bound by memory bandwidth, and the blocks are a fifth of the bytes
+(111 MB against 538 MB). So decode steps (one sampled token per row, or a run of forced header
+tokens) multiply through a small C kernel over the blocks (``quantized.c``), while prefill, which
+is bound by arithmetic, keeps PyTorch's float32 matmuls.
+
+- **Same weights.** Every weight the kernel uses is the float32 number the model holds (checked
+  bit for bit when the packed file is written). Only the order of the additions differs from
+  MKL's, as it would between two BLAS libraries: answers stay the same model's answers.
+- **Batch-invariant.** Each (token, output) is one sum in a fixed order, whatever else is in the
+  step: a row decodes the same tokens alone or in a batch of 16.
+- **Compiled once per machine** with the system C compiler (``$CC`` or ``cc``, ``-O3
+  -march=native -fopenmp``) into the csc cache, at the first engine load (under a second).
+  AVX-512 only. No compiler, a failed build or another CPU: the engine says why in its log and
+  decodes in float32 as before.
+- ``CSC_QUANTIZED=0`` turns it off. Models other than the embedded one (``local:``,
+  ``finetuned:``) have no blocks and always run in float32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("csc.engine")
+
+QUANTIZED_ENV = "CSC_QUANTIZED"
+# Keyword argument of the native forward: multiply through the blocks (decode steps).
+QUANTIZED_STEP = "csc_quantized"
+PACKED_FILE = "csc-quantized.safetensors"
+PACKED_FORMAT = "1"
+SOURCE = Path(__file__).with_name("quantized.c")
+BLOCK = 32
+# Bytes per block in the kernel's layout: GGUF's blocks with float16 scales widened to float32.
+BLOCK_BYTES = {"Q4_1": 24, "Q8_0": 36}
+_GGUF_BYTES = {"Q4_1": 20, "Q8_0": 34}
+_KIND = {"Q4_1": 4, "Q8_0": 8}
+
+
+def quantized_enabled() -> bool:
+    """Whether decode steps may use the block kernel (``CSC_QUANTIZED`` is not 0/false/no/off)."""
+    return os.environ.get(QUANTIZED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+# --------------------------------------------------------------------------- the kernel
+_LIBRARY: tuple[Any, str] | None = None
+_LIBRARY_LOCK = threading.Lock()
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` compiles for: the CPU's flags (Linux), else the platform."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    name = os.environ.get("CC") or "cc"
+    return shutil.which(name)
+
+
+def kernel_library() -> tuple[Any, str]:
+    """The compiled kernel (a ``ctypes.CDLL``) and ``""``, or ``(None, why not)``.
+
+    Built once per machine and source into ``<csc cache>/kernels``; later processes load it.
+    """
+    global _LIBRARY
+    with _LIBRARY_LOCK:
+        if _LIBRARY is None:
+            _LIBRARY = _load_library()
+        return _LIBRARY
+
+
+def _load_library() -> tuple[Any, str]:
+    from csc.engine.model_store import cache_dir
+
+    compiler = _compiler()
+    if compiler is None:
+        return None, f"no C compiler ({os.environ.get('CC') or 'cc'} not found; set CC)"
+    flags = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC"]
+    try:
+        version = subprocess.run(
+            [compiler, "--version"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, f"C compiler {compiler} does not run ({exc})"
+    key = hashlib.sha256(
+        b"\0".join(
+            part.encode()
+            for part in (SOURCE.read_text(), version, " ".join(flags), _cpu_signature())
+        )
+    ).hexdigest()[:16]
+    target = cache_dir() / "kernels" / f"quantized-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        try:
+            done = subprocess.run(
+                [compiler, *flags, str(SOURCE), "-o", tmp],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+                return None, f"building {SOURCE.name} with {compiler} failed: {last}"
+            os.replace(tmp, target)  # atomic: concurrent builds leave one complete file
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"building {SOURCE.name} with {compiler} failed: {exc}"
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    try:
+        lib = ctypes.CDLL(str(target))
+    except OSError as exc:
+        return None, f"loading {target} failed: {exc}"
+    if not lib.csc_kernel_simd():
+        return None, "this CPU has no AVX-512 (the kernel's only fast path)"
+    pointer, number = ctypes.c_void_p, ctypes.c_int
+    for name in ("csc_q4_1_matmul", "csc_q8_0_matmul"):
+        fn = getattr(lib, name)
+        fn.argtypes = [pointer, number, number, pointer, number, pointer, number]
+        fn.restype = None
+    return lib, ""
+
+
+# --------------------------------------------------------------------------- weights
+class QuantizedWeight:
+    """One matrix [out_features, in_features] as rows of blocks in the kernel's layout."""
+
+    def __init__(self, blocks: torch.Tensor, kind: str, in_features: int) -> None:
+        if kind not in BLOCK_BYTES:
+            raise ValueError(f"unsupported block type {kind}")
+        if in_features % BLOCK or blocks.shape[1] != in_features // BLOCK * BLOCK_BYTES[kind]:
+            raise ValueError(f"{kind} blocks of shape {tuple(blocks.shape)} for {in_features} inputs")
+        self.blocks = blocks.contiguous()
+        self.kind = kind
+        self.in_features = in_features
+        self.out_features = int(blocks.shape[0])
+        self._fn: Any = None
+
+    def bind(self, lib: Any) -> QuantizedWeight:
+        self._fn = lib.csc_q4_1_matmul if self.kind == "Q4_1" else lib.csc_q8_0_matmul
+        return self
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ W.T`` for float32 ``x`` [..., in_features]."""
+        flat = x.reshape(-1, self.in_features)
+        if flat.dtype != torch.float32 or not flat.is_contiguous():
+            flat = flat.float().contiguous()
+        rows = flat.shape[0]
+        out = torch.empty((rows, self.out_features), dtype=torch.float32)
+        if rows:
+            self._fn(
+                flat.data_ptr(),
+                rows,
+                self.in_features,
+                self.blocks.data_ptr(),
+                self.out_features,
+                out.data_ptr(),
+                torch.get_num_threads(),
+            )
+        return out.view(*x.shape[:-1], self.out_features)
+
+    def dequantize(self) -> torch.Tensor:
+        """The float32 matrix these blocks stand for (as llama.cpp de-quantises them)."""
+        nb = self.in_features // BLOCK
+        blk = self.blocks.view(self.out_features, nb, BLOCK_BYTES[self.kind])
+        d = blk[:, :, 0:4].contiguous().view(torch.float32)  # [N, nb, 1]
+        if self.kind == "Q8_0":
+            q = blk[:, :, 4:].contiguous().view(torch.int8).float()
+            return (d * q).reshape(self.out_features, self.in_features)
+        m = blk[:, :, 4:8].contiguous().view(torch.float32)
+        nibbles = blk[:, :, 8:]
+        q = torch.cat([(nibbles & 15).float(), (nibbles >> 4).float()], dim=2)
+        return torch.addcmul(m, d, q).reshape(self.out_features, self.in_features)
+
+
+def _widen(tensor: Any) -> tuple[torch.Tensor, str, int]:
+    """A GGUF tensor's blocks [rows, blocks * bytes] in the kernel's layout."""
+    kind = tensor.tensor_type.name
+    if kind not in BLOCK_BYTES:
+        raise ValueError(f"{tensor.name} is {kind}; the kernel reads Q4_1 and Q8_0 blocks")
+    raw = np.asarray(tensor.data)
+    rows, nb = raw.shape[0], raw.shape[1] // _GGUF_BYTES[kind]
+    blk = raw.reshape(rows, nb, _GGUF_BYTES[kind])
+    scales = [blk[:, :, 0:2]] if kind == "Q8_0" else [blk[:, :, 0:2], blk[:, :, 2:4]]
+    parts = [
+        np.ascontiguousarray(s).view(np.float16).astype(np.float32).view(np.uint8).reshape(rows, nb, 4)
+        for s in scales
+    ]
+    body = blk[:, :, 2:] if kind == "Q8_0" else blk[:, :, 4:]
+    packed = np.concatenate([*parts, body], axis=2).reshape(rows, nb * BLOCK_BYTES[kind])
+    return torch.from_numpy(np.ascontiguousarray(packed)), kind, nb * BLOCK
+
+
+def _unpermute(blocks: torch.Tensor, heads: int) -> torch.Tensor:
+    """GGUF's query/key rows (llama.cpp's rotary layout) in Hugging Face's order."""
+    rows = blocks.shape[0]
+    return (
+        blocks.reshape(heads, rows // heads // 2, 2, blocks.shape[1])
+        .transpose(1, 2)
+        .reshape(blocks.shape)
+    )
+
+
+def gguf_weights(gguf: Path, config: Any) -> dict[str, QuantizedWeight]:
+    """The native model's matrices (joined q/k/v and gate/up, the tied head) as blocks."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(gguf))
+    tensors = {t.name: t for t in reader.tensors}
+
+    def take(name: str, heads: int = 0) -> tuple[torch.Tensor, str, int]:
+        if name not in tensors:
+            raise ValueError(f"{gguf.name} has no tensor {name}")
+        blocks, kind, width = _widen(tensors[name])
+        return (_unpermute(blocks, heads) if heads else blocks), kind, width
+
+    def joined(*parts: tuple[torch.Tensor, str, int]) -> QuantizedWeight:
+        kinds = {kind for _, kind, _ in parts}
+        if len(kinds) != 1:
+            raise ValueError(f"mixed block types {sorted(kinds)} in one joined matrix")
+        return QuantizedWeight(torch.cat([b for b, _, _ in parts]), kinds.pop(), parts[0][2])
+
+    weights: dict[str, QuantizedWeight] = {}
+    for i in range(config.num_hidden_layers):
+        pre = f"model.layers.{i}."
+        weights[pre + "self_attn.qkv_proj"] = joined(
+            take(f"blk.{i}.attn_q.weight", config.num_attention_heads),
+            take(f"blk.{i}.attn_k.weight", config.num_key_value_heads),
+            take(f"blk.{i}.attn_v.weight"),
+        )
+        weights[pre + "self_attn.o_proj"] = joined(take(f"blk.{i}.attn_output.weight"))
+        weights[pre + "mlp.gate_up_proj"] = joined(
+            take(f"blk.{i}.ffn_gate.weight"), take(f"blk.{i}.ffn_up.weight")
+        )
+        weights[pre + "mlp.down_proj"] = joined(take(f"blk.{i}.ffn_down.weight"))
+    head = "output.weight" if "output.weight" in tensors else "token_embd.weight"
+    weights["lm_head"] = joined(take(head))
+    return weights
+
+
+def _mismatch(model: Any, weights: dict[str, QuantizedWeight]) -> str:
+    """The first matrix whose blocks are not exactly the model's float32 weight, or ``""``."""
+    modules = dict(model.named_modules())
+    for name, weight in weights.items():
+        module = modules.get(name)
+        if module is None or tuple(module.weight.shape) != (
+            weight.out_features,
+            weight.in_features,
+        ):
+            return f"{name}: no matrix of shape {weight.out_features}x{weight.in_features}"
+        if not torch.equal(weight.dequantize(), module.weight.detach().float()):
+            return f"{name}: the blocks de-quantise to other numbers than the model's weights"
+    return ""
+
+
+def _packed_path(folder: Path) -> Path:
+    return folder / PACKED_FILE
+
+
+def _stamp(gguf: Path, folder: Path) -> dict[str, str]:
+    """What the packed file was made from: a changed GGUF or model file means rebuild."""
+    weights = folder / "model.safetensors"
+    return {
+        "format": PACKED_FORMAT,
+        "gguf": f"{gguf.name}:{gguf.stat().st_size}",
+        "weights": f"{weights.stat().st_size}:{weights.stat().st_mtime_ns}",
+    }
+
+
+def load_blocks(model: Any, gguf: Path, folder: Path) -> dict[str, QuantizedWeight]:
+    """The blocks of ``model`` from ``folder``'s packed file, made (and checked bit for bit
+    against the model's weights) from the GGUF file the first time."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    packed = _packed_path(folder)
+    stamp = _stamp(gguf, folder)
+    if packed.exists():
+        try:
+            with safe_open(str(packed), framework="pt") as handle:
+                meta = handle.metadata() or {}
+                if {k: meta.get(k) for k in stamp} == stamp:
+                    return {
+                        name: QuantizedWeight(
+                            handle.get_tensor(name), meta[f"{name}.kind"], int(meta[f"{name}.in"])
+                        )
+                        for name in handle.keys()  # noqa: SIM118 (safe_open has no iterator)
+                    }
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            logger.warning("%s is unreadable (%s): rebuilding it", packed, exc)
+    weights = gguf_weights(gguf, model.config)
+    why = _mismatch(model, weights)
+    if why:
+        raise ValueError(f"{gguf} does not match {folder}: {why}")
+    meta = dict(stamp)
+    for name, weight in weights.items():
+        meta[f"{name}.kind"] = weight.kind
+        meta[f"{name}.in"] = str(weight.in_features)
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=folder)
+    os.close(fd)
+    try:
+        save_file({name: w.blocks for name, w in weights.items()}, tmp, metadata=meta)
+        os.replace(tmp, packed)
+    except OSError as exc:  # a read-only cache still serves this process
+        logger.warning("could not save %s (%s)", packed, exc)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return weights
+
+
+def attach(model: Any, gguf: Path, folder: Path) -> str:
+    """Give each matrix of a native model its blocks (``module.quantized``), so forwards called
+    with ``csc_quantized=True`` multiply through the kernel. Returns ``""`` or why not."""
+    if not quantized_enabled():
+        return f"{QUANTIZED_ENV}=0"
+    lib, why = kernel_library()
+    if lib is None:
+        return why
+    try:
+        weights = load_blocks(model, gguf, folder)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    modules = dict(model.named_modules())
+    for name, weight in weights.items():
+        modules[name].quantized = weight.bind(lib)
+    return ""

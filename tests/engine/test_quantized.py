@@ -1,0 +1,177 @@
+"""Decode steps through GGUF blocks: the kernel's sums, batch invariance, the packed file, the
+ways out when there is no compiler."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from csc.engine import quantized  # noqa: E402
+from csc.engine.quantized import (  # noqa: E402
+    BLOCK_BYTES,
+    QUANTIZED_STEP,
+    QuantizedWeight,
+    kernel_library,
+)
+
+local_lm = pytest.mark.local_lm
+
+
+def _kernel():
+    lib, why = kernel_library()
+    if lib is None:
+        pytest.skip(f"no kernel on this machine: {why}")
+    return lib
+
+
+def q4_1_blocks(weight: torch.Tensor) -> QuantizedWeight:
+    """Quantise a float matrix to Q4_1 blocks in the kernel's layout (as llama.cpp does)."""
+    rows, width = weight.shape
+    blocks = weight.reshape(rows, width // 32, 32)
+    low, high = blocks.amin(-1), blocks.amax(-1)
+    d = ((high - low) / 15).half().float()
+    m = low.half().float()
+    q = ((blocks - m[..., None]) / d.clamp(min=1e-8)[..., None]).round().clamp(0, 15).to(torch.uint8)
+    nibbles = q[..., :16] | (q[..., 16:] << 4)
+    packed = torch.cat(
+        [d[..., None].view(torch.uint8), m[..., None].view(torch.uint8), nibbles], dim=-1
+    )
+    return QuantizedWeight(packed.reshape(rows, -1), "Q4_1", width)
+
+
+def q8_0_blocks(weight: torch.Tensor) -> QuantizedWeight:
+    rows, width = weight.shape
+    blocks = weight.reshape(rows, width // 32, 32)
+    d = (blocks.abs().amax(-1) / 127).half().float()
+    q = (blocks / d.clamp(min=1e-8)[..., None]).round().clamp(-127, 127).to(torch.int8)
+    packed = torch.cat([d[..., None].view(torch.uint8), q.view(torch.uint8)], dim=-1)
+    return QuantizedWeight(packed.reshape(rows, -1), "Q8_0", width)
+
+
+@pytest.mark.parametrize("make", [q4_1_blocks, q8_0_blocks])
+def test_kernel_gives_the_float_product_of_the_same_weights(make) -> None:
+    lib = _kernel()
+    torch.manual_seed(0)
+    weight = make(torch.randn(200, 96)).bind(lib)
+    dense = weight.dequantize()
+    for rows in (1, 2, 3, 4, 5, 8, 9, 14):
+        x = torch.randn(rows, 96)
+        torch.testing.assert_close(weight.matmul(x), x @ dense.T, rtol=1e-5, atol=1e-5)
+    # Leading dimensions are kept, as nn.Linear keeps them.
+    assert weight.matmul(torch.randn(2, 3, 96)).shape == (2, 3, 200)
+
+
+@pytest.mark.parametrize("make", [q4_1_blocks, q8_0_blocks])
+def test_a_rows_result_does_not_depend_on_the_batch_or_threads(make) -> None:
+    """Every tile shape (1-8 rows, 1-4 outputs) adds in the same order: bit-identical rows."""
+    lib = _kernel()
+    torch.manual_seed(1)
+    weight = make(torch.randn(67, 64)).bind(lib)  # 67 outputs: tiles and a remainder
+    x = torch.randn(17, 64)
+    alone = torch.cat([weight.matmul(x[i : i + 1]) for i in range(17)])
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for rows in (2, 3, 4, 7, 8, 11, 17):
+                assert torch.equal(weight.matmul(x[:rows]), alone[:rows]), (rows, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_dequantize_reads_the_kernels_layout() -> None:
+    weight = torch.tensor([[float(i % 16) * 0.5 - 1.0 for i in range(32)]])
+    blocks = q4_1_blocks(weight)
+    assert blocks.blocks.shape == (1, BLOCK_BYTES["Q4_1"])
+    assert torch.equal(blocks.dequantize(), weight)  # exactly representable: d=0.5, m=-1
+
+
+def test_bad_block_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="Q4_1 blocks of shape"):
+        QuantizedWeight(torch.zeros(4, 23, dtype=torch.uint8), "Q4_1", 32)
+    with pytest.raises(ValueError, match="unsupported block type"):
+        QuantizedWeight(torch.zeros(4, 18, dtype=torch.uint8), "Q4_K", 32)
+
+
+@pytest.mark.parametrize(
+    ("cc", "reason"), [("/nonexistent/cc", "no C compiler"), ("false", "does not run|failed")]
+)
+def test_without_a_working_compiler_the_engine_says_why(
+    monkeypatch, tmp_path: Path, cc: str, reason: str
+) -> None:
+    monkeypatch.setenv("CC", cc)
+    monkeypatch.setenv("CSC_CACHE_DIR", str(tmp_path))
+    lib, why = quantized._load_library()
+    assert lib is None
+    assert re.search(reason, why), why
+    assert not list(tmp_path.rglob("*.so"))  # no half-built library left behind
+
+
+def test_turned_off_by_environment(monkeypatch) -> None:
+    monkeypatch.setenv("CSC_QUANTIZED", "0")
+    assert quantized.attach(object(), Path("x.gguf"), Path(".")) == "CSC_QUANTIZED=0"
+
+
+@torch.inference_mode()
+def test_native_forward_on_blocks_matches_its_float_weights(tmp_path: Path) -> None:
+    """A tiny Llama whose float weights are its blocks de-quantised: a decode step through the
+    blocks gives the float forward's logits (to float32 rounding)."""
+    from test_native_llama import _load, _save_tiny_llama
+
+    lib = _kernel()
+    _save_tiny_llama(tmp_path)
+    model = _load(tmp_path)
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            blocks = (q8_0_blocks if name == "lm_head" else q4_1_blocks)(module.weight)
+            module.weight.copy_(blocks.dequantize())  # the same model, as in the GGUF file
+            module.quantized = blocks.bind(lib)
+    ids = torch.randint(3, 97, (3, 10))
+    mask = torch.ones(3, 10, dtype=torch.long)
+    outs = {}
+    for on in (False, True):
+        cache = model(input_ids=ids[:, :9], attention_mask=mask[:, :9]).past_key_values
+        outs[on] = model(
+            input_ids=ids[:, 9:],
+            attention_mask=mask,
+            past_key_values=cache,
+            **{QUANTIZED_STEP: on},
+        ).logits
+    torch.testing.assert_close(outs[True], outs[False], rtol=1e-4, atol=1e-4)
+
+
+@local_lm
+def test_embedded_engine_decodes_through_blocks_and_reuses_the_packed_file(monkeypatch) -> None:
+    from csc.engine.decoding import Sampling
+    from csc.engine.engine import Engine
+    from csc.engine.model_store import ModelSource, embedded_model_dir
+
+    engine = Engine(ModelSource(None), "cpu", torch.float32).load()
+    assert engine.quantized, engine.quantized_note
+    packed = embedded_model_dir() / quantized.PACKED_FILE
+    assert packed.exists()
+    before = packed.stat().st_mtime_ns
+    again = Engine(ModelSource(None), "cpu", torch.float32).load()
+    assert again.quantized and packed.stat().st_mtime_ns == before  # read, not rebuilt
+    prompts = [
+        [{"role": "user", "content": "Say hello to a customer."}],
+        [{"role": "user", "content": "The package arrived damaged. I want a refund now!"}],
+        [{"role": "user", "content": "What is the capital of France?"}],
+    ]
+    sampling = Sampling(max_tokens=32, temperature=0.7, seed=7)
+    batched = [engine.submit(engine.encode_messages(m), None, sampling) for m in prompts]
+    batched_text = [f.result(timeout=300).text for f in batched]
+    alone = [
+        again.submit(again.encode_messages(m), None, sampling).result(timeout=300).text
+        for m in prompts
+    ]
+    assert batched_text == alone
+    monkeypatch.setenv("CSC_QUANTIZED", "0")
+    dense = Engine(ModelSource(None), "cpu", torch.float32).load()
+    assert not dense.quantized and dense.quantized_note == "CSC_QUANTIZED=0"
+    for engine_ in (engine, again, dense):
+        engine_.close()
