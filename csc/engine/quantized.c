@@ -58,68 +58,65 @@ INLINE void q8_0_block(const uint8_t *blk, __m512 *lo, __m512 *hi) {
     *hi = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16)))));
 }
 
-/* A tile of TN outputs x TM rows. Each (row, output) keeps two accumulators (first and second
- * half of every block), added and reduced at the end: the same operations in the same order
- * for every tile shape, so a row's result does not depend on the tile it was computed in.
- * One function per (kind, TN, TM), so the accumulators live in registers. */
+/* A tile of TN outputs x TM rows. Each (row, output) is one accumulator: per block, the first
+ * half then the second half of the block is fused-multiply-added into it; one fixed reduction
+ * at the end. The same operations in the same order for every tile shape, so a row's result
+ * does not depend on the tile (or batch) it was computed in. One function per (kind, TN, TM),
+ * so the accumulators live in registers. */
 #define DEFINE_TILE(KIND, TN, TM)                                                              \
-    static void tile_##KIND##_##TN##_##TM(const float *x, int K, const uint8_t *q,            \
-                                          int nb, int n0,                                     \
-                                          float *y, int r0, int N) {                          \
-        __m512 alo[TN][TM], ahi[TN][TM];                                                       \
+    static void tile_##KIND##_##TN##_##TM(const float *x, int K, const uint8_t *q, int nb,    \
+                                          int n0, float *y, int r0, int N) {                  \
+        __m512 acc[TN][TM];                                                                    \
         _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++)                                  \
-            _Pragma("GCC unroll 8") for (int r = 0; r < TM; r++)                              \
-                alo[t][r] = ahi[t][r] = _mm512_setzero_ps();                                   \
+            _Pragma("GCC unroll 8") for (int r = 0; r < TM; r++) acc[t][r] =                  \
+                _mm512_setzero_ps();                                                           \
         for (int b = 0; b < nb; b++) {                                                         \
             const float *xb = x + (size_t)r0 * K + BLOCK * b;                                  \
+            __m512 wlo[TN], whi[TN];                                                           \
             _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++) {                            \
                 const uint8_t *blk = q + ((size_t)(n0 + t) * nb + b) * BYTES(KIND);           \
                 _mm_prefetch((const char *)blk + PREFETCH * nb * BYTES(KIND), _MM_HINT_T0);   \
-                __m512 wlo, whi;                                                               \
-                if (KIND == 4) q4_1_block(blk, &wlo, &whi);                                    \
-                else q8_0_block(blk, &wlo, &whi);                                              \
-                _Pragma("GCC unroll 8") for (int r = 0; r < TM; r++) {                        \
-                    alo[t][r] = _mm512_fmadd_ps(wlo, _mm512_loadu_ps(xb + (size_t)r * K),      \
-                                                alo[t][r]);                                    \
-                    ahi[t][r] = _mm512_fmadd_ps(whi, _mm512_loadu_ps(xb + (size_t)r * K + 16), \
-                                                ahi[t][r]);                                    \
+                if (KIND == 4) q4_1_block(blk, &wlo[t], &whi[t]);                              \
+                else q8_0_block(blk, &wlo[t], &whi[t]);                                        \
+            }                                                                                  \
+            _Pragma("GCC unroll 8") for (int r = 0; r < TM; r++) {                            \
+                __m512 xlo = _mm512_loadu_ps(xb + (size_t)r * K);                              \
+                __m512 xhi = _mm512_loadu_ps(xb + (size_t)r * K + 16);                         \
+                _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++) {                        \
+                    acc[t][r] = _mm512_fmadd_ps(wlo[t], xlo, acc[t][r]);                       \
+                    acc[t][r] = _mm512_fmadd_ps(whi[t], xhi, acc[t][r]);                       \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
         _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++)                                  \
             _Pragma("GCC unroll 8") for (int r = 0; r < TM; r++)                              \
-                y[(size_t)(r0 + r) * N + n0 + t] =                                             \
-                    _mm512_reduce_add_ps(_mm512_add_ps(alo[t][r], ahi[t][r]));                 \
+                y[(size_t)(r0 + r) * N + n0 + t] = _mm512_reduce_add_ps(acc[t][r]);            \
     }
 
+#define TILE_CASE(KIND, TN, TM)                                                                \
+    case TN * 16 + TM:                                                                         \
+        tile_##KIND##_##TN##_##TM(x, K, q, nb, n0, y, r0, N);                                  \
+        break;
+
+#define ROWS_1_TO_8(M, KIND, TN) M(KIND, TN, 1) M(KIND, TN, 2) M(KIND, TN, 3) M(KIND, TN, 4) \
+    M(KIND, TN, 5) M(KIND, TN, 6) M(KIND, TN, 7) M(KIND, TN, 8)
+#define ROWS_1_TO_4(M, KIND, TN) M(KIND, TN, 1) M(KIND, TN, 2) M(KIND, TN, 3) M(KIND, TN, 4)
+
+/* Up to 4 rows: tiles of 4 outputs (16 accumulators); more: 2 outputs x 8 rows; 1 output for
+ * what is left of N. */
 #define DEFINE_TILES(KIND)                                                                     \
-    DEFINE_TILE(KIND, 4, 1) DEFINE_TILE(KIND, 4, 2) DEFINE_TILE(KIND, 2, 1)                    \
-    DEFINE_TILE(KIND, 2, 2) DEFINE_TILE(KIND, 2, 3) DEFINE_TILE(KIND, 2, 4)                    \
-    DEFINE_TILE(KIND, 1, 1) DEFINE_TILE(KIND, 1, 2) DEFINE_TILE(KIND, 1, 3)                    \
-    DEFINE_TILE(KIND, 1, 4) DEFINE_TILE(KIND, 1, 5) DEFINE_TILE(KIND, 1, 6)                    \
-    DEFINE_TILE(KIND, 1, 7) DEFINE_TILE(KIND, 1, 8)                                            \
+    ROWS_1_TO_4(DEFINE_TILE, KIND, 4)                                                          \
+    ROWS_1_TO_8(DEFINE_TILE, KIND, 2)                                                          \
+    ROWS_1_TO_8(DEFINE_TILE, KIND, 1)                                                          \
     static void tiles_##KIND(const float *x, int M, int K, const uint8_t *q, int N, float *y,  \
                              int n0, int TN) {                                                 \
         const int nb = K / BLOCK;                                                              \
         for (int r0 = 0; r0 < M;) {                                                            \
-            int left = M - r0;                                                                 \
-            int step = TN == 4 ? (left >= 2 ? 2 : 1)                                           \
-                     : TN == 2 ? (left >= 4 ? 4 : left) : (left >= 8 ? 8 : left);             \
+            int step = M - r0 < 8 ? M - r0 : 8;                                                \
             switch (TN * 16 + step) {                                                          \
-            case 65: tile_##KIND##_4_1(x, K, q, nb, n0, y, r0, N); break;                \
-            case 66: tile_##KIND##_4_2(x, K, q, nb, n0, y, r0, N); break;                \
-            case 33: tile_##KIND##_2_1(x, K, q, nb, n0, y, r0, N); break;                \
-            case 34: tile_##KIND##_2_2(x, K, q, nb, n0, y, r0, N); break;                \
-            case 35: tile_##KIND##_2_3(x, K, q, nb, n0, y, r0, N); break;                \
-            case 36: tile_##KIND##_2_4(x, K, q, nb, n0, y, r0, N); break;                \
-            case 17: tile_##KIND##_1_1(x, K, q, nb, n0, y, r0, N); break;                \
-            case 18: tile_##KIND##_1_2(x, K, q, nb, n0, y, r0, N); break;                \
-            case 19: tile_##KIND##_1_3(x, K, q, nb, n0, y, r0, N); break;                \
-            case 20: tile_##KIND##_1_4(x, K, q, nb, n0, y, r0, N); break;                \
-            case 21: tile_##KIND##_1_5(x, K, q, nb, n0, y, r0, N); break;                \
-            case 22: tile_##KIND##_1_6(x, K, q, nb, n0, y, r0, N); break;                \
-            case 23: tile_##KIND##_1_7(x, K, q, nb, n0, y, r0, N); break;                \
-            default: tile_##KIND##_1_8(x, K, q, nb, n0, y, r0, N); break;                \
+                ROWS_1_TO_4(TILE_CASE, KIND, 4)                                                \
+                ROWS_1_TO_8(TILE_CASE, KIND, 2)                                                \
+                ROWS_1_TO_8(TILE_CASE, KIND, 1)                                                \
             }                                                                                  \
             r0 += step;                                                                        \
         }                                                                                      \
@@ -130,8 +127,7 @@ DEFINE_TILES(8)
 
 static void matmul(int kind, const float *x, int M, int K, const uint8_t *q, int N, float *y,
                    int threads) {
-    /* Outputs per tile: more for few rows (independent sums hide the FMA latency). */
-    const int TN = M <= 2 ? 4 : (M <= 4 ? 2 : 1);
+    const int TN = M <= 4 ? 4 : 2;
     const int groups = N / TN;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int g = 0; g < groups; g++) {
