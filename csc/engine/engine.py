@@ -23,10 +23,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import weakref
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field

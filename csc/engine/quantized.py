@@ -153,7 +153,9 @@ class QuantizedWeight:
         if kind not in BLOCK_BYTES:
             raise ValueError(f"unsupported block type {kind}")
         if in_features % BLOCK or blocks.shape[1] != in_features // BLOCK * BLOCK_BYTES[kind]:
-            raise ValueError(f"{kind} blocks of shape {tuple(blocks.shape)} for {in_features} inputs")
+            raise ValueError(
+                f"{kind} blocks of shape {tuple(blocks.shape)} for {in_features} inputs"
+            )
         self.blocks = blocks.contiguous()
         self.kind = kind
         self.in_features = in_features
@@ -207,7 +209,11 @@ def _widen(tensor: Any) -> tuple[torch.Tensor, str, int]:
     blk = raw.reshape(rows, nb, _GGUF_BYTES[kind])
     scales = [blk[:, :, 0:2]] if kind == "Q8_0" else [blk[:, :, 0:2], blk[:, :, 2:4]]
     parts = [
-        np.ascontiguousarray(s).view(np.float16).astype(np.float32).view(np.uint8).reshape(rows, nb, 4)
+        np.ascontiguousarray(s)
+        .view(np.float16)
+        .astype(np.float32)
+        .view(np.uint8)
+        .reshape(rows, nb, 4)
         for s in scales
     ]
     body = blk[:, :, 2:] if kind == "Q8_0" else blk[:, :, 4:]

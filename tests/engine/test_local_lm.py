@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,6 +68,50 @@ def test_failing_step_fails_its_callers_instead_of_hanging() -> None:
 
     engine._admit = answer  # type: ignore[method-assign]
     assert engine.submit([1], None, Sampling()).result(timeout=10) == "ok"
+
+
+def test_closing_an_engine_fails_what_is_left_and_stops_its_worker() -> None:
+    engine = Engine(ModelSource("/nonexistent"), "cpu", None)  # type: ignore[arg-type]
+    started = threading.Event()
+    release = threading.Event()
+
+    def slow(jobs):  # the first request holds the worker while more queue up
+        started.set()
+        release.wait(10)
+        for job in jobs:
+            job.future.set_result("first")
+
+    engine._admit = slow  # type: ignore[method-assign]
+    engine._worker = threading.Thread(target=engine._run, daemon=True)  # skip loading weights
+    engine._worker.start()
+    first = engine.submit([1], None, Sampling())
+    assert started.wait(10)
+    queued = [engine.submit([2], None, Sampling()) for _ in range(2)]
+    closer = threading.Thread(target=engine.close)
+    closer.start()
+    release.set()
+    closer.join(10)
+    assert first.result(timeout=10) == "first"
+    for future in queued:
+        with pytest.raises(RuntimeError, match="closed before this request finished"):
+            future.result(timeout=10)
+    assert not engine._worker.is_alive()
+    with pytest.raises(RuntimeError, match="has been closed"):
+        engine.submit([3], None, Sampling())
+
+
+@pytest.mark.local_lm
+def test_a_script_using_the_engine_exits_cleanly() -> None:
+    """Python's exit must not tear the worker down inside PyTorch (that aborted with
+    "terminate called without an active exception", exit status 134)."""
+    script = (
+        "from csc.engine import LocalLM\nprint(LocalLM(cache=False)('Say hi', max_tokens=8)[0])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr
 
 
 def test_prefix_cache_returns_the_longest_cached_prefix_and_evicts_lru() -> None:

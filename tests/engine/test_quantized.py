@@ -35,7 +35,12 @@ def q4_1_blocks(weight: torch.Tensor) -> QuantizedWeight:
     low, high = blocks.amin(-1), blocks.amax(-1)
     d = ((high - low) / 15).half().float()
     m = low.half().float()
-    q = ((blocks - m[..., None]) / d.clamp(min=1e-8)[..., None]).round().clamp(0, 15).to(torch.uint8)
+    q = (
+        ((blocks - m[..., None]) / d.clamp(min=1e-8)[..., None])
+        .round()
+        .clamp(0, 15)
+        .to(torch.uint8)
+    )
     nibbles = q[..., :16] | (q[..., 16:] << 4)
     packed = torch.cat(
         [d[..., None].view(torch.uint8), m[..., None].view(torch.uint8), nibbles], dim=-1
