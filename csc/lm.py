@@ -60,7 +60,7 @@ _SECRET_NAME = re.compile(r"(?:^|[_\-])(?:api[_\-]?key|key|token|secret|password
 _SECRET_ENV = re.compile(r"(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)(?:_|$)", re.I)
 _URL_CREDENTIALS = re.compile(
     # Bounded repeats keep this linear on huge input (a 2 MB field quoted in an error).
-    r"(?P<scheme>[a-z][a-z0-9+.\-]{0,30}://)(?P<user>[^/\s:@]{0,512}):[^/\s@]{0,512}@",
+    r"(?P<scheme>[a-z][a-z0-9+.\-]{0,30}://)(?P<user>[^/\s:@]{0,512}):(?P<pw>[^/\s@]{0,512})@",
     re.I,
 )
 _URL_SECRET_QUERY = re.compile(
@@ -76,10 +76,16 @@ def is_secret_name(name: str) -> bool:
 
 def redact_url(url: str | list[str]) -> str:
     """A URL (or a list of endpoint URLs, comma-joined) with any embedded password and key-like
-    query values replaced by ``***``."""
+    query values replaced by ``***`` (a ``${NAME}`` reference to a variable is kept)."""
     if isinstance(url, list):
         return ", ".join(redact_url(u) for u in url)
-    url = _URL_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:{REDACTED}@", url)
+    url = _URL_CREDENTIALS.sub(
+        # A ${NAME} reference (see expand_env_references) is not the secret: it stays.
+        lambda m: (
+            m[0] if _ENV_REFERENCE.fullmatch(m["pw"]) else f"{m['scheme']}{m['user']}:{REDACTED}@"
+        ),
+        url,
+    )
     return _URL_SECRET_QUERY.sub(lambda m: f"{m['name']}{REDACTED}", url)
 
 
@@ -117,6 +123,47 @@ def remember_secret(value: str | None) -> None:
 
 class LMConfigError(ValueError):
     """An LM spec or configuration file is invalid."""
+
+
+# ``${NAME}`` in an api_base: the value of environment variable NAME, read when the client is
+# built. A password written this way stays out of configuration files, run summaries and the
+# recipes `--executor ray` sends to its workers.
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def expand_env_references(url: str, env: Mapping[str, str] | None = None) -> str:
+    """``url`` with every ``${NAME}`` replaced by environment variable NAME."""
+    env = os.environ if env is None else env
+
+    def value(match: re.Match[str]) -> str:
+        if match[1] not in env:
+            raise LMConfigError(
+                f"api_base {redact_url(url)} refers to ${{{match[1]}}}, which is not set; "
+                f"export {match[1]}"
+            )
+        return env[match[1]]
+
+    return _ENV_REFERENCE.sub(value, url)
+
+
+def literal_url_secrets(settings: LMSettings) -> list[str]:
+    """The api_base URLs of ``settings`` (redacted) that hold a password or a key-like query
+    value written out, rather than as a ``${NAME}`` reference."""
+
+    def literal(url: str) -> bool:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password and not _ENV_REFERENCE.fullmatch(password):
+            return True
+        return bool(_URL_SECRET_QUERY.search(_ENV_REFERENCE.sub("", url)))
+
+    urls: list[str] = []
+    for spec in [settings.default, *settings.roles.values()]:
+        bases = spec.api_base if isinstance(spec.api_base, list) else [spec.api_base]
+        urls += [redact_url(url) for url in bases if url and literal(url)]
+    return sorted(set(urls))
 
 
 class LMSpec(BaseModel):
@@ -489,6 +536,11 @@ def build_lm(
 
     kwargs = _call_kwargs(spec)
     if spec.api_base:
+        bases = spec.api_base if isinstance(spec.api_base, list) else [spec.api_base]
+        bases = [expand_env_references(url) for url in bases]
+        spec = spec.model_copy(
+            update={"api_base": bases if isinstance(spec.api_base, list) else bases[0]}
+        )
         kwargs["api_base"] = spec.api_base
         for url in spec.api_base if isinstance(spec.api_base, list) else [spec.api_base]:
             with contextlib.suppress(ValueError):  # a malformed URL has no password to hide

@@ -276,7 +276,18 @@ def register(app: typer.Typer) -> None:
         )
         outcomes = None
         if executor == "ray":
+            from csc.lm import literal_url_secrets
             from csc.programs.ray_executor import ray_outcomes
+
+            written = literal_url_secrets(settings)
+            if written:
+                common.fail(
+                    "--executor ray sends the LM settings to every Ray worker, and "
+                    f"{', '.join(written)} holds a password or key written out. Write it as a "
+                    "reference to an environment variable the workers have, in single quotes: "
+                    "--api-base 'http://user:${CSC_API_PASSWORD}@host/v1', and export "
+                    "CSC_API_PASSWORD here and on the workers"
+                )
 
             # What a worker needs to rebuild the run: no key travels (LMSettings names the
             # variables that hold them; each worker reads its own environment).

@@ -153,3 +153,39 @@ def test_redaction_covers_urls_runtime_secrets_and_key_variables(monkeypatch) ->
     clean = redact_secrets(text)
     assert KEY not in clean and PASSWORD not in clean
     assert "u:***@h:1" in clean and "https://a:***@c/?token=***" in clean
+
+
+def test_api_base_may_name_its_password_as_an_environment_variable(monkeypatch) -> None:
+    from csc.lm import LMConfigError, LMSettings, LMSpec, build_lm, literal_url_secrets
+
+    reference = "http://user:${CSC_TEST_PW}@127.0.0.1:9/v1"
+    monkeypatch.setenv("CSC_TEST_PW", PASSWORD)
+    lm = build_lm(LMSpec(model="openai/served", api_base=reference))
+    assert lm.kwargs["api_base"] == f"http://user:{PASSWORD}@127.0.0.1:9/v1"
+    settings = LMSettings(default=LMSpec(model="openai/x", api_base=reference))
+    assert PASSWORD not in settings.model_dump_json()  # what a Ray recipe carries
+    assert literal_url_secrets(settings) == []
+    written = LMSettings(
+        default=LMSpec(model="openai/x", api_base=f"http://user:{PASSWORD}@h/v1"),
+        roles={"judge": LMSpec(model="openai/y", api_base=["http://h/v1?api_key=abc123"])},
+    )
+    assert literal_url_secrets(written) == ["http://h/v1?api_key=***", "http://user:***@h/v1"]
+    monkeypatch.delenv("CSC_TEST_PW")
+    with pytest.raises(LMConfigError, match=r"refers to \$\{CSC_TEST_PW\}, which is not set"):
+        build_lm(LMSpec(model="openai/served", api_base=reference))
+
+
+def test_ray_executor_refuses_a_password_written_into_api_base(tmp_path) -> None:
+    """The recipe every Ray worker receives holds the LM settings: a password written into
+    --api-base would travel with it (and into Ray's task records)."""
+    pytest.importorskip("ray")
+    env = {**os.environ, "CSC_CONFIG": "", "CSC_LM": "", "NO_COLOR": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "csc", "synthesize", "--out", str(tmp_path / "o"), "-n", "1",
+         "--executor", "ray", "--lm", "openai/x",
+         "--api-base", f"http://user:{PASSWORD}@127.0.0.1:9/v1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "${CSC_API_PASSWORD}" in proc.stderr and "http://user:***@127.0.0.1:9/v1" in proc.stderr
+    assert PASSWORD not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
