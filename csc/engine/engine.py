@@ -452,6 +452,7 @@ class Engine:
         self.prefill_tokens = 0  # prompt tokens actually computed
         self.prefill_seconds = 0.0
         self.decode_steps = 0
+        self.decode_seconds = 0.0
         self._queue: queue.Queue[_Job | None] = queue.Queue()  # None: stop the worker
         self._stopping = False
         self._load_lock = threading.Lock()
@@ -591,7 +592,9 @@ class Engine:
                 if jobs:
                     self._admit(jobs)
                 if self._rows:
+                    start = time.perf_counter()
                     self._decode_step()
+                    self.decode_seconds += time.perf_counter() - start
             except BaseException as exc:  # every caller must hear about it, never hang
                 logger.exception("local LM step with %d rows failed", len(self._rows))
                 for job in [*jobs, *(row.job for row in self._rows)]:
