@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from csc.engine.kernels import GROUPED_ATTENTION, QUERY_LENGTHS, _grouped_sdpa
-from csc.engine.quantized import QUANTIZED_STEP
+from csc.engine.quantized import QUANTIZED_STEP, DecodeAttention
 
 NATIVE_ENV = "CSC_NATIVE_MODEL"
 WEIGHTS_FILE = "model.safetensors"
@@ -128,15 +128,26 @@ class KVLayer:
     ):
         n = key_states.shape[-2]
         if self.length + n > self.buf_k.shape[2]:
-            extra = max(KV_GROW, n, self.buf_k.shape[2] // 2)
-            pad = (0, 0, 0, extra)
-            self.buf_k = nn.functional.pad(self.buf_k[:, :, : self.length], pad)
-            self.buf_v = nn.functional.pad(self.buf_v[:, :, : self.length], pad)
+            self.reserve(n)
         self.buf_k[:, :, self.length : self.length + n] = key_states
         self.buf_v[:, :, self.length : self.length + n] = value_states
         self.length += n
         self._views()
         return self.keys, self.values
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more columns (written in place by a kernel, then ``advance``)."""
+        if self.length + n > self.buf_k.shape[2]:
+            extra = max(KV_GROW, n, self.buf_k.shape[2] // 2)
+            pad = (0, 0, 0, extra)
+            self.buf_k = nn.functional.pad(self.buf_k[:, :, : self.length], pad)
+            self.buf_v = nn.functional.pad(self.buf_v[:, :, : self.length], pad)
+        elif not (self.buf_k.is_contiguous() and self.buf_v.is_contiguous()):
+            self.buf_k, self.buf_v = self.buf_k.contiguous(), self.buf_v.contiguous()
+
+    def advance(self, n: int) -> None:
+        self.length += n
+        self._views()
 
 
 class KVCache:
@@ -233,6 +244,9 @@ class Attention(nn.Module):
         self, hidden: torch.Tensor, step: _Step, cache: KVCache | None, index: int
     ) -> torch.Tensor:
         """``hidden`` holds the step's real tokens [tokens, hidden]; returns the same shape."""
+        if step.attention is not None and cache is not None and index < len(cache.layers):
+            out = step.attention.attend(step.project(self.qkv_proj, hidden), cache.layers[index])
+            return step.project(self.o_proj, out)
         qkv = step.unpack(step.project(self.qkv_proj, hidden))  # [batch, width, features]
         batch, width = step.batch, step.width
         heads, kv = self.heads, self.kv_heads
@@ -305,6 +319,8 @@ class _Step:
         self.batch, self.width, self.real = batch, width, real
         self.cos, self.sin, self.mask, self.lengths = cos, sin, mask, lengths
         self.quantized = quantized
+        # A decode step through the kernels: rotary, cache append and attention in one call.
+        self.attention: DecodeAttention | None = None
 
     def project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``linear(x)``, through the matrix's GGUF blocks on a quantized step
@@ -355,6 +371,48 @@ class NativeLlamaForCausalLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
 
+    def _decode_attention(
+        self,
+        quantized: bool,
+        cache: KVCache | None,
+        attention_mask: torch.Tensor | None,
+        real: torch.Tensor | None,
+        batch: int,
+        width: int,
+        past: int,
+        position_ids: torch.Tensor,
+    ) -> DecodeAttention | None:
+        """The kernel attention of a quantized step over a filled native cache, if it applies
+        (the model's matrices have their blocks, so the kernel library is loaded)."""
+        blocks = getattr(self.lm_head, "quantized", None)
+        config = self.config
+        if (
+            not quantized
+            or blocks is None
+            or attention_mask is None
+            or not isinstance(cache, KVCache)
+            or len(cache.layers) != config.num_hidden_layers
+            or config.head_dim % 16
+            or config.head_dim > 256
+            or config.num_attention_heads // config.num_key_value_heads > 8
+            or position_ids.device.type != "cpu"
+        ):
+            return None
+        return DecodeAttention(
+            blocks.lib,
+            real,
+            batch,
+            width,
+            past,
+            position_ids,
+            attention_mask,
+            self.inv_freq,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+            config.head_dim**-0.5,
+        )
+
     @staticmethod
     def _mask(
         attention_mask: torch.Tensor | None, batch: int, past: int, width: int, device: torch.device
@@ -403,16 +461,21 @@ class NativeLlamaForCausalLM(nn.Module):
         ids = input_ids.reshape(-1)
         hidden = self.model.embed_tokens(ids if real is None else ids.index_select(0, real))
         cos, sin = self._rotary(position_ids, hidden.dtype)
+        quantized = bool(kwargs.get(QUANTIZED_STEP))
+        attention = self._decode_attention(
+            quantized, cache, attention_mask, real, batch, width, past, position_ids
+        )
         step = _Step(
             batch,
             width,
             real,
             cos,
             sin,
-            self._mask(attention_mask, batch, past, width, hidden.device),
+            None if attention else self._mask(attention_mask, batch, past, width, hidden.device),
             kwargs.get(QUERY_LENGTHS),
-            bool(kwargs.get(QUANTIZED_STEP)),
+            quantized,
         )
+        step.attention = attention
         for index, layer in enumerate(self.model.layers):
             hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), step, cache, index)
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden), step)

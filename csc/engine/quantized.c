@@ -17,6 +17,7 @@
  * the engine keeps its float32 matmuls (a portable loop measured 2.7x slower than them).
  */
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -153,3 +154,143 @@ void csc_q8_0_matmul(const float *x, int M, int K, const uint8_t *q, int N, floa
 }
 #endif
 
+
+/* ------------------------------------------------------------------ decode-step attention */
+#if CSC_AVX512
+#include <math.h>
+#include <stdlib.h>
+
+/* e^x for x <= 0 (softmax after the max is taken off), 16 at a time: Cephes' expf polynomial
+ * after x = n ln2 + r, about 1 ulp; below -87 it is 0. */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+#define MAX_GROUP 8  /* query heads per key/value head */
+#define MAX_DIM 256  /* head dimension */
+
+/* Rotary embeddings and the KV-cache append for the tokens of one decode step, and attention
+ * for the rows that feed one token (rows feeding a run of forced tokens get their rotated
+ * queries in qrot and are left to the caller: PyTorch's SDPA reads their keys once for all
+ * of their queries).
+ *
+ * qkv [T, (H + 2 KV) * D]: the step's real tokens (one per row, or a row's run of forced
+ * tokens), each with its batch row, its column in the cache buffers and its position. Keys and
+ * values [R, KV, cap, D] get each token's (rotated) key and value at its column; then each
+ * token attends to the columns up to its own whose mask [R, mask_width] entry is set. out
+ * [T, H * D]; qrot [T, H * D] is scratch. A row's tokens are consecutive: group i is tokens
+ * group_start[i] .. + group_count[i] - 1, in column order. D a multiple of 16. */
+void csc_decode_attention(const float *qkv, int T, int H, int KV, int D, const int *rows,
+                          const int *cols, const float *pos, const float *inv_freq,
+                          float *kbuf, float *vbuf, int cap, const uint8_t *mask,
+                          int mask_width, float scaling, const int *group_start,
+                          const int *group_count, int groups, float *qrot, float *out,
+                          int threads) {
+    const int half = D / 2, stride = (H + 2 * KV) * D, G = H / KV, chunks = D / 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int t = 0; t < T; t++) {
+        float c[MAX_DIM / 2], s[MAX_DIM / 2];
+        for (int i = 0; i < half; i++) {
+            float f = pos[t] * inv_freq[i];
+            c[i] = cosf(f);
+            s[i] = sinf(f);
+        }
+        const float *x = qkv + (size_t)t * stride;
+        for (int h = 0; h < H + KV; h++) { /* queries, then keys into the cache */
+            const float *in = x + (size_t)h * D;
+            float *dst = h < H ? qrot + ((size_t)t * H + h) * D
+                               : kbuf + (((size_t)rows[t] * KV + (h - H)) * cap + cols[t]) * D;
+            for (int i = 0; i < half; i++) {
+                float a = in[i], b = in[i + half];
+                dst[i] = a * c[i] - b * s[i];
+                dst[i + half] = b * c[i] + a * s[i];
+            }
+        }
+        for (int g = 0; g < KV; g++)
+            memcpy(vbuf + (((size_t)rows[t] * KV + g) * cap + cols[t]) * D,
+                   x + (size_t)(H + KV + g) * D, sizeof(float) * D);
+    }
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int task = 0; task < groups * KV; task++) {
+        /* One row's tokens (consecutive in qkv) against one key/value head: each readable
+         * key is loaded once for all of them. */
+        const int first = group_start[task / KV], count = group_count[task / KV];
+        if (count > 1) continue; /* a run of forced tokens: the caller attends (see .py) */
+        const int g = task % KV, r = rows[first], last = cols[first + count - 1];
+        const uint8_t *readable = mask + (size_t)r * mask_width;
+        const float *keys = kbuf + ((size_t)r * KV + g) * cap * D;
+        const float *values = vbuf + ((size_t)r * KV + g) * cap * D;
+        const int width = last + 16, Q = count * G; /* queries: (token, head) pairs */
+        float *score = malloc(sizeof(float) * (size_t)Q * width);
+        int *index = malloc(sizeof(int) * (size_t)width);
+        int n = 0;
+        for (int j = 0; j <= last; j++)
+            if (readable[j]) index[n++] = j;
+        /* scores[query][k]; a token reads keys up to its own column only */
+        for (int k = 0; k < n; k++) {
+            const float *kv = keys + (size_t)index[k] * D;
+            __m512 kc[MAX_DIM / 16];
+            for (int ch = 0; ch < chunks; ch++) kc[ch] = _mm512_loadu_ps(kv + 16 * ch);
+            for (int i = 0; i < count; i++) {
+                if (index[k] > cols[first + i]) continue;
+                for (int q = 0; q < G; q++) {
+                    const float *qv = qrot + ((size_t)(first + i) * H + g * G + q) * D;
+                    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(qv), kc[0]);
+                    for (int ch = 1; ch < chunks; ch++)
+                        acc = _mm512_fmadd_ps(_mm512_loadu_ps(qv + 16 * ch), kc[ch], acc);
+                    score[(size_t)(i * G + q) * width + k] = _mm512_reduce_add_ps(acc) * scaling;
+                }
+            }
+        }
+        for (int i = 0; i < count; i++) {
+            int seen = 0; /* keys this token reads: a prefix of index[] */
+            while (seen < n && index[seen] <= cols[first + i]) seen++;
+            for (int q = 0; q < G; q++) {
+                float *sc = score + (size_t)(i * G + q) * width;
+                float best = -INFINITY;
+                for (int k = 0; k < seen; k++) best = sc[k] > best ? sc[k] : best;
+                __m512 total = _mm512_setzero_ps();
+                int k = 0;
+                for (; k + 16 <= seen; k += 16) {
+                    __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(sc + k), _mm512_set1_ps(best)));
+                    _mm512_storeu_ps(sc + k, p);
+                    total = _mm512_add_ps(total, p);
+                }
+                if (k < seen) {
+                    __mmask16 m = (__mmask16)((1u << (seen - k)) - 1);
+                    __m512 p = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + k),
+                                                   _mm512_set1_ps(best)));
+                    p = _mm512_maskz_mov_ps(m, p);
+                    _mm512_mask_storeu_ps(sc + k, m, p);
+                    total = _mm512_add_ps(total, p);
+                }
+                const float inv = 1.0f / _mm512_reduce_add_ps(total);
+                __m512 acc[MAX_DIM / 16];
+                for (int ch = 0; ch < chunks; ch++) acc[ch] = _mm512_setzero_ps();
+                for (int kk = 0; kk < seen; kk++) {
+                    const __m512 p = _mm512_set1_ps(sc[kk] * inv);
+                    const float *vv = values + (size_t)index[kk] * D;
+                    for (int ch = 0; ch < chunks; ch++)
+                        acc[ch] = _mm512_fmadd_ps(p, _mm512_loadu_ps(vv + 16 * ch), acc[ch]);
+                }
+                float *o = out + (size_t)(first + i) * H * D + (size_t)(g * G + q) * D;
+                for (int ch = 0; ch < chunks; ch++) _mm512_storeu_ps(o + 16 * ch, acc[ch]);
+            }
+        }
+        free(score);
+        free(index);
+    }
+}
+#endif

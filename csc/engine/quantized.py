@@ -142,6 +142,15 @@ def _load_library() -> tuple[Any, str]:
         fn = getattr(lib, name)
         fn.argtypes = [pointer, number, number, pointer, number, pointer, number]
         fn.restype = None
+    lib.csc_decode_attention.argtypes = [
+        pointer, number, number, number, number,  # qkv, T, H, KV, D
+        pointer, pointer, pointer, pointer,  # rows, cols, positions, inv_freq
+        pointer, pointer, number,  # key and value buffers, their capacity
+        pointer, number, ctypes.c_float,  # mask, its width, scaling
+        pointer, pointer, number,  # each row's first token and token count, rows
+        pointer, pointer, number,  # scratch, out, threads
+    ]  # fmt: skip
+    lib.csc_decode_attention.restype = None
     return lib, ""
 
 
@@ -160,9 +169,11 @@ class QuantizedWeight:
         self.kind = kind
         self.in_features = in_features
         self.out_features = int(blocks.shape[0])
+        self.lib: Any = None
         self._fn: Any = None
 
     def bind(self, lib: Any) -> QuantizedWeight:
+        self.lib = lib
         self._fn = lib.csc_q4_1_matmul if self.kind == "Q4_1" else lib.csc_q8_0_matmul
         return self
 
@@ -355,3 +366,86 @@ def attach(model: Any, gguf: Path, folder: Path) -> str:
     for name, weight in weights.items():
         modules[name].quantized = weight.bind(lib)
     return ""
+
+
+# --------------------------------------------------------------------------- decode attention
+class DecodeAttention:
+    """Rotary embeddings, the cache append and attention of one decode step's tokens in one
+    kernel call per layer (``csc_decode_attention``), instead of a dozen PyTorch ops.
+
+    Built once per forward: which batch row, cache column and position each real token has,
+    and the step's key mask as bytes. Each token attends to its row's readable columns up to
+    its own, so a row's forced tokens see each other causally and left padding is never read.
+    """
+
+    def __init__(
+        self,
+        lib: Any,
+        real: torch.Tensor | None,
+        batch: int,
+        width: int,
+        past: int,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor,
+        inv_freq: torch.Tensor,
+        heads: int,
+        kv_heads: int,
+        head_dim: int,
+        scaling: float,
+    ) -> None:
+        flat = torch.arange(batch * width) if real is None else real
+        self.rows = (flat // width).to(torch.int32)
+        self.cols = (flat % width + past).to(torch.int32)
+        self.positions = positions.reshape(-1).index_select(0, flat).to(torch.float32)
+        self.mask = attention_mask.to(torch.uint8).contiguous()
+        _, counts = torch.unique_consecutive(self.rows, return_counts=True)
+        self.group_count = counts.to(torch.int32)
+        self.group_start = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+        # Rows feeding several forced tokens: (first token, count, row, columns read, mask
+        # [1, 1, count, columns], causal within the run), the same for every layer.
+        self.runs = []
+        for start, count in zip(self.group_start.tolist(), counts.tolist()):
+            if count > 1:
+                row, last = int(self.rows[start]), int(self.cols[start + count - 1]) + 1
+                columns = self.cols[start : start + count].to(torch.long)
+                allowed = self.mask[row, :last].to(torch.bool)[None, :] & (
+                    torch.arange(last)[None, :] <= columns[:, None]
+                )
+                self.runs.append((start, count, row, last, allowed[None, None]))
+        self.inv_freq = inv_freq.float().contiguous()
+        self.lib, self.width = lib, width
+        self.heads, self.kv_heads, self.head_dim, self.scaling = heads, kv_heads, head_dim, scaling
+
+    def attend(self, qkv: torch.Tensor, layer: Any) -> torch.Tensor:
+        """``qkv`` [tokens, (heads + 2 kv heads) * head dim] -> attention output [tokens,
+        heads * head dim]; ``layer`` (a :class:`csc.engine.llama.KVLayer`) gains the step's
+        columns."""
+        layer.reserve(self.width)
+        qkv = qkv.contiguous()
+        tokens = qkv.shape[0]
+        out = torch.empty((tokens, self.heads * self.head_dim), dtype=torch.float32)
+        scratch = torch.empty_like(out)
+        self.lib.csc_decode_attention(
+            qkv.data_ptr(), tokens, self.heads, self.kv_heads, self.head_dim,
+            self.rows.data_ptr(), self.cols.data_ptr(), self.positions.data_ptr(),
+            self.inv_freq.data_ptr(),
+            layer.buf_k.data_ptr(), layer.buf_v.data_ptr(), layer.buf_k.shape[2],
+            self.mask.data_ptr(), self.mask.shape[1], self.scaling,
+            self.group_start.data_ptr(), self.group_count.data_ptr(), len(self.group_count),
+            scratch.data_ptr(), out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        layer.advance(self.width)
+        for first, count, row, last, allowed in self.runs:
+            # A row's run of forced tokens: SDPA with grouped heads over its columns, reading
+            # each key once for all of the run's queries (rotated by the kernel into scratch).
+            q = scratch[first : first + count].view(1, count, self.heads, self.head_dim)
+            attended = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                layer.buf_k[row : row + 1, :, :last],
+                layer.buf_v[row : row + 1, :, :last],
+                attn_mask=allowed,
+                scale=self.scaling,
+                enable_gqa=True,
+            )
+            out[first : first + count] = attended.transpose(1, 2).reshape(count, -1)
+        return out

@@ -24,17 +24,17 @@ local_lm = pytest.mark.local_lm
 
 
 def _save_tiny_llama(folder: Path, *, tie: bool = True, **overrides: object) -> object:
+    settings: dict[str, object] = {
+        "vocab_size": 97,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128,
+    }
     config = transformers.LlamaConfig(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=tie,
-        attn_implementation="sdpa",
-        **overrides,
+        **{**settings, **overrides}, tie_word_embeddings=tie, attn_implementation="sdpa"
     )
     torch.manual_seed(0)
     model = transformers.LlamaForCausalLM(config).eval()

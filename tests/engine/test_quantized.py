@@ -180,3 +180,94 @@ def test_embedded_engine_decodes_through_blocks_and_reuses_the_packed_file(monke
     assert not dense.quantized and dense.quantized_note == "CSC_QUANTIZED=0"
     for engine_ in (engine, again, dense):
         engine_.close()
+
+
+def _tiny_on_blocks(tmp_path: Path, lib):
+    """A tiny Llama (head dim 16, grouped heads) whose float weights are its blocks
+    de-quantised, with the blocks attached as the engine attaches them."""
+    from test_native_llama import _load, _save_tiny_llama
+
+    _save_tiny_llama(tmp_path, hidden_size=64, num_attention_heads=4, num_key_value_heads=2)
+    model = _load(tmp_path)
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                blocks = (q8_0_blocks if name == "lm_head" else q4_1_blocks)(module.weight)
+                module.weight.copy_(blocks.dequantize())
+                module.quantized = blocks.bind(lib)
+    return model
+
+
+@torch.inference_mode()
+def test_kernel_attention_matches_the_float_forward_on_ragged_steps(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Decode steps through the kernel attention (rows of one token, and rows feeding a run of
+    forced tokens, left padding, a forgotten column) give the float path's logits and keys."""
+    lib = _kernel()
+    model = _tiny_on_blocks(tmp_path, lib)
+    calls = []
+    attend = quantized.DecodeAttention.attend
+    monkeypatch.setattr(
+        quantized.DecodeAttention,
+        "attend",
+        lambda self, *a: calls.append(len(self.runs)) or attend(self, *a),
+    )
+    torch.manual_seed(3)
+    ids = torch.randint(3, 97, (3, 20))
+    prompt_mask = torch.ones(3, 12, dtype=torch.long)
+    prompt_mask[1, :5] = 0  # left padding
+    prompt_mask[2, 7] = 0  # a column the engine forgot (a rewound echo)
+    positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+    for lengths in ([1, 1, 1], [3, 1, 2]):
+        width = max(lengths)
+        step_mask = torch.zeros(3, width, dtype=torch.long)
+        for b, n in enumerate(lengths):
+            step_mask[b, width - n :] = 1
+        mask = torch.cat([prompt_mask, step_mask], 1)
+        step_positions = positions[:, -1:] + step_mask.cumsum(-1).clamp(min=1)
+        results = {}
+        for on in (False, True):
+            cache = model(
+                input_ids=ids[:, :12],
+                attention_mask=prompt_mask,
+                position_ids=positions,
+                use_cache=True,
+            ).past_key_values
+            extra = {"csc_query_lengths": lengths} if width > 1 else {}
+            logits = model(
+                input_ids=ids[:, 12 : 12 + width],
+                attention_mask=mask,
+                position_ids=step_positions,
+                past_key_values=cache,
+                **extra,
+                **{QUANTIZED_STEP: on},
+            ).logits
+            keys = cache.layers[1].keys
+            results[on] = (logits * step_mask[..., None], keys * mask[:, None, :, None])
+        assert calls == [sum(n > 1 for n in lengths)] * 2  # both layers; runs of forced tokens
+        calls.clear()
+        torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-5, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_a_rows_decode_step_is_bit_identical_alone_and_in_a_batch(tmp_path: Path) -> None:
+    lib = _kernel()
+    model = _tiny_on_blocks(tmp_path, lib)
+    torch.manual_seed(4)
+    ids = torch.randint(3, 97, (3, 11))
+    mask = torch.ones(3, 11, dtype=torch.long)
+
+    def step(rows: slice) -> torch.Tensor:
+        cache = model(input_ids=ids[rows, :10], attention_mask=mask[rows, :10]).past_key_values
+        return model(
+            input_ids=ids[rows, 10:],
+            attention_mask=mask[rows],
+            past_key_values=cache,
+            **{QUANTIZED_STEP: True},
+        ).logits
+
+    batched = step(slice(0, 3))
+    for row in range(3):
+        assert torch.equal(step(slice(row, row + 1))[0], batched[row])
