@@ -371,6 +371,25 @@ class NativeLlamaForCausalLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype).unsqueeze(1), emb.sin().to(dtype).unsqueeze(1)
 
+    @property
+    def _fusable(self) -> bool:
+        """Every matrix has blocks and the sizes suit the fused kernels (multiples of 16)."""
+        config = self.config
+        return (
+            config.hidden_size % 32 == 0
+            and config.intermediate_size % 32 == 0
+            and all(
+                getattr(module, "quantized", None) is not None
+                for layer in self.model.layers
+                for module in (
+                    layer.self_attn.qkv_proj,
+                    layer.self_attn.o_proj,
+                    layer.mlp.gate_up_proj,
+                    layer.mlp.down_proj,
+                )
+            )
+        )
+
     def _decode_attention(
         self,
         quantized: bool,
@@ -476,9 +495,15 @@ class NativeLlamaForCausalLM(nn.Module):
             quantized,
         )
         step.attention = attention
-        for index, layer in enumerate(self.model.layers):
-            hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), step, cache, index)
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden), step)
+        if attention is not None and self._fusable:  # a decode step: whole layers in C
+            assert cache is not None
+            hidden = hidden.contiguous()
+            for index, layer in enumerate(self.model.layers):
+                attention.layer(layer, hidden, cache.layers[index])
+        else:
+            for index, layer in enumerate(self.model.layers):
+                hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), step, cache, index)
+                hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden), step)
         if logits_to_keep == 1 and real is not None:
             # Rows are left-padded, so each row's last column is its last real token.
             last = torch.arange(1, batch + 1, device=hidden.device) * width - 1

@@ -160,10 +160,10 @@ void csc_q8_0_matmul(const float *x, int M, int K, const uint8_t *q, int N, floa
 #include <math.h>
 #include <stdlib.h>
 
-/* e^x for x <= 0 (softmax after the max is taken off), 16 at a time: Cephes' expf polynomial
- * after x = n ln2 + r, about 1 ulp; below -87 it is 0. */
+/* e^x, 16 at a time: Cephes' expf polynomial after x = n ln2 + r, about 1 ulp; x is clamped
+ * to [-87, 88] (softmax after the max is taken off, and silu's e^-x). */
 static inline __m512 exp16(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -293,4 +293,54 @@ void csc_decode_attention(const float *qkv, int T, int H, int KV, int D, const i
         free(index);
     }
 }
+
+/* ------------------------------------------------------------------ fused decode layer parts */
+/* h = x / sqrt(mean(x^2) + eps) * w, one row: 16 lanes of squares, one fixed reduction. */
+static void rmsnorm_row(const float *x, int K, const float *w, float eps, float *h) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int i = 0; i < K; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i);
+        acc = _mm512_fmadd_ps(v, v, acc);
+    }
+    const float r = 1.0f / sqrtf(_mm512_reduce_add_ps(acc) / (float)K + eps);
+    for (int i = 0; i < K; i += 16)
+        _mm512_storeu_ps(h + i, _mm512_mul_ps(_mm512_loadu_ps(w + i),
+                                              _mm512_mul_ps(_mm512_loadu_ps(x + i),
+                                                            _mm512_set1_ps(r))));
+}
+
+/* y [M, N] = rmsnorm(x [M, K]) @ W.T (K a multiple of 16); h [M, K] is scratch. */
+void csc_rmsnorm_matmul(const float *x, int M, int K, const float *w, float eps, int kind,
+                        const uint8_t *q, int N, float *h, float *y, int threads) {
+    for (int r = 0; r < M; r++) rmsnorm_row(x + (size_t)r * K, K, w, eps, h + (size_t)r * K);
+    matmul(kind, h, M, K, q, N, y, threads);
+}
+
+/* x [M, N] += a [M, K] @ W.T; y [M, N] is scratch. */
+void csc_matmul_add(const float *a, int M, int K, int kind, const uint8_t *q, int N, float *x,
+                    float *y, int threads) {
+    matmul(kind, a, M, K, q, N, y, threads);
+    for (size_t i = 0; i < (size_t)M * N; i++) x[i] += y[i];
+}
+
+/* The MLP of a decode step, in place on the residual stream x [M, K]:
+ * x += (silu(g) * u) @ Wdown.T with [g | u] = rmsnorm(x) @ Wgate_up.T (I outputs each).
+ * Scratch: h [M, K], gu [M, 2 I], a [M, I], y [M, K]. */
+void csc_decode_mlp(float *x, int M, int K, const float *w, float eps, int kind_gu,
+                    const uint8_t *gate_up, int I, int kind_down, const uint8_t *down, float *h,
+                    float *gu, float *a, float *y, int threads) {
+    csc_rmsnorm_matmul(x, M, K, w, eps, kind_gu, gate_up, 2 * I, h, gu, threads);
+    for (int r = 0; r < M; r++) {
+        const float *g = gu + (size_t)r * 2 * I, *u = g + I;
+        float *out = a + (size_t)r * I;
+        for (int i = 0; i < I; i += 16) {
+            __m512 gv = _mm512_loadu_ps(g + i);
+            __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv)); /* e^-g */
+            __m512 silu = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+            _mm512_storeu_ps(out + i, _mm512_mul_ps(silu, _mm512_loadu_ps(u + i)));
+        }
+    }
+    csc_matmul_add(a, M, I, kind_down, down, K, x, y, threads);
+}
 #endif
+

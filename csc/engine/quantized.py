@@ -151,6 +151,19 @@ def _load_library() -> tuple[Any, str]:
         pointer, pointer, number,  # scratch, out, threads
     ]  # fmt: skip
     lib.csc_decode_attention.restype = None
+    real = ctypes.c_float
+    lib.csc_rmsnorm_matmul.argtypes = [
+        pointer, number, number, pointer, real, number, pointer, number, pointer, pointer, number
+    ]  # fmt: skip
+    lib.csc_matmul_add.argtypes = [
+        pointer, number, number, number, pointer, number, pointer, pointer, number
+    ]  # fmt: skip
+    lib.csc_decode_mlp.argtypes = [
+        pointer, number, number, pointer, real, number, pointer, number, number, pointer,
+        pointer, pointer, pointer, pointer, number,
+    ]  # fmt: skip
+    for name in ("csc_rmsnorm_matmul", "csc_matmul_add", "csc_decode_mlp"):
+        getattr(lib, name).restype = None
     return lib, ""
 
 
@@ -415,6 +428,39 @@ class DecodeAttention:
         self.inv_freq = inv_freq.float().contiguous()
         self.lib, self.width = lib, width
         self.heads, self.kv_heads, self.head_dim, self.scaling = heads, kv_heads, head_dim, scaling
+
+    def layer(self, decoder: Any, hidden: torch.Tensor, kv: Any) -> None:
+        """One decoder layer of the step on the residual stream ``hidden`` [tokens, hidden]
+        (contiguous float32, updated in place) in four kernel calls: norm + q/k/v, attention,
+        output projection + residual, and the MLP (norm, gate/up, SiLU, down, residual)."""
+        attn, mlp = decoder.self_attn, decoder.mlp
+        norm1, norm2 = decoder.input_layernorm, decoder.post_attention_layernorm
+        qkv_w, o_w = attn.qkv_proj.quantized, attn.o_proj.quantized
+        gu_w, down_w = mlp.gate_up_proj.quantized, mlp.down_proj.quantized
+        tokens, size = hidden.shape
+        threads = torch.get_num_threads()
+        normed = torch.empty_like(hidden)
+        qkv = torch.empty((tokens, qkv_w.out_features), dtype=torch.float32)
+        self.lib.csc_rmsnorm_matmul(
+            hidden.data_ptr(), tokens, size, norm1.weight.data_ptr(), norm1.variance_epsilon,
+            _KIND[qkv_w.kind], qkv_w.blocks.data_ptr(), qkv_w.out_features,
+            normed.data_ptr(), qkv.data_ptr(), threads,
+        )  # fmt: skip
+        out = self.attend(qkv, kv)
+        self.lib.csc_matmul_add(
+            out.data_ptr(), tokens, o_w.in_features, _KIND[o_w.kind], o_w.blocks.data_ptr(),
+            size, hidden.data_ptr(), normed.data_ptr(), threads,
+        )  # fmt: skip
+        inter = mlp.intermediate
+        gate_up = torch.empty((tokens, 2 * inter), dtype=torch.float32)
+        act = torch.empty((tokens, inter), dtype=torch.float32)
+        product = torch.empty_like(hidden)  # held here: the kernel writes into it
+        self.lib.csc_decode_mlp(
+            hidden.data_ptr(), tokens, size, norm2.weight.data_ptr(), norm2.variance_epsilon,
+            _KIND[gu_w.kind], gu_w.blocks.data_ptr(), inter, _KIND[down_w.kind],
+            down_w.blocks.data_ptr(), normed.data_ptr(), gate_up.data_ptr(), act.data_ptr(),
+            product.data_ptr(), threads,
+        )  # fmt: skip
 
     def attend(self, qkv: torch.Tensor, layer: Any) -> torch.Tensor:
         """``qkv`` [tokens, (heads + 2 kv heads) * head dim] -> attention output [tokens,
