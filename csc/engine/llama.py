@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from csc.engine.kernels import GROUPED_ATTENTION, QUERY_LENGTHS, _grouped_sdpa
-from csc.engine.quantized import QUANTIZED_STEP, DecodeAttention
+from csc.engine.quantized import QUANTIZED_STEP, DecodeStep
 
 NATIVE_ENV = "CSC_NATIVE_MODEL"
 WEIGHTS_FILE = "model.safetensors"
@@ -244,9 +244,6 @@ class Attention(nn.Module):
         self, hidden: torch.Tensor, step: _Step, cache: KVCache | None, index: int
     ) -> torch.Tensor:
         """``hidden`` holds the step's real tokens [tokens, hidden]; returns the same shape."""
-        if step.attention is not None and cache is not None and index < len(cache.layers):
-            out = step.attention.attend(step.project(self.qkv_proj, hidden), cache.layers[index])
-            return step.project(self.o_proj, out)
         qkv = step.unpack(step.project(self.qkv_proj, hidden))  # [batch, width, features]
         batch, width = step.batch, step.width
         heads, kv = self.heads, self.kv_heads
@@ -319,8 +316,6 @@ class _Step:
         self.batch, self.width, self.real = batch, width, real
         self.cos, self.sin, self.mask, self.lengths = cos, sin, mask, lengths
         self.quantized = quantized
-        # A decode step through the kernels: rotary, cache append and attention in one call.
-        self.attention: DecodeAttention | None = None
 
     def project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``linear(x)``, through the matrix's GGUF blocks on a quantized step
@@ -390,7 +385,7 @@ class NativeLlamaForCausalLM(nn.Module):
             )
         )
 
-    def _decode_attention(
+    def _kernel_step(
         self,
         quantized: bool,
         cache: KVCache | None,
@@ -400,14 +395,15 @@ class NativeLlamaForCausalLM(nn.Module):
         width: int,
         past: int,
         position_ids: torch.Tensor,
-    ) -> DecodeAttention | None:
-        """The kernel attention of a quantized step over a filled native cache, if it applies
-        (the model's matrices have their blocks, so the kernel library is loaded)."""
+    ) -> DecodeStep | None:
+        """A quantized step over a filled native cache, run layer by layer in the kernel
+        library, if it applies (every matrix has its blocks, sizes the kernels take)."""
         blocks = getattr(self.lm_head, "quantized", None)
         config = self.config
         if (
             not quantized
             or blocks is None
+            or not self._fusable
             or attention_mask is None
             or not isinstance(cache, KVCache)
             or len(cache.layers) != config.num_hidden_layers
@@ -417,7 +413,7 @@ class NativeLlamaForCausalLM(nn.Module):
             or position_ids.device.type != "cpu"
         ):
             return None
-        return DecodeAttention(
+        return DecodeStep(
             blocks.lib,
             real,
             batch,
@@ -481,7 +477,7 @@ class NativeLlamaForCausalLM(nn.Module):
         hidden = self.model.embed_tokens(ids if real is None else ids.index_select(0, real))
         cos, sin = self._rotary(position_ids, hidden.dtype)
         quantized = bool(kwargs.get(QUANTIZED_STEP))
-        attention = self._decode_attention(
+        kernel_step = self._kernel_step(
             quantized, cache, attention_mask, real, batch, width, past, position_ids
         )
         step = _Step(
@@ -490,16 +486,15 @@ class NativeLlamaForCausalLM(nn.Module):
             real,
             cos,
             sin,
-            None if attention else self._mask(attention_mask, batch, past, width, hidden.device),
+            None if kernel_step else self._mask(attention_mask, batch, past, width, hidden.device),
             kwargs.get(QUERY_LENGTHS),
             quantized,
         )
-        step.attention = attention
-        if attention is not None and self._fusable:  # a decode step: whole layers in C
+        if kernel_step is not None:  # a decode step on the blocks: each layer in C
             assert cache is not None
             hidden = hidden.contiguous()
             for index, layer in enumerate(self.model.layers):
-                attention.layer(layer, hidden, cache.layers[index])
+                kernel_step.layer(layer, hidden, cache.layers[index])
         else:
             for index, layer in enumerate(self.model.layers):
                 hidden = hidden + layer.self_attn(layer.input_layernorm(hidden), step, cache, index)

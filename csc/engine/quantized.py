@@ -6,7 +6,10 @@ the float32 model and the blocks are the same model. A decode step reads every w
 a handful of tokens: it is bound by memory bandwidth, and the blocks are a fifth of the bytes
 (111 MB against 538 MB). So decode steps (one sampled token per row, or a run of forced header
 tokens) multiply through a small C kernel over the blocks (``quantized.c``), while prefill, which
-is bound by arithmetic, keeps PyTorch's float32 matmuls.
+is bound by arithmetic, keeps PyTorch's float32 matmuls. With the matrices that fast, the rest of
+a decode step was PyTorch's per-operation overhead, so each layer of a decode step runs as four
+kernel calls (:meth:`DecodeStep.layer`): norm + q/k/v, rotary + cache append + attention,
+output projection + residual, and the MLP.
 
 - **Same weights.** Every weight the kernel uses is the float32 number the model holds (checked
   bit for bit when the packed file is written). Only the order of the additions differs from
@@ -382,9 +385,9 @@ def attach(model: Any, gguf: Path, folder: Path) -> str:
 
 
 # --------------------------------------------------------------------------- decode attention
-class DecodeAttention:
-    """Rotary embeddings, the cache append and attention of one decode step's tokens in one
-    kernel call per layer (``csc_decode_attention``), instead of a dozen PyTorch ops.
+class DecodeStep:
+    """One decode step of a native model on its blocks, each layer in four kernel calls
+    (:meth:`layer`) instead of about 25 PyTorch operations.
 
     Built once per forward: which batch row, cache column and position each real token has,
     and the step's key mask as bytes. Each token attends to its row's readable columns up to

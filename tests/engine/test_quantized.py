@@ -207,9 +207,9 @@ def test_kernel_attention_matches_the_float_forward_on_ragged_steps(
     lib = _kernel()
     model = _tiny_on_blocks(tmp_path, lib)
     calls = []
-    attend = quantized.DecodeAttention.attend
+    attend = quantized.DecodeStep.attend
     monkeypatch.setattr(
-        quantized.DecodeAttention,
+        quantized.DecodeStep,
         "attend",
         lambda self, *a: calls.append(len(self.runs)) or attend(self, *a),
     )
