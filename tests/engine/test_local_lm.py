@@ -359,10 +359,13 @@ def test_requests_arriving_during_decode_join_the_running_batch(lm: LocalLM) -> 
     import time
 
     engine = lm.batch_engine
-    joined = engine.joined_running
+    joined, steps = engine.joined_running, engine.decode_steps
+    prompt = "Count from 1 to 200, separated by commas."
     with ThreadPoolExecutor(max_workers=2) as pool:
-        long = pool.submit(lambda: lm("Tell a long story about a bank.", max_tokens=60)[0])
-        time.sleep(1.0)
+        long = pool.submit(lambda: lm(prompt, max_tokens=200)[0])
+        deadline = time.monotonic() + 120
+        while engine.decode_steps <= steps + 2 and time.monotonic() < deadline:
+            time.sleep(0.005)  # until the long request is decoding (not a fixed delay)
         short = pool.submit(lambda: lm("Say hi.", max_tokens=4)[0])
         assert short.result() and long.result()
     assert engine.joined_running > joined
