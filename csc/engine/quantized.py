@@ -17,7 +17,7 @@ output projection + residual, and the MLP.
 - **Batch-invariant.** Each (token, output) is one sum in a fixed order, whatever else is in the
   step: a row decodes the same tokens alone or in a batch of 16.
 - **Compiled once per machine** with the system C compiler (``$CC`` or ``cc``, ``-O3
-  -march=native -fopenmp``) into the csc cache, at the first engine load (under a second).
+  -march=native -fopenmp``) into the csc cache, at the first engine load (about 2 s).
   AVX-512 only. No compiler, a failed build or another CPU: the engine says why in its log and
   decodes in float32 as before.
 - ``CSC_QUANTIZED=0`` turns it off. Models other than the embedded one (``local:``,
