@@ -409,7 +409,6 @@ class NativeLlamaForCausalLM(nn.Module):
             or len(cache.layers) != config.num_hidden_layers
             or config.head_dim % 16
             or config.head_dim > 256
-            or config.num_attention_heads // config.num_key_value_heads > 8
             or position_ids.device.type != "cpu"
         ):
             return None

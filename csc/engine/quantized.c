@@ -178,7 +178,6 @@ static inline __m512 exp16(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-#define MAX_GROUP 8  /* query heads per key/value head */
 #define MAX_DIM 256  /* head dimension */
 
 /* Rotary embeddings and the KV-cache append for the tokens of one decode step, and attention
