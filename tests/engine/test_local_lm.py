@@ -211,6 +211,13 @@ def test_local_lm_is_a_dspy_lm_with_a_canonical_engine() -> None:
 local_lm = pytest.mark.local_lm
 
 
+def ask(lm: LocalLM, messages: list[dict[str, str]], **body: Any) -> str:
+    """One chat request as DSPy's canonical ``lm15.Request`` (``lm(messages=...)`` is
+    deprecated and goes in DSPy 3.5); ``body`` holds Chat Completions fields."""
+    request = dspy.lm15.request_from_openai_chat({"model": lm.model, "messages": messages, **body})
+    return lm(request).text
+
+
 @pytest.fixture(scope="module")
 def lm() -> LocalLM:
     try:
@@ -257,14 +264,14 @@ def test_json_response_format_follows_schema(lm: LocalLM) -> None:
         polite: bool
         reason: str
 
-    out = lm(
-        messages=[
-            {"role": "user", "content": "Is 'hello, how can I help?' polite? Answer in JSON."}
-        ],
-        response_format=Verdict,
+    schema = {"name": "Verdict", "schema": Verdict.model_json_schema()}
+    out = ask(
+        lm,
+        [{"role": "user", "content": "Is 'hello, how can I help?' polite? Answer in JSON."}],
+        response_format={"type": "json_schema", "json_schema": schema},
         max_tokens=96,
     )
-    Verdict.model_validate_json(out[0])
+    Verdict.model_validate_json(out)
 
 
 @local_lm
@@ -297,9 +304,9 @@ def _cold_warm_batched(lm: LocalLM, prompts: list[Any], **options: Any) -> tuple
     def run(concurrent: bool) -> list[str]:
         hot = LocalLM(cache=False, **options)
         if not concurrent:
-            return [hot(messages=m)[0] for m in prompts]
+            return [ask(hot, m, **options) for m in prompts]
         with ThreadPoolExecutor(max_workers=len(prompts)) as pool:
-            return list(pool.map(lambda m: hot(messages=m)[0], prompts))
+            return list(pool.map(lambda m: ask(hot, m, **options), prompts))
 
     try:
         engine.prefix_cache.clear()

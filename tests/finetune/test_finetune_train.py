@@ -124,7 +124,7 @@ def test_trained_adapter_generates_through_the_engine(
         build_lm(f"finetuned:{out}", max_tokens=8, cache=False),
         LocalLM.from_finetuned(out, merge_adapter=True, max_tokens=8, cache=False),
     ):
-        outputs = lm(messages=[{"role": "user", "content": "Customer: charged twice"}])
+        outputs = lm("Customer: charged twice")
         assert isinstance(outputs, list) and len(outputs) == 1
         text = outputs[0]["text"] if isinstance(outputs[0], dict) else outputs[0]
         assert isinstance(text, str)
@@ -133,7 +133,7 @@ def test_trained_adapter_generates_through_the_engine(
     merged = merge_adapter(out, tmp_path / "merged")
     assert (merged / "config.json").is_file()
     lm = build_lm(f"local:{merged}", max_tokens=4, cache=False)
-    assert len(lm(messages=[{"role": "user", "content": "hello"}])) == 1
+    assert len(lm("hello")) == 1
 
 
 def test_resume_without_checkpoint_and_bad_folders_are_clear(
