@@ -430,7 +430,16 @@ class DecodeStep:
                 self.runs.append((start, count, row, last, allowed[None, None]))
         self.inv_freq = inv_freq.float().contiguous()
         self.lib, self.width = lib, width
+        self._buffers: dict[str, torch.Tensor] = {}
         self.heads, self.kv_heads, self.head_dim, self.scaling = heads, kv_heads, head_dim, scaling
+
+    def _buffer(self, name: str, rows: int, columns: int) -> torch.Tensor:
+        """A float32 scratch matrix of this step, made once and reused by every layer (the
+        kernels write into it, so it is held here while they run)."""
+        buffer = self._buffers.get(name)
+        if buffer is None or buffer.shape != (rows, columns):
+            buffer = self._buffers[name] = torch.empty((rows, columns), dtype=torch.float32)
+        return buffer
 
     def layer(self, decoder: Any, hidden: torch.Tensor, kv: Any) -> None:
         """One decoder layer of the step on the residual stream ``hidden`` [tokens, hidden]
@@ -442,8 +451,8 @@ class DecodeStep:
         gu_w, down_w = mlp.gate_up_proj.quantized, mlp.down_proj.quantized
         tokens, size = hidden.shape
         threads = torch.get_num_threads()
-        normed = torch.empty_like(hidden)
-        qkv = torch.empty((tokens, qkv_w.out_features), dtype=torch.float32)
+        normed = self._buffer("normed", tokens, size)
+        qkv = self._buffer("qkv", tokens, qkv_w.out_features)
         self.lib.csc_rmsnorm_matmul(
             hidden.data_ptr(), tokens, size, norm1.weight.data_ptr(), norm1.variance_epsilon,
             _KIND[qkv_w.kind], qkv_w.blocks.data_ptr(), qkv_w.out_features,
@@ -455,9 +464,9 @@ class DecodeStep:
             size, hidden.data_ptr(), normed.data_ptr(), threads,
         )  # fmt: skip
         inter = mlp.intermediate
-        gate_up = torch.empty((tokens, 2 * inter), dtype=torch.float32)
-        act = torch.empty((tokens, inter), dtype=torch.float32)
-        product = torch.empty_like(hidden)  # held here: the kernel writes into it
+        gate_up = self._buffer("gate_up", tokens, 2 * inter)
+        act = self._buffer("act", tokens, inter)
+        product = self._buffer("product", tokens, size)
         self.lib.csc_decode_mlp(
             hidden.data_ptr(), tokens, size, norm2.weight.data_ptr(), norm2.variance_epsilon,
             _KIND[gu_w.kind], gu_w.blocks.data_ptr(), inter, _KIND[down_w.kind],
@@ -472,8 +481,8 @@ class DecodeStep:
         layer.reserve(self.width)
         qkv = qkv.contiguous()
         tokens = qkv.shape[0]
-        out = torch.empty((tokens, self.heads * self.head_dim), dtype=torch.float32)
-        scratch = torch.empty_like(out)
+        out = self._buffer("attended", tokens, self.heads * self.head_dim)
+        scratch = self._buffer("queries", tokens, self.heads * self.head_dim)
         self.lib.csc_decode_attention(
             qkv.data_ptr(), tokens, self.heads, self.kv_heads, self.head_dim,
             self.rows.data_ptr(), self.cols.data_ptr(), self.positions.data_ptr(),
