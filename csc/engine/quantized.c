@@ -27,9 +27,7 @@
 #endif
 
 #define BLOCK 32
-#ifndef PREFETCH
-#define PREFETCH 8 /* rows ahead */
-#endif
+#define PREFETCH 8 /* rows of blocks ahead: measured best of 4, 8, 16 */
 /* Bytes per block: GGUF's blocks with their float16 scales widened to float32 at load.
  *   Q4_1: float d, float m, 16 bytes of nibbles;  Q8_0: float d, 32 signed bytes. */
 #define BYTES(KIND) ((KIND) == 4 ? 24 : 36)

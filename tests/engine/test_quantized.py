@@ -179,6 +179,11 @@ def test_embedded_engine_decodes_through_blocks_and_reuses_the_packed_file(monke
     monkeypatch.setenv("CSC_QUANTIZED", "0")
     dense = Engine(ModelSource(None), "cpu", torch.float32).load()
     assert not dense.quantized and dense.quantized_note == "CSC_QUANTIZED=0"
+    greedy = Sampling(max_tokens=32, temperature=0.0)
+    for prompt in prompts:  # the same model: greedy replies agree with float32 decoding
+        ids = engine.encode_messages(prompt)
+        on_blocks = engine.submit(ids, None, greedy).result(timeout=300).text
+        assert on_blocks == dense.submit(ids, None, greedy).result(timeout=300).text
     for engine_ in (engine, again, dense):
         engine_.close()
 
