@@ -439,6 +439,9 @@ class Engine:
         # quantized_note says why.
         self.quantized = False
         self.quantized_note = "not loaded"
+        # ...with int8 activations for prompt tokens and decode steps alike (CSC_QUANTIZED=1
+        # on a CPU with AVX-512 VNNI); float32 activations otherwise.
+        self.int8 = False
         self.tokenizer: Any = None
         self.vocab: Vocabulary | None = None
         self.load_seconds: float | None = None
@@ -500,6 +503,11 @@ class Engine:
         else:
             why = attach(model, embedded_gguf(), self.source.resolve_base())
             self.quantized, self.quantized_note = not why, why
+            self.int8 = not why and all(
+                module.quantized.i8 is not None
+                for module in model.modules()
+                if getattr(module, "quantized", None) is not None
+            )
             if why and quantized_enabled():  # not when turned off on purpose
                 logger.warning("decode steps stay in float32: %s", why)
 

@@ -253,6 +253,11 @@ class Attention(nn.Module):
         q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv :]
         if cache is not None:
             k, v = cache.layer(index, k, v)
+        if step.row_layout is not None:
+            # Each row on its own readable keys: the tokens of a row get the same numbers
+            # whatever else was batched with them (int8 activations round those numbers, so a
+            # last-bit difference would grow into another answer).
+            return step.project(self.o_proj, step.attend_rows(q, k, v, self.scaling))
         extra = {QUERY_LENGTHS: step.lengths} if step.lengths is not None else {}
         out, _ = _grouped_sdpa(self, q, k, v, step.mask, scaling=self.scaling, **extra)
         return step.project(self.o_proj, step.pack(out.reshape(batch, width, -1)))
@@ -316,12 +321,53 @@ class _Step:
         self.batch, self.width, self.real = batch, width, real
         self.cos, self.sin, self.mask, self.lengths = cos, sin, mask, lengths
         self.quantized = quantized
+        # Per row: (real query columns, readable key columns, their mask) for attend_rows.
+        self.row_layout: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+
+    def layout_rows(self, attention_mask: torch.Tensor, past: int) -> None:
+        """Prepare :meth:`attend_rows` for a step whose rows feed several tokens."""
+        fed = attention_mask[:, -self.width :].to(torch.bool)
+        keys = attention_mask.to(torch.bool)
+        self.row_layout = []
+        for b in range(self.batch):
+            queries = fed[b].nonzero().squeeze(1)
+            columns = keys[b].nonzero().squeeze(1)
+            allowed = columns[None, :] <= (queries + past)[:, None]
+            self.row_layout.append((queries, columns, allowed[None, None]))
+
+    def attend_rows(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
+    ) -> torch.Tensor:
+        """Attention row by row, each over only its readable key columns (so left padding and
+        the batch's other rows never change a row's arithmetic). ``q`` [batch, heads, width,
+        dim]; keys and values [batch, kv heads, columns, dim]; returns the real tokens'
+        outputs packed [tokens, heads * dim] in the order of :meth:`pack`."""
+        parts = []
+        for b, (queries, columns, allowed) in enumerate(self.row_layout or ()):
+            if not len(queries):
+                continue
+            attended = nn.functional.scaled_dot_product_attention(
+                q[b : b + 1].index_select(2, queries),
+                k[b : b + 1].index_select(2, columns),
+                v[b : b + 1].index_select(2, columns),
+                attn_mask=allowed,
+                scale=scaling,
+                enable_gqa=k.shape[1] != q.shape[1],
+            )
+            parts.append(attended[0].transpose(0, 1).reshape(len(queries), -1))
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``linear(x)``, through the matrix's GGUF blocks on a quantized step
         (:mod:`csc.engine.quantized`) when it has them."""
-        blocks = getattr(linear, "quantized", None) if self.quantized else None
-        return linear(x) if blocks is None else blocks.matmul(x)
+        blocks = getattr(linear, "quantized", None)
+        if blocks is None:
+            return linear(x)
+        if self.quantized:
+            return blocks.matmul(x)
+        # Prompt tokens: on the blocks too where they were bound for prefill (int8
+        # activations for Q4_1), else the float32 weights.
+        return blocks.matmul(x) if blocks.prefill else linear(x)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[batch, width, features] -> [tokens, features] (real tokens only)."""
@@ -489,6 +535,8 @@ class NativeLlamaForCausalLM(nn.Module):
             kwargs.get(QUERY_LENGTHS),
             quantized,
         )
+        if kernel_step is None and attention_mask is not None and width > 1:
+            step.layout_rows(attention_mask.to(hidden.device), past)
         if kernel_step is not None:  # a decode step on the blocks: each layer in C
             assert cache is not None
             hidden = hidden.contiguous()

@@ -124,8 +124,21 @@ INLINE void q8_0_block(const uint8_t *blk, __m512 *lo, __m512 *hi) {
 DEFINE_TILES(4)
 DEFINE_TILES(8)
 
+#if defined(__AVX512VNNI__)
+void csc_matmul_i8(int kind, const float *x, int M, int K, const uint8_t *w, int N, float *y,
+                   int threads);
+#endif
+
+/* kind 4: Q4_1 blocks; 8: Q8_0 blocks; 5 and 9: the same in the i8 layout with int8
+ * activations (the last section; the Python side passes them only where the CPU has VNNI). */
 static void matmul(int kind, const float *x, int M, int K, const uint8_t *q, int N, float *y,
                    int threads) {
+#if defined(__AVX512VNNI__)
+    if (kind == 5 || kind == 9) {
+        csc_matmul_i8(kind, x, M, K, q, N, y, threads);
+        return;
+    }
+#endif
     const int TN = M <= 4 ? 4 : 2;
     const int groups = N / TN;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -341,3 +354,168 @@ void csc_decode_mlp(float *x, int M, int K, const float *w, float eps, int kind_
 }
 #endif
 
+
+
+
+/* ------------------------------------------------------------------ int8 activations
+ * Prefill multiplies many tokens by every weight, so it is bound by arithmetic, not memory.
+ * There (and in decode steps, so that a token's numbers never depend on which of the two
+ * computed it) the matrices multiply as llama.cpp multiplies them: each token's activations
+ * are quantised per block of 32 to signed bytes p with a float scale dx (llama.cpp's Q8_1),
+ * and a block's 32 products are one exact integer sum (AVX-512 VNNI: 64 byte products per
+ * instruction, 4x the float32 rate), scaled once per block:
+ *
+ *   Q4_1, w = dw q + mw (q 0..15):  sum_k w_k x_k ~ (dw dx) sum_k q_k p_k + mw (dx sum_k p_k)
+ *   Q8_0, w = dw q (q -128..127):   (dw dx) (sum_k (q_k + 128) p_k - 128 sum_k p_k)
+ *
+ * (VNNI multiplies unsigned by signed bytes, hence q + 128 and its exact integer correction.)
+ * Each (token, output) is the same sequence of operations whatever the number of tokens and
+ * threads, so a token's result does not depend on the batch it is computed in.
+ *
+ * Weights in this section's layout ("i8 layout"): for each group of 16 outputs and each block
+ * of 32 inputs, chunks of 64 bytes (output j's 4 bytes at 4j), then the 16 outputs' scales dw
+ * and (Q4_1) minimums mw as float32:
+ *   Q4_1 (kind 5): 4 chunks; chunk c byte i: low nibble = input 4c + i, high = 16 + 4c + i;
+ *                  384 bytes per group and block.
+ *   Q8_0 (kind 9): 8 chunks; chunk c byte i: q + 128 of input 4c + i; 576 bytes.
+ * N a multiple of 16. */
+#if CSC_AVX512 && defined(__AVX512VNNI__)
+#define CSC_VNNI 1
+#else
+#define CSC_VNNI 0
+#endif
+
+int csc_kernel_vnni(void) { return CSC_VNNI; }
+
+#define I8_BYTES(KIND) ((KIND) == 5 ? 384 : 576)
+#define I8_SCALES(KIND) ((KIND) == 5 ? 256 : 512) /* offset of dw; mw follows (Q4_1) */
+
+/* Kernel-layout blocks (kind 4: 24-byte Q4_1, kind 8: 36-byte Q8_0) -> the i8 layout. */
+void csc_to_i8(int kind, const uint8_t *q, int N, int K, uint8_t *out) {
+    const int nb = K / BLOCK, ik = kind == 4 ? 5 : 9;
+    for (int g = 0; g < N / 16; g++)
+        for (int b = 0; b < nb; b++) {
+            uint8_t *dst = out + ((size_t)g * nb + b) * I8_BYTES(ik);
+            float *d = (float *)(dst + I8_SCALES(ik));
+            for (int j = 0; j < 16; j++) {
+                const uint8_t *blk = q + ((size_t)(g * 16 + j) * nb + b) * BYTES(kind);
+                memcpy(d + j, blk, 4);
+                if (kind == 4) {
+                    memcpy(d + 16 + j, blk + 4, 4);
+                    for (int c = 0; c < 4; c++) /* GGUF byte e: input e (low), e + 16 (high) */
+                        for (int i = 0; i < 4; i++) dst[c * 64 + j * 4 + i] = blk[8 + 4 * c + i];
+                } else {
+                    for (int c = 0; c < 8; c++)
+                        for (int i = 0; i < 4; i++)
+                            dst[c * 64 + j * 4 + i] = (uint8_t)(blk[4 + 4 * c + i] ^ 0x80);
+                }
+            }
+        }
+}
+
+#if CSC_VNNI
+/* One token's activations per block: p = round(x / dx), dx = max|x| / 127; psum = sum p and
+ * s = dx * psum. */
+static void quantize_row(const float *x, int K, int8_t *p, float *dx, float *s, int32_t *psum) {
+    for (int b = 0; b < K / BLOCK; b++) {
+        __m512 lo = _mm512_loadu_ps(x + BLOCK * b), hi = _mm512_loadu_ps(x + BLOCK * b + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        __m512i ilo = _mm512_cvtps_epi32(_mm512_mul_ps(lo, _mm512_set1_ps(id)));
+        __m512i ihi = _mm512_cvtps_epi32(_mm512_mul_ps(hi, _mm512_set1_ps(id)));
+        _mm_storeu_si128((__m128i *)(p + BLOCK * b), _mm512_cvtsepi32_epi8(ilo));
+        _mm_storeu_si128((__m128i *)(p + BLOCK * b + 16), _mm512_cvtsepi32_epi8(ihi));
+        dx[b] = amax / 127.0f;
+        psum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(ilo, ihi));
+        s[b] = dx[b] * (float)psum[b];
+    }
+}
+
+#define BCAST4(ptr) _mm512_set1_epi32(*(const int32_t *)(ptr))
+
+/* TM tokens x 16 outputs (group g): per block, the VNNI products of each token into an
+ * integer sum, then the block's scaling, in the same order for every tile. */
+#define DEFINE_I8_TILE(KIND, TM)                                                               \
+    static void i8_tile_##KIND##_##TM(const int8_t *p, const float *dx, const float *s,       \
+                                      const int32_t *psum, int K, const uint8_t *w, int g,    \
+                                      float *y, int r0, int N) {                              \
+        const int nb = K / BLOCK;                                                              \
+        const __m512i low = _mm512_set1_epi8(15);                                              \
+        __m512 acc[TM];                                                                        \
+        _Pragma("GCC unroll 16") for (int r = 0; r < TM; r++) acc[r] = _mm512_setzero_ps();   \
+        const uint8_t *wg = w + (size_t)g * nb * I8_BYTES(KIND);                               \
+        for (int b = 0; b < nb; b++) {                                                         \
+            const uint8_t *blk = wg + (size_t)b * I8_BYTES(KIND);                              \
+            __m512i sum[TM];                                                                   \
+            _Pragma("GCC unroll 16") for (int r = 0; r < TM; r++) sum[r] = _mm512_setzero_si512(); \
+            if (KIND == 5) {                                                                   \
+                _Pragma("GCC unroll 4") for (int c = 0; c < 4; c++) {                         \
+                    const __m512i raw = _mm512_loadu_si512((const void *)(blk + 64 * c));      \
+                    const __m512i qlo = _mm512_and_si512(raw, low);                            \
+                    const __m512i qhi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low);      \
+                    _Pragma("GCC unroll 16") for (int r = 0; r < TM; r++) {                   \
+                        const int8_t *pr = p + (size_t)(r0 + r) * K + BLOCK * b;               \
+                        sum[r] = _mm512_dpbusd_epi32(sum[r], qlo, BCAST4(pr + 4 * c));         \
+                        sum[r] = _mm512_dpbusd_epi32(sum[r], qhi, BCAST4(pr + 16 + 4 * c));    \
+                    }                                                                          \
+                }                                                                              \
+            } else {                                                                           \
+                _Pragma("GCC unroll 8") for (int c = 0; c < 8; c++) {                         \
+                    const __m512i u = _mm512_loadu_si512((const void *)(blk + 64 * c));        \
+                    _Pragma("GCC unroll 16") for (int r = 0; r < TM; r++) {                   \
+                        const int8_t *pr = p + (size_t)(r0 + r) * K + BLOCK * b;               \
+                        sum[r] = _mm512_dpbusd_epi32(sum[r], u, BCAST4(pr + 4 * c));           \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+            const __m512 dw = _mm512_loadu_ps((const float *)(blk + I8_SCALES(KIND)));         \
+            _Pragma("GCC unroll 16") for (int r = 0; r < TM; r++) {                           \
+                const size_t at = (size_t)(r0 + r) * nb + b;                                   \
+                if (KIND == 9)                                                                 \
+                    sum[r] = _mm512_sub_epi32(sum[r], _mm512_set1_epi32(128 * psum[at]));      \
+                acc[r] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(dx[at])),            \
+                                         _mm512_cvtepi32_ps(sum[r]), acc[r]);                  \
+                if (KIND == 5)                                                                 \
+                    acc[r] = _mm512_fmadd_ps(                                                  \
+                        _mm512_loadu_ps((const float *)(blk + I8_SCALES(KIND) + 64)),          \
+                        _mm512_set1_ps(s[at]), acc[r]);                                        \
+            }                                                                                  \
+        }                                                                                      \
+        _Pragma("GCC unroll 16") for (int r = 0; r < TM; r++)                                 \
+            _mm512_storeu_ps(y + (size_t)(r0 + r) * N + 16 * g, acc[r]);                      \
+    }
+
+#define I8_ROWS(M, KIND) M(KIND, 1) M(KIND, 2) M(KIND, 3) M(KIND, 4) M(KIND, 5) M(KIND, 6) \
+    M(KIND, 7) M(KIND, 8)
+I8_ROWS(DEFINE_I8_TILE, 5)
+I8_ROWS(DEFINE_I8_TILE, 9)
+#define I8_CASE(KIND, TM)                                                                      \
+    case KIND * 16 + TM:                                                                       \
+        i8_tile_##KIND##_##TM(p, dx, s, psum, K, w, g, y, r0, N);                              \
+        break;
+
+/* y [M, N] = x [M, K] @ W.T with W in the i8 layout (kind 5: Q4_1, 9: Q8_0); the activations
+ * are quantised per block first. */
+void csc_matmul_i8(int kind, const float *x, int M, int K, const uint8_t *w, int N, float *y,
+                   int threads) {
+    const int nb = K / BLOCK;
+    int8_t *p = malloc((size_t)M * K);
+    float *dx = malloc(sizeof(float) * 2 * (size_t)M * nb), *s = dx + (size_t)M * nb;
+    int32_t *psum = malloc(sizeof(int32_t) * (size_t)M * nb);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int r = 0; r < M; r++)
+        quantize_row(x + (size_t)r * K, K, p + (size_t)r * K, dx + (size_t)r * nb,
+                     s + (size_t)r * nb, psum + (size_t)r * nb);
+    const int groups = N / 16;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int g = 0; g < groups; g++)
+        for (int r0 = 0; r0 < M;) {
+            const int step = M - r0 < 8 ? M - r0 : 8;
+            switch (kind * 16 + step) { I8_ROWS(I8_CASE, 5) I8_ROWS(I8_CASE, 9) }
+            r0 += step;
+        }
+    free(p);
+    free(dx);
+    free(psum);
+}
+#endif

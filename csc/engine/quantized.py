@@ -54,11 +54,33 @@ BLOCK = 32
 BLOCK_BYTES = {"Q4_1": 24, "Q8_0": 36}
 _GGUF_BYTES = {"Q4_1": 20, "Q8_0": 34}
 _KIND = {"Q4_1": 4, "Q8_0": 8}
+# The same blocks laid out for int8 activations (AVX-512 VNNI): kernel kind, bytes per 16
+# outputs x 32 inputs.
+_I8_KIND = {"Q4_1": 5, "Q8_0": 9}
+I8_BYTES = {"Q4_1": 384, "Q8_0": 576}
+
+
+def quantized_mode() -> str:
+    """What ``CSC_QUANTIZED`` asks for: ``"int8"`` (the default, ``1``: prompt tokens and
+    decode steps multiply through the blocks with int8 activations, as llama.cpp does),
+    ``"float"`` (decode steps through the blocks with float32 activations, prefill on the
+    float32 weights: the float32 model's answers) or ``"off"`` (``0``)."""
+    value = os.environ.get(QUANTIZED_ENV, "1").strip().lower()
+    if value in ("0", "false", "no", "off"):
+        return "off"
+    if value == "float":
+        return "float"
+    if value in ("1", "true", "yes", "on", "int8", ""):
+        return "int8"
+    raise ValueError(
+        f"{QUANTIZED_ENV}={value!r}: use 1 (the default: int8 activations on the GGUF blocks), "
+        "float (float32 activations: the float32 model's answers) or 0 (no blocks)"
+    )
 
 
 def quantized_enabled() -> bool:
     """Whether decode steps may use the block kernel (``CSC_QUANTIZED`` is not 0/false/no/off)."""
-    return os.environ.get(QUANTIZED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+    return quantized_mode() != "off"
 
 
 # --------------------------------------------------------------------------- the kernel
@@ -167,6 +189,13 @@ def _load_library() -> tuple[Any, str]:
     ]  # fmt: skip
     for name in ("csc_rmsnorm_matmul", "csc_matmul_add", "csc_decode_mlp"):
         getattr(lib, name).restype = None
+    lib.csc_to_i8.argtypes = [number, pointer, number, number, pointer]
+    lib.csc_to_i8.restype = None
+    if lib.csc_kernel_vnni():
+        lib.csc_matmul_i8.argtypes = [
+            number, pointer, number, number, pointer, number, pointer, number
+        ]  # fmt: skip
+        lib.csc_matmul_i8.restype = None
     return lib, ""
 
 
@@ -187,20 +216,47 @@ class QuantizedWeight:
         self.out_features = int(blocks.shape[0])
         self.lib: Any = None
         self._fn: Any = None
+        self.i8: torch.Tensor | None = None  # the same blocks in the int8 prefill layout
+        self.prefill = False  # prompt tokens multiply through these blocks too
 
-    def bind(self, lib: Any) -> QuantizedWeight:
+    def bind(self, lib: Any, prefill: bool = False) -> QuantizedWeight:
+        """Use ``lib``'s kernels. With ``prefill`` (where the CPU has AVX-512 VNNI), lay the
+        blocks out for int8 activations (:meth:`matmul` then goes through them, for prompt
+        tokens and decode steps alike)."""
         self.lib = lib
         self._fn = lib.csc_q4_1_matmul if self.kind == "Q4_1" else lib.csc_q8_0_matmul
+        self.prefill = prefill and bool(lib.csc_kernel_vnni()) and self.out_features % 16 == 0
+        self.i8 = None
+        if self.prefill:
+            groups, blocks = self.out_features // 16, self.in_features // BLOCK
+            self.i8 = torch.empty(groups * blocks * I8_BYTES[self.kind], dtype=torch.uint8)
+            lib.csc_to_i8(
+                _KIND[self.kind], self.blocks.data_ptr(), self.out_features, self.in_features,
+                self.i8.data_ptr(),
+            )  # fmt: skip
         return self
 
+    @property
+    def kernel(self) -> tuple[int, int]:
+        """(kind, pointer) for the fused decode kernels: the i8 layout where there is one."""
+        if self.i8 is not None:
+            return _I8_KIND[self.kind], self.i8.data_ptr()
+        return _KIND[self.kind], self.blocks.data_ptr()
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ W.T`` for float32 ``x`` [..., in_features]."""
+        """``x @ W.T`` for float32 ``x`` [..., in_features]: with int8 activations where the
+        blocks have the i8 layout (as llama.cpp multiplies them), else float32 activations."""
         flat = x.reshape(-1, self.in_features)
         if flat.dtype != torch.float32 or not flat.is_contiguous():
             flat = flat.float().contiguous()
         rows = flat.shape[0]
         out = torch.empty((rows, self.out_features), dtype=torch.float32)
-        if rows:
+        if rows and self.i8 is not None:
+            self.lib.csc_matmul_i8(
+                _I8_KIND[self.kind], flat.data_ptr(), rows, self.in_features,
+                self.i8.data_ptr(), self.out_features, out.data_ptr(), torch.get_num_threads(),
+            )  # fmt: skip
+        elif rows:
             self._fn(
                 flat.data_ptr(),
                 rows,
@@ -378,9 +434,10 @@ def attach(model: Any, gguf: Path, folder: Path) -> str:
         weights = load_blocks(model, gguf, folder)
     except (OSError, ValueError) as exc:
         return str(exc)
+    prefill = quantized_mode() == "int8"
     modules = dict(model.named_modules())
     for name, weight in weights.items():
-        modules[name].quantized = weight.bind(lib)
+        modules[name].quantized = weight.bind(lib, prefill=prefill)
     return ""
 
 
@@ -455,12 +512,12 @@ class DecodeStep:
         qkv = self._buffer("qkv", tokens, qkv_w.out_features)
         self.lib.csc_rmsnorm_matmul(
             hidden.data_ptr(), tokens, size, norm1.weight.data_ptr(), norm1.variance_epsilon,
-            _KIND[qkv_w.kind], qkv_w.blocks.data_ptr(), qkv_w.out_features,
+            *qkv_w.kernel, qkv_w.out_features,
             normed.data_ptr(), qkv.data_ptr(), threads,
         )  # fmt: skip
         out = self.attend(qkv, kv)
         self.lib.csc_matmul_add(
-            out.data_ptr(), tokens, o_w.in_features, _KIND[o_w.kind], o_w.blocks.data_ptr(),
+            out.data_ptr(), tokens, o_w.in_features, *o_w.kernel,
             size, hidden.data_ptr(), normed.data_ptr(), threads,
         )  # fmt: skip
         inter = mlp.intermediate
@@ -469,8 +526,7 @@ class DecodeStep:
         product = self._buffer("product", tokens, size)
         self.lib.csc_decode_mlp(
             hidden.data_ptr(), tokens, size, norm2.weight.data_ptr(), norm2.variance_epsilon,
-            _KIND[gu_w.kind], gu_w.blocks.data_ptr(), inter, _KIND[down_w.kind],
-            down_w.blocks.data_ptr(), normed.data_ptr(), gate_up.data_ptr(), act.data_ptr(),
+            *gu_w.kernel, inter, *down_w.kernel, normed.data_ptr(), gate_up.data_ptr(), act.data_ptr(),
             product.data_ptr(), threads,
         )  # fmt: skip
 

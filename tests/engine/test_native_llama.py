@@ -212,6 +212,7 @@ def test_native_and_transformers_engines_write_the_same_greedy_replies(monkeypat
         [{"role": "user", "content": "My order is late. What can you do?"}],
     ]
     replies = {}
+    monkeypatch.setenv("CSC_QUANTIZED", "float")  # float32 activations, as transformers has
     for native in ("1", "0"):
         monkeypatch.setenv("CSC_NATIVE_MODEL", native)
         engine = Engine(ModelSource(None), "cpu", torch.float32).load()

@@ -175,20 +175,160 @@ def test_embedded_engine_decodes_through_blocks_and_reuses_the_packed_file(monke
         again.submit(again.encode_messages(m), None, sampling).result(timeout=300).text
         for m in prompts
     ]
-    assert batched_text == alone
+    assert batched_text == alone  # int8 activations where the CPU has VNNI, or float32
+    monkeypatch.setenv("CSC_QUANTIZED", "float")
+    floats = Engine(ModelSource(None), "cpu", torch.float32).load()
+    assert floats.quantized and not floats.int8
     monkeypatch.setenv("CSC_QUANTIZED", "0")
     dense = Engine(ModelSource(None), "cpu", torch.float32).load()
     assert not dense.quantized and dense.quantized_note == "CSC_QUANTIZED=0"
     greedy = Sampling(max_tokens=32, temperature=0.0)
-    for prompt in prompts:  # the same model: greedy replies agree with float32 decoding
+    for prompt in prompts:  # float activations on the blocks: the float32 model's answers
         ids = engine.encode_messages(prompt)
-        on_blocks = engine.submit(ids, None, greedy).result(timeout=300).text
+        on_blocks = floats.submit(ids, None, greedy).result(timeout=300).text
         assert on_blocks == dense.submit(ids, None, greedy).result(timeout=300).text
-    for engine_ in (engine, again, dense):
+    for engine_ in (engine, again, floats, dense):
         engine_.close()
 
 
-def _tiny_on_blocks(tmp_path: Path, lib):
+@local_lm
+@torch.inference_mode()
+def test_embedded_model_with_int8_activations_stays_the_float32_model() -> None:
+    """Teacher-forced over a text, int8 activations move the next-token distribution by a few
+    thousandths of a nat (llama.cpp's arithmetic for this file), not to another model."""
+    from csc.engine.engine import Engine
+    from csc.engine.model_store import ModelSource
+
+    lib = _kernel()
+    if not lib.csc_kernel_vnni():
+        pytest.skip("no AVX-512 VNNI: int8 activations are not used here")
+    engine = Engine(ModelSource(None), "cpu", torch.float32).load()
+    assert engine.int8
+    text = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")[:3000]
+    ids = torch.tensor([engine.tokenizer(text)["input_ids"][:300]])
+
+    def log_probs() -> torch.Tensor:
+        out = engine.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0]
+        return torch.log_softmax(out.double(), -1)
+
+    int8 = log_probs()
+    weights = [m.quantized for m in engine.model.modules() if hasattr(m, "quantized")]
+    try:
+        for weight in weights:
+            weight.prefill = False
+        floats = log_probs()
+    finally:
+        for weight in weights:
+            weight.prefill = True
+    kl = (floats.exp() * (floats - int8)).sum(-1)
+    assert float(kl.mean()) < 0.02, float(kl.mean())
+    assert float((floats.argmax(-1) == int8.argmax(-1)).double().mean()) > 0.9
+    engine.close()
+
+
+def _vnni():
+    lib = _kernel()
+    if not lib.csc_kernel_vnni():
+        pytest.skip("this CPU has no AVX-512 VNNI (int8 activations)")
+    return lib
+
+
+def _exact_activations(rows: int, width: int) -> torch.Tensor:
+    """Activations that quantise exactly: per block of 32, multiples of 1/64 with one of
+    magnitude 127/64 (so the block's scale is 1/64 and every value is a whole step)."""
+    x = torch.randint(-127, 128, (rows, width // 32, 32)).float()
+    x[..., 5] = 127.0 * torch.where(torch.rand(rows, width // 32) < 0.5, -1.0, 1.0)
+    return (x / 64).reshape(rows, width)
+
+
+@pytest.mark.parametrize("make", [q4_1_blocks, q8_0_blocks])
+def test_int8_kernel_gives_the_exact_product_of_quantised_activations(make) -> None:
+    lib = _vnni()
+    torch.manual_seed(5)
+    weight = make(torch.randn(64, 96)).bind(lib, prefill=True)
+    assert weight.i8 is not None and weight.prefill
+    dense = weight.dequantize().double()
+    for rows in (1, 3, 8, 9, 30):
+        x = _exact_activations(rows, 96)
+        expected = (x.double() @ dense.T).float()
+        torch.testing.assert_close(weight.matmul(x), expected, rtol=1e-5, atol=1e-4)
+    assert torch.equal(weight.matmul(torch.zeros(2, 96)), torch.zeros(2, 64))
+    # Not a multiple of 16 outputs: float32 activations on the blocks instead.
+    odd = make(torch.randn(20, 96)).bind(lib, prefill=True)
+    assert odd.i8 is None and not odd.prefill
+
+
+@pytest.mark.parametrize("make", [q4_1_blocks, q8_0_blocks])
+def test_int8_rows_do_not_depend_on_the_batch_or_threads(make) -> None:
+    lib = _vnni()
+    torch.manual_seed(6)
+    weight = make(torch.randn(48, 64)).bind(lib, prefill=True)
+    x = torch.randn(19, 64)
+    alone = torch.cat([weight.matmul(x[i : i + 1]) for i in range(19)])
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for rows in (2, 5, 8, 9, 16, 19):
+                assert torch.equal(weight.matmul(x[:rows]), alone[:rows]), (rows, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_quantized_mode_reads_the_environment(monkeypatch) -> None:
+    for value, mode in (("", "int8"), ("1", "int8"), ("float", "float"), ("off", "off")):
+        monkeypatch.setenv("CSC_QUANTIZED", value)
+        assert quantized.quantized_mode() == mode
+    monkeypatch.setenv("CSC_QUANTIZED", "fp8")
+    with pytest.raises(ValueError, match="CSC_QUANTIZED='fp8': use 1"):
+        quantized.quantized_mode()
+
+
+@torch.inference_mode()
+def test_int8_forward_is_batch_invariant_and_close_to_the_float_forward(tmp_path: Path) -> None:
+    """On int8 activations, prompt tokens (each row attending over only its own columns) and
+    decode steps give a row the same numbers alone and in a left-padded batch, and logits near
+    the float forward's."""
+    lib = _vnni()
+    model = _tiny_on_blocks(tmp_path, lib, prefill=True)
+    assert all(layer.mlp.down_proj.quantized.i8 is not None for layer in model.model.layers)
+    torch.manual_seed(7)
+    ids = torch.randint(3, 97, (3, 12))
+    lengths = (12, 7, 10)
+    mask = torch.zeros(3, 12, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        mask[b, 12 - n :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def run(rows: slice, on: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(
+            input_ids=ids[rows, :11],
+            attention_mask=mask[rows, :11],
+            position_ids=positions[rows, :11],
+        )
+        step = model(
+            input_ids=ids[rows, 11:],
+            attention_mask=mask[rows],
+            position_ids=positions[rows, 11:],
+            past_key_values=out.past_key_values,
+            **{QUANTIZED_STEP: on},
+        )
+        return out.logits, step.logits
+
+    prefill, decode = run(slice(0, 3))
+    for b, n in enumerate(lengths):
+        alone_prefill, alone_decode = run(slice(b, b + 1))
+        real = slice(12 - n, 11)  # the row's real prompt columns
+        assert torch.equal(alone_prefill[0, real], prefill[b, real]), b
+        assert torch.equal(alone_decode[0], decode[b]), b
+    for weight in (m.quantized for m in model.modules() if hasattr(m, "quantized")):
+        weight.prefill, weight.i8 = False, None  # float32 activations on the same blocks
+    floats = run(slice(0, 3), on=False)[1]
+    scale = float(floats.abs().max())
+    torch.testing.assert_close(decode, floats, rtol=0, atol=0.05 * scale)
+
+
+def _tiny_on_blocks(tmp_path: Path, lib, prefill: bool = False):
     """A tiny Llama (head dim 16, grouped heads) whose float weights are its blocks
     de-quantised, with the blocks attached as the engine attaches them."""
     from test_native_llama import _load, _save_tiny_llama
@@ -200,7 +340,7 @@ def _tiny_on_blocks(tmp_path: Path, lib):
             if isinstance(module, torch.nn.Linear):
                 blocks = (q8_0_blocks if name == "lm_head" else q4_1_blocks)(module.weight)
                 module.weight.copy_(blocks.dequantize())
-                module.quantized = blocks.bind(lib)
+                module.quantized = blocks.bind(lib, prefill=prefill)
     return model
 
 
