@@ -21,7 +21,7 @@ Scenarios (``--only``, comma-separated; default all but ``readme``):
   processes with ``CSC_NATIVE_MODEL`` 1 and 0, alternating;
 * ``quantized``: decode steps through the GGUF blocks (``csc.engine.quantized``) against the
   same steps through the float32 weights, on the loaded model, alternating (5 trials,
-  median): 1, 3 and 8 rows x 1 token and 3 rows x 8 forced tokens over 1,300 cached tokens;
+  median): 1, 3, 8 and 16 rows x 1 token and 3 rows x 8 forced tokens over 1,300 cached tokens;
 * ``prefix``: 32 strategy predictions of the CSC supporter program (StrategyPredictor) over
   growing dialogue histories, 8 in flight: effective prompt tokens/s, and the rate of the
   uncached part as a ratio to the raw 2-thread forward (target >= 0.8); with
@@ -297,7 +297,12 @@ def quantized_vs_float(engine: Any, trials: int = 5) -> dict[str, Any]:
     history = [torch.randn(16, 3, width, 64, generator=gen) for _ in range(layers)]
     ids = torch.randint(100, 40000, (16, steps + 8), generator=gen)
 
+    weights = [m.quantized for m in engine.model.modules() if hasattr(m, "quantized")]
+    int8 = [w for w in weights if w.prefill]  # prompt tokens on the blocks (int8 activations)
+
     def step(rows: int, fed: int, quantized: bool) -> float:
+        for weight in int8:  # the float32 side multiplies by the float32 weights throughout
+            weight.prefill = quantized
         part = [h[:rows] for h in history]
         cache = engine._batch_cache([[h] for h in part], [[h] for h in part])
         mask = torch.ones(rows, width, dtype=torch.long)
@@ -314,21 +319,24 @@ def quantized_vs_float(engine: Any, trials: int = 5) -> dict[str, Any]:
             )
         return (time.perf_counter() - start) / steps
 
-    shapes = [(1, 1), (3, 1), (8, 1), (3, 8)]
+    shapes = [(1, 1), (3, 1), (8, 1), (16, 1), (3, 8)]
     times: dict[tuple[int, int, bool], list[float]] = {}
     with torch.inference_mode():
         for _ in range(trials):
             for rows, fed in shapes:
                 for quantized in (True, False):
                     times.setdefault((rows, fed, quantized), []).append(step(rows, fed, quantized))
-    out: dict[str, Any] = {"available": True}
+    for weight in int8:
+        weight.prefill = True
+    out: dict[str, Any] = {"available": True, "int8": engine.int8}
     for rows, fed in shapes:
         q = sorted(times[(rows, fed, True)])[trials // 2]
         f = sorted(times[(rows, fed, False)])[trials // 2]
         out[f"{rows}x{fed}"] = {"blocks_ms": 1000 * q, "float_ms": 1000 * f}
         print(
             f"quantized: decode step, {rows} rows x {fed} token(s) over {width} cached: "
-            f"median {1000 * q:.0f} ms through blocks, {1000 * f:.0f} ms float32 "
+            f"median {1000 * q:.0f} ms through blocks ({'int8' if engine.int8 else 'float32'} "
+            f"activations), {1000 * f:.0f} ms float32 "
             f"({f / q:.2f}x)"
         )
     return out

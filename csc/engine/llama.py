@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from csc.engine.kernels import GROUPED_ATTENTION, QUERY_LENGTHS, _grouped_sdpa
-from csc.engine.quantized import QUANTIZED_STEP, DecodeStep
+from csc.engine.quantized import QUANTIZED_STEP, DecodeStep, PromptAttention
 
 NATIVE_ENV = "CSC_NATIVE_MODEL"
 WEIGHTS_FILE = "model.safetensors"
@@ -253,6 +253,13 @@ class Attention(nn.Module):
         q, k, v = qk[:, :heads], qk[:, heads:], qkv[:, heads + kv :]
         if cache is not None:
             k, v = cache.layer(index, k, v)
+        if step.prompt_attention is not None:
+            assert cache is not None
+            queries = step.pack(q.transpose(1, 2).reshape(batch, width, -1))
+            attended = step.prompt_attention(
+                queries.view(-1, heads, self.head_dim), cache.layers[index], self.scaling
+            )
+            return step.project(self.o_proj, attended)
         if step.row_layout is not None:
             # Each row on its own readable keys: the tokens of a row get the same numbers
             # whatever else was batched with them (int8 activations round those numbers, so a
@@ -321,8 +328,11 @@ class _Step:
         self.batch, self.width, self.real = batch, width, real
         self.cos, self.sin, self.mask, self.lengths = cos, sin, mask, lengths
         self.quantized = quantized
-        # Per row: (real query columns, readable key columns, their mask) for attend_rows.
-        self.row_layout: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        # Per row: (real query columns, readable key columns, their mask or None when the
+        # fed tokens are the row's last readable columns) for attend_rows.
+        self.row_layout: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None
+        self._future_masks: dict[int, torch.Tensor] = {}
+        self.prompt_attention: PromptAttention | None = None  # int8 prompts: in the kernel
 
     def layout_rows(self, attention_mask: torch.Tensor, past: int) -> None:
         """Prepare :meth:`attend_rows` for a step whose rows feed several tokens."""
@@ -332,8 +342,12 @@ class _Step:
         for b in range(self.batch):
             queries = fed[b].nonzero().squeeze(1)
             columns = keys[b].nonzero().squeeze(1)
-            allowed = columns[None, :] <= (queries + past)[:, None]
-            self.row_layout.append((queries, columns, allowed[None, None]))
+            n = len(queries)
+            if n and n <= len(columns) and torch.equal(columns[-n:], queries + past):
+                allowed = None  # the usual case: the fed tokens are the row's last columns
+            else:
+                allowed = (columns[None, :] <= (queries + past)[:, None])[None, None]
+            self.row_layout.append((queries, columns, allowed))
 
     def attend_rows(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
@@ -343,19 +357,40 @@ class _Step:
         dim]; keys and values [batch, kv heads, columns, dim]; returns the real tokens'
         outputs packed [tokens, heads * dim] in the order of :meth:`pack`."""
         parts = []
+        heads, kv, dim = q.shape[1], k.shape[1], q.shape[3]
         for b, (queries, columns, allowed) in enumerate(self.row_layout or ()):
-            if not len(queries):
+            n = len(queries)
+            if not n:
                 continue
-            attended = nn.functional.scaled_dot_product_attention(
-                q[b : b + 1].index_select(2, queries),
-                k[b : b + 1].index_select(2, columns),
-                v[b : b + 1].index_select(2, columns),
-                attn_mask=allowed,
-                scale=scaling,
-                enable_gqa=k.shape[1] != q.shape[1],
-            )
-            parts.append(attended[0].transpose(0, 1).reshape(len(queries), -1))
+            keys, values = k[b].index_select(1, columns), v[b].index_select(1, columns)
+            if allowed is not None:
+                attended = nn.functional.scaled_dot_product_attention(
+                    q[b : b + 1].index_select(2, queries),
+                    keys[None],
+                    values[None],
+                    attn_mask=allowed,
+                    scale=scaling,
+                    enable_gqa=kv != heads,
+                )[0]
+            else:
+                # The fed tokens are the last n keys: one product per key/value head for all
+                # of its query heads, and only the last n columns need the causal mask.
+                # (About 1.5x faster than SDPA here for 150 tokens over 1,000 cached ones.)
+                queries_ = (q[b].index_select(1, queries) * scaling).reshape(kv, -1, dim)
+                scores = torch.bmm(queries_, keys.transpose(1, 2))
+                total = scores.shape[-1]
+                tail = scores.view(kv, heads // kv, n, total)[..., total - n :]
+                tail.masked_fill_(self._future(n), float("-inf"))
+                attended = torch.bmm(torch.softmax(scores, dim=-1), values).view(heads, n, dim)
+            parts.append(attended.transpose(0, 1).reshape(n, -1))
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+    def _future(self, n: int) -> torch.Tensor:
+        """[n, n] booleans: key j comes after query i (the causal mask of n fed tokens)."""
+        cached = self._future_masks.get(n)
+        if cached is None:
+            cached = self._future_masks[n] = torch.ones(n, n, dtype=torch.bool).triu(1)
+        return cached
 
     def project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``linear(x)``, through the matrix's GGUF blocks on a quantized step
@@ -535,8 +570,23 @@ class NativeLlamaForCausalLM(nn.Module):
             kwargs.get(QUERY_LENGTHS),
             quantized,
         )
-        if kernel_step is None and attention_mask is not None and width > 1:
-            step.layout_rows(attention_mask.to(hidden.device), past)
+        if kernel_step is None and attention_mask is not None:
+            head = getattr(self.lm_head, "quantized", None)
+            if (
+                head is not None
+                and head.prefill  # int8 activations: each query's numbers must be its own
+                and isinstance(cache, KVCache)
+                and self.config.head_dim % 16 == 0
+                and self.config.head_dim <= 256
+                and hidden.device.type == "cpu"
+            ):
+                # (also for one new token: the last token of a prompt the prefix cache holds
+                # is computed again, and must get the numbers a full prefill gave it)
+                step.prompt_attention = PromptAttention(
+                    head.lib, real, batch, width, past, attention_mask
+                )
+            elif width > 1:
+                step.layout_rows(attention_mask.to(hidden.device), past)
         if kernel_step is not None:  # a decode step on the blocks: each layer in C
             assert cache is not None
             hidden = hidden.contiguous()

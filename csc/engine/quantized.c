@@ -193,8 +193,8 @@ static inline __m512 exp16(__m512 x) {
 
 /* Rotary embeddings and the KV-cache append for the tokens of one decode step, and attention
  * for the rows that feed one token (rows feeding a run of forced tokens get their rotated
- * queries in qrot and are left to the caller: PyTorch's SDPA reads their keys once for all
- * of their queries).
+ * queries in qrot and are left to csc_prompt_attention, which reads each key once for a
+ * tile of their queries).
  *
  * qkv [T, (H + 2 KV) * D]: the step's real tokens (one per row, or a row's run of forced
  * tokens), each with its batch row, its column in the cache buffers and its position. Keys and
@@ -237,7 +237,7 @@ void csc_decode_attention(const float *qkv, int T, int H, int KV, int D, const i
         /* One row's tokens (consecutive in qkv) against one key/value head: each readable
          * key is loaded once for all of them. */
         const int first = group_start[task / KV], count = group_count[task / KV];
-        if (count > 1) continue; /* a run of forced tokens: the caller attends (see .py) */
+        if (count > 1) continue; /* a run of forced tokens: csc_prompt_attention attends */
         const int g = task % KV, r = rows[first], last = cols[first + count - 1];
         const uint8_t *readable = mask + (size_t)r * mask_width;
         const float *keys = kbuf + ((size_t)r * KV + g) * cap * D;
@@ -297,6 +297,122 @@ void csc_decode_attention(const float *qkv, int T, int H, int KV, int D, const i
                 }
                 float *o = out + (size_t)(first + i) * H * D + (size_t)(g * G + q) * D;
                 for (int ch = 0; ch < chunks; ch++) _mm512_storeu_ps(o + 16 * ch, acc[ch]);
+            }
+        }
+        free(score);
+        free(index);
+    }
+}
+
+/* ------------------------------------------------------------------ prompt attention
+ * Attention for rows that feed several tokens (a prompt's new tokens), with int8 activations:
+ * there a last-bit difference in a token's attention output becomes a whole quantisation step
+ * in the next matrix product, so each query's result must not depend on which other queries
+ * and keys were in the call (the prefix cache computes a prompt's tokens in other calls than a
+ * fresh prefill does, and a batch pads rows). Each query is one lane of a 16-query tile: its
+ * scores are sums over the head dimension in a fixed order (no horizontal reductions), its
+ * softmax and its weighted sum of values run over the row's readable keys in column order,
+ * and keys after its own column add exact zeros. So a query gets the same numbers in any
+ * tile, alone or batched, whatever the thread count.
+ *
+ * q [T, H * D]: the step's real tokens (rotated queries), grouped by row as in
+ * csc_decode_attention; their key and value columns are already in kbuf / vbuf [R, KV, cap,
+ * D]. mask [R, mask_width]: readable columns. out [T, H * D]. */
+void csc_prompt_attention(const float *q, int T, int H, int KV, int D, const int *rows,
+                          const int *cols, const float *kbuf, const float *vbuf, int cap,
+                          const uint8_t *mask, int mask_width, float scaling,
+                          const int *group_start, const int *group_count, int groups,
+                          float *out, int threads) {
+    const int G = H / KV, chunks = D / 16;
+    /* tasks: (row group, kv head, tile of 16 queries); queries of a task are (token, head)
+     * pairs in token-major order */
+    int tiles_max = 0;
+    for (int i = 0; i < groups; i++) {
+        const int t = (group_count[i] * G + 15) / 16;
+        tiles_max = t > tiles_max ? t : tiles_max;
+    }
+    const int tasks = groups * KV * tiles_max;
+    (void)T;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int task = 0; task < tasks; task++) {
+        const int tile = task % tiles_max, g = (task / tiles_max) % KV;
+        const int group = task / tiles_max / KV;
+        const int first = group_start[group], count = group_count[group], Q = count * G;
+        const int q0 = tile * 16;
+        if (q0 >= Q) continue;
+        const int lanes = Q - q0 < 16 ? Q - q0 : 16;
+        const int r = rows[first];
+        const uint8_t *readable = mask + (size_t)r * mask_width;
+        const float *keys = kbuf + ((size_t)r * KV + g) * cap * D;
+        const float *values = vbuf + ((size_t)r * KV + g) * cap * D;
+        /* each lane's token column; the tile reads keys up to the last lane's column */
+        float qt[MAX_DIM][16];
+        int qcol[16];
+        const float *qp[16];
+        for (int l = 0; l < 16; l++) {
+            const int query = q0 + (l < lanes ? l : lanes - 1);
+            const int token = first + query / G, head = g * G + query % G;
+            qcol[l] = l < lanes ? cols[token] : -1;
+            qp[l] = q + ((size_t)token * H + head) * D;
+        }
+        for (int d = 0; d < D; d++)
+            for (int l = 0; l < 16; l++) qt[d][l] = qp[l][d];
+        int last = 0;
+        for (int l = 0; l < lanes; l++) last = qcol[l] > last ? qcol[l] : last;
+        int *index = malloc(sizeof(int) * (size_t)(last + 1));
+        int n = 0;
+        for (int j = 0; j <= last; j++)
+            if (readable[j]) index[n++] = j;
+        float *score = malloc(sizeof(float) * 16 * (size_t)(n > 0 ? n : 1));
+        const __m512i colv = _mm512_loadu_si512((const void *)qcol);
+        const __m512 ninf = _mm512_set1_ps(-INFINITY), scale = _mm512_set1_ps(scaling);
+        __m512 best = ninf;
+        for (int k0 = 0; k0 < n; k0 += 8) {
+            /* 8 keys at a time: independent sums (each still over d = 0, 1, ... in order) */
+            const int m = n - k0 < 8 ? n - k0 : 8;
+            const float *kv[8];
+            for (int i = 0; i < 8; i++) kv[i] = keys + (size_t)index[k0 + (i < m ? i : 0)] * D;
+            __m512 s[8];
+            const __m512 q0v = _mm512_loadu_ps(qt[0]);
+            for (int i = 0; i < 8; i++) s[i] = _mm512_mul_ps(q0v, _mm512_set1_ps(kv[i][0]));
+            for (int d = 1; d < D; d++) {
+                const __m512 qd = _mm512_loadu_ps(qt[d]);
+                for (int i = 0; i < 8; i++)
+                    s[i] = _mm512_fmadd_ps(qd, _mm512_set1_ps(kv[i][d]), s[i]);
+            }
+            for (int i = 0; i < m; i++) {
+                /* a lane reads this key only if it is not after the lane's own column */
+                const __mmask16 ok = _mm512_cmp_epi32_mask(_mm512_set1_epi32(index[k0 + i]),
+                                                           colv, _MM_CMPINT_LE);
+                const __m512 v = _mm512_mask_blend_ps(ok, ninf, _mm512_mul_ps(s[i], scale));
+                _mm512_storeu_ps(score + 16 * (size_t)(k0 + i), v);
+                best = _mm512_max_ps(best, v);
+            }
+        }
+        __m512 total = _mm512_setzero_ps();
+        for (int k = 0; k < n; k++) {
+            const __m512 s = _mm512_loadu_ps(score + 16 * (size_t)k);
+            const __mmask16 ok = _mm512_cmp_ps_mask(s, ninf, _CMP_NEQ_OQ);
+            const __m512 p = _mm512_maskz_mov_ps(ok, exp16(_mm512_sub_ps(s, best)));
+            _mm512_storeu_ps(score + 16 * (size_t)k, p);
+            total = _mm512_add_ps(total, p);
+        }
+        float inv[16];
+        _mm512_storeu_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), total));
+        for (int ch = 0; ch < chunks; ch++) {
+            __m512 acc[16];
+            for (int l = 0; l < 16; l++) acc[l] = _mm512_setzero_ps();
+            for (int k = 0; k < n; k++) {
+                const __m512 v = _mm512_loadu_ps(values + (size_t)index[k] * D + 16 * ch);
+                const float *p = score + 16 * (size_t)k;
+                for (int l = 0; l < 16; l++)
+                    acc[l] = _mm512_fmadd_ps(_mm512_set1_ps(p[l]), v, acc[l]);
+            }
+            for (int l = 0; l < lanes; l++) {
+                const int query = q0 + l;
+                const int token = first + query / G, head = g * G + query % G;
+                _mm512_storeu_ps(out + ((size_t)token * H + head) * D + 16 * ch,
+                                 _mm512_mul_ps(acc[l], _mm512_set1_ps(inv[l])));
             }
         }
         free(score);

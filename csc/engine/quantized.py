@@ -189,6 +189,15 @@ def _load_library() -> tuple[Any, str]:
     ]  # fmt: skip
     for name in ("csc_rmsnorm_matmul", "csc_matmul_add", "csc_decode_mlp"):
         getattr(lib, name).restype = None
+    lib.csc_prompt_attention.argtypes = [
+        pointer, number, number, number, number,  # q, T, H, KV, D
+        pointer, pointer,  # rows, cols
+        pointer, pointer, number,  # key and value buffers, their capacity
+        pointer, number, ctypes.c_float,  # mask, its width, scaling
+        pointer, pointer, number,  # each row's first token and token count, rows
+        pointer, number,  # out, threads
+    ]  # fmt: skip
+    lib.csc_prompt_attention.restype = None
     lib.csc_to_i8.argtypes = [number, pointer, number, number, pointer]
     lib.csc_to_i8.restype = None
     if lib.csc_kernel_vnni():
@@ -474,17 +483,16 @@ class DecodeStep:
         _, counts = torch.unique_consecutive(self.rows, return_counts=True)
         self.group_count = counts.to(torch.int32)
         self.group_start = (torch.cumsum(counts, 0) - counts).to(torch.int32)
-        # Rows feeding several forced tokens: (first token, count, row, columns read, mask
-        # [1, 1, count, columns], causal within the run), the same for every layer.
-        self.runs = []
-        for start, count in zip(self.group_start.tolist(), counts.tolist()):
-            if count > 1:
-                row, last = int(self.rows[start]), int(self.cols[start + count - 1]) + 1
-                columns = self.cols[start : start + count].to(torch.long)
-                allowed = self.mask[row, :last].to(torch.bool)[None, :] & (
-                    torch.arange(last)[None, :] <= columns[:, None]
-                )
-                self.runs.append((start, count, row, last, allowed[None, None]))
+        # Rows feeding a run of several forced tokens: (first token, count). They attend in
+        # csc_prompt_attention, which reads each key once for a tile of queries and gives
+        # each query the numbers it would get alone.
+        self.runs = [
+            (start, count)
+            for start, count in zip(self.group_start.tolist(), counts.tolist())
+            if count > 1
+        ]
+        self.run_start = torch.tensor([r[0] for r in self.runs], dtype=torch.int32)
+        self.run_count = torch.tensor([r[1] for r in self.runs], dtype=torch.int32)
         self.inv_freq = inv_freq.float().contiguous()
         self.lib, self.width = lib, width
         self._buffers: dict[str, torch.Tensor] = {}
@@ -549,17 +557,53 @@ class DecodeStep:
             scratch.data_ptr(), out.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
         layer.advance(self.width)
-        for first, count, row, last, allowed in self.runs:
-            # A row's run of forced tokens: SDPA with grouped heads over its columns, reading
-            # each key once for all of the run's queries (rotated by the kernel into scratch).
-            q = scratch[first : first + count].view(1, count, self.heads, self.head_dim)
-            attended = torch.nn.functional.scaled_dot_product_attention(
-                q.transpose(1, 2),
-                layer.buf_k[row : row + 1, :, :last],
-                layer.buf_v[row : row + 1, :, :last],
-                attn_mask=allowed,
-                scale=self.scaling,
-                enable_gqa=True,
-            )
-            out[first : first + count] = attended.transpose(1, 2).reshape(count, -1)
+        if self.runs:
+            self.lib.csc_prompt_attention(
+                scratch.data_ptr(), tokens, self.heads, self.kv_heads, self.head_dim,
+                self.rows.data_ptr(), self.cols.data_ptr(),
+                layer.buf_k.data_ptr(), layer.buf_v.data_ptr(), layer.buf_k.shape[2],
+                self.mask.data_ptr(), self.mask.shape[1], self.scaling,
+                self.run_start.data_ptr(), self.run_count.data_ptr(), len(self.runs),
+                out.data_ptr(), torch.get_num_threads(),
+            )  # fmt: skip
+        return out
+
+
+class PromptAttention:
+    """Attention of a step whose rows feed several tokens (prompt tokens), in the kernel
+    (``csc_prompt_attention``): each query's numbers depend only on its own keys, so a prompt
+    token gets the same attention output alone, batched, or over a prefix from the prefix
+    cache. Used with int8 activations, which turn last-bit differences into other answers."""
+
+    def __init__(
+        self, lib: Any, real: torch.Tensor | None, batch: int, width: int, past: int,
+        attention_mask: torch.Tensor,
+    ) -> None:  # fmt: skip
+        flat = torch.arange(batch * width) if real is None else real
+        self.rows = (flat // width).to(torch.int32)
+        self.cols = (flat % width + past).to(torch.int32)
+        self.mask = attention_mask.to(torch.uint8).contiguous()
+        _, counts = torch.unique_consecutive(self.rows, return_counts=True)
+        self.group_count = counts.to(torch.int32)
+        self.group_start = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+        self.lib, self.tokens = lib, len(flat)
+
+    def __call__(self, queries: torch.Tensor, layer: Any, scaling: float) -> torch.Tensor:
+        """``queries`` [tokens, heads, head dim] (rotated, the step's real tokens in order);
+        ``layer`` a :class:`csc.engine.llama.KVLayer` already holding the step's keys and
+        values. Returns [tokens, heads * head dim]."""
+        queries = queries.contiguous()
+        tokens, heads, dim = queries.shape
+        keys, values = layer.buf_k, layer.buf_v
+        if not (keys.is_contiguous() and values.is_contiguous()):
+            keys, values = keys.contiguous(), values.contiguous()
+        out = torch.empty((tokens, heads * dim), dtype=torch.float32)
+        self.lib.csc_prompt_attention(
+            queries.data_ptr(), tokens, heads, keys.shape[1], dim,
+            self.rows.data_ptr(), self.cols.data_ptr(),
+            keys.data_ptr(), values.data_ptr(), keys.shape[2],
+            self.mask.data_ptr(), self.mask.shape[1], scaling,
+            self.group_start.data_ptr(), self.group_count.data_ptr(), len(self.group_count),
+            out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
         return out

@@ -417,3 +417,27 @@ def test_a_rows_decode_step_is_bit_identical_alone_and_in_a_batch(tmp_path: Path
     batched = step(slice(0, 3))
     for row in range(3):
         assert torch.equal(step(slice(row, row + 1))[0], batched[row])
+
+
+@torch.inference_mode()
+def test_int8_prompt_split_over_a_cached_prefix_gives_the_same_numbers(tmp_path: Path) -> None:
+    """A prompt computed whole, or as a cached prefix plus its tail (several tokens, or the one
+    last token the engine recomputes for logits), gives bit-identical logits and keys: each
+    query's attention depends only on its own keys (csc_prompt_attention)."""
+    lib = _vnni()
+    model = _tiny_on_blocks(tmp_path, lib, prefill=True)
+    torch.manual_seed(8)
+    ids = torch.randint(3, 97, (2, 14))
+    ones = torch.ones(2, 14, dtype=torch.long)
+    whole = model(input_ids=ids, attention_mask=ones, logits_to_keep=1)
+    for cut in (9, 13):
+        prefix = model(input_ids=ids[:, :cut], attention_mask=ones[:, :cut]).past_key_values
+        tail = model(
+            input_ids=ids[:, cut:],
+            attention_mask=ones,
+            past_key_values=prefix,
+            logits_to_keep=1,
+        )
+        assert torch.equal(tail.logits, whole.logits), cut
+        for layer, again in zip(whole.past_key_values.layers, tail.past_key_values.layers):
+            assert torch.equal(layer.keys, again.keys) and torch.equal(layer.values, again.values)
