@@ -48,6 +48,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 TOPICS = [
@@ -74,9 +75,14 @@ print(json.dumps({"seconds": time.perf_counter() - start, "engine_seconds": engi
 def measure_load(cache_dir: str, native: bool = True) -> dict[str, float]:
     """Time ``LocalLM().batch_engine`` (imports included) in a fresh process with ``cache_dir``
     (``native=False``: with ``CSC_NATIVE_MODEL=0``, the model loaded through transformers)."""
-    env = {**os.environ, "CSC_CACHE_DIR": cache_dir, "CSC_NATIVE_MODEL": "1" if native else "0"}
+    env = child_env(CSC_CACHE_DIR=cache_dir, CSC_NATIVE_MODEL="1" if native else "0")
     out = subprocess.run(
-        [sys.executable, "-c", LOAD_SNIPPET], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", LOAD_SNIPPET],
+        env=env,
+        cwd=NEUTRAL_CWD,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -492,11 +498,44 @@ os._exit(0)  # skip interpreter teardown: an engine worker thread may still hold
 """
 
 
+# Child processes run from a neutral folder: ``python -c`` and ``python -m`` put the current
+# folder first on sys.path, so run from the repository root they would import its ``csc``
+# whatever PYTHONPATH says, and a --baseline-rev run would measure the working tree again.
+# (Before this was fixed, every --baseline-rev comparison run from the repository root did.)
+NEUTRAL_CWD = tempfile.gettempdir()
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env(stage: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a child process that imports the staged revision ``stage`` (or, with
+    None, this working tree through its editable install); checked, not assumed."""
+    env = {**os.environ, **extra}
+    if stage:
+        env["PYTHONPATH"] = stage
+    where = subprocess.run(
+        [sys.executable, "-c", "import csc; print(csc.__file__)"],
+        env=env,
+        cwd=NEUTRAL_CWD,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    expected = Path(stage).resolve() if stage else REPO_ROOT
+    if not Path(where).resolve().is_relative_to(expected):
+        raise RuntimeError(
+            f"a benchmark child process imports csc from {where}, not {expected}: "
+            + ("install this working tree with `pip install -e .`" if not stage else "")
+        )
+    return env
+
+
 def run_snippet(snippet: str, args: list[str], env: dict[str, str] | None = None) -> dict:
-    """Run a benchmark snippet in a fresh process; its last ``RESULT {...}`` line."""
+    """Run a benchmark snippet in a fresh process (from a neutral folder, with ``env`` from
+    :func:`child_env`); its last ``RESULT {...}`` line."""
     out = subprocess.run(
         [sys.executable, "-c", snippet, *args],
-        env={**os.environ, **(env or {})},
+        env=env if env is not None else child_env(),
+        cwd=NEUTRAL_CWD,
         capture_output=True,
         text=True,
     )
@@ -564,7 +603,7 @@ def prefix_heavy(
             base = run_snippet(
                 PREFIX_SNIPPET,
                 [str(args.requests), str(args.concurrency)],
-                env={"PYTHONPATH": stage},
+                env=child_env(stage),
             )
         report["prefix_baseline"] = base
         base_eff = base["prompt_tokens"] / base["seconds"]
@@ -703,12 +742,10 @@ def readme_command(args: Any, report: dict[str, Any]) -> None:
 
     def run(pythonpath: str | None) -> float:
         with tempfile.TemporaryDirectory(prefix="csc-bench-readme-") as tmp:
-            env = {**os.environ, "DSPY_CACHEDIR": os.path.join(tmp, "dspy-cache")}
-            if pythonpath:
-                env["PYTHONPATH"] = pythonpath
+            env = child_env(pythonpath, DSPY_CACHEDIR=os.path.join(tmp, "dspy-cache"))
             command = [sys.executable, "-m", "csc", *README_COMMAND, "--out", f"{tmp}/out"]
             start = time.perf_counter()
-            subprocess.run(command, env=env, check=True, capture_output=True)
+            subprocess.run(command, env=env, cwd=NEUTRAL_CWD, check=True, capture_output=True)
             return time.perf_counter() - start
 
     runs: dict[str, float] = {}
