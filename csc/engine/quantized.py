@@ -1,27 +1,30 @@
-"""Decode steps on the embedded model's own 4-bit weights.
+"""The embedded model on its own GGUF blocks: decode steps, and prompts with int8 activations.
 
 The embedded SmolLM2 ships as a GGUF file whose matrices are llama.cpp's Q4_1 blocks (and Q8_0
 for the tied embedding). The engine's float32 weights are exactly those blocks de-quantised, so
 the float32 model and the blocks are the same model. A decode step reads every weight once for
 a handful of tokens: it is bound by memory bandwidth, and the blocks are a fifth of the bytes
-(111 MB against 538 MB). So decode steps (one sampled token per row, or a run of forced header
-tokens) multiply through a small C kernel over the blocks (``quantized.c``), while prefill, which
-is bound by arithmetic, keeps PyTorch's float32 matmuls. With the matrices that fast, the rest of
-a decode step was PyTorch's per-operation overhead, so each layer of a decode step runs as four
-kernel calls (:meth:`DecodeStep.layer`): norm + q/k/v, rotary + cache append + attention,
-output projection + residual, and the MLP.
+(111 MB against 538 MB). So decode steps multiply through a small C kernel over the blocks
+(``quantized.c``), each layer in four kernel calls (:meth:`DecodeStep.layer`): norm + q/k/v,
+rotary + cache append + attention, output projection + residual, and the MLP.
 
-- **Same weights.** Every weight the kernel uses is the float32 number the model holds (checked
-  bit for bit when the packed file is written). Only the order of the additions differs from
-  MKL's, as it would between two BLAS libraries: answers stay the same model's answers.
+Prefill is bound by arithmetic. On a CPU with AVX-512 VNNI the blocks multiply as llama.cpp
+multiplies them: activations quantised per block of 32 to int8, exact integer block sums
+(``csc_matmul_i8``), for prompt tokens and decode steps alike; prompt tokens attend in the
+kernel too (:class:`PromptAttention`), so a token's numbers never depend on the batch or on the
+prefix cache. That is another rounding of the same model (a mean KL of about 0.004 nats from
+float32's next-token distribution), not the float32 model's answers.
+
 - **Batch-invariant.** Each (token, output) is one sum in a fixed order, whatever else is in the
   step: a row decodes the same tokens alone or in a batch of 16.
 - **Compiled once per machine** with the system C compiler (``$CC`` or ``cc``, ``-O3
   -march=native -fopenmp``) into the csc cache, at the first engine load (about 2 s).
   AVX-512 only. No compiler, a failed build or another CPU: the engine says why in its log and
-  decodes in float32 as before.
-- ``CSC_QUANTIZED=0`` turns it off. Models other than the embedded one (``local:``,
-  ``finetuned:``) have no blocks and always run in float32.
+  runs in float32 as before.
+- ``CSC_QUANTIZED=float`` keeps float32 activations (decode on the blocks, prefill on the
+  float32 weights: the float32 model's answers to summation order); ``CSC_QUANTIZED=0`` turns
+  the blocks off. Models other than the embedded one (``local:``, ``finetuned:``) have no
+  blocks and always run in float32.
 """
 
 from __future__ import annotations
