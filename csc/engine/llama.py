@@ -260,11 +260,6 @@ class Attention(nn.Module):
                 queries.view(-1, heads, self.head_dim), cache.layers[index], self.scaling
             )
             return step.project(self.o_proj, attended)
-        if step.row_layout is not None:
-            # Each row on its own readable keys: the tokens of a row get the same numbers
-            # whatever else was batched with them (int8 activations round those numbers, so a
-            # last-bit difference would grow into another answer).
-            return step.project(self.o_proj, step.attend_rows(q, k, v, self.scaling))
         extra = {QUERY_LENGTHS: step.lengths} if step.lengths is not None else {}
         out, _ = _grouped_sdpa(self, q, k, v, step.mask, scaling=self.scaling, **extra)
         return step.project(self.o_proj, step.pack(out.reshape(batch, width, -1)))
@@ -328,81 +323,17 @@ class _Step:
         self.batch, self.width, self.real = batch, width, real
         self.cos, self.sin, self.mask, self.lengths = cos, sin, mask, lengths
         self.quantized = quantized
-        # Per row: (real query columns, readable key columns, their mask or None when the
-        # fed tokens are the row's last readable columns) for attend_rows.
-        self.row_layout: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] | None = None
-        self._future_masks: dict[int, torch.Tensor] = {}
         self.prompt_attention: PromptAttention | None = None  # int8 prompts: in the kernel
-
-    def layout_rows(self, attention_mask: torch.Tensor, past: int) -> None:
-        """Prepare :meth:`attend_rows` for a step whose rows feed several tokens."""
-        fed = attention_mask[:, -self.width :].to(torch.bool)
-        keys = attention_mask.to(torch.bool)
-        self.row_layout = []
-        for b in range(self.batch):
-            queries = fed[b].nonzero().squeeze(1)
-            columns = keys[b].nonzero().squeeze(1)
-            n = len(queries)
-            if n and n <= len(columns) and torch.equal(columns[-n:], queries + past):
-                allowed = None  # the usual case: the fed tokens are the row's last columns
-            else:
-                allowed = (columns[None, :] <= (queries + past)[:, None])[None, None]
-            self.row_layout.append((queries, columns, allowed))
-
-    def attend_rows(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scaling: float
-    ) -> torch.Tensor:
-        """Attention row by row, each over only its readable key columns (so left padding and
-        the batch's other rows never change a row's arithmetic). ``q`` [batch, heads, width,
-        dim]; keys and values [batch, kv heads, columns, dim]; returns the real tokens'
-        outputs packed [tokens, heads * dim] in the order of :meth:`pack`."""
-        parts = []
-        heads, kv, dim = q.shape[1], k.shape[1], q.shape[3]
-        for b, (queries, columns, allowed) in enumerate(self.row_layout or ()):
-            n = len(queries)
-            if not n:
-                continue
-            keys, values = k[b].index_select(1, columns), v[b].index_select(1, columns)
-            if allowed is not None:
-                attended = nn.functional.scaled_dot_product_attention(
-                    q[b : b + 1].index_select(2, queries),
-                    keys[None],
-                    values[None],
-                    attn_mask=allowed,
-                    scale=scaling,
-                    enable_gqa=kv != heads,
-                )[0]
-            else:
-                # The fed tokens are the last n keys: one product per key/value head for all
-                # of its query heads, and only the last n columns need the causal mask.
-                # (About 1.5x faster than SDPA here for 150 tokens over 1,000 cached ones.)
-                queries_ = (q[b].index_select(1, queries) * scaling).reshape(kv, -1, dim)
-                scores = torch.bmm(queries_, keys.transpose(1, 2))
-                total = scores.shape[-1]
-                tail = scores.view(kv, heads // kv, n, total)[..., total - n :]
-                tail.masked_fill_(self._future(n), float("-inf"))
-                attended = torch.bmm(torch.softmax(scores, dim=-1), values).view(heads, n, dim)
-            parts.append(attended.transpose(0, 1).reshape(n, -1))
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-    def _future(self, n: int) -> torch.Tensor:
-        """[n, n] booleans: key j comes after query i (the causal mask of n fed tokens)."""
-        cached = self._future_masks.get(n)
-        if cached is None:
-            cached = self._future_masks[n] = torch.ones(n, n, dtype=torch.bool).triu(1)
-        return cached
 
     def project(self, linear: nn.Linear, x: torch.Tensor) -> torch.Tensor:
         """``linear(x)``, through the matrix's GGUF blocks on a quantized step
         (:mod:`csc.engine.quantized`) when it has them."""
         blocks = getattr(linear, "quantized", None)
-        if blocks is None:
-            return linear(x)
-        if self.quantized:
+        # Prompt tokens go through the blocks too where they were bound for it (int8
+        # activations), else through the float32 weights.
+        if blocks is not None and (self.quantized or blocks.prefill):
             return blocks.matmul(x)
-        # Prompt tokens: on the blocks too where they were bound for prefill (int8
-        # activations for Q4_1), else the float32 weights.
-        return blocks.matmul(x) if blocks.prefill else linear(x)
+        return linear(x)
 
     def pack(self, x: torch.Tensor) -> torch.Tensor:
         """[batch, width, features] -> [tokens, features] (real tokens only)."""
@@ -571,10 +502,10 @@ class NativeLlamaForCausalLM(nn.Module):
             quantized,
         )
         if kernel_step is None and attention_mask is not None:
-            head = getattr(self.lm_head, "quantized", None)
+            blocks = getattr(self.model.layers[0].self_attn.qkv_proj, "quantized", None)
             if (
-                head is not None
-                and head.prefill  # int8 activations: each query's numbers must be its own
+                blocks is not None
+                and blocks.prefill  # int8 activations: each query's numbers must be its own
                 and isinstance(cache, KVCache)
                 and self.config.head_dim % 16 == 0
                 and self.config.head_dim <= 256
@@ -583,10 +514,8 @@ class NativeLlamaForCausalLM(nn.Module):
                 # (also for one new token: the last token of a prompt the prefix cache holds
                 # is computed again, and must get the numbers a full prefill gave it)
                 step.prompt_attention = PromptAttention(
-                    head.lib, real, batch, width, past, attention_mask
+                    blocks.lib, real, batch, width, past, attention_mask
                 )
-            elif width > 1:
-                step.layout_rows(attention_mask.to(hidden.device), past)
         if kernel_step is not None:  # a decode step on the blocks: each layer in C
             assert cache is not None
             hidden = hidden.contiguous()

@@ -70,19 +70,23 @@ def test_kernel_gives_the_float_product_of_the_same_weights(make) -> None:
     assert weight.matmul(torch.randn(2, 3, 96)).shape == (2, 3, 200)
 
 
+@pytest.mark.parametrize("int8", [False, True])
 @pytest.mark.parametrize("make", [q4_1_blocks, q8_0_blocks])
-def test_a_rows_result_does_not_depend_on_the_batch_or_threads(make) -> None:
-    """Every tile shape (1-8 rows, 1-4 outputs) adds in the same order: bit-identical rows."""
-    lib = _kernel()
+def test_a_rows_result_does_not_depend_on_the_batch_or_threads(make, int8: bool) -> None:
+    """Every tile shape (1-8 rows; 1-4 outputs, or 16 with int8 activations) adds in the same
+    order: bit-identical rows."""
+    lib = _vnni() if int8 else _kernel()
     torch.manual_seed(1)
-    weight = make(torch.randn(67, 64)).bind(lib)  # 67 outputs: tiles and a remainder
-    x = torch.randn(17, 64)
-    alone = torch.cat([weight.matmul(x[i : i + 1]) for i in range(17)])
+    # float: 67 outputs, tiles and a remainder; int8: groups of 16 outputs
+    weight = make(torch.randn(48 if int8 else 67, 64)).bind(lib, prefill=int8)
+    assert (weight.i8 is not None) == int8
+    x = torch.randn(19, 64)
+    alone = torch.cat([weight.matmul(x[i : i + 1]) for i in range(19)])
     threads = torch.get_num_threads()
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            for rows in (2, 3, 4, 7, 8, 11, 17):
+            for rows in (2, 3, 4, 5, 7, 8, 9, 11, 16, 17, 19):
                 assert torch.equal(weight.matmul(x[:rows]), alone[:rows]), (rows, n)
     finally:
         torch.set_num_threads(threads)
@@ -256,23 +260,6 @@ def test_int8_kernel_gives_the_exact_product_of_quantised_activations(make) -> N
     # Not a multiple of 16 outputs: float32 activations on the blocks instead.
     odd = make(torch.randn(20, 96)).bind(lib, prefill=True)
     assert odd.i8 is None and not odd.prefill
-
-
-@pytest.mark.parametrize("make", [q4_1_blocks, q8_0_blocks])
-def test_int8_rows_do_not_depend_on_the_batch_or_threads(make) -> None:
-    lib = _vnni()
-    torch.manual_seed(6)
-    weight = make(torch.randn(48, 64)).bind(lib, prefill=True)
-    x = torch.randn(19, 64)
-    alone = torch.cat([weight.matmul(x[i : i + 1]) for i in range(19)])
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            for rows in (2, 5, 8, 9, 16, 19):
-                assert torch.equal(weight.matmul(x[:rows]), alone[:rows]), (rows, n)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def test_quantized_mode_reads_the_environment(monkeypatch) -> None:
