@@ -18,7 +18,7 @@ float32's next-token distribution), not the float32 model's answers.
 - **Batch-invariant.** Each (token, output) is one sum in a fixed order, whatever else is in the
   step: a row decodes the same tokens alone or in a batch of 16.
 - **Compiled once per machine** with the system C compiler (``$CC`` or ``cc``, ``-O3
-  -march=native -fopenmp``) into the csc cache, at the first engine load (about 2 s).
+  -march=native -fopenmp``) into the csc cache, at the first engine load (about 4 s).
   AVX-512 only. No compiler, a failed build or another CPU: the engine says why in its log and
   runs in float32 as before.
 - ``CSC_QUANTIZED=float`` keeps float32 activations (decode on the blocks, prefill on the
