@@ -454,7 +454,25 @@ def attach(model: Any, gguf: Path, folder: Path) -> str:
 
 
 # --------------------------------------------------------------------------- decode attention
-class DecodeStep:
+class _TokenLayout:
+    """Where a step's real tokens are, as the kernels read it: each token's batch row and
+    cache column, the key mask as bytes, and each row's first token and token count (a row's
+    tokens are consecutive)."""
+
+    def __init__(
+        self, real: torch.Tensor | None, batch: int, width: int, past: int,
+        attention_mask: torch.Tensor,
+    ) -> None:  # fmt: skip
+        self.flat = torch.arange(batch * width) if real is None else real
+        self.rows = (self.flat // width).to(torch.int32)
+        self.cols = (self.flat % width + past).to(torch.int32)
+        self.mask = attention_mask.to(torch.uint8).contiguous()
+        _, counts = torch.unique_consecutive(self.rows, return_counts=True)
+        self.group_count = counts.to(torch.int32)
+        self.group_start = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+
+
+class DecodeStep(_TokenLayout):
     """One decode step of a native model on its blocks, each layer in four kernel calls
     (:meth:`layer`) instead of about 25 PyTorch operations.
 
@@ -478,20 +496,14 @@ class DecodeStep:
         head_dim: int,
         scaling: float,
     ) -> None:
-        flat = torch.arange(batch * width) if real is None else real
-        self.rows = (flat // width).to(torch.int32)
-        self.cols = (flat % width + past).to(torch.int32)
-        self.positions = positions.reshape(-1).index_select(0, flat).to(torch.float32)
-        self.mask = attention_mask.to(torch.uint8).contiguous()
-        _, counts = torch.unique_consecutive(self.rows, return_counts=True)
-        self.group_count = counts.to(torch.int32)
-        self.group_start = (torch.cumsum(counts, 0) - counts).to(torch.int32)
+        super().__init__(real, batch, width, past, attention_mask)
+        self.positions = positions.reshape(-1).index_select(0, self.flat).to(torch.float32)
         # Rows feeding a run of several forced tokens: (first token, count). They attend in
         # csc_prompt_attention, which reads each key once for a tile of queries and gives
         # each query the numbers it would get alone.
         self.runs = [
             (start, count)
-            for start, count in zip(self.group_start.tolist(), counts.tolist())
+            for start, count in zip(self.group_start.tolist(), self.group_count.tolist())
             if count > 1
         ]
         self.run_start = torch.tensor([r[0] for r in self.runs], dtype=torch.int32)
@@ -572,7 +584,7 @@ class DecodeStep:
         return out
 
 
-class PromptAttention:
+class PromptAttention(_TokenLayout):
     """Attention of a step whose rows feed several tokens (prompt tokens), in the kernel
     (``csc_prompt_attention``): each query's numbers depend only on its own keys, so a prompt
     token gets the same attention output alone, batched, or over a prefix from the prefix
@@ -582,14 +594,8 @@ class PromptAttention:
         self, lib: Any, real: torch.Tensor | None, batch: int, width: int, past: int,
         attention_mask: torch.Tensor,
     ) -> None:  # fmt: skip
-        flat = torch.arange(batch * width) if real is None else real
-        self.rows = (flat // width).to(torch.int32)
-        self.cols = (flat % width + past).to(torch.int32)
-        self.mask = attention_mask.to(torch.uint8).contiguous()
-        _, counts = torch.unique_consecutive(self.rows, return_counts=True)
-        self.group_count = counts.to(torch.int32)
-        self.group_start = (torch.cumsum(counts, 0) - counts).to(torch.int32)
-        self.lib, self.tokens = lib, len(flat)
+        super().__init__(real, batch, width, past, attention_mask)
+        self.lib = lib
 
     def __call__(self, queries: torch.Tensor, layer: Any, scaling: float) -> torch.Tensor:
         """``queries`` [tokens, heads, head dim] (rotated, the step's real tokens in order);
