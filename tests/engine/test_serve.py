@@ -146,10 +146,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_serve(port: int) -> subprocess.Popen:
+def start_serve(port: int, quiet: bool = True) -> subprocess.Popen:
     env = {**os.environ, "CSC_TEST_SERVE_KEY": KEY}
-    command = [sys.executable, "-m", "csc", "serve", "--port", str(port), "--quiet"]
-    command += ["--api-key-env", "CSC_TEST_SERVE_KEY"]
+    command = [sys.executable, "-m", "csc", "serve", "--port", str(port)]
+    command += ["--api-key-env", "CSC_TEST_SERVE_KEY"] + (["--quiet"] if quiet else [])
     return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -275,13 +275,23 @@ def test_killing_csc_serve_mid_run_then_rerun_resumes_cleanly(tmp_path) -> None:
     command += ["--out", str(out)]
     env["OPENAI_API_KEY"] = KEY  # what the LiteLLM path sends as its bearer token
 
-    server = start_serve(port)
+    server = start_serve(port, quiet=False)  # its access log says when the run is under way
+    answered = threading.Event()
+
+    def watch(stream: Any) -> None:
+        for line in iter(stream.readline, b""):
+            if b"POST /v1/chat/completions" in line and b'" 200 ' in line:
+                answered.set()
+
     try:
         wait_healthy(url, server)
+        threading.Thread(target=watch, args=(server.stderr,), daemon=True).start()
         client = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )
-        time.sleep(20)  # the run is under way (a dialogue takes a minute or more)
+        # Kill on the first answer: a dialogue needs many calls, so both are still in flight
+        # (a fixed sleep stopped working once the engine answered a whole run within it).
+        assert answered.wait(timeout=600), "csc serve answered no chat request"
         server.kill()  # SIGKILL: no goodbye to the clients
         server.wait(timeout=30)
         first_output, _ = client.communicate(timeout=900)
