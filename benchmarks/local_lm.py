@@ -524,7 +524,11 @@ def child_env(stage: str | None = None, **extra: str) -> dict[str, str]:
     if not Path(where).resolve().is_relative_to(expected):
         raise RuntimeError(
             f"a benchmark child process imports csc from {where}, not {expected}: "
-            + ("install this working tree with `pip install -e .`" if not stage else "")
+            + (
+                f"the staged revision in {stage} is not first on its path"
+                if stage
+                else "install this working tree with `pip install -e .`"
+            )
         )
     return env
 

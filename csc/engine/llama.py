@@ -136,7 +136,8 @@ class KVLayer:
         return self.keys, self.values
 
     def reserve(self, n: int) -> None:
-        """Make room for ``n`` more columns (written in place by a kernel, then ``advance``)."""
+        """Make room for ``n`` more columns (written in place by a kernel, then ``advance``), in
+        contiguous buffers (the kernels read them so)."""
         if self.length + n > self.buf_k.shape[2]:
             extra = max(KV_GROW, n, self.buf_k.shape[2] // 2)
             pad = (0, 0, 0, extra)
@@ -144,6 +145,7 @@ class KVLayer:
             self.buf_v = nn.functional.pad(self.buf_v[:, :, : self.length], pad)
         elif not (self.buf_k.is_contiguous() and self.buf_v.is_contiguous()):
             self.buf_k, self.buf_v = self.buf_k.contiguous(), self.buf_v.contiguous()
+        self._views()
 
     def advance(self, n: int) -> None:
         self.length += n

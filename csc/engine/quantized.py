@@ -471,6 +471,25 @@ class _TokenLayout:
         self.group_count = counts.to(torch.int32)
         self.group_start = (torch.cumsum(counts, 0) - counts).to(torch.int32)
 
+    def attend_groups(
+        self, lib: Any, queries: torch.Tensor, heads: int, head_dim: int, layer: Any,
+        scaling: float, starts: torch.Tensor, counts: torch.Tensor, out: torch.Tensor,
+    ) -> None:  # fmt: skip
+        """``csc_prompt_attention`` for the groups of consecutive tokens at ``starts`` /
+        ``counts``: ``queries`` [tokens, heads * head dim] (rotated, contiguous) attend over
+        ``layer``'s buffers (a :class:`csc.engine.llama.KVLayer` already holding this step's
+        keys and values) into ``out``. Each query's numbers depend only on its own keys."""
+        layer.reserve(0)  # the kernel reads the buffers as contiguous
+        keys, values = layer.buf_k, layer.buf_v
+        lib.csc_prompt_attention(
+            queries.data_ptr(), queries.shape[0], heads, keys.shape[1], head_dim,
+            self.rows.data_ptr(), self.cols.data_ptr(),
+            keys.data_ptr(), values.data_ptr(), keys.shape[2],
+            self.mask.data_ptr(), self.mask.shape[1], scaling,
+            starts.data_ptr(), counts.data_ptr(), len(counts),
+            out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+
 
 class DecodeStep(_TokenLayout):
     """One decode step of a native model on its blocks, each layer in four kernel calls
@@ -573,13 +592,9 @@ class DecodeStep(_TokenLayout):
         )  # fmt: skip
         layer.advance(self.width)
         if self.runs:
-            self.lib.csc_prompt_attention(
-                scratch.data_ptr(), tokens, self.heads, self.kv_heads, self.head_dim,
-                self.rows.data_ptr(), self.cols.data_ptr(),
-                layer.buf_k.data_ptr(), layer.buf_v.data_ptr(), layer.buf_k.shape[2],
-                self.mask.data_ptr(), self.mask.shape[1], self.scaling,
-                self.run_start.data_ptr(), self.run_count.data_ptr(), len(self.runs),
-                out.data_ptr(), torch.get_num_threads(),
+            self.attend_groups(
+                self.lib, scratch, self.heads, self.head_dim, layer, self.scaling,
+                self.run_start, self.run_count, out,
             )  # fmt: skip
         return out
 
@@ -601,18 +616,10 @@ class PromptAttention(_TokenLayout):
         """``queries`` [tokens, heads, head dim] (rotated, the step's real tokens in order);
         ``layer`` a :class:`csc.engine.llama.KVLayer` already holding the step's keys and
         values. Returns [tokens, heads * head dim]."""
-        queries = queries.contiguous()
         tokens, heads, dim = queries.shape
-        keys, values = layer.buf_k, layer.buf_v
-        if not (keys.is_contiguous() and values.is_contiguous()):
-            keys, values = keys.contiguous(), values.contiguous()
+        queries = queries.reshape(tokens, heads * dim).contiguous()
         out = torch.empty((tokens, heads * dim), dtype=torch.float32)
-        self.lib.csc_prompt_attention(
-            queries.data_ptr(), tokens, heads, keys.shape[1], dim,
-            self.rows.data_ptr(), self.cols.data_ptr(),
-            keys.data_ptr(), values.data_ptr(), keys.shape[2],
-            self.mask.data_ptr(), self.mask.shape[1], scaling,
-            self.group_start.data_ptr(), self.group_count.data_ptr(), len(self.group_count),
-            out.data_ptr(), torch.get_num_threads(),
-        )  # fmt: skip
+        self.attend_groups(
+            self.lib, queries, heads, dim, layer, scaling, self.group_start, self.group_count, out
+        )
         return out
